@@ -1,0 +1,44 @@
+# Takamul: `make demo` and `make test` each set everything up first (virtual environment, install).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DB ?= sqlite:///data/takamul.sqlite
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit serve definitions clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/takamul load-demo --db $(DB)
+	@echo "Takamul demo: FHIR R4 API at http://$(HOST):$(PORT)/fhir (Ctrl-C to stop)"
+	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
+
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+serve: $(STAMP)
+	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
+
+# Re-derive the compact R4 definition table from the official package (needs npm).
+definitions: $(STAMP)
+	mkdir -p .cache && cd .cache && npm pack --silent hl7.fhir.r4.examples@4.0.1 && \
+	  mkdir -p hl7.fhir.r4.examples && tar xzf hl7.fhir.r4.examples-4.0.1.tgz -C hl7.fhir.r4.examples
+	$(BIN)/python scripts/derive_definitions.py .cache/hl7.fhir.r4.examples/package
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache data/*.sqlite*

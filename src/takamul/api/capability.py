@@ -1,0 +1,106 @@
+"""The CapabilityStatement: exactly the interactions, parameters and operations implemented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from takamul import __version__
+from takamul.fhir.definitions import FHIR_VERSION, definitions
+from takamul.store.query import SUPPORTED_MODIFIERS
+
+TYPE_INTERACTIONS = [
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+]
+SEARCHABLE_TYPES = frozenset(SUPPORTED_MODIFIERS)
+
+
+def capability_statement(base: str, now: str) -> dict[str, Any]:
+    defs = definitions()
+    resources = []
+    for rtype in sorted(defs.resource_types):
+        params = [
+            {"name": p.code, "definition": p.url, "type": p.type}
+            for p in defs.search_params_for(rtype).values()
+            if p.type in SEARCHABLE_TYPES and p.expression
+        ]
+        params += [
+            {
+                "name": "_id",
+                "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+                "type": "token",
+            },
+            {
+                "name": "_lastUpdated",
+                "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+                "type": "date",
+            },
+        ]
+        seen: set[str] = set()
+        params = [p for p in params if not (p["name"] in seen or seen.add(p["name"]))]  # type: ignore[func-returns-value]
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "interaction": [{"code": c} for c in TYPE_INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "referencePolicy": ["literal", "logical"],
+            "searchInclude": ["*", *_reference_includes(rtype)],
+            "searchRevInclude": ["*"],
+            "searchParam": params,
+        }
+        if rtype == "Patient":
+            entry["operation"] = [
+                {
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }
+            ]
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now,
+        "publisher": "Takamul",
+        "kind": "instance",
+        "software": {"name": "Takamul", "version": __version__},
+        "implementation": {"description": "Takamul shared health record", "url": base},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Search modifiers: string :exact :contains :missing; "
+                    "token :not :text :missing; "
+                    "reference :Type :missing and one-level chains; uri :below :above; prefixes "
+                    "eq ne gt lt ge le sa eb ap on date, number and quantity. "
+                    "Composite and special "
+                    "parameters are not supported. _has one level; _include/_revinclude one level."
+                ),
+                "resource": resources,
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
+            }
+        ],
+    }
+
+
+def _reference_includes(rtype: str) -> list[str]:
+    params = definitions().search_params_for(rtype).values()
+    return sorted(f"{rtype}:{p.code}" for p in params if p.type == "reference")

@@ -1,0 +1,45 @@
+"""One settings object for the whole process, read from ``TAKAMUL_*`` environment variables.
+
+Command-line options override the environment; the defaults give a working embedded store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(os.environ.get("TAKAMUL_DATA_DIR", "data"))
+
+
+def _default_db() -> str:
+    return f"sqlite:///{DEFAULT_DATA_DIR / 'takamul.sqlite'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = field(default_factory=_default_db)
+    # The public base of the FHIR API, used in Bundle links and Location headers; derived from
+    # the request when unset, which is right behind most proxies that set Host.
+    base_url: str | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    # Every write is validated against the R4 definitions; turning it off is for trusted bulk
+    # reloads of data that was validated before.
+    validate: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        defaults = cls()
+        settings = cls(
+            database_url=env.get("TAKAMUL_DATABASE_URL") or _default_db(),
+            base_url=env.get("TAKAMUL_BASE_URL") or None,
+            max_body_bytes=int(env.get("TAKAMUL_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            default_page_size=int(env.get("TAKAMUL_DEFAULT_PAGE_SIZE", defaults.default_page_size)),
+            max_page_size=int(env.get("TAKAMUL_MAX_PAGE_SIZE", defaults.max_page_size)),
+            validate=env.get("TAKAMUL_VALIDATE", "true").lower() not in ("0", "false", "no"),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(settings, **clean)  # type: ignore[arg-type]

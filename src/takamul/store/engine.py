@@ -1,0 +1,67 @@
+"""Database engines for the two supported stores, SQLite (embedded default) and PostgreSQL.
+
+Each dialect gets the settings it needs for safe concurrent writes, decided here once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from takamul.fhir.outcome import FhirError
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """(writer, reader) engines for ``sqlite:///path`` or ``postgresql://...``.
+
+    SQLite needs two: writers take the write lock when they begin, readers must not (WAL lets
+    them read a consistent snapshot beside a writer). PostgreSQL uses one engine for both.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database, True), _sqlite_engine(
+            url, parsed.database, False
+        )
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = create_engine(parsed, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        return engine, engine
+    raise FhirError(
+        500,
+        f"Unsupported database URL scheme '{parsed.drivername}'; use sqlite:///path or postgresql://...",
+    )
+
+
+def _sqlite_engine(url: str, database: str | None, immediate: bool) -> Engine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=20,
+        max_overflow=20,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA cache_size=-65536")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock at the start, so two writers never both read then fail
+        # to upgrade; SQLite serialises them and the busy timeout queues the second.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,57 @@
+"""What the store hands back: a stored version of a resource, and the page of a search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+def instant(epoch: float) -> str:
+    """A FHIR instant with microseconds, in UTC."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+@dataclass(slots=True)
+class StoredResource:
+    resource_type: str
+    id: str
+    version: int
+    last_updated: float
+    deleted: bool
+    content: bytes | None  # orjson bytes with meta filled in; None for a deletion
+    method: str = "PUT"
+    created: bool = False  # set by writes: 201 rather than 200
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def last_modified(self) -> str:
+        return datetime.fromtimestamp(self.last_updated, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+    def json(self) -> dict[str, Any]:
+        return orjson.loads(self.content) if self.content else {}
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+@dataclass(slots=True)
+class SearchPage:
+    matches: list[StoredResource]
+    included: list[StoredResource]
+    total: int | None
+    offset: int
+    count: int
+    outcome_warnings: list[Any] = field(default_factory=list)
+
+    @property
+    def has_next(self) -> bool:
+        if self.total is not None:
+            return self.offset + self.count < self.total
+        return len(self.matches) == self.count and self.count > 0

@@ -1,0 +1,639 @@
+"""Reading and writing the shared record: versions, conditional interactions, history, search.
+
+Every write runs in one database transaction that covers the resource, its version and its
+search-index rows, so a failed request writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from takamul.fhir.definitions import definitions
+from takamul.fhir.outcome import FhirError, OutcomeIssue, not_found
+from takamul.fhir.search_values import SearchIndexer
+from takamul.fhir.validation import validate_resource
+from takamul.settings import Settings
+from takamul.store.engine import make_engines
+from takamul.store.indexing import index_rows
+from takamul.store.query import QueryParser, SearchQuery
+from takamul.store.records import SearchPage, StoredResource, instant
+from takamul.store.schema import (
+    INDEX_TABLES,
+    conditional_claim,
+    metadata,
+    resource,
+    resource_version,
+    sp_reference,
+)
+from takamul.store.search import matching_rids, sort_expressions
+
+T = TypeVar("T")
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+RETRIES = 20
+
+
+class RetryWrite(Exception):
+    """A concurrent writer claimed the same key first; the whole write is run again."""
+
+
+def valid_id(value: str) -> bool:
+    return 0 < len(value) <= 64 and all(c in ID_CHARS for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    source: str | None = None  # meta.source when the client sent none
+
+
+class Store:
+    """The shared record on one database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.writer, self.reader = make_engines(settings.database_url)
+        metadata.create_all(self.writer)
+        self.indexer = SearchIndexer()
+        self.defs = definitions()
+
+    @property
+    def dialect(self) -> str:
+        return self.writer.dialect.name
+
+    def close(self) -> None:
+        self.writer.dispose()
+        self.reader.dispose()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self.reader.connect() as conn, conn.begin():
+            yield Session(self, conn)
+
+    def write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction, again from the start if a concurrent writer
+        won a race for the same key (conditional create, new id, new version)."""
+        for attempt in range(RETRIES):
+            try:
+                with self.writer.connect() as conn, conn.begin():
+                    return work(Session(self, conn))
+            except (RetryWrite, IntegrityError) as err:
+                if attempt == RETRIES - 1:
+                    raise FhirError(
+                        409, f"The write kept conflicting with concurrent writes: {err}", "conflict"
+                    ) from err
+            except OperationalError as err:
+                if "locked" not in str(err) or attempt == RETRIES - 1:
+                    raise
+            time.sleep(0.002 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+class Session:
+    """One transaction on the store: every method sees and writes the same snapshot."""
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self.defs = store.defs
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _row(self, resource_type: str, resource_id: str, lock: bool = False) -> Any:
+        stmt = select(resource).where(
+            and_(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
+        )
+        if lock:
+            stmt = stmt.with_for_update()
+        return self.conn.execute(stmt).first()
+
+    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+        row = self._row(resource_type, resource_id)
+        if row is None:
+            raise not_found(resource_type, resource_id)
+        stored = _stored(row)
+        if stored.deleted:
+            raise FhirError(410, f"{resource_type}/{resource_id} was deleted", "deleted")
+        return stored
+
+    def read_any(self, resource_type: str, resource_id: str) -> StoredResource:
+        """The current version, deleted or not (for instance history)."""
+        row = self._row(resource_type, resource_id)
+        if row is None:
+            raise not_found(resource_type, resource_id)
+        return _stored(row)
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> StoredResource:
+        if not version.isdigit():
+            raise not_found(resource_type, f"{resource_id}/_history/{version}")
+        row = self.conn.execute(
+            select(resource_version).where(
+                and_(
+                    resource_version.c.res_type == resource_type,
+                    resource_version.c.res_id == resource_id,
+                    resource_version.c.version == int(version),
+                )
+            )
+        ).first()
+        if row is None:
+            raise not_found(resource_type, f"{resource_id}/_history/{version}")
+        stored = _stored(row, method=row.method)
+        if stored.deleted:
+            raise FhirError(
+                410, f"Version {version} of {resource_type}/{resource_id} is a deletion", "deleted"
+            )
+        return stored
+
+    def history(
+        self,
+        resource_type: str | None,
+        resource_id: str | None,
+        since: float | None,
+        count: int,
+        offset: int,
+    ) -> tuple[list[StoredResource], int]:
+        conds: list[ColumnElement[bool]] = []
+        if resource_type:
+            conds.append(resource_version.c.res_type == resource_type)
+        if resource_id:
+            conds.append(resource_version.c.res_id == resource_id)
+        if since is not None:
+            conds.append(resource_version.c.last_updated >= since)
+        where = and_(*conds) if conds else None
+        total_stmt = select(func.count()).select_from(resource_version)
+        stmt = select(resource_version).order_by(resource_version.c.seq.desc())
+        if where is not None:
+            total_stmt = total_stmt.where(where)
+            stmt = stmt.where(where)
+        total = self.conn.execute(total_stmt).scalar_one()
+        rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
+        return [_stored(r, method=r.method) for r in rows], total
+
+    # -- search -----------------------------------------------------------------------
+
+    def parse_search(
+        self, resource_type: str, params: list[tuple[str, str]], lenient: bool = False
+    ) -> SearchQuery:
+        settings = self.store.settings
+        return QueryParser(
+            resource_type, lenient, settings.default_page_size, settings.max_page_size
+        ).parse(params)
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        rids = matching_rids(query.resource_type, query.filters)
+        total = None
+        if query.total != "none" or query.summary == "count":
+            total = self.conn.execute(
+                select(func.count()).select_from(rids.subquery())
+            ).scalar_one()
+        if query.summary == "count":
+            return SearchPage([], [], total, query.offset, 0)
+        stmt = (
+            select(resource)
+            .where(resource.c.rid.in_(rids))
+            .order_by(*sort_expressions(query.resource_type, query.sort))
+            .limit(query.count)
+            .offset(query.offset)
+        )
+        rows = self.conn.execute(stmt).all()
+        matches = [_stored(r) for r in rows]
+        included = self._includes(query, [r.rid for r in rows], matches)
+        return SearchPage(matches, included, total, query.offset, query.count, query.warnings)
+
+    def find(self, resource_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
+        """All current resources matching search parameters (for conditional interactions)."""
+        query = self.parse_search(resource_type, params)
+        if not query.filters:
+            raise FhirError(
+                412, "A conditional request needs at least one search criterion", "invalid"
+            )
+        rows = self.conn.execute(
+            select(resource)
+            .where(resource.c.rid.in_(matching_rids(resource_type, query.filters)))
+            .limit(2)
+        ).all()
+        return [_stored(r) for r in rows]
+
+    def _includes(
+        self, query: SearchQuery, rids: list[int], matches: list[StoredResource]
+    ) -> list[StoredResource]:
+        if not rids or not (query.includes or query.revincludes):
+            return []
+        seen = {(m.resource_type, m.id) for m in matches}
+        out: list[StoredResource] = []
+        for spec in query.includes:
+            conds: list[ColumnElement[bool]] = [
+                sp_reference.c.rid.in_(rids),
+                sp_reference.c.target_id.is_not(None),
+            ]
+            if spec.param is not None:
+                conds.append(sp_reference.c.param == spec.param.code)
+            if spec.target_type:
+                conds.append(sp_reference.c.target_type == spec.target_type)
+            targets = self.conn.execute(
+                select(sp_reference.c.target_type, sp_reference.c.target_id).where(and_(*conds))
+            ).all()
+            out.extend(self._fetch_keys({(t, i) for t, i in targets} - seen, seen))
+        for spec in query.revincludes:
+            keys = [(m.resource_type, m.id) for m in matches]
+            conds = [
+                sp_reference.c.res_type == spec.source_type,
+                tuple_(sp_reference.c.target_type, sp_reference.c.target_id).in_(keys),
+            ]
+            if spec.param is not None:
+                conds.append(sp_reference.c.param == spec.param.code)
+            source_rids = select(sp_reference.c.rid).where(and_(*conds))
+            rows = self.conn.execute(
+                select(resource).where(
+                    and_(resource.c.rid.in_(source_rids), resource.c.deleted == false())
+                )
+            ).all()
+            for row in rows:
+                key = (row.res_type, row.res_id)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(_stored(row))
+        return out
+
+    def _fetch_keys(
+        self, keys: set[tuple[str, str]], seen: set[tuple[str, str]]
+    ) -> list[StoredResource]:
+        if not keys:
+            return []
+        rows = self.conn.execute(
+            select(resource).where(
+                and_(
+                    tuple_(resource.c.res_type, resource.c.res_id).in_(sorted(keys)),
+                    resource.c.deleted == false(),
+                )
+            )
+        ).all()
+        seen.update(keys)
+        return [_stored(r) for r in rows]
+
+    def compartment(
+        self, patient_id: str, since: float | None, types: list[str] | None, count: int, offset: int
+    ) -> tuple[list[StoredResource], int]:
+        """The Patient compartment (CompartmentDefinition 'patient' of R4) of one patient."""
+        self.read("Patient", patient_id)
+        branches: list[ColumnElement[bool]] = [
+            and_(resource.c.res_type == "Patient", resource.c.res_id == patient_id)
+        ]
+        for rtype, params in self.defs.patient_compartment().items():
+            if types is not None and rtype not in types:
+                continue
+            refs = select(sp_reference.c.rid).where(
+                and_(
+                    sp_reference.c.target_type == "Patient",
+                    sp_reference.c.target_id == patient_id,
+                    sp_reference.c.res_type == rtype,
+                    sp_reference.c.param.in_(params),
+                )
+            )
+            branches.append(resource.c.rid.in_(refs))
+        if types is not None and "Patient" not in types:
+            branches = branches[1:]
+        conds: list[ColumnElement[bool]] = [resource.c.deleted == false(), or_(*branches)]
+        if since is not None:
+            conds.append(resource.c.last_updated >= since)
+        where = and_(*conds)
+        total = self.conn.execute(
+            select(func.count()).select_from(resource).where(where)
+        ).scalar_one()
+        rows = self.conn.execute(
+            select(resource).where(where).order_by(resource.c.rid).limit(count).offset(offset)
+        ).all()
+        return [_stored(r) for r in rows], total
+
+    # -- writes -----------------------------------------------------------------------
+
+    def create(
+        self,
+        body: dict[str, Any],
+        if_none_exist: str | None = None,
+        options: WriteOptions = WriteOptions(),
+    ) -> StoredResource:
+        resource_type = body.get("resourceType")
+        if not isinstance(resource_type, str) or not self.defs.is_resource_type(resource_type):
+            raise FhirError(400, f"Unknown resourceType {resource_type!r}", "invalid")
+        if if_none_exist:
+            params = parse_criteria(if_none_exist)
+            found = self.find(resource_type, params)
+            if len(found) > 1:
+                raise FhirError(
+                    412,
+                    f"If-None-Exist '{if_none_exist}' matches more than one "
+                    f"{resource_type}; make the criteria more selective",
+                    "multiple-matches",
+                )
+            if found:
+                found[0].created = False
+                return found[0]
+        new_id = str(uuid.uuid4())
+        stored = self._put(resource_type, new_id, body, None, "POST", options, expect_new=True)
+        if if_none_exist:
+            self._claim(resource_type, if_none_exist, stored)
+        return stored
+
+    def _claim(self, resource_type: str, criteria: str, stored: StoredResource) -> None:
+        """Record the criteria of a conditional create under a unique key in this transaction.
+
+        A concurrent create with the same criteria collides on the key and is retried, and then
+        finds this resource. A stale claim (its resource no longer matches) is replaced.
+        """
+        key = hashlib.sha256(canonical_criteria(criteria).encode()).hexdigest()
+        self.conn.execute(
+            delete(conditional_claim).where(
+                and_(
+                    conditional_claim.c.res_type == resource_type,
+                    conditional_claim.c.criteria_hash == key,
+                )
+            )
+        )
+        rid = self._row(resource_type, stored.id).rid
+        try:
+            with self.conn.begin_nested():
+                self.conn.execute(
+                    insert(conditional_claim).values(
+                        res_type=resource_type, criteria_hash=key, rid=rid
+                    )
+                )
+        except IntegrityError as err:
+            raise RetryWrite(str(err)) from err
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: dict[str, Any],
+        if_match: str | None = None,
+        options: WriteOptions = WriteOptions(),
+        method: str = "PUT",
+    ) -> StoredResource:
+        _check_body_type(body, resource_type)
+        body_id = body.get("id")
+        if body_id is None:
+            raise FhirError(
+                400,
+                OutcomeIssue(
+                    "error",
+                    "required",
+                    "An update must carry the resource id in the body",
+                    f"{resource_type}.id",
+                ),
+            )
+        if body_id != resource_id:
+            raise FhirError(
+                400,
+                OutcomeIssue(
+                    "error",
+                    "invalid",
+                    f"The id in the body ('{body_id}') does not match the id in the URL "
+                    f"('{resource_id}')",
+                    f"{resource_type}.id",
+                ),
+            )
+        if not valid_id(resource_id):
+            raise FhirError(400, f"'{resource_id}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")
+        return self._put(resource_type, resource_id, body, if_match, method, options)
+
+    def conditional_update(
+        self,
+        resource_type: str,
+        criteria: list[tuple[str, str]],
+        body: dict[str, Any],
+        options: WriteOptions = WriteOptions(),
+    ) -> StoredResource:
+        _check_body_type(body, resource_type)
+        found = self.find(resource_type, criteria)
+        if len(found) > 1:
+            raise FhirError(
+                412,
+                f"The criteria match more than one {resource_type}; make them more selective",
+                "multiple-matches",
+            )
+        if found:
+            target = found[0].id
+            if body.get("id") not in (None, target):
+                raise FhirError(
+                    400,
+                    f"The id in the body ('{body.get('id')}') is not the id of "
+                    f"the matching resource ('{target}')",
+                )
+            body = {**body, "id": target}
+            return self._put(resource_type, target, body, None, "PUT", options)
+        if body.get("id"):
+            return self.update(resource_type, str(body["id"]), body, None, options)
+        return self._put(
+            resource_type, str(uuid.uuid4()), body, None, "POST", options, expect_new=True
+        )
+
+    def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
+        row = self._row(resource_type, resource_id, lock=True)
+        if row is None or row.deleted:
+            return None  # deleting what is not there succeeds (http.html#delete)
+        now = _now(row.last_updated)
+        version = row.version + 1
+        self.conn.execute(
+            update(resource)
+            .where(resource.c.rid == row.rid)
+            .values(version=version, last_updated=now, deleted=True, content=None)
+        )
+        self.conn.execute(
+            insert(resource_version).values(
+                rid=row.rid,
+                res_type=resource_type,
+                res_id=resource_id,
+                version=version,
+                last_updated=now,
+                method="DELETE",
+                deleted=True,
+                content=None,
+            )
+        )
+        self._drop_index(row.rid)
+        return StoredResource(resource_type, resource_id, version, now, True, None, "DELETE")
+
+    # -- the one path every version takes ---------------------------------------------
+
+    def _put(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: dict[str, Any],
+        if_match: str | None,
+        method: str,
+        options: WriteOptions,
+        expect_new: bool = False,
+    ) -> StoredResource:
+        row = None if expect_new else self._row(resource_type, resource_id, lock=True)
+        current = 0 if row is None else row.version
+        if if_match is not None:
+            _check_if_match(if_match, current, resource_type, resource_id)
+        now = _now(row.last_updated if row is not None else None)
+        version = current + 1
+        stored_body = self._prepare(body, resource_type, resource_id, version, now, options)
+        content = orjson.dumps(stored_body)
+        if row is None:
+            rid = self.conn.execute(
+                insert(resource)
+                .values(
+                    res_type=resource_type,
+                    res_id=resource_id,
+                    version=version,
+                    last_updated=now,
+                    deleted=False,
+                    content=content,
+                )
+                .returning(resource.c.rid)
+            ).scalar_one()
+        else:
+            rid = row.rid
+            self.conn.execute(
+                update(resource)
+                .where(resource.c.rid == rid)
+                .values(version=version, last_updated=now, deleted=False, content=content)
+            )
+            self._drop_index(rid)
+        self.conn.execute(
+            insert(resource_version).values(
+                rid=rid,
+                res_type=resource_type,
+                res_id=resource_id,
+                version=version,
+                last_updated=now,
+                method=method,
+                deleted=False,
+                content=content,
+            )
+        )
+        self._write_index(rid, resource_type, stored_body)
+        return StoredResource(
+            resource_type,
+            resource_id,
+            version,
+            now,
+            False,
+            content,
+            method,
+            created=row is None or bool(row.deleted),
+        )
+
+    def _prepare(
+        self,
+        body: dict[str, Any],
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        now: float,
+        options: WriteOptions,
+    ) -> dict[str, Any]:
+        if self.store.settings.validate:
+            problems = [i for i in validate_resource(body, resource_type) if i.severity == "error"]
+            if problems:
+                raise FhirError(
+                    400,
+                    [OutcomeIssue("error", i.code, i.diagnostics, i.expression) for i in problems],
+                )
+        meta = dict(body.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = instant(now)
+        if "source" not in meta:
+            meta["source"] = options.source or "urn:takamul:api"
+        out = {"resourceType": resource_type, "id": resource_id, "meta": meta}
+        out.update({k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")})
+        return out
+
+    def _write_index(self, rid: int, resource_type: str, body: dict[str, Any]) -> None:
+        for kind, rows in index_rows(self.store.indexer, rid, resource_type, body).items():
+            if rows:
+                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+
+    def _drop_index(self, rid: int) -> None:
+        for table in INDEX_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.rid == rid))
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _stored(row: Any, method: str = "PUT") -> StoredResource:
+    return StoredResource(
+        row.res_type,
+        row.res_id,
+        row.version,
+        row.last_updated,
+        bool(row.deleted),
+        row.content,
+        method,
+    )
+
+
+def _now(previous: float | None) -> float:
+    # Strictly after the previous version even if clocks are coarse, so histories stay ordered.
+    now = time.time()
+    if previous is not None and now <= previous:
+        now = previous + 1e-6
+    return now
+
+
+def _check_body_type(body: dict[str, Any], resource_type: str) -> None:
+    if body.get("resourceType") != resource_type:
+        raise FhirError(
+            400,
+            OutcomeIssue(
+                "error",
+                "invalid",
+                f"The body is a {body.get('resourceType')!r} but the URL is for {resource_type}",
+                "resourceType",
+            ),
+        )
+
+
+def _check_if_match(if_match: str, current: int, resource_type: str, resource_id: str) -> None:
+    wanted = if_match.strip()
+    if wanted.startswith("W/"):
+        wanted = wanted[2:]
+    wanted = wanted.strip('"')
+    if wanted != str(current):
+        raise FhirError(
+            412,
+            OutcomeIssue(
+                "error",
+                "conflict",
+                f"If-Match asked for version {wanted} but {resource_type}/{resource_id} is at "
+                f"version {current}; read it again and re-apply your change",
+            ),
+        )
+
+
+def parse_criteria(criteria: str) -> list[tuple[str, str]]:
+    """``identifier=a|b&name=x`` (optionally with a leading ``Type?``) as (name, value) pairs."""
+    from urllib.parse import parse_qsl
+
+    text = criteria.split("?", 1)[1] if "?" in criteria else criteria
+    return parse_qsl(text, keep_blank_values=True)
+
+
+def canonical_criteria(criteria: str) -> str:
+    return "&".join(f"{k}={v}" for k, v in sorted(parse_criteria(criteria)))

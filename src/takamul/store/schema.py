@@ -1,0 +1,149 @@
+"""The tables of the shared record: current resources, every version, and one search index per
+search-parameter type, created once at start-up (no schema work per request).
+
+Index rows point at the integer ``rid`` of a resource so that searches join on small keys.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Binary order on both stores, so that a prefix search is a range scan on the index
+# (SQLite compares text bytewise by default; PostgreSQL needs the "C" collation for that).
+OrderedText = Text().with_variant(Text(collation="C"), "postgresql")
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid; BigInteger on PostgreSQL.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+resource = Table(
+    "resource",
+    metadata,
+    Column("rid", RowId, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", Float, nullable=False),  # epoch seconds, for _lastUpdated and _since
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", LargeBinary, nullable=True),  # orjson bytes of the current version
+    UniqueConstraint("res_type", "res_id", name="uq_resource_type_id"),
+    Index("ix_resource_type_updated", "res_type", "last_updated"),
+)
+
+resource_version = Table(
+    "resource_version",
+    metadata,
+    Column("seq", RowId, primary_key=True, autoincrement=True),  # global order of changes
+    Column("rid", BigInteger, nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", Float, nullable=False),
+    Column("method", String(8), nullable=False),  # POST | PUT | PATCH | DELETE
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", LargeBinary, nullable=True),
+    UniqueConstraint("rid", "version", name="uq_version_rid_version"),
+    Index("ix_version_updated", "last_updated"),
+    Index("ix_version_type_updated", "res_type", "last_updated"),
+)
+
+# A conditional create claims its criteria here inside the same transaction as the insert: the
+# unique key makes concurrent creates with the same criteria collide in the database itself.
+conditional_claim = Table(
+    "conditional_claim",
+    metadata,
+    Column("res_type", String(64), primary_key=True),
+    Column("criteria_hash", String(64), primary_key=True),
+    Column("rid", BigInteger, nullable=False),
+)
+
+
+def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
+    table = Table(
+        name,
+        metadata,
+        Column("rid", BigInteger, nullable=False),
+        Column("res_type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+    )
+    Index(f"ix_{name}_rid", table.c.rid)
+    for cols in indexes:
+        Index(f"ix_{name}_{'_'.join(cols)}", *(table.c[c] for c in ("res_type", "param", *cols)))
+    return table
+
+
+sp_string = _index_table(
+    "sp_string",
+    Column("normalized", OrderedText, nullable=False),
+    Column("exact", Text, nullable=False),
+    indexes=(("normalized",),),
+)
+sp_token = _index_table(
+    "sp_token",
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("text", OrderedText, nullable=True),
+    indexes=(("code", "system"),),
+)
+sp_date = _index_table(
+    "sp_date",
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    indexes=(("low",), ("high",)),
+)
+sp_reference = _index_table(
+    "sp_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", Text, nullable=True),
+    indexes=(("target_id", "target_type"), ("url",)),
+)
+# Reverse lookups (_revinclude, _has, chains, $everything) start from the target.
+Index("ix_sp_reference_target", sp_reference.c.target_type, sp_reference.c.target_id)
+sp_quantity = _index_table(
+    "sp_quantity",
+    Column("value", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", Text, nullable=True),
+    Column("unit", Text, nullable=True),
+    indexes=(("value",),),
+)
+sp_number = _index_table(
+    "sp_number",
+    Column("value", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    indexes=(("value",),),
+)
+sp_uri = _index_table(
+    "sp_uri",
+    Column("value", OrderedText, nullable=False),
+    indexes=(("value",),),
+)
+
+INDEX_TABLES: dict[str, Table] = {
+    "string": sp_string,
+    "token": sp_token,
+    "date": sp_date,
+    "reference": sp_reference,
+    "quantity": sp_quantity,
+    "number": sp_number,
+    "uri": sp_uri,
+}

@@ -1,0 +1,321 @@
+"""Compilation of a parsed search into SQL over the search-index tables (SQLite and PostgreSQL).
+
+Each filter becomes ``rid IN (subquery)`` on one index table, so every clause uses an index
+that starts with (res_type, param) and the planner intersects them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import KeyedColumnElement
+
+from takamul.fhir.definitions import definitions
+from takamul.fhir.outcome import FhirError, OutcomeIssue
+from takamul.fhir.search_values import date_range, decimal_range, normalize_string
+from takamul.store.query import (
+    Filter,
+    HasFilter,
+    ParamFilter,
+    SortKey,
+    SpecialFilter,
+    split_prefix,
+)
+from takamul.store.schema import INDEX_TABLES, resource, sp_reference
+
+# The largest code point: a prefix range [v, v + MAX_CHAR) holds every string starting with v,
+# in the byte order both stores use for these columns (binary in SQLite, "C" in PostgreSQL).
+MAX_CHAR = "\U0010ffff"
+
+
+def filter_condition(f: Filter, res: Any = resource) -> ColumnElement[bool]:
+    """A condition on ``res`` (the resource table or an alias of it) for one filter.
+
+    Nested queries (chains, _has) use fresh aliases so that SQL never correlates them with
+    the outer resource table by accident.
+    """
+    if isinstance(f, SpecialFilter):
+        return _special(f, res)
+    if isinstance(f, HasFilter):
+        return _has(f, res)
+    return _param_filter(f, res)
+
+
+def matching_rids(resource_type: str, filters: list[Filter], res: Any = resource) -> Select[Any]:
+    """SELECT rid of current resources of ``resource_type`` that satisfy every filter."""
+    conds = [res.c.res_type == resource_type, res.c.deleted == false()]
+    conds.extend(filter_condition(f, res) for f in filters)
+    return select(res.c.rid).where(and_(*conds))
+
+
+# -- _id and _lastUpdated ------------------------------------------------------------
+
+
+def _special(f: SpecialFilter, res: Any) -> ColumnElement[bool]:
+    if f.name == "_id":
+        if f.modifier == "missing":
+            return false() if f.values[0] == "true" else true()
+        cond = res.c.res_id.in_(list(f.values))
+        return not_(cond) if f.modifier == "not" else cond
+    if f.modifier == "missing":
+        return false() if f.values[0] == "true" else true()
+    col = res.c.last_updated
+    return or_(*(_date_predicate(v, col, col) for v in f.values))
+
+
+# -- ordinary parameters -------------------------------------------------------------
+
+
+def _param_filter(f: ParamFilter, res: Any) -> ColumnElement[bool]:
+    param = f.param
+    if f.chain is not None:
+        return _chain(f, res)
+    if param.type in ("composite", "special"):
+        raise FhirError(
+            400,
+            f"Searching by the {param.type} parameter '{param.code}' is not supported",
+            "not-supported",
+        )
+    table = INDEX_TABLES[param.type].alias()
+    scope = and_(table.c.res_type == f.resource_type, table.c.param == param.code)
+    if f.modifier == "missing":
+        present = res.c.rid.in_(select(table.c.rid).where(scope))
+        return not_(present) if f.values[0] == "true" else present
+    value_cond = or_(*(_value_predicate(f, table, v) for v in f.values))
+    inside = res.c.rid.in_(select(table.c.rid).where(and_(scope, value_cond)))
+    return not_(inside) if f.modifier == "not" else inside
+
+
+def _value_predicate(f: ParamFilter, table: Any, value: str) -> ColumnElement[bool]:
+    kind = f.param.type
+    if kind == "string":
+        return _string_predicate(table, value, f.modifier)
+    if kind == "token":
+        return _token_predicate(table, value, f.modifier)
+    if kind == "date":
+        return _date_predicate(value, table.c.low, table.c.high)
+    if kind == "reference":
+        return _reference_predicate(f, table, value)
+    if kind in ("number", "quantity"):
+        return _number_predicate(table, value, kind)
+    if kind == "uri":
+        return _uri_predicate(table, value, f.modifier)
+    raise FhirError(400, f"Unsupported parameter type {kind}", "not-supported")
+
+
+def _prefix(col: KeyedColumnElement[Any], text: str) -> ColumnElement[bool]:
+    return and_(col >= text, col < text + MAX_CHAR)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _string_predicate(table: Any, value: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "exact":
+        return table.c.exact == value
+    norm = normalize_string(value)
+    if modifier == "contains":
+        return table.c.normalized.like(f"%{_like_escape(norm)}%", escape="\\")
+    return _prefix(table.c.normalized, norm)
+
+
+def _token_predicate(table: Any, value: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "text":
+        return _prefix(table.c.text, normalize_string(value))
+    if "|" not in value:
+        return table.c.code == value
+    system, code = value.split("|", 1)
+    if not system:
+        return and_(table.c.code == code, table.c.system.is_(None))
+    if not code:
+        return table.c.system == system
+    return and_(table.c.code == code, table.c.system == system)
+
+
+def _date_predicate(value: str, low: Any, high: Any) -> ColumnElement[bool]:
+    """R4 date comparison on half-open ranges: search value [plo, phi), target [low, high)."""
+    prefix, text = split_prefix(value)
+    try:
+        plo, phi = date_range(text)
+    except ValueError as err:
+        raise FhirError(400, f"'{value}' is not a valid date: {err}") from err
+    eq = and_(low >= plo, high <= phi)
+    predicates: dict[str, ColumnElement[bool]] = {
+        "eq": eq,
+        "ne": not_(eq),
+        "gt": high > phi,
+        "lt": low < plo,
+        "ge": or_(high > phi, eq),
+        "le": or_(low < plo, eq),
+        "sa": low >= phi,
+        "eb": high <= plo,
+        "ap": and_(low < phi + (phi - plo) * 0.1 + 86400, high > plo - (phi - plo) * 0.1 - 86400),
+    }
+    return predicates[prefix]
+
+
+def _number_predicate(table: Any, value: str, kind: str) -> ColumnElement[bool]:
+    prefix, text = split_prefix(value)
+    number, system, code = text, None, None
+    if kind == "quantity" and "|" in text:
+        parts = text.split("|")
+        if len(parts) != 3:
+            raise FhirError(400, f"'{value}' is not a valid quantity ([prefix]number|system|code)")
+        number, system, code = parts[0], parts[1] or None, parts[2] or None
+    try:
+        exact, plo, phi = decimal_range(number)
+    except ValueError as err:
+        raise FhirError(400, f"'{value}' is not a valid number: {err}") from err
+    col = table.c.value
+    margin = abs(exact) * 0.1
+    predicates: dict[str, ColumnElement[bool]] = {
+        "eq": and_(col >= plo, col < phi),
+        "ne": or_(col < plo, col >= phi),
+        "gt": col > exact,
+        "lt": col < exact,
+        "ge": col >= exact,
+        "le": col <= exact,
+        "sa": col > exact,
+        "eb": col < exact,
+        "ap": and_(col >= exact - margin, col <= exact + margin),
+    }
+    cond = predicates[prefix]
+    if system is not None:
+        cond = and_(cond, table.c.system == system)
+    if code is not None:
+        # Without a system the code may be the unit as written (search.html, quantity).
+        cond = and_(
+            cond,
+            table.c.code == code if system else or_(table.c.code == code, table.c.unit == code),
+        )
+    return cond
+
+
+def _uri_predicate(table: Any, value: str, modifier: str | None) -> ColumnElement[bool]:
+    if modifier == "below":
+        return _prefix(table.c.value, value)
+    if modifier == "above":
+        return literal(value).like(table.c.value + "%")
+    return table.c.value == value
+
+
+def _reference_predicate(f: ParamFilter, table: Any, value: str) -> ColumnElement[bool]:
+    if f.modifier == "identifier":
+        raise FhirError(400, "The :identifier modifier is not supported", "not-supported")
+    type_filter = f.modifier if f.modifier and f.modifier != "missing" else None
+    if value.startswith(("http://", "https://", "urn:")):
+        url = value.split("|", 1)[0]
+        return table.c.url == url
+    parts = value.split("/")
+    if len(parts) >= 2 and definitions().is_resource_type(parts[-2]):
+        rtype, rid = parts[-2], parts[-1]
+        return and_(table.c.target_type == rtype, table.c.target_id == rid)
+    if "/" in value:
+        raise FhirError(400, f"'{value}' is not a valid reference (Type/id, id or an absolute URL)")
+    cond = table.c.target_id == value
+    if type_filter:
+        cond = and_(cond, table.c.target_type == type_filter)
+    return cond
+
+
+# -- chains and _has -----------------------------------------------------------------
+
+
+def _chain(f: ParamFilter, res: Any) -> ColumnElement[bool]:
+    assert f.chain is not None
+    ref = sp_reference.alias()
+    branches = []
+    for target_type, inner in f.chain.inner:
+        target = resource.alias()
+        targets = select(target.c.res_id).where(
+            and_(
+                target.c.res_type == target_type,
+                target.c.deleted == false(),
+                filter_condition(inner, target),
+            )
+        )
+        branches.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(targets)))
+    refs = select(ref.c.rid).where(
+        and_(ref.c.res_type == f.resource_type, ref.c.param == f.param.code, or_(*branches))
+    )
+    return res.c.rid.in_(refs)
+
+
+def _has(f: HasFilter, res: Any) -> ColumnElement[bool]:
+    ref = sp_reference.alias()
+    inner_rids = matching_rids(f.source_type, [f.inner], resource.alias())
+    refs = select(ref.c.target_id).where(
+        and_(
+            ref.c.res_type == f.source_type,
+            ref.c.param == f.reference_param.code,
+            ref.c.target_type == f.target_type,
+            ref.c.rid.in_(inner_rids),
+        )
+    )
+    return res.c.res_id.in_(refs)
+
+
+# -- sorting -------------------------------------------------------------------------
+
+SORT_COLUMN = {
+    "string": "normalized",
+    "token": "code",
+    "reference": "target_id",
+    "quantity": "value",
+    "number": "value",
+    "uri": "value",
+}
+
+
+def sort_expressions(resource_type: str, keys: list[SortKey]) -> list[Any]:
+    out: list[Any] = []
+    for key in keys:
+        if key.name == "_id":
+            col: Any = resource.c.res_id
+        elif key.name == "_lastUpdated":
+            col = resource.c.last_updated
+        else:
+            assert key.param is not None
+            col = _sort_value(resource_type, key)
+        out.append(col.desc().nulls_last() if key.descending else col.asc().nulls_last())
+    out.append(resource.c.rid.asc())  # a total order, so that pages never overlap
+    return out
+
+
+def _sort_value(resource_type: str, key: SortKey) -> Any:
+    assert key.param is not None
+    table = INDEX_TABLES[key.param.type].alias()
+    if key.param.type == "date":
+        column = table.c.high if key.descending else table.c.low
+    else:
+        column = table.c[SORT_COLUMN[key.param.type]]
+    agg = func.max(column) if key.descending else func.min(column)
+    return (
+        select(agg)
+        .where(
+            and_(
+                table.c.rid == resource.c.rid,
+                table.c.res_type == resource_type,
+                table.c.param == key.param.code,
+            )
+        )
+        .correlate(resource)
+        .scalar_subquery()
+    )
+
+
+def unsupported(message: str) -> FhirError:
+    return FhirError(400, OutcomeIssue("error", "not-supported", message))
