@@ -87,6 +87,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         return _json(200, capability_statement(ctx(request).base, now))
 
     @app.post("/fhir")
+    @app.post("/fhir/", include_in_schema=False)
     async def batch(request: Request) -> Response:
         body = ix.parse_json(await request.body())
         c = ctx(request)

@@ -133,7 +133,7 @@ def _assign_ids(session: Session, entries: list[Entry]) -> dict[str, str]:
         if e.method == "POST":
             cond = e.request.get("ifNoneExist")
             if cond:
-                found = session.find(str(rtype), ix.parse_criteria(str(cond)))
+                found = session.find_for_create(str(rtype), str(cond))
                 if len(found) == 1:
                     ids[e.full_url] = found[0].reference
                     e.request["_existing"] = found[0].id

@@ -178,7 +178,8 @@ class Session:
         if resource_id:
             conds.append(resource_version.c.res_id == resource_id)
         if since is not None:
-            conds.append(resource_version.c.last_updated >= since)
+            # Half a microsecond of slack absorbs float rounding of the parsed instant.
+            conds.append(resource_version.c.last_updated >= since - 5e-7)
         where = and_(*conds) if conds else None
         total_stmt = select(func.count()).select_from(resource_version)
         stmt = select(resource_version).order_by(resource_version.c.seq.desc())
@@ -315,7 +316,7 @@ class Session:
             branches = branches[1:]
         conds: list[ColumnElement[bool]] = [resource.c.deleted == false(), or_(*branches)]
         if since is not None:
-            conds.append(resource.c.last_updated >= since)
+            conds.append(resource.c.last_updated >= since - 5e-7)
         where = and_(*conds)
         total = self.conn.execute(
             select(func.count()).select_from(resource).where(where)
@@ -337,8 +338,8 @@ class Session:
         if not isinstance(resource_type, str) or not self.defs.is_resource_type(resource_type):
             raise FhirError(400, f"Unknown resourceType {resource_type!r}", "invalid")
         if if_none_exist:
-            params = parse_criteria(if_none_exist)
-            found = self.find(resource_type, params)
+            claim = self._lock_criteria(resource_type, if_none_exist)
+            found = self.find(resource_type, parse_criteria(if_none_exist))
             if len(found) > 1:
                 raise FhirError(
                     412,
@@ -349,37 +350,43 @@ class Session:
             if found:
                 found[0].created = False
                 return found[0]
-        new_id = str(uuid.uuid4())
-        stored = self._put(resource_type, new_id, body, None, "POST", options, expect_new=True)
+        stored = self._put(
+            resource_type, str(uuid.uuid4()), body, None, "POST", options, expect_new=True
+        )
         if if_none_exist:
-            self._claim(resource_type, if_none_exist, stored)
+            self.conn.execute(
+                update(conditional_claim)
+                .where(claim)
+                .values(rid=self._row(resource_type, stored.id).rid)
+            )
         return stored
 
-    def _claim(self, resource_type: str, criteria: str, stored: StoredResource) -> None:
-        """Record the criteria of a conditional create under a unique key in this transaction.
+    def find_for_create(self, resource_type: str, criteria: str) -> list[StoredResource]:
+        """Matches of If-None-Exist criteria, searched under the criteria's lock."""
+        self._lock_criteria(resource_type, criteria)
+        return self.find(resource_type, parse_criteria(criteria))
 
-        A concurrent create with the same criteria collides on the key and is retried, and then
-        finds this resource. A stale claim (its resource no longer matches) is replaced.
+    def _lock_criteria(self, resource_type: str, criteria: str) -> ColumnElement[bool]:
+        """Hold the database lock of one conditional-create criteria until this transaction ends.
+
+        The claim row is a mutex in the database itself: a concurrent create with the same
+        criteria waits on it, then searches and finds what the first one stored. Searching only
+        after taking the lock is what makes If-None-Exist safe under concurrent requests.
         """
         key = hashlib.sha256(canonical_criteria(criteria).encode()).hexdigest()
-        self.conn.execute(
-            delete(conditional_claim).where(
-                and_(
-                    conditional_claim.c.res_type == resource_type,
-                    conditional_claim.c.criteria_hash == key,
-                )
-            )
+        where = and_(
+            conditional_claim.c.res_type == resource_type, conditional_claim.c.criteria_hash == key
         )
-        rid = self._row(resource_type, stored.id).rid
         try:
             with self.conn.begin_nested():
                 self.conn.execute(
                     insert(conditional_claim).values(
-                        res_type=resource_type, criteria_hash=key, rid=rid
+                        res_type=resource_type, criteria_hash=key, rid=0
                     )
                 )
-        except IntegrityError as err:
-            raise RetryWrite(str(err)) from err
+        except IntegrityError:
+            self.conn.execute(select(conditional_claim.c.rid).where(where).with_for_update())
+        return where
 
     def update(
         self,
@@ -590,10 +597,12 @@ def _stored(row: Any, method: str = "PUT") -> StoredResource:
 
 
 def _now(previous: float | None) -> float:
-    # Strictly after the previous version even if clocks are coarse, so histories stay ordered.
-    now = time.time()
+    # Whole microseconds, as meta.lastUpdated shows them, so that a client's _since taken from
+    # a lastUpdated finds that very version; strictly after the previous version, so that
+    # histories stay ordered even when the clock is coarse.
+    now = round(time.time(), 6)
     if previous is not None and now <= previous:
-        now = previous + 1e-6
+        now = round(previous + 1e-6, 6)
     return now
 
 
