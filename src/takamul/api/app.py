@@ -6,6 +6,7 @@ Thin by design: logic lives in ``takamul.store`` and ``takamul.api.interactions`
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -112,8 +113,10 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.post("/fhir/{rtype}/_search")
     async def search_post(rtype: str, request: Request) -> Response:
-        form = await request.form()
-        params = _query(request) + [(k, str(v)) for k, v in form.multi_items()]
+        # application/x-www-form-urlencoded, parsed here rather than pulling in a multipart
+        # parser that search never needs.
+        raw = (await request.body()).decode("utf-8", errors="strict")
+        params = _query(request) + parse_qsl(raw, keep_blank_values=True)
         c = ctx(request)
 
         def run() -> Result:

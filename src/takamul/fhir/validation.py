@@ -45,7 +45,12 @@ def validate_resource(resource: object, expected_type: str | None = None) -> lis
             f"send a {expected_type} or use the {rtype} endpoint",
             expected_type,
         )
-    _check_resource(resource, "", issues, contained=False)
+    try:
+        _check_resource(resource, "", issues, contained=False)
+    except RecursionError:
+        # Hostile input (e.g. extensions nested thousands deep) must not crash the caller.
+        message = "The resource is nested too deeply to validate; flatten its structure"
+        _error(issues, "too-costly", message, rtype if isinstance(rtype, str) else "Resource")
     return issues
 
 
@@ -352,7 +357,7 @@ def _check_integer(value: object, code: str, low: int) -> str | None:
 def _check_decimal(value: object) -> str | None:
     if value.__class__ is int:
         return None
-    if isinstance(value, float) and value.__class__ is float:
+    if isinstance(value, float):
         # Python's json module accepts NaN and Infinity, which are not JSON numbers.
         return None if math.isfinite(value) else f"{value} is not a number; send a finite decimal"
     return f"Expected a JSON number (decimal) but got {_json_kind(value)}; send it without quotes"
