@@ -362,3 +362,44 @@ def test_everything(world: World, http: httpx.Client) -> None:
     assert len(paged["entry"]) == 2 and any(x["relation"] == "next" for x in paged["link"])
     later = http.get(f"/Patient/{pid}/$everything", params={"_since": "2999-01-01"}).json()
     assert later["total"] == 0
+
+
+def test_include_iterate(http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex
+    org = http.post(
+        "/Organization", json={"resourceType": "Organization", "name": tag}, headers=JSON
+    ).json()["id"]
+    med = http.post(
+        "/Medication",
+        json={"resourceType": "Medication", "manufacturer": {"reference": f"Organization/{org}"}},
+        headers=JSON,
+    ).json()["id"]
+    rx = http.post(
+        "/MedicationRequest",
+        headers=JSON,
+        json={
+            "resourceType": "MedicationRequest",
+            "status": "active",
+            "intent": "order",
+            "identifier": [{"value": tag}],
+            "medicationReference": {"reference": f"Medication/{med}"},
+            "subject": {"reference": "Patient/someone"},
+        },
+    ).json()["id"]
+    bundle = http.get(
+        "/MedicationRequest",
+        params=[
+            ("identifier", tag),
+            ("_include", "MedicationRequest:medication"),
+            ("_include:iterate", "Medication:manufacturer"),
+        ],
+    ).json()
+    got = {
+        (e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+        for e in bundle["entry"]
+    }
+    assert got == {
+        ("MedicationRequest", rx, "match"),
+        ("Medication", med, "include"),
+        ("Organization", org, "include"),
+    }

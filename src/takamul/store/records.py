@@ -24,6 +24,7 @@ class StoredResource:
     content: bytes | None  # orjson bytes with meta filled in; None for a deletion
     method: str = "PUT"
     created: bool = False  # set by writes: 201 rather than 200
+    rid: int = 0  # the store's row key, for follow-up queries such as _include
 
     @property
     def etag(self) -> str:

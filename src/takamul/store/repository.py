@@ -37,7 +37,7 @@ from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
 from takamul.store.engine import make_engines
 from takamul.store.indexing import index_rows
-from takamul.store.query import QueryParser, SearchQuery
+from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
 from takamul.store.schema import (
     INDEX_TABLES,
@@ -238,11 +238,33 @@ class Session:
     def _includes(
         self, query: SearchQuery, rids: list[int], matches: list[StoredResource]
     ) -> list[StoredResource]:
+        """_include and _revinclude over the page; the :iterate ones once more over what they
+        brought in (one further level, which covers the usual uses such as
+        MedicationRequest -> Medication -> Organization)."""
         if not rids or not (query.includes or query.revincludes):
             return []
         seen = {(m.resource_type, m.id) for m in matches}
+        first = [s for s in query.includes if not s.iterate]
+        first_rev = [s for s in query.revincludes if not s.iterate]
+        out = self._include_pass(first, first_rev, matches, seen)
+        again = [s for s in query.includes if s.iterate]
+        again_rev = [s for s in query.revincludes if s.iterate]
+        if again or again_rev:
+            out += self._include_pass(again, again_rev, matches + out, seen)
+        return out
+
+    def _include_pass(
+        self,
+        includes: list[IncludeSpec],
+        revincludes: list[IncludeSpec],
+        sources: list[StoredResource],
+        seen: set[tuple[str, str]],
+    ) -> list[StoredResource]:
         out: list[StoredResource] = []
-        for spec in query.includes:
+        for spec in includes:
+            rids = [s.rid for s in sources if s.resource_type == spec.source_type]
+            if not rids:
+                continue
             conds: list[ColumnElement[bool]] = [
                 sp_reference.c.rid.in_(rids),
                 sp_reference.c.target_id.is_not(None),
@@ -255,8 +277,8 @@ class Session:
                 select(sp_reference.c.target_type, sp_reference.c.target_id).where(and_(*conds))
             ).all()
             out.extend(self._fetch_keys({(t, i) for t, i in targets} - seen, seen))
-        for spec in query.revincludes:
-            keys = [(m.resource_type, m.id) for m in matches]
+        for spec in revincludes:
+            keys = [(m.resource_type, m.id) for m in sources]
             conds = [
                 sp_reference.c.res_type == spec.source_type,
                 tuple_(sp_reference.c.target_type, sp_reference.c.target_id).in_(keys),
@@ -593,6 +615,7 @@ def _stored(row: Any, method: str = "PUT") -> StoredResource:
         bool(row.deleted),
         row.content,
         method,
+        rid=row.rid,
     )
 
 
