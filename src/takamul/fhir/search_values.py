@@ -12,9 +12,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
-from takamul.fhir.definitions import Definitions, TypeDef, definitions
+from takamul.fhir.definitions import (
+    Definitions,
+    ElementDef,
+    SearchParamDef,
+    TypeDef,
+    definitions,
+)
 
 DATE_MIN: float = -1e14  # sentinel for an open-ended lower bound (epoch seconds)
 DATE_MAX: float = 1e14  # sentinel for an open-ended upper bound
@@ -82,6 +89,7 @@ Entry = (
 _TATWEEL = "\u0640"
 
 
+@lru_cache(maxsize=65536)  # displays and names repeat a lot across a bulk load
 def normalize_string(text: str) -> str:
     """Casefold, strip accents / Arabic harakat and tatweel, collapse whitespace.
 
@@ -136,10 +144,11 @@ def _time_range(parts: dict[str, str | None], day_start: int) -> tuple[float, fl
     fraction = parts["f"]
     if fraction is None:
         return low, low + 1
-    low += int(fraction) / 10 ** len(fraction)
-    return low, low + 10.0 ** -len(fraction)
+    scale = 10 ** len(fraction)  # both bounds from the integer second: no rounding drift
+    return low + int(fraction) / scale, low + (int(fraction) + 1) / scale
 
 
+@lru_cache(maxsize=65536)
 def date_range(text: str) -> tuple[float, float]:
     """The half-open UTC epoch-second range ``[low, high)`` a date/dateTime/instant denotes.
 
@@ -186,14 +195,15 @@ def decimal_range(text: str) -> tuple[float, float, float]:
 
 
 def _number_text(value: Any) -> str | None:
-    """The literal text of a JSON number (JSON numbers arrive as int / float)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+    """The literal text of a JSON number, whose digits carry its precision.
+
+    JSON numbers arrive as int / float (or Decimal); ``repr`` of a float is its shortest literal.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return (
-        value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
-    )
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None
+    return str(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +239,7 @@ class _Model:
     def __init__(self, defs: Definitions) -> None:
         self.defs = defs
         self._ctx: dict[tuple[str, str], _Ctx] = {}
-        self._by_parent: dict[str, dict[str, dict[str, Any]]] = {}
+        self._by_parent: dict[str, dict[str, dict[str, ElementDef]]] = {}
 
     def ctx(self, type_name: str) -> _Ctx:
         """The context of a named type (resource, complex or primitive)."""
@@ -253,16 +263,17 @@ class _Model:
             found = self._ctx[key] = _Ctx(self, "BackboneElement", owner, path)
         return found
 
-    def _elements(self, owner: TypeDef) -> dict[str, dict[str, Any]]:
+    def _elements(self, owner: TypeDef) -> dict[str, dict[str, ElementDef]]:
         """parent path -> child name -> ElementDef, built once per StructureDefinition."""
-        table = self._by_parent.get(owner.name)
-        if table is None:
-            table = {}
-            for path, el in owner.elements.items():
-                parent, _, _ = path.rpartition(".")
-                if parent:
-                    table.setdefault(parent, {})[el.name] = el
-            self._by_parent[owner.name] = table
+        found = self._by_parent.get(owner.name)
+        if found is not None:
+            return found
+        table: dict[str, dict[str, ElementDef]] = {}
+        for path, el in owner.elements.items():
+            parent = path.rpartition(".")[0]
+            if parent:
+                table.setdefault(parent, {})[el.name] = el
+        self._by_parent[owner.name] = table
         return table
 
     def children(self, ctx: _Ctx, name: str) -> _Kids:
@@ -278,7 +289,7 @@ class _Model:
             path = owner.name if owner else ""
         return ()
 
-    def _element_kids(self, owner: TypeDef, el: Any) -> _Kids:
+    def _element_kids(self, owner: TypeDef, el: ElementDef) -> _Kids:
         if el.ref:
             return ((el.name, self._inline(owner, el.ref)),)
         codes = [t.code if not t.code.startswith("http") else "string" for t in el.types]
@@ -286,7 +297,7 @@ class _Model:
             return tuple((el.name + c[0].upper() + c[1:], self._typed(owner, el, c)) for c in codes)
         return ((el.name, self._typed(owner, el, codes[0] if codes else "Element")),)
 
-    def _typed(self, owner: TypeDef, el: Any, code: str) -> _Ctx | None:
+    def _typed(self, owner: TypeDef, el: ElementDef, code: str) -> _Ctx | None:
         if code in ("BackboneElement", "Element") and not el.is_choice:
             return self._inline(owner, el.path)
         if code in ("Resource", "DomainResource"):
@@ -310,8 +321,10 @@ class _Model:
 #
 # fhirpathpy is the general evaluator, but it is far too slow for bulk indexing (it re-walks a
 # generic AST and wraps every value), and it cannot resolve(). The search expressions of R4 use a
-# small subset, so they are compiled here into closures over the JSON dicts, with every node's
-# FHIR type known statically from the StructureDefinitions.
+# small subset, so they are compiled here into closures over the JSON dicts. Every node carries
+# its FHIR type from the StructureDefinitions (a choice element's type from its JSON key), which
+# is what picks the entry mapping; union branches for other resource types are pruned at bind
+# time, so a shared parameter such as `clinical-code` costs one branch per resource.
 # ---------------------------------------------------------------------------------------------
 
 _Node = tuple[Any, _Ctx]
@@ -510,14 +523,27 @@ class _Binder:
         return lambda nodes: [n for n in nodes if is_a(n[1].type, type_name)]
 
     def bind_dot(self, ast: _Ast, root_type: str | None) -> _Fn:
-        left = self.bind(ast[1], root_type)
+        names: list[str] = []
+        while ast[0] == "dot" and ast[2][0] == "member":  # fuse a.b.c into one walk
+            names.append(ast[2][1])
+            ast = ast[1]
+        if not names:
+            left = self.bind(ast[1], root_type)
+            return _empty if left is _empty else self.bind_invocation(ast[2], left, None)
+        names.reverse()
+        if ast[0] == "root" and ast[1][0] == "member" and not ast[1][1][:1].isupper():
+            names.insert(0, ast[1][1])
+            left = _this
+        else:
+            left = self.bind(ast, root_type)
         if left is _empty:
             return _empty
-        return self.bind_invocation(ast[2], left, None)
+        walk = _members(tuple(names))
+        return walk if left is _this else lambda nodes: walk(left(nodes))
 
     def bind_invocation(self, inv: _Ast, source: _Fn, root_type: str | None) -> _Fn:
         if inv[0] == "member":
-            step = _member(inv[1])
+            step = _members((inv[1],))
             return step if source is _this else lambda nodes: step(source(nodes))
         fn = getattr(self, "call_" + inv[1], None)
         if fn is None:
@@ -535,7 +561,8 @@ class _Binder:
             return _empty
         if len(parts) == 1:
             return parts[0]
-        return lambda nodes: _dedupe(n for part in parts for n in part(nodes))
+        # FHIRPath's `|` also removes duplicates; entries are de-duplicated anyway, so skip it.
+        return lambda nodes: [n for part in parts for n in part(nodes)]
 
     def bind_as(self, ast: _Ast, root_type: str | None) -> _Fn:
         return self._of_type(self.bind(ast[1], root_type), self._checked_type(ast[2]))
@@ -634,7 +661,7 @@ class _Binder:
     def call_extension(self, source: _Fn, args: tuple[_Ast, ...]) -> _Fn:
         if len(args) != 1 or args[0][0] != "lit" or not isinstance(args[0][1], str):
             raise _Unsupported("extension() takes a literal url")
-        url, step = args[0][1], _member("extension")
+        url, step = args[0][1], _members(("extension",))
         return lambda nodes: [n for n in step(source(nodes)) if n[0].get("url") == url]
 
     def call_resolve(self, source: _Fn, args: tuple[_Ast, ...]) -> _Fn:
@@ -655,27 +682,34 @@ class _Binder:
         return resolve
 
 
-def _member(name: str) -> _Fn:
-    """Navigate to child ``name`` of every node, flattening arrays and typing each result."""
+def _members(names: tuple[str, ...]) -> _Fn:
+    """Navigate the path ``names`` from every node, flattening arrays and typing each result."""
 
-    def step(nodes: list[_Node]) -> list[_Node]:
-        out: list[_Node] = []
-        for value, ctx in nodes:
-            if type(value) is not dict:
-                continue
-            for key, child in ctx.child(name):
-                item = value.get(key)
-                if item is None:
+    def walk(nodes: list[_Node]) -> list[_Node]:
+        for name in names:
+            out: list[_Node] = []
+            for value, ctx in nodes:
+                if type(value) is not dict:
                     continue
-                if type(item) is list:
-                    for x in item:
-                        if x is not None:
-                            out.append((x, child or ctx.model.resource_ctx(x)))
-                else:
-                    out.append((item, child or ctx.model.resource_ctx(item)))
-        return out
+                kids = ctx.kids.get(name)
+                if kids is None:
+                    kids = ctx.child(name)
+                for key, child in kids:
+                    item = value.get(key)
+                    if item is None:
+                        continue
+                    if type(item) is list:
+                        for x in item:
+                            if x is not None:
+                                out.append((x, child or ctx.model.resource_ctx(x)))
+                    else:
+                        out.append((item, child or ctx.model.resource_ctx(item)))
+            if not out:
+                return out
+            nodes = out
+        return nodes
 
-    return step
+    return walk
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -691,18 +725,6 @@ def _as_bool(nodes: list[_Node]) -> bool | None:
     if len(nodes) == 1 and isinstance(nodes[0][0], bool):
         return nodes[0][0]
     return True
-
-
-def _dedupe(nodes: Iterable[_Node]) -> list[_Node]:
-    """FHIRPath ``|`` removes duplicates; compare by identity first, it is almost always enough."""
-    out: list[_Node] = []
-    seen: set[int] = set()
-    for node in nodes:
-        if id(node[0]) in seen or (not isinstance(node[0], dict | list) and node in out):
-            continue
-        seen.add(id(node[0]))
-        out.append(node)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,6 +802,16 @@ _ADDRESS_PARTS = (
     ("text", False),
 )
 _ISO_4217 = "urn:iso:std:iso:4217"
+_DATE_TYPES = frozenset({"date", "dateTime", "instant"})
+_OPEN_BOUND = 1e300
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What a mapper needs beyond the node: known resource types and the parameter's targets."""
+
+    resource_types: frozenset[str]
+    targets: frozenset[str]
 
 
 def _str(value: Any) -> str | None:
@@ -798,7 +830,7 @@ def _string_parts(value: dict[str, Any], parts: tuple[tuple[str, bool], ...]) ->
                 yield x
 
 
-def _string_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
+def _string_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
     if isinstance(value, str):
         texts: Iterable[str] = (value,) if value else ()
     elif isinstance(value, dict) and type_name == "HumanName":
@@ -839,7 +871,7 @@ def _complex_token(value: dict[str, Any], type_name: str) -> Entry | None:
     return None
 
 
-def _token_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
+def _token_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
     if isinstance(value, bool):
         yield TokenEntry(None, "true" if value else "false", None)
     elif isinstance(value, str | int | float) and str(value):
@@ -853,9 +885,9 @@ def _token_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[En
             yield entry
 
 
-def _date_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
+def _date_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
     if isinstance(value, str):
-        found = _safe_date(value)
+        found = _safe_date(value) if type_name in _DATE_TYPES else None
         if found:
             yield DateEntry(*found)
     elif isinstance(value, dict) and type_name == "Period":
@@ -876,14 +908,14 @@ def _safe_date(value: Any) -> tuple[float, float] | None:
         return None
 
 
-def _reference_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
-    types = defs.resource_types
+def _reference_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
+    types = scope.resource_types
     if isinstance(value, str):
         if value:
             yield _parse_canonical(value, types)
     elif isinstance(value, dict) and "resourceType" in value:  # Bundle.entry[0].resource
         rtype, rid = value.get("resourceType"), value.get("id")
-        if isinstance(rtype, str) and rtype in types:
+        if rtype in types and (not scope.targets or rtype in scope.targets):
             yield ReferenceEntry(rtype, rid if isinstance(rid, str) else None, None)
     elif isinstance(value, dict):
         ref = value.get("reference")
@@ -904,7 +936,10 @@ def _quantity(value: Any, system: Any, code: Any, unit: Any) -> QuantityEntry | 
 
 
 def _range_quantity(value: dict[str, Any]) -> QuantityEntry | None:
-    """A Range indexes as one quantity spanning [low, high]; an open side is infinite."""
+    """A Range indexes as one quantity: value = low (else high), bounds = [low, high].
+
+    An open side gets a huge finite bound rather than inf, which some row encoders turn into null.
+    """
     low_q, high_q = value.get("low"), value.get("high")
     low = _quantity_entry(low_q, "Quantity") if isinstance(low_q, dict) else None
     high = _quantity_entry(high_q, "Quantity") if isinstance(high_q, dict) else None
@@ -913,8 +948,8 @@ def _range_quantity(value: dict[str, Any]) -> QuantityEntry | None:
         return None
     return QuantityEntry(
         unit_of.value,
-        low.low if low else -math.inf,
-        high.high if high else math.inf,
+        low.low if low else -_OPEN_BOUND,
+        high.high if high else _OPEN_BOUND,
         unit_of.system,
         unit_of.code,
         unit_of.unit,
@@ -933,14 +968,14 @@ def _quantity_entry(value: dict[str, Any], type_name: str) -> QuantityEntry | No
     return None
 
 
-def _quantity_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
+def _quantity_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
     if isinstance(value, dict):
         entry = _quantity_entry(value, type_name)
         if entry is not None:
             yield entry
 
 
-def _number_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
+def _number_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
     if isinstance(value, dict):
         if type_name == "Range":  # RiskAssessment.prediction.probability is decimal | Range
             entry = _range_quantity(value)
@@ -948,16 +983,16 @@ def _number_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[E
                 yield NumberEntry(entry.value, entry.low, entry.high)
         return
     text = _number_text(value)
-    if text is not None and not isinstance(value, str):
+    if text is not None:
         yield NumberEntry(*decimal_range(text))
 
 
-def _uri_entries(value: Any, type_name: str, defs: Definitions) -> Iterator[Entry]:
+def _uri_entries(value: Any, type_name: str, scope: _Scope) -> Iterator[Entry]:
     if isinstance(value, str) and value:
         yield UriEntry(value)
 
 
-_Mapper = Callable[[Any, str, Definitions], Iterator[Entry]]
+_Mapper = Callable[[Any, str, _Scope], Iterator[Entry]]
 _MAPPERS: dict[str, _Mapper] = {
     "string": _string_entries,
     "token": _token_entries,
@@ -1002,40 +1037,51 @@ def _shape_type(value: Any, param_type: str) -> str:
         return "integer" if isinstance(value, int) else "decimal"
     if not isinstance(value, dict):
         return "dateTime" if param_type == "date" else "string"
-    return _dict_shape(value)
+    return _dict_shape(value, param_type)
 
 
 _SHAPES: tuple[tuple[frozenset[str], str], ...] = (
     (frozenset({"resourceType"}), "Resource"),
     (frozenset({"coding"}), "CodeableConcept"),
     (frozenset({"currency"}), "Money"),
-    (frozenset({"comparator", "unit", "code"}), "Quantity"),
+    (frozenset({"comparator", "unit"}), "Quantity"),
     (frozenset({"low", "high"}), "Range"),
     (frozenset({"start", "end"}), "Period"),
     (frozenset({"event", "repeat"}), "Timing"),
-    (frozenset({"family", "given"}), "HumanName"),
-    (frozenset({"line", "city", "postalCode", "country"}), "Address"),
+    (frozenset({"family", "given", "prefix", "suffix"}), "HumanName"),
+    (frozenset({"line", "city", "district", "state", "postalCode", "country"}), "Address"),
     (frozenset({"reference", "identifier"}), "Reference"),
     (frozenset({"display"}), "Coding"),
-    (frozenset({"value", "system"}), "Identifier"),
-    (frozenset({"text"}), "CodeableConcept"),
 )
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 
 
-def _dict_shape(value: dict[str, Any]) -> str:
+def _dict_shape(value: dict[str, Any], param_type: str) -> str:
+    """Best effort only: the fast path knows types exactly; this serves fhirpathpy results."""
     for keys, name in _SHAPES:
         if keys & value.keys():
-            if name == "Identifier" and value.get("system") in _CONTACT_SYSTEMS:
-                return "ContactPoint"
             return name
+    if "value" in value:
+        if "code" in value:
+            return "Quantity"
+        return "ContactPoint" if value.get("system") in _CONTACT_SYSTEMS else "Identifier"
+    if "code" in value:
+        return "Coding"
+    if "text" in value:
+        return "HumanName" if param_type == "string" else "CodeableConcept"
     return "Element"
 
 
 class _FhirpathpyEvaluator:
-    """fhirpathpy, compiled once, with resolve() standing in the way the fast path does."""
+    """fhirpathpy, compiled once, with resolve() standing in the way the fast path does.
+
+    Used for expressions outside the compiled subset (none among the R4 core parameters) and as
+    the reference the equivalence tests compare the fast path with. fhirpathpy keeps global state
+    while evaluating, so this path is not meant for concurrent threads.
+    """
 
     def __init__(self, model: _Model, expression: str, resource_type: str, param_type: str) -> None:
+        # Imported here: only the fallback needs fhirpathpy, and it is slow to import.
         from fhirpathpy import compile as fp_compile
         from fhirpathpy.models import models
 
@@ -1085,11 +1131,16 @@ class _FhirpathpyEvaluator:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    code: str
-    type: str
-    expression: str
+    param: SearchParamDef
     evaluate: _Fn
     mapper: _Mapper
+    scope: _Scope
+
+    def entries(self, nodes: list[_Node]) -> list[Entry]:
+        mapper, scope = self.mapper, self.scope
+        return list(
+            dict.fromkeys(e for value, ctx in nodes for e in mapper(value, ctx.type, scope))
+        )
 
 
 class SearchIndexer:
@@ -1109,14 +1160,15 @@ class SearchIndexer:
     def _plan_type(self, rtype: str) -> dict[str, _Plan]:
         plans = {}
         for code, param in self.defs.search_params_for(rtype).items():
-            if param.type not in INDEXED_TYPES or not param.expression:
-                continue
-            evaluate = self._compile(param.expression, rtype, param.type)
-            if evaluate is not _empty:
-                plans[code] = _Plan(
-                    code, param.type, param.expression, evaluate, _MAPPERS[param.type]
-                )
+            if param.type in INDEXED_TYPES and param.expression:
+                plan = self._plan(param, self._compile(param.expression, rtype, param.type))
+                if plan.evaluate is not _empty:  # other types' branches of a shared expression
+                    plans[code] = plan
         return plans
+
+    def _plan(self, param: SearchParamDef, evaluate: _Fn) -> _Plan:
+        scope = _Scope(self.defs.resource_types, frozenset(param.target))
+        return _Plan(param, evaluate, _MAPPERS[param.type], scope)
 
     def _compile(self, expression: str, rtype: str, param_type: str) -> _Fn:
         if expression not in self._asts:
@@ -1144,48 +1196,38 @@ class SearchIndexer:
         """Search-param code -> its de-duplicated entries (only params that have any)."""
         plans, root = self._root(resource)
         out: dict[str, list[Entry]] = {}
-        defs = self.defs
         for code, plan in plans.items():
             nodes = plan.evaluate(root)
-            if not nodes:
-                continue
-            mapper = plan.mapper
-            entries = [e for value, ctx in nodes for e in mapper(value, ctx.type, defs)]
-            if entries:
-                out[code] = list(dict.fromkeys(entries))
+            if nodes:
+                entries = plan.entries(nodes)
+                if entries:
+                    out[code] = entries
         return out
 
     def values(self, resource: dict[str, Any], param_code: str) -> list[Any]:
         """The raw FHIRPath result nodes of one parameter (for debugging and tests)."""
-        return [value for value, _ in self._nodes(resource, param_code)]
+        plan, root = self._plan_for(resource, param_code)
+        return [value for value, _ in plan.evaluate(root)] if plan else []
 
-    def _nodes(self, resource: dict[str, Any], param_code: str) -> list[tuple[Any, _Ctx]]:
+    def _plan_for(self, resource: dict[str, Any], code: str) -> tuple[_Plan | None, list[_Node]]:
+        """The parameter's plan; None when it was pruned (it cannot match this type)."""
         plans, root = self._root(resource)
-        plan = plans.get(param_code)
-        if plan is None:
-            return self._unplanned(resource, param_code)
-        return plan.evaluate(root)
-
-    def _unplanned(self, resource: dict[str, Any], param_code: str) -> list[tuple[Any, _Ctx]]:
-        params = self.defs.search_params_for(resource["resourceType"])
-        param = params.get(param_code)
+        param = self.defs.search_params_for(resource["resourceType"]).get(code)
         if param is None or param.type not in INDEXED_TYPES or not param.expression:
-            raise KeyError(
-                f"{resource['resourceType']} has no indexed search parameter {param_code!r}"
-            )
-        return []  # pruned: the expression cannot match this resource type
+            raise KeyError(f"{resource['resourceType']} has no indexed search parameter {code!r}")
+        return plans.get(code), root
 
-    def _reference_nodes(self, resource: dict[str, Any], param_code: str) -> list[tuple[Any, _Ctx]]:
-        """The same parameter evaluated by fhirpathpy (the equivalence tests compare the two)."""
+    def _compare(
+        self, resource: dict[str, Any], code: str
+    ) -> tuple[list[_Node], list[_Node], _Plan]:
+        """Fast-path and fhirpathpy nodes of one parameter, for the equivalence tests."""
+        plan, root = self._plan_for(resource, code)
         rtype = resource["resourceType"]
-        param = self.defs.search_params_for(rtype)[param_code]
+        param = self.defs.search_params_for(rtype)[code]
         assert param.expression is not None
-        evaluator = self._reference.get((rtype, param_code))
-        if evaluator is None:
-            evaluator = _FhirpathpyEvaluator(self._model, param.expression, rtype, param.type)
-            self._reference[rtype, param_code] = evaluator
-        return evaluator([(resource, self._model.ctx(rtype))])
-
-    def _entries(self, nodes: list[tuple[Any, _Ctx]], param_type: str) -> list[Entry]:
-        mapper = _MAPPERS[param_type]
-        return list(dict.fromkeys(e for v, c in nodes for e in mapper(v, c.type, self.defs)))
+        reference = self._reference.get((rtype, code))
+        if reference is None:
+            reference = _FhirpathpyEvaluator(self._model, param.expression, rtype, param.type)
+            self._reference[rtype, code] = reference
+        fast = plan.evaluate(root) if plan else []
+        return fast, reference(root), plan or self._plan(param, reference)
