@@ -6,10 +6,10 @@ Thin by design: logic lives in ``takamul.store`` and ``takamul.api.interactions`
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qsl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request, Response
