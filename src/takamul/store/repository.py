@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     delete,
     false,
     func,
@@ -50,6 +51,24 @@ from takamul.store.schema import (
 from takamul.store.search import matching_rids, sort_expressions
 
 T = TypeVar("T")
+
+# Statements built once: building them per write cost more than executing them.
+INSERT_RESOURCE = insert(resource).returning(resource.c.rid)
+UPDATE_RESOURCE = (
+    update(resource)
+    .where(resource.c.rid == bindparam("b_rid"))
+    .values(
+        version=bindparam("version"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+        content=bindparam("content"),
+    )
+)
+INSERT_VERSION = insert(resource_version)
+SELECT_CURRENT = select(resource).where(
+    and_(resource.c.res_type == bindparam("res_type"), resource.c.res_id == bindparam("res_id"))
+)
+SELECT_CURRENT_FOR_UPDATE = SELECT_CURRENT.with_for_update()
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 RETRIES = 20
 
@@ -120,12 +139,8 @@ class Session:
     # -- reads ------------------------------------------------------------------------
 
     def _row(self, resource_type: str, resource_id: str, lock: bool = False) -> Any:
-        stmt = select(resource).where(
-            and_(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
-        )
-        if lock:
-            stmt = stmt.with_for_update()
-        return self.conn.execute(stmt).first()
+        stmt = SELECT_CURRENT_FOR_UPDATE if lock else SELECT_CURRENT
+        return self.conn.execute(stmt, {"res_type": resource_type, "res_id": resource_id}).first()
 
     def read(self, resource_type: str, resource_id: str) -> StoredResource:
         row = self._row(resource_type, resource_id)
@@ -523,39 +538,21 @@ class Session:
         version = current + 1
         stored_body = self._prepare(body, resource_type, resource_id, version, now, options)
         content = orjson.dumps(stored_body)
+        values = {
+            "res_type": resource_type,
+            "res_id": resource_id,
+            "version": version,
+            "last_updated": now,
+            "deleted": False,
+            "content": content,
+        }
         if row is None:
-            rid = self.conn.execute(
-                insert(resource)
-                .values(
-                    res_type=resource_type,
-                    res_id=resource_id,
-                    version=version,
-                    last_updated=now,
-                    deleted=False,
-                    content=content,
-                )
-                .returning(resource.c.rid)
-            ).scalar_one()
+            rid = self.conn.execute(INSERT_RESOURCE, values).scalar_one()
         else:
             rid = row.rid
-            self.conn.execute(
-                update(resource)
-                .where(resource.c.rid == rid)
-                .values(version=version, last_updated=now, deleted=False, content=content)
-            )
+            self.conn.execute(UPDATE_RESOURCE, {**values, "b_rid": rid})
             self._drop_index(rid)
-        self.conn.execute(
-            insert(resource_version).values(
-                rid=rid,
-                res_type=resource_type,
-                res_id=resource_id,
-                version=version,
-                last_updated=now,
-                method=method,
-                deleted=False,
-                content=content,
-            )
-        )
+        self.conn.execute(INSERT_VERSION, {**values, "rid": rid, "method": method})
         self._write_index(rid, resource_type, stored_body)
         return StoredResource(
             resource_type,
