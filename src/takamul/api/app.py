@@ -1,6 +1,6 @@
 """The FastAPI application: routes that parse HTTP, call the interactions, and render FHIR JSON.
 
-Thin by design: logic lives in ``takamul.store`` and ``takamul.api.interactions``.
+Thin by design: logic lives in ``takamul.store`` and ``takamul.rest.interactions``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from takamul.api import bundles
-from takamul.api import interactions as ix
-from takamul.api.capability import capability_statement
-from takamul.api.interactions import RequestContext, Result
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
+from takamul.rest import bundles
+from takamul.rest import interactions as ix
+from takamul.rest.capability import capability_statement
+from takamul.rest.interactions import RequestContext, Result
 from takamul.settings import Settings
 from takamul.store.repository import Store
 

@@ -7,8 +7,8 @@ from importlib import resources
 
 import orjson
 
-from takamul.api.bundles import process
-from takamul.api.interactions import RequestContext
+from takamul.rest.bundles import process
+from takamul.rest.interactions import RequestContext
 from takamul.settings import Settings
 from takamul.store.repository import Store
 

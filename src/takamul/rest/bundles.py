@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from takamul.api import interactions as ix
-from takamul.api.interactions import RequestContext, Result
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
+from takamul.rest import interactions as ix
+from takamul.rest.interactions import RequestContext, Result
 from takamul.store.repository import Session, Store, valid_id
 
 # Transaction processing order of R4 http.html#trules.

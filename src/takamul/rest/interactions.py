@@ -12,9 +12,9 @@ from typing import Any
 import jsonpatch
 import orjson
 
-from takamul.api.rendering import history_bundle, search_bundle, subset
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
+from takamul.rest.rendering import history_bundle, search_bundle, subset
 from takamul.store.records import StoredResource
 from takamul.store.repository import Session, WriteOptions, parse_criteria
 
