@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,77 @@ def serve(
         from takamul.api import create_app
 
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def load(
+    paths: Annotated[list[Path], typer.Argument(help="NDJSON files, Bundle files or folders")],
+    db: DbOption = None,
+    errors: Annotated[
+        Path | None, typer.Option(help="NDJSON file of rejected lines (default: next to the DB)")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Resources per transaction")] = 1000,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes that validate and index (default: cores - 1)")
+    ] = None,
+) -> None:
+    """Load FHIR NDJSON and Bundle files into the shared record; resumes after interruption."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from takamul.bulk import load_paths
+    from takamul.bulk.load import discover
+    from takamul.store import Store
+
+    settings = Settings.from_env(database_url=db)
+    errors_path = errors or Path("data") / "load-errors.ndjson"
+    try:
+        total = sum(f.stat().st_size for f in discover(paths))
+    except FileNotFoundError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from err
+    store = Store(settings)
+    columns = (
+        TextColumn("[bold]loading"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[resources]:,} resources, {task.fields[rate]:,.0f}/s"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("load", total=total, resources=0, rate=0.0)
+        started = time.perf_counter()
+        done = 0
+
+        def report(n_bytes: int, n_resources: int) -> None:
+            nonlocal done
+            done += n_resources
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=n_bytes, resources=done, rate=rate)
+
+        summary = load_paths(
+            store,
+            paths,
+            errors_path,
+            batch_size=batch_size,
+            workers=workers,
+            progress=report,
+        )
+    store.close()
+    console.print(
+        f"loaded {summary.loaded}, updated {summary.updated}, rejected {summary.rejected}, "
+        f"skipped (already loaded) {summary.skipped} from {summary.files} files in "
+        f"{summary.seconds:.1f} s ({summary.rate:.0f} resources/s)"
+    )
+    if summary.rejected:
+        console.print(f"[yellow]rejected lines and their reasons: {errors_path}[/]")
 
 
 @app.command("load-demo")

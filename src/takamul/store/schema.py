@@ -71,6 +71,17 @@ conditional_claim = Table(
     Column("rid", BigInteger, nullable=False),
 )
 
+# How far a bulk load got in each input file, committed with each batch, so that a load run
+# again after an interruption skips what is already stored instead of writing it twice.
+load_checkpoint = Table(
+    "load_checkpoint",
+    metadata,
+    Column("source_key", String(64), primary_key=True),  # hash of path, size and mtime
+    Column("source", Text, nullable=False),
+    Column("lines_done", BigInteger, nullable=False),
+    Column("completed", Boolean, nullable=False, default=False),
+)
+
 
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
     table = Table(

@@ -1,0 +1,166 @@
+"""Writing many resources in one transaction with a handful of statements, for bulk loads.
+
+Preparing (validation, search-index extraction, serialisation) is pure and can run in worker
+processes; ``put_many`` then needs one query per table for a whole batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, tuple_
+
+from takamul.fhir.outcome import FhirError, OutcomeIssue
+from takamul.fhir.search_values import SearchIndexer
+from takamul.fhir.validation import validate_resource
+from takamul.store.indexing import index_rows
+from takamul.store.records import instant
+from takamul.store.repository import UPDATE_RESOURCE
+from takamul.store.schema import INDEX_TABLES, resource, resource_version
+
+INSERT_NEW = insert(resource).returning(
+    resource.c.rid, resource.c.res_type, resource.c.res_id, sort_by_parameter_order=True
+)
+
+
+@dataclass(slots=True)
+class PreparedResource:
+    resource_type: str
+    id: str
+    body: dict[str, Any]  # stamped as version 1; re-stamped if the resource already exists
+    content: bytes
+    index: dict[str, list[dict[str, Any]]]  # kind -> index rows without rid
+    last_updated: float
+
+
+def prepare(
+    body: Any, indexer: SearchIndexer, validate: bool, source: str, now: float
+) -> PreparedResource:
+    """Validate, stamp meta, serialise and extract the search index of one resource.
+
+    Raises FhirError (with every issue and its location) when the resource is invalid.
+    """
+    if not isinstance(body, dict):
+        raise FhirError(400, "Each line must be a JSON object holding one FHIR resource")
+    rtype = body.get("resourceType")
+    rid = body.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise FhirError(400, OutcomeIssue("error", "required", "A bulk resource needs an id", "id"))
+    if validate:
+        problems = [i for i in validate_resource(body) if i.severity == "error"]
+        if problems:
+            raise FhirError(
+                400, [OutcomeIssue("error", i.code, i.diagnostics, i.expression) for i in problems]
+            )
+    stamped = _stamp(body, 1, now, source)
+    rows = index_rows(indexer, 0, str(rtype), stamped)
+    return PreparedResource(str(rtype), rid, stamped, orjson.dumps(stamped), rows, now)
+
+
+def _stamp(body: dict[str, Any], version: int, now: float, source: str) -> dict[str, Any]:
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(now)
+    meta.setdefault("source", source)
+    out = {"resourceType": body["resourceType"], "id": body["id"], "meta": meta}
+    out.update({k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")})
+    return out
+
+
+def put_many(conn: Connection, items: list[PreparedResource]) -> tuple[int, int]:
+    """Store a batch (ids unique within it); returns (created, updated)."""
+    if not items:
+        return 0, 0
+    keys = [(p.resource_type, p.id) for p in items]
+    existing = {
+        (r.res_type, r.res_id): r
+        for r in conn.execute(
+            select(resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.version)
+            .where(tuple_(resource.c.res_type, resource.c.res_id).in_(keys))
+            .with_for_update()
+        )
+    }
+    new = [p for p in items if (p.resource_type, p.id) not in existing]
+    old = [p for p in items if (p.resource_type, p.id) in existing]
+    rids: dict[tuple[str, str], int] = {}
+    versions: dict[tuple[str, str], int] = {}
+    if new:
+        result = conn.execute(INSERT_NEW, [_resource_row(p, 1) for p in new])
+        for row in result:
+            rids[(row.res_type, row.res_id)] = row.rid
+            versions[(row.res_type, row.res_id)] = 1
+    if old:
+        _update_existing(conn, old, existing, rids, versions)
+    conn.execute(
+        insert(resource_version),
+        [
+            {
+                **_resource_row(p, versions[(p.resource_type, p.id)]),
+                "rid": rids[(p.resource_type, p.id)],
+                "method": "PUT",
+            }
+            for p in items
+        ],
+    )
+    _insert_index(conn, items, rids)
+    return len(new), len(old)
+
+
+def _resource_row(p: PreparedResource, version: int) -> dict[str, Any]:
+    return {
+        "res_type": p.resource_type,
+        "res_id": p.id,
+        "version": version,
+        "last_updated": p.last_updated,
+        "deleted": False,
+        "content": p.content,
+    }
+
+
+def _update_existing(
+    conn: Connection,
+    old: list[PreparedResource],
+    existing: dict[tuple[str, str], Any],
+    rids: dict[tuple[str, str], int],
+    versions: dict[tuple[str, str], int],
+) -> None:
+    for p in old:
+        row = existing[(p.resource_type, p.id)]
+        version = row.version + 1
+        source = str(p.body["meta"].get("source", ""))
+        p.body = _stamp(p.body, version, p.last_updated, source)
+        p.content = orjson.dumps(p.body)
+        rids[(p.resource_type, p.id)] = row.rid
+        versions[(p.resource_type, p.id)] = version
+    conn.execute(
+        UPDATE_RESOURCE,
+        [
+            {
+                **_resource_row(p, versions[(p.resource_type, p.id)]),
+                "b_rid": rids[(p.resource_type, p.id)],
+            }
+            for p in old
+        ],
+    )
+    old_rids = [rids[(p.resource_type, p.id)] for p in old]
+    for table in INDEX_TABLES.values():
+        conn.execute(delete(table).where(table.c.rid.in_(old_rids)))
+
+
+def _insert_index(
+    conn: Connection, items: list[PreparedResource], rids: dict[tuple[str, str], int]
+) -> None:
+    per_kind: dict[str, list[dict[str, Any]]] = {}
+    for p in items:
+        rid = rids[(p.resource_type, p.id)]
+        for kind, rows in p.index.items():
+            bucket = per_kind.setdefault(kind, [])
+            for row in rows:
+                bucket.append({**row, "rid": rid})
+    for kind, rows in per_kind.items():
+        conn.execute(insert(INDEX_TABLES[kind]), rows)
+
+
+__all__ = ["PreparedResource", "and_", "bindparam", "prepare", "put_many"]
