@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,11 +47,12 @@ def postgres_database() -> Iterator[str]:
 def running_server(db_url: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start ``takamul serve`` on a free port; yield its FHIR base URL."""
     port = free_port()
+    export_dir = tempfile.mkdtemp(prefix="takamul-export-")
     cmd = [sys.executable, "-m", "takamul.cli", "serve", "--db", db_url, "--port", str(port)]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "TAKAMUL_EXPORT_DIR": export_dir, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

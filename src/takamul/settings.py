@@ -28,6 +28,8 @@ class Settings:
     # Every write is validated against the R4 definitions; turning it off is for trusted bulk
     # reloads of data that was validated before.
     validate: bool = True
+    # Where $export writes its NDJSON files (one folder per job).
+    export_dir: Path = DEFAULT_DATA_DIR / "exports"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -40,6 +42,7 @@ class Settings:
             default_page_size=int(env.get("TAKAMUL_DEFAULT_PAGE_SIZE", defaults.default_page_size)),
             max_page_size=int(env.get("TAKAMUL_MAX_PAGE_SIZE", defaults.max_page_size)),
             validate=env.get("TAKAMUL_VALIDATE", "true").lower() not in ("0", "false", "no"),
+            export_dir=Path(env.get("TAKAMUL_EXPORT_DIR") or defaults.export_dir),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean)  # type: ignore[arg-type]

@@ -13,9 +13,13 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
+from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
+from takamul.fhir.search_values import date_range
 from takamul.rest import bundles
 from takamul.rest import interactions as ix
 from takamul.rest.capability import capability_statement
@@ -93,6 +97,53 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         body = ix.parse_json(await request.body())
         c = ctx(request)
         return _json(200, await _thread(bundles.process, store, body, c, count))
+
+    exporter = Exporter(store, settings.export_dir)
+    app.state.exporter = exporter
+
+    def kickoff(request: Request, kind: str, group_id: str | None = None) -> Response:
+        export = _export_request(request, kind, group_id)
+        job_id = exporter.start(export)
+        location = f"{ctx(request).base}/$export-poll-status/{job_id}"
+        return Response(None, 202, {"Content-Location": location})
+
+    @app.get("/fhir/$export")
+    def export_system(request: Request) -> Response:
+        return kickoff(request, "system")
+
+    @app.get("/fhir/Patient/$export")
+    def export_patients(request: Request) -> Response:
+        return kickoff(request, "patient")
+
+    @app.get("/fhir/Group/{group_id}/$export")
+    def export_group(group_id: str, request: Request) -> Response:
+        return kickoff(request, "group", group_id)
+
+    @app.get("/fhir/$export-poll-status/{job_id}")
+    def export_status(job_id: str, request: Request) -> Response:
+        status = exporter.status(job_id)
+        if status.status == "failed":
+            raise FhirError(500, f"The export failed: {status.error}", "exception")
+        if status.status != "completed" or status.manifest is None:
+            return Response(
+                None, 202, {"X-Progress": status.progress or status.status, "Retry-After": "1"}
+            )
+        base = ctx(request).base
+        manifest = dict(status.manifest)
+        manifest["output"] = [
+            {**o, "url": f"{base}/$export-file/{job_id}/{o['url']}"} for o in manifest["output"]
+        ]
+        return Response(orjson.dumps(manifest), 200, media_type="application/json")
+
+    @app.delete("/fhir/$export-poll-status/{job_id}")
+    def export_cancel(job_id: str) -> Response:
+        exporter.cancel(job_id)
+        return Response(None, 202)
+
+    @app.get("/fhir/$export-file/{job_id}/{name}")
+    def export_file(job_id: str, name: str) -> Response:
+        path = exporter.file_path(job_id, name)
+        return FileResponse(path, media_type="application/fhir+ndjson")
 
     @app.get("/fhir/_history")
     def system_history(request: Request) -> Response:
@@ -210,6 +261,38 @@ async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     return await run_in_threadpool(fn, *args)
+
+
+def _export_request(request: Request, kind: str, group_id: str | None) -> ExportRequest:
+    """Check a $export kick-off (Bulk Data Access v2) and say what is wrong if it is not valid."""
+    if "respond-async" not in request.headers.get("prefer", ""):
+        raise FhirError(400, "A $export kick-off needs the header 'Prefer: respond-async'")
+    args = dict(_query(request))
+    unknown = set(args) - {"_type", "_since", "_outputFormat"}
+    if unknown:
+        raise FhirError(
+            400, f"$export does not support {', '.join(sorted(unknown))}", "not-supported"
+        )
+    fmt = args.get("_outputFormat", "application/fhir+ndjson")
+    if fmt not in NDJSON_FORMATS:
+        raise FhirError(
+            400,
+            f"_outputFormat '{fmt}' is not supported; use application/fhir+ndjson",
+            "not-supported",
+        )
+    types = None
+    if args.get("_type"):
+        types = tuple(t.strip() for t in args["_type"].split(",") if t.strip())
+        unknown_types = [t for t in types if not definitions().is_resource_type(t)]
+        if unknown_types:
+            raise FhirError(400, f"Unknown resource type(s) in _type: {', '.join(unknown_types)}")
+    since = None
+    if args.get("_since"):
+        try:
+            since = date_range(args["_since"])[0]
+        except ValueError as err:
+            raise FhirError(400, f"_since must be a FHIR instant, not '{args['_since']}'") from err
+    return ExportRequest(kind, str(request.url), types, since, group_id)
 
 
 def _query(request: Request) -> list[tuple[str, str]]:

@@ -20,6 +20,10 @@ TYPE_INTERACTIONS = [
     "search-type",
 ]
 SEARCHABLE_TYPES = frozenset(SUPPORTED_MODIFIERS)
+BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+PATIENT_EXPORT = f"{BULK}/patient-export"
+GROUP_EXPORT = f"{BULK}/group-export"
 
 
 def capability_statement(base: str, now: str) -> dict[str, Any]:
@@ -65,8 +69,11 @@ def capability_statement(base: str, now: str) -> dict[str, Any]:
                 {
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                }
+                },
+                {"name": "export", "definition": f"{BULK}/patient-export"},
             ]
+        if rtype == "Group":
+            entry["operation"] = [{"name": "export", "definition": f"{BULK}/group-export"}]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
@@ -88,7 +95,8 @@ def capability_statement(base: str, now: str) -> dict[str, Any]:
                     "reference :Type :missing and one-level chains; uri :below :above; prefixes "
                     "eq ne gt lt ge le sa eb ap on date, number and quantity. "
                     "Composite and special "
-                    "parameters are not supported. _has one level; _include/_revinclude one level."
+                    "parameters are not supported. _has one level; _include/_revinclude one "
+                    "level, :iterate one further level."
                 ),
                 "resource": resources,
                 "interaction": [
@@ -96,6 +104,7 @@ def capability_statement(base: str, now: str) -> dict[str, Any]:
                     {"code": "batch"},
                     {"code": "history-system"},
                 ],
+                "operation": [{"name": "export", "definition": f"{BULK}/export"}],
             }
         ],
     }

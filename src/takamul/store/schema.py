@@ -82,6 +82,23 @@ load_checkpoint = Table(
     Column("completed", Boolean, nullable=False, default=False),
 )
 
+# Bulk Data $export jobs, kept in the store so that any API worker can answer a poll.
+export_job = Table(
+    "export_job",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # accepted|running|completed|failed|cancelled
+    Column("request", Text, nullable=False),
+    Column("kind", String(16), nullable=False),  # system | patient | group
+    Column("group_id", String(64), nullable=True),
+    Column("types", Text, nullable=True),  # comma-separated _type
+    Column("since", Float, nullable=True),
+    Column("transaction_time", Float, nullable=False),
+    Column("progress", Text, nullable=True),
+    Column("manifest", LargeBinary, nullable=True),
+    Column("error", Text, nullable=True),
+)
+
 
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
     table = Table(

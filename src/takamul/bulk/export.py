@@ -1,0 +1,233 @@
+"""Bulk Data Access v2 ``$export``: system, Patient and Group level, run in the background.
+
+A job streams the stored JSON of each resource straight into one NDJSON file per type, so an
+export costs little more than reading the rows. Job state lives in the store (``export_job``)
+so that any API worker can answer a poll, and cancelling deletes the files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, false, or_, select, update
+
+from takamul.fhir.definitions import definitions
+from takamul.fhir.outcome import FhirError
+from takamul.store.records import instant
+from takamul.store.repository import Store
+from takamul.store.schema import export_job, resource, sp_reference
+
+NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
+FLUSH_EVERY = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    kind: str  # system | patient | group
+    request_url: str
+    types: tuple[str, ...] | None
+    since: float | None
+    group_id: str | None = None
+
+
+@dataclass(slots=True)
+class JobStatus:
+    status: str
+    progress: str | None
+    manifest: dict[str, Any] | None
+    error: str | None
+
+
+class Exporter:
+    """Starts, reports on and cancels export jobs; one background thread runs them in turn."""
+
+    def __init__(self, store: Store, export_dir: Path) -> None:
+        self.store = store
+        self.export_dir = export_dir
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="takamul-export")
+        self.cancelled: set[str] = set()
+        self.lock = threading.Lock()
+        self._fail_interrupted()
+
+    def _fail_interrupted(self) -> None:
+        # A job that was running when the server stopped will never finish.
+        self.store.write(
+            lambda s: s.conn.execute(
+                update(export_job)
+                .where(export_job.c.status.in_(("accepted", "running")))
+                .values(status="failed", error="The server stopped during the export; retry")
+            )
+        )
+
+    def start(self, request: ExportRequest) -> str:
+        job_id = uuid.uuid4().hex
+        now = round(time.time(), 6)
+        if request.kind == "group":
+            self._check_group(str(request.group_id))
+        self.store.write(
+            lambda s: s.conn.execute(
+                export_job.insert().values(
+                    job_id=job_id,
+                    status="accepted",
+                    request=request.request_url,
+                    kind=request.kind,
+                    group_id=request.group_id,
+                    types=",".join(request.types) if request.types else None,
+                    since=request.since,
+                    transaction_time=now,
+                )
+            )
+        )
+        self.pool.submit(self._run, job_id, request, now)
+        return job_id
+
+    def _check_group(self, group_id: str) -> None:
+        with self.store.reading() as s:
+            s.read("Group", group_id)
+
+    def status(self, job_id: str) -> JobStatus:
+        with self.store.reading() as s:
+            row = s.conn.execute(select(export_job).where(export_job.c.job_id == job_id)).first()
+        if row is None or row.status == "cancelled":
+            raise FhirError(404, f"No export job {job_id}; it may have been cancelled", "not-found")
+        manifest = orjson.loads(row.manifest) if row.manifest else None
+        return JobStatus(row.status, row.progress, manifest, row.error)
+
+    def cancel(self, job_id: str) -> None:
+        self.status(job_id)
+        with self.lock:
+            self.cancelled.add(job_id)
+        self._set(job_id, status="cancelled")
+        shutil.rmtree(self.export_dir / job_id, ignore_errors=True)
+
+    def file_path(self, job_id: str, name: str) -> Path:
+        if "/" in name or name.startswith(".") or not name.endswith(".ndjson"):
+            raise FhirError(404, f"No export file {name}", "not-found")
+        if self.status(job_id).status != "completed":
+            raise FhirError(404, f"Export {job_id} has not completed", "not-found")
+        path = self.export_dir / job_id / name
+        if not path.exists():
+            raise FhirError(404, f"No export file {name} in job {job_id}", "not-found")
+        return path
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the job ------------------------------------------------------------------------------
+
+    def _set(self, job_id: str, **values: Any) -> None:
+        # A cancelled job stays cancelled whatever its thread was doing at the time.
+        where = and_(export_job.c.job_id == job_id, export_job.c.status != "cancelled")
+        self.store.write(lambda s: s.conn.execute(update(export_job).where(where).values(**values)))
+
+    def _is_cancelled(self, job_id: str) -> bool:
+        with self.lock:
+            return job_id in self.cancelled
+
+    def _run(self, job_id: str, request: ExportRequest, transaction_time: float) -> None:
+        try:
+            self._set(job_id, status="running", progress="starting")
+            outputs = self._write_files(job_id, request, transaction_time)
+            if self._is_cancelled(job_id):
+                return
+            manifest = {
+                "transactionTime": instant(transaction_time),
+                "request": request.request_url,
+                "requiresAccessToken": False,
+                "output": outputs,
+                "error": [],
+            }
+            self._set(job_id, status="completed", progress="done", manifest=orjson.dumps(manifest))
+        except Exception as err:  # the job must end in a state a client can see
+            self._set(job_id, status="failed", error=f"{type(err).__name__}: {err}")
+
+    def _write_files(
+        self, job_id: str, request: ExportRequest, transaction_time: float
+    ) -> list[dict[str, Any]]:
+        folder = self.export_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        outputs = []
+        types = self._types(request)
+        patients = self._group_patients(request) if request.kind == "group" else None
+        for n, rtype in enumerate(types, start=1):
+            if self._is_cancelled(job_id):
+                return []
+            count = self._export_type(folder, rtype, request, transaction_time, patients)
+            if count:
+                outputs.append({"type": rtype, "url": f"{rtype}.ndjson", "count": count})
+            self._set(job_id, progress=f"{n}/{len(types)} resource types ({rtype})")
+        return outputs
+
+    def _types(self, request: ExportRequest) -> list[str]:
+        defs = definitions()
+        if request.kind == "system":
+            allowed = sorted(defs.resource_types)
+        else:
+            allowed = sorted({"Patient", *defs.patient_compartment()})
+        if request.types is None:
+            return allowed
+        return [t for t in request.types if t in allowed]
+
+    def _group_patients(self, request: ExportRequest) -> list[str]:
+        with self.store.reading() as s:
+            group = s.read("Group", str(request.group_id)).json()
+        ids = []
+        for member in group.get("member", []):
+            ref = member.get("entity", {}).get("reference", "")
+            if ref.startswith("Patient/"):
+                ids.append(ref.split("/", 1)[1])
+        return ids
+
+    def _export_type(
+        self,
+        folder: Path,
+        rtype: str,
+        request: ExportRequest,
+        transaction_time: float,
+        patients: list[str] | None,
+    ) -> int:
+        conds: list[ColumnElement[bool]] = [
+            resource.c.res_type == rtype,
+            resource.c.deleted == false(),
+            resource.c.last_updated <= transaction_time,
+        ]
+        if request.since is not None:
+            conds.append(resource.c.last_updated >= request.since)
+        if request.kind != "system":
+            conds.append(_in_patient_compartment(rtype, patients))
+        stmt = select(resource.c.content).where(and_(*conds)).order_by(resource.c.rid)
+        count = 0
+        path = folder / f"{rtype}.ndjson"
+        with self.store.reader.connect() as conn, path.open("wb") as out:
+            result = conn.execution_options(stream_results=True, yield_per=FLUSH_EVERY).execute(
+                stmt
+            )
+            for chunk in result.partitions(FLUSH_EVERY):
+                out.write(b"\n".join(row.content for row in chunk) + b"\n")
+                count += len(chunk)
+        if count == 0:
+            path.unlink()
+        return count
+
+
+def _in_patient_compartment(rtype: str, patients: list[str] | None) -> ColumnElement[bool]:
+    """Resources in the compartment of any patient (or of the listed patients)."""
+    if rtype == "Patient":
+        return resource.c.res_id.in_(patients) if patients is not None else resource.c.rid > 0
+    params = definitions().patient_compartment().get(rtype, [])
+    conds = [
+        sp_reference.c.res_type == rtype,
+        sp_reference.c.param.in_(params),
+        sp_reference.c.target_type == "Patient",
+    ]
+    if patients is not None:
+        conds.append(sp_reference.c.target_id.in_(patients))
+    return or_(resource.c.rid.in_(select(sp_reference.c.rid).where(and_(*conds))))
