@@ -8,7 +8,7 @@ PORT ?= 8080
 DB ?= sqlite:///data/takamul.sqlite
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck unit serve definitions clean
+.PHONY: demo test lint typecheck unit serve definitions clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -42,3 +42,7 @@ definitions: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache data/*.sqlite*
+
+SCALE ?= 10000
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --scale $(SCALE)

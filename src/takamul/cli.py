@@ -42,6 +42,10 @@ def serve(
         f"(store: {_redact(settings.database_url)})"
     )
     if workers > 1:
+        # Create the schema once here, so that the workers do not race to create it.
+        from takamul.store import Store
+
+        Store(settings).close()
         uvicorn.run(
             "takamul.api.app:app_from_env",
             factory=True,

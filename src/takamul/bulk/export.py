@@ -130,7 +130,14 @@ class Exporter:
 
     def _is_cancelled(self, job_id: str) -> bool:
         with self.lock:
-            return job_id in self.cancelled
+            if job_id in self.cancelled:
+                return True
+        # Another server process may have taken the DELETE: the store is the truth.
+        with self.store.reading() as s:
+            status = s.conn.execute(
+                select(export_job.c.status).where(export_job.c.job_id == job_id)
+            ).scalar()
+        return status == "cancelled"
 
     def _run(self, job_id: str, request: ExportRequest, transaction_time: float) -> None:
         try:

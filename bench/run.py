@@ -1,0 +1,409 @@
+"""Takamul's benchmark: one table of the shared record's speed, written to bench/results/.
+
+Data comes from the synthetic population generator (``takamul synth``). Usage:
+    python bench/run.py [--scale 10000] [--postgres URL] [--seconds 10]
+Every figure is measured here, on this machine; the table records the date, cores and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.server import free_port, postgres_database  # noqa: E402
+
+from takamul.bulk import load_paths  # noqa: E402
+from takamul.settings import Settings  # noqa: E402
+from takamul.store import Store  # noqa: E402
+
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "results"
+TARGETS = {
+    "bulk load (resources/s)": ">= 3,000",
+    "transaction Bundles over HTTP (resources/s)": ">= 1,000",
+    "single reads, 16 clients (requests/s)": ">= 1,500, p95 <= 20 ms",
+    "typical search p95 (ms)": "<= 100 at 10k patients",
+    "$export (resources/s)": ">= 20,000",
+}
+
+
+def synthesize(scale: int, seed: int) -> Path:
+    out = WORK / f"synth-SA-{scale}-{seed}"
+    if (out / "Patient.ndjson").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "takamul.cli",
+            "synth",
+            "--country",
+            "SA",
+            "--patients",
+            str(scale),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    return out
+
+
+def ndjson_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.ndjson"))
+
+
+def count_lines(files: list[Path]) -> int:
+    return sum(sum(1 for _ in f.open("rb")) for f in files)
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+def bulk_load(db_url: str, files: list[Path]) -> dict[str, Any]:
+    store = Store(Settings(database_url=db_url))
+    errors = Path(tempfile.mkdtemp()) / "errors.ndjson"
+    summary = load_paths(store, files, errors)
+    store.close()
+    return {
+        "resources": summary.loaded + summary.updated,
+        "rejected": summary.rejected,
+        "seconds": summary.seconds,
+        "rate": summary.rate,
+    }
+
+
+class Server:
+    def __init__(self, db_url: str, workers: int) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        env = {**os.environ, "TAKAMUL_EXPORT_DIR": tempfile.mkdtemp(prefix="bench-export-")}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "takamul.cli",
+                "serve",
+                "--db",
+                db_url,
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.base}/metadata", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def loadgen(urls: list[str], concurrency: int, seconds: float) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write("\n".join(urls))
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "loadgen.py"),
+            fh.name,
+            str(concurrency),
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def sample_ids(files: list[Path], rtype: str, n: int) -> list[str]:
+    path = next((f for f in files if f.name == f"{rtype}.ndjson"), None)
+    if path is None:
+        return []
+    ids = []
+    with path.open("rb") as fh:
+        for line in fh:
+            ids.append(orjson.loads(line)["id"])
+            if len(ids) >= n * 20:
+                break
+    random.Random(7).shuffle(ids)
+    return ids[:n]
+
+
+def first_values(files: list[Path], rtype: str, n: int) -> list[dict[str, Any]]:
+    path = next((f for f in files if f.name == f"{rtype}.ndjson"), None)
+    out = []
+    if path is None:
+        return out
+    with path.open("rb") as fh:
+        for line in fh:
+            out.append(orjson.loads(line))
+            if len(out) >= n:
+                break
+    return out
+
+
+def transactions(base: str, files: list[Path], bundles: int = 30, size: int = 100) -> float:
+    """Transaction Bundles of `size` new Observations for existing patients, one at a time."""
+    obs = first_values(files, "Observation", size)
+    total = 0
+    started = time.perf_counter()
+    with httpx.Client(timeout=120) as http:
+        for _ in range(bundles):
+            entries = []
+            for o in obs:
+                body = {k: v for k, v in o.items() if k not in ("id", "meta")}
+                entries.append(
+                    {
+                        "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                        "resource": body,
+                        "request": {"method": "POST", "url": "Observation"},
+                    }
+                )
+            r = http.post(
+                base,
+                json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            r.raise_for_status()
+            total += len(entries)
+    return total / (time.perf_counter() - started)
+
+
+def search_urls(base: str, files: list[Path]) -> dict[str, list[str]]:
+    patients = first_values(files, "Patient", 200)
+    observations = first_values(files, "Observation", 200)
+    conditions = first_values(files, "Condition", 50)
+    urls: dict[str, list[str]] = {
+        k: []
+        for k in (
+            "patient by identifier",
+            "patient by name",
+            "observations by patient, code and date",
+            "conditions by code, _summary=count",
+            "encounters by date with _include",
+        )
+    }
+    for p in patients:
+        for ident in p.get("identifier", [])[:1]:
+            urls["patient by identifier"].append(
+                f"{base}/Patient?identifier={ident.get('system', '')}|{ident['value']}"
+            )
+        for name in p.get("name", [])[:1]:
+            if name.get("family"):
+                urls["patient by name"].append(f"{base}/Patient?family={name['family'][:4]}")
+    for o in observations:
+        code = o["code"]["coding"][0]["code"]
+        urls["observations by patient, code and date"].append(
+            f"{base}/Observation?subject={o['subject']['reference']}&code=http://loinc.org|{code}"
+            "&date=ge2020-01-01"
+        )
+    for c in conditions:
+        coding = c["code"]["coding"][0]
+        urls["conditions by code, _summary=count"].append(
+            f"{base}/Condition?code={coding['system']}|{coding['code']}&_summary=count"
+        )
+    for month in range(1, 13):
+        urls["encounters by date with _include"].append(
+            f"{base}/Encounter?date=ge2025-{month:02d}-01&date=lt2025-{month:02d}-08"
+            "&_include=Encounter:subject&_count=20"
+        )
+    return {k: v for k, v in urls.items() if v}
+
+
+def everything(base: str, files: list[Path]) -> dict[str, float]:
+    """$everything for a patient given about 1,000 resources of its own."""
+    pid = f"bench-everything-{uuid.uuid4().hex[:8]}"
+    obs = first_values(files, "Observation", 1)[0]
+    entries = [
+        {
+            "resource": {"resourceType": "Patient", "id": pid},
+            "request": {"method": "PUT", "url": f"Patient/{pid}"},
+        }
+    ]
+    for _ in range(999):
+        body = {k: v for k, v in obs.items() if k not in ("id", "meta")}
+        body["subject"] = {"reference": f"Patient/{pid}"}
+        entries.append({"resource": body, "request": {"method": "POST", "url": "Observation"}})
+    with httpx.Client(timeout=300) as http:
+        http.post(
+            base,
+            json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+            headers={"Content-Type": "application/fhir+json"},
+        ).raise_for_status()
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            url: str | None = f"{base}/Patient/{pid}/$everything?_count=1000"
+            n = 0
+            while url:
+                page = http.get(url).json()
+                n += len(page.get("entry", []))
+                url = next((lk["url"] for lk in page["link"] if lk["relation"] == "next"), None)
+            times.append(time.perf_counter() - started)
+    return {"resources": n, "seconds": statistics.median(times)}
+
+
+def export(base: str) -> dict[str, float]:
+    with httpx.Client(timeout=300) as http:
+        started = time.perf_counter()
+        r = http.get(f"{base}/$export", headers={"Prefer": "respond-async"})
+        location = r.headers["Content-Location"]
+        while True:
+            poll = http.get(location)
+            if poll.status_code == 200:
+                break
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        total = sum(o["count"] for o in poll.json()["output"])
+    return {"resources": total, "seconds": seconds, "rate": total / seconds}
+
+
+def db_size(db_url: str, resources: int) -> float:
+    if db_url.startswith("sqlite:///"):
+        path = Path(db_url.removeprefix("sqlite:///"))
+        size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url) as conn:
+            size = conn.execute("select pg_database_size(current_database())").fetchone()[0]
+    return size / max(resources, 1)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def measure(db_url: str, files: list[Path], seconds: float, workers: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    load = bulk_load(db_url, files)
+    results["bulk load (resources/s)"] = f"{load['rate']:,.0f} ({load['resources']:,} resources)"
+    resources = int(load["resources"])
+    server = Server(db_url, workers)
+    try:
+        results["transaction Bundles over HTTP (resources/s)"] = (
+            f"{transactions(server.base, files):,.0f}"
+        )
+        ids = sample_ids(files, "Patient", 2000)
+        urls = [f"{server.base}/Patient/{i}" for i in ids]
+        for c in (1, 4, 16):
+            r = loadgen(urls, c, seconds)
+            results[f"single reads, {c} clients (requests/s)"] = (
+                f"{r['rps']:,.0f}; p50 {r['p50_ms']:.1f} / p95 {r['p95_ms']:.1f} / "
+                f"p99 {r['p99_ms']:.1f} ms"
+            )
+        for name, search in search_urls(server.base, files).items():
+            r = loadgen(search, 1, max(2.0, seconds / 3))
+            results[f"search p95: {name} (ms)"] = f"{r['p95_ms']:.1f} (p50 {r['p50_ms']:.1f})"
+        ev = everything(server.base, files)
+        results["$everything, patient with ~1,000 resources (s)"] = (
+            f"{ev['seconds']:.2f} ({ev['resources']:,} resources)"
+        )
+        ex = export(server.base)
+        results["$export (resources/s)"] = f"{ex['rate']:,.0f} ({ex['resources']:,} resources)"
+        results["database size per resource (bytes)"] = f"{db_size(db_url, resources):,.0f}"
+    finally:
+        server.stop()
+    return results
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    python = platform.python_version()
+    return f"{platform.node()}: {os.cpu_count()} cores, {mem:.0f} GiB, Python {python}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=int, default=10_000, help="persons to synthesise")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per read measurement")
+    parser.add_argument("--workers", type=int, default=2, help="server processes")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "TAKAMUL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    data = synthesize(args.scale, args.seed)
+    files = ndjson_files(data)
+    total = count_lines(files)
+    print(f"data: {data} ({total:,} resources in {len(files)} files)", flush=True)
+    sqlite_path = WORK / f"bench-{args.scale}.sqlite"
+    for p in WORK.glob(sqlite_path.name + "*"):
+        p.unlink()
+    columns = {"SQLite": measure(f"sqlite:///{sqlite_path}", files, args.seconds, args.workers)}
+    if not args.no_postgres:
+        with postgres_database() as url:
+            columns["PostgreSQL"] = measure(url, files, args.seconds, args.workers)
+    write_table(columns, args, total)
+
+
+def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, total: int) -> None:
+    now = datetime.now(UTC)
+    rows = list(next(iter(columns.values())))
+    header = ["measure", *columns, "target"]
+    lines = [
+        f"# Takamul benchmark, {now:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {machine()}",
+        f"- data: synthetic population, Saudi Arabia, {args.scale:,} persons, seed {args.seed}, "
+        f"{total:,} resources; validation on; server: {args.workers} worker processes",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+    ]
+    for row in rows:
+        target = next((t for k, t in TARGETS.items() if row.startswith(k.split(" (")[0])), "")
+        if row.startswith("search p95"):
+            target = TARGETS["typical search p95 (ms)"]
+        cells = [row, *(c.get(row, "") for c in columns.values()), target]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{now:%Y-%m-%d}-{platform.node()}-{args.scale}.md"
+    out.write_text(table, encoding="utf-8")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
