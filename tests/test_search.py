@@ -403,3 +403,22 @@ def test_include_iterate(http: httpx.Client) -> None:
         ("Medication", med, "include"),
         ("Organization", org, "include"),
     }
+
+
+def test_escaped_separators_in_values(http: httpx.Client) -> None:
+    tag = uuid.uuid4().hex[:8]
+    value = f"{tag},b|c$d"
+    pid = http.post(
+        "/Patient",
+        headers=JSON,
+        json={
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:test:esc", "value": value}],
+            "name": [{"family": f"O,{tag}"}],
+        },
+    ).json()["id"]
+    escaped = value.replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
+    found = http.get("/Patient", params={"identifier": f"urn:test:esc|{escaped}"}).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [pid]
+    by_name = http.get("/Patient", params={"family": f"O\\,{tag},nobody-{tag}"}).json()
+    assert [e["resource"]["id"] for e in by_name["entry"]] == [pid]

@@ -275,12 +275,12 @@ def test_observation_code_and_value_quantity(indexer: SearchIndexer) -> None:
     assert index["status"] == [TokenEntry(None, "final", None)]
 
 
-def test_codeable_concept_text_wins_and_text_only_concepts_index(indexer: SearchIndexer) -> None:
+def test_codeable_concept_text_and_displays_both_index(indexer: SearchIndexer) -> None:
     obs = observation("Patient/p1")
     obs["code"] = {"coding": [{"system": "s", "code": "c", "display": "D"}], "text": "Weight"}
     obs["category"] = [{"text": "Vital Signs"}]
     index = indexer.extract(obs)
-    assert index["code"] == [TokenEntry("s", "c", "weight")]
+    assert index["code"] == [TokenEntry("s", "c", "d"), TokenEntry(None, None, "weight")]
     assert index["category"] == [TokenEntry(None, None, "vital signs")]
 
 

@@ -850,8 +850,10 @@ def _coding_tokens(value: dict[str, Any]) -> Iterator[Entry]:
         for coding in codings:
             if isinstance(coding, dict):
                 system, code = _str(coding.get("system")), _str(coding.get("code"))
-                yield TokenEntry(system, code, text or _norm(coding.get("display")))
-    if text and not codings:
+                yield TokenEntry(system, code, _norm(coding.get("display")))
+    # :text matches CodeableConcept.text or any Coding.display (R4 search.html), so the text
+    # gets an entry of its own rather than overriding the displays.
+    if text:
         yield TokenEntry(None, None, text)
 
 

@@ -118,10 +118,30 @@ class SearchQuery:
     used: list[tuple[str, str]] = field(default_factory=list)
 
 
+def split_escaped(value: str, separator: str) -> list[str]:
+    """Split on ``separator`` where it is not escaped by a backslash; escapes are kept."""
+    parts, current, chars = [], [], iter(value)
+    for char in chars:
+        if char == "\\":
+            current.append(char + next(chars, ""))
+        elif char == separator:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def unescape(value: str) -> str:
+    """Undo the ``\\,`` ``\\|`` ``\\$`` and ``\\\\`` escapes of search.html."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
 def split_or(value: str) -> tuple[str, ...]:
-    """Split ``a,b`` into ORed values, honouring the ``\\,`` escape of search.html."""
-    parts = re.split(r"(?<!\\),", value)
-    return tuple(p.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$") for p in parts)
+    """Split ``a,b`` into ORed values. Escapes stay in each value until its type has split it
+    further (a token splits system|code first), then ``unescape`` removes them."""
+    return tuple(split_escaped(value, ","))
 
 
 class QueryParser:
@@ -370,6 +390,6 @@ def _check_prefixed(name: str, value: str, kind: str) -> None:
 def _check_value(name: str, param: SearchParamDef, value: str) -> None:
     if param.type in PREFIXED_TYPES:
         _check_prefixed(name, value, param.type)
-    elif param.type == "token" and value.count("|") > 1:
+    elif param.type == "token" and len(split_escaped(value, "|")) > 2:
         # system|code with a '|' inside the code must be escaped as \|.
         raise _bad(name, f"'{value}' is not a valid token (system|code, |code or code)")

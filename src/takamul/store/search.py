@@ -31,7 +31,9 @@ from takamul.store.query import (
     ParamFilter,
     SortKey,
     SpecialFilter,
+    split_escaped,
     split_prefix,
+    unescape,
 )
 from takamul.store.schema import INDEX_TABLES, resource, sp_reference
 
@@ -100,10 +102,11 @@ def _param_filter(f: ParamFilter, res: Any) -> ColumnElement[bool]:
 
 def _value_predicate(f: ParamFilter, table: Any, value: str) -> ColumnElement[bool]:
     kind = f.param.type
-    if kind == "string":
-        return _string_predicate(table, value, f.modifier)
     if kind == "token":
         return _token_predicate(table, value, f.modifier)
+    value = unescape(value)
+    if kind == "string":
+        return _string_predicate(table, value, f.modifier)
     if kind == "date":
         return _date_predicate(value, table.c.low, table.c.high)
     if kind == "reference":
@@ -134,10 +137,11 @@ def _string_predicate(table: Any, value: str, modifier: str | None) -> ColumnEle
 
 def _token_predicate(table: Any, value: str, modifier: str | None) -> ColumnElement[bool]:
     if modifier == "text":
-        return _prefix(table.c.text, normalize_string(value))
-    if "|" not in value:
-        return table.c.code == value
-    system, code = value.split("|", 1)
+        return _prefix(table.c.text, normalize_string(unescape(value)))
+    parts = [unescape(p) for p in split_escaped(value, "|")]
+    if len(parts) == 1:
+        return table.c.code == parts[0]
+    system, code = parts
     if not system:
         return and_(table.c.code == code, table.c.system.is_(None))
     if not code:
