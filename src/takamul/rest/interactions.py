@@ -14,7 +14,7 @@ import orjson
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
-from takamul.rest.rendering import history_bundle, search_bundle, subset
+from takamul.rest.rendering import history_bundle, paging_links, search_bundle, subset
 from takamul.store.records import StoredResource
 from takamul.store.repository import Session, WriteOptions, parse_criteria
 
@@ -221,19 +221,10 @@ def everything(
     count = _int_param("_count", args.get("_count"), default_count)
     offset = _int_param("_offset", args.get("_offset"), 0)
     rows, total = session.compartment(patient_id, since, types, count, offset)
-    base_url = f"{ctx.base}/Patient/{patient_id}/$everything"
     extra = [(k, v) for k, v in params if k in ("_since", "_type")]
-
-    def link(off: int) -> str:
-        from urllib.parse import urlencode
-
-        return f"{base_url}?{urlencode([*extra, ('_count', str(count)), ('_offset', str(off))])}"
-
-    links = [{"relation": "self", "url": link(offset)}]
-    if offset + count < total:
-        links.append({"relation": "next", "url": link(offset + count)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": link(max(0, offset - count))})
+    links = paging_links(
+        f"{ctx.base}/Patient/{patient_id}/$everything", extra, count, offset, total
+    )
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",

@@ -127,17 +127,8 @@ def history_bundle(
         }
         entries.append(entry)
 
-    def url(off: int) -> str:
-        params = [("_count", str(count)), ("_offset", str(off))]
-        if since:
-            params.insert(0, ("_since", since))
-        return f"{base}{path}?{urlencode(params)}"
-
-    links = [{"relation": "self", "url": url(offset)}]
-    if offset + count < total:
-        links.append({"relation": "next", "url": url(offset + count)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": url(max(0, offset - count))})
+    extra = [("_since", since)] if since else []
+    links = paging_links(f"{base}{path}", extra, count, offset, total)
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "history",
@@ -147,6 +138,22 @@ def history_bundle(
     if entries:
         bundle["entry"] = entries
     return bundle
+
+
+def paging_links(
+    url: str, params: list[tuple[str, str]], count: int, offset: int, total: int
+) -> list[dict[str, str]]:
+    """self, next and previous links of an offset-paged Bundle (history, $everything)."""
+
+    def link(off: int) -> str:
+        return f"{url}?{urlencode([*params, ('_count', str(count)), ('_offset', str(off))])}"
+
+    links = [{"relation": "self", "url": link(offset)}]
+    if offset + count < total:
+        links.append({"relation": "next", "url": link(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": link(max(0, offset - count))})
+    return links
 
 
 def dumps(body: Any) -> bytes:
