@@ -160,6 +160,31 @@ def validate(paths: list[Path]) -> None:
     raise typer.Exit(1 if bad else 0)
 
 
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (NDJSON + truth/)")],
+    country: Annotated[str | None, typer.Option(help="SA or IR")] = None,
+    patients: Annotated[int | None, typer.Option(help="Number of persons (people)")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
+    years: Annotated[int | None, typer.Option(help="Years of clinical history")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON or TOML file of overrides")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes")] = None,
+) -> None:
+    """Write a synthetic national population (FHIR R4 NDJSON) and its truth files."""
+    from takamul.synth.cli import run
+
+    run(
+        out,
+        console,
+        config,
+        country=country,
+        patients=patients,
+        seed=seed,
+        years=years,
+        workers=workers,
+    )
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
