@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+DEMO_PERSONS ?= 1000
+DEMO_DATA := data/demo-population-$(DEMO_PERSONS)
+
 demo: $(STAMP)
+	test -f $(DEMO_DATA)/Patient.ndjson || \
+	  $(BIN)/takamul synth --country SA --patients $(DEMO_PERSONS) --seed 1 --out $(DEMO_DATA)
+	$(BIN)/takamul load $(DEMO_DATA)/*.ndjson --db $(DB) --errors data/demo-load-errors.ndjson
 	$(BIN)/takamul load-demo --db $(DB)
 	@echo "Takamul demo: FHIR R4 API at http://$(HOST):$(PORT)/fhir (Ctrl-C to stop)"
 	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
@@ -41,7 +47,7 @@ definitions: $(STAMP)
 	$(BIN)/python scripts/derive_definitions.py .cache/hl7.fhir.r4.examples/package
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache data/*.sqlite*
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache data/
 
 SCALE ?= 10000
 bench: $(STAMP)

@@ -53,6 +53,8 @@ class SearchPage:
 
     @property
     def has_next(self) -> bool:
+        if self.count == 0:  # _summary=count and _count=0 have no pages to follow
+            return False
         if self.total is not None:
             return self.offset + self.count < self.total
         return len(self.matches) == self.count and self.count > 0
