@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -145,16 +146,28 @@ def _load_file(
     reader = _BytesCounter()
     lines = _read_lines(file, reader, key)
     skip = done or 0
+    # Pipelined: workers prepare the next batches while this process stores the oldest one.
+    in_flight: deque[tuple[Future[list[Prepared]], int]] = deque()
+    depth = 1 + (getattr(pool, "_max_workers", 0) or 0)
+
+    def store_oldest() -> None:
+        future, last_line = in_flight.popleft()
+        prepared = future.result()
+        _store_batch(store, file, key, prepared, last_line, errors, summary)
+        if progress:
+            progress(reader.take(), len(prepared))
+
     for batch in _batches(lines, batch_size):
         if batch[-1].number <= skip:
             summary.skipped += len(batch)
             continue
         fresh = [line for line in batch if line.number > skip]
         summary.skipped += len(batch) - len(fresh)
-        prepared = _prepare_batch(fresh, pool, source, key)
-        _store_batch(store, file, key, prepared, batch[-1].number, errors, summary)
-        if progress:
-            progress(reader.take(), len(prepared))
+        in_flight.append((_submit(fresh, pool, source, key), batch[-1].number))
+        if len(in_flight) > depth:
+            store_oldest()
+    while in_flight:
+        store_oldest()
     _mark_complete(store, key, str(file))
     if progress:
         progress(reader.take(), 0)
@@ -274,22 +287,15 @@ def _error(line: Line, issues: list[OutcomeIssue]) -> dict[str, Any]:
     return {"line": line.number, **ident, "outcome": operation_outcome(issues)}
 
 
-def _prepare_batch(
+def _submit(
     lines: list[Line], pool: Executor | None, source: str, key: str
-) -> list[Prepared]:
-    if pool is None or len(lines) < 64:
-        return prepare_lines(lines, source, key)
-    # Split across the workers; results come back in order.
-    n = 4
-    step = (len(lines) + n - 1) // n
-    futures: list[Future[list[Prepared]]] = [
-        pool.submit(prepare_lines, lines[i : i + step], source, key)
-        for i in range(0, len(lines), step)
-    ]
-    out: list[Prepared] = []
-    for f in futures:
-        out.extend(f.result())
-    return out
+) -> Future[list[Prepared]]:
+    """Prepare a batch in a worker process, or here when there are no workers."""
+    if pool is not None:
+        return pool.submit(prepare_lines, lines, source, key)
+    done: Future[list[Prepared]] = Future()
+    done.set_result(prepare_lines(lines, source, key))
+    return done
 
 
 # -- storing ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    exists,
     false,
     func,
     literal,
@@ -42,24 +43,75 @@ from takamul.store.schema import INDEX_TABLES, resource, sp_reference
 MAX_CHAR = "\U0010ffff"
 
 
-def filter_condition(f: Filter, res: Any = resource) -> ColumnElement[bool]:
+def filter_condition(f: Filter, res: Any = resource, drive: bool = True) -> ColumnElement[bool]:
     """A condition on ``res`` (the resource table or an alias of it) for one filter.
 
-    Nested queries (chains, _has) use fresh aliases so that SQL never correlates them with
-    the outer resource table by accident.
+    ``drive``: the filter produces the candidate rows (``rid IN (subquery)``); otherwise it
+    checks each candidate with a correlated ``EXISTS`` that uses the index on ``rid``. Nested
+    queries (chains, _has) use fresh aliases so that SQL never correlates them with the outer
+    resource table by accident.
     """
     if isinstance(f, SpecialFilter):
         return _special(f, res)
     if isinstance(f, HasFilter):
         return _has(f, res)
-    return _param_filter(f, res)
+    return _param_filter(f, res, drive)
 
 
 def matching_rids(resource_type: str, filters: list[Filter], res: Any = resource) -> Select[Any]:
-    """SELECT rid of current resources of ``resource_type`` that satisfy every filter."""
+    """SELECT rid of current resources of ``resource_type`` that satisfy every filter.
+
+    The most selective filter drives and the others only check its candidates: both stores
+    would otherwise build every clause's full set of rows first (all HbA1c results, say, to
+    find one patient's).
+    """
     conds = [res.c.res_type == resource_type, res.c.deleted == false()]
-    conds.extend(filter_condition(f, res) for f in filters)
+    driver = _driver(filters)
+    conds.extend(filter_condition(f, res, drive=i == driver) for i, f in enumerate(filters))
     return select(res.c.rid).where(and_(*conds))
+
+
+# Lower is more selective: a specific id, then references and identifiers, then the rest.
+_SELECTIVITY = {
+    "reference": 1,
+    "string": 3,
+    "token": 4,
+    "uri": 4,
+    "quantity": 5,
+    "number": 5,
+    "date": 6,
+}
+
+
+def _driver(filters: list[Filter]) -> int | None:
+    best, best_rank = None, 99
+    for i, f in enumerate(filters):
+        rank = _rank(f)
+        if rank < best_rank:
+            best, best_rank = i, rank
+    return best
+
+
+def _rank(f: Filter) -> int:
+    if isinstance(f, SpecialFilter):
+        return 0 if f.name == "_id" and f.modifier is None else 99
+    if isinstance(f, HasFilter) or f.modifier in ("not", "missing"):
+        return 99
+    if f.chain is not None:
+        return 7
+    if f.param.type == "token" and "identifier" in f.param.code:
+        return 2
+    if f.param.type == "string" and f.modifier == "contains":
+        return 8
+    return _SELECTIVITY.get(f.param.type, 9)
+
+
+def _membership(
+    res: Any, table: Any, where: ColumnElement[bool], drive: bool
+) -> ColumnElement[bool]:
+    if drive:
+        return res.c.rid.in_(select(table.c.rid).where(where))
+    return exists().where(and_(table.c.rid == res.c.rid, where))
 
 
 # -- _id and _lastUpdated ------------------------------------------------------------
@@ -80,10 +132,10 @@ def _special(f: SpecialFilter, res: Any) -> ColumnElement[bool]:
 # -- ordinary parameters -------------------------------------------------------------
 
 
-def _param_filter(f: ParamFilter, res: Any) -> ColumnElement[bool]:
+def _param_filter(f: ParamFilter, res: Any, drive: bool) -> ColumnElement[bool]:
     param = f.param
     if f.chain is not None:
-        return _chain(f, res)
+        return _chain(f, res, drive)
     if param.type in ("composite", "special"):
         raise FhirError(
             400,
@@ -93,10 +145,10 @@ def _param_filter(f: ParamFilter, res: Any) -> ColumnElement[bool]:
     table = INDEX_TABLES[param.type].alias()
     scope = and_(table.c.res_type == f.resource_type, table.c.param == param.code)
     if f.modifier == "missing":
-        present = res.c.rid.in_(select(table.c.rid).where(scope))
+        present = _membership(res, table, scope, drive)
         return not_(present) if f.values[0] == "true" else present
     value_cond = or_(*(_value_predicate(f, table, v) for v in f.values))
-    inside = res.c.rid.in_(select(table.c.rid).where(and_(scope, value_cond)))
+    inside = _membership(res, table, and_(scope, value_cond), drive)
     return not_(inside) if f.modifier == "not" else inside
 
 
@@ -238,7 +290,7 @@ def _reference_predicate(f: ParamFilter, table: Any, value: str) -> ColumnElemen
 # -- chains and _has -----------------------------------------------------------------
 
 
-def _chain(f: ParamFilter, res: Any) -> ColumnElement[bool]:
+def _chain(f: ParamFilter, res: Any, drive: bool) -> ColumnElement[bool]:
     assert f.chain is not None
     ref = sp_reference.alias()
     branches = []
@@ -252,10 +304,8 @@ def _chain(f: ParamFilter, res: Any) -> ColumnElement[bool]:
             )
         )
         branches.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(targets)))
-    refs = select(ref.c.rid).where(
-        and_(ref.c.res_type == f.resource_type, ref.c.param == f.param.code, or_(*branches))
-    )
-    return res.c.rid.in_(refs)
+    where = and_(ref.c.res_type == f.resource_type, ref.c.param == f.param.code, or_(*branches))
+    return _membership(res, ref, where, drive)
 
 
 def _has(f: HasFilter, res: Any) -> ColumnElement[bool]:
