@@ -13,7 +13,8 @@ from rich.console import Console
 from takamul.settings import Settings
 
 app = typer.Typer(help="Takamul: the shared FHIR R4 health record.", no_args_is_help=True)
-console = Console(stderr=True)
+# soft_wrap: messages and paths stay on one line, whatever the terminal width.
+console = Console(stderr=True, soft_wrap=True)
 
 DbOption = Annotated[
     str | None,
