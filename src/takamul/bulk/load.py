@@ -105,6 +105,8 @@ def load_paths(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    if summary.loaded or summary.updated:
+        store.analyze()
     summary.seconds = time.perf_counter() - started
     return summary
 

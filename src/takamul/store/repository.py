@@ -100,6 +100,12 @@ class Store:
     def dialect(self) -> str:
         return self.writer.dialect.name
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics, as after a bulk load, so searches keep good plans."""
+        with self.writer.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+
     def close(self) -> None:
         self.writer.dispose()
         self.reader.dispose()
