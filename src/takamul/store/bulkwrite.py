@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, insert, select, tupl
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.validation import validate_resource
-from takamul.store.indexing import index_rows
+from takamul.store.indexing import VALUE_COLUMNS, index_tuples
 from takamul.store.records import instant
 from takamul.store.repository import UPDATE_RESOURCE
 from takamul.store.schema import INDEX_TABLES, resource, resource_version
@@ -31,7 +31,7 @@ class PreparedResource:
     id: str
     body: dict[str, Any]  # stamped as version 1; re-stamped if the resource already exists
     content: bytes
-    index: dict[str, list[dict[str, Any]]]  # kind -> index rows without rid
+    index: dict[str, list[tuple[Any, ...]]]  # kind -> (res_type, param, *values), no rid
     last_updated: float
 
 
@@ -55,7 +55,7 @@ def prepare(
                 400, [OutcomeIssue("error", i.code, i.diagnostics, i.expression) for i in problems]
             )
     stamped = _stamp(body, 1, now, source)
-    rows = index_rows(indexer, 0, str(rtype), stamped)
+    rows = index_tuples(indexer, str(rtype), stamped)
     return PreparedResource(str(rtype), rid, stamped, orjson.dumps(stamped), rows, now)
 
 
@@ -152,15 +152,37 @@ def _update_existing(
 def _insert_index(
     conn: Connection, items: list[PreparedResource], rids: dict[tuple[str, str], int]
 ) -> None:
-    per_kind: dict[str, list[dict[str, Any]]] = {}
+    per_kind: dict[str, list[tuple[Any, ...]]] = {}
     for p in items:
         rid = rids[(p.resource_type, p.id)]
         for kind, rows in p.index.items():
-            bucket = per_kind.setdefault(kind, [])
-            for row in rows:
-                bucket.append({**row, "rid": rid})
-    for kind, rows in per_kind.items():
-        conn.execute(insert(INDEX_TABLES[kind]), rows)
+            per_kind.setdefault(kind, []).extend((rid, *row) for row in rows)
+    # Straight to the driver's executemany: for the dozen index rows of every resource,
+    # SQLAlchemy's per-row parameter processing cost more than the inserts themselves.
+    cursor = conn.connection.cursor()
+    try:
+        for kind, rows in per_kind.items():
+            if conn.dialect.name == "postgresql":
+                _copy(cursor, kind, rows)
+            else:
+                cursor.executemany(_insert_sql(conn, kind), rows)
+    finally:
+        cursor.close()
+
+
+def _copy(cursor: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL's COPY, several times faster than INSERTs for many small rows."""
+    columns = ", ".join(("rid", "res_type", "param", *VALUE_COLUMNS[kind]))
+    with cursor.copy(f"COPY {INDEX_TABLES[kind].name} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_sql(conn: Connection, kind: str) -> str:
+    columns = ("rid", "res_type", "param", *VALUE_COLUMNS[kind])
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    table = INDEX_TABLES[kind].name
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(mark for _ in columns)})"
 
 
 __all__ = ["PreparedResource", "and_", "bindparam", "prepare", "put_many"]

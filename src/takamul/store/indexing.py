@@ -1,7 +1,12 @@
-"""Turning the search-index entries of a resource into rows of the index tables."""
+"""Turning the search-index entries of a resource into rows of the index tables.
+
+The entry dataclasses of ``takamul.fhir.search_values`` list their fields in the order of the
+index tables' value columns, so a row is the entry's fields after (res_type, param).
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from takamul.fhir.search_values import (
@@ -18,45 +23,41 @@ from takamul.fhir.search_values import (
 # _id and _lastUpdated are columns of the resource table; indexing them again would only cost.
 SKIPPED = frozenset({"_id", "_lastUpdated"})
 
+KIND_OF: dict[type, str] = {
+    StringEntry: "string",
+    TokenEntry: "token",
+    DateEntry: "date",
+    ReferenceEntry: "reference",
+    QuantityEntry: "quantity",
+    NumberEntry: "number",
+    UriEntry: "uri",
+}
+VALUE_COLUMNS: dict[str, tuple[str, ...]] = {
+    kind: tuple(f.name for f in fields(entry)) for entry, kind in KIND_OF.items()
+}
 
-def index_rows(
-    indexer: SearchIndexer, rid: int, resource_type: str, body: dict[str, Any]
-) -> dict[str, list[dict[str, Any]]]:
-    rows: dict[str, list[dict[str, Any]]] = {}
+
+def index_tuples(
+    indexer: SearchIndexer, resource_type: str, body: dict[str, Any]
+) -> dict[str, list[tuple[Any, ...]]]:
+    """kind -> rows ``(res_type, param, *values)``, the rid still to be put in front."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
     for code, entries in indexer.extract(body).items():
         if code in SKIPPED:
             continue
         for entry in entries:
-            kind, values = _row(entry)
-            values.update(rid=rid, res_type=resource_type, param=code)
-            rows.setdefault(kind, []).append(values)
+            kind = KIND_OF[type(entry)]
+            values = tuple(getattr(entry, c) for c in VALUE_COLUMNS[kind])
+            rows.setdefault(kind, []).append((resource_type, code, *values))
     return rows
 
 
-def _row(entry: Any) -> tuple[str, dict[str, Any]]:
-    if isinstance(entry, StringEntry):
-        return "string", {"normalized": entry.normalized, "exact": entry.exact}
-    if isinstance(entry, TokenEntry):
-        return "token", {"system": entry.system, "code": entry.code, "text": entry.text}
-    if isinstance(entry, DateEntry):
-        return "date", {"low": entry.low, "high": entry.high}
-    if isinstance(entry, ReferenceEntry):
-        return "reference", {
-            "target_type": entry.target_type,
-            "target_id": entry.target_id,
-            "url": entry.url,
-        }
-    if isinstance(entry, QuantityEntry):
-        return "quantity", {
-            "value": entry.value,
-            "low": entry.low,
-            "high": entry.high,
-            "system": entry.system,
-            "code": entry.code,
-            "unit": entry.unit,
-        }
-    if isinstance(entry, NumberEntry):
-        return "number", {"value": entry.value, "low": entry.low, "high": entry.high}
-    if isinstance(entry, UriEntry):
-        return "uri", {"value": entry.value}
-    raise TypeError(f"unknown search index entry {entry!r}")
+def index_rows(
+    indexer: SearchIndexer, rid: int, resource_type: str, body: dict[str, Any]
+) -> dict[str, list[dict[str, Any]]]:
+    """kind -> rows as dicts by column name, for SQLAlchemy inserts."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, rows in index_tuples(indexer, resource_type, body).items():
+        names = ("res_type", "param", *VALUE_COLUMNS[kind])
+        out[kind] = [{"rid": rid, **dict(zip(names, row, strict=True))} for row in rows]
+    return out
