@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import uvloop
 
@@ -75,7 +75,10 @@ async def client(
 async def run(urls: list[str], concurrency: int, seconds: float) -> dict[str, float]:
     first = urlsplit(urls[0])
     host, port = first.hostname or "127.0.0.1", first.port or 80
-    targets = [urlsplit(u)._replace(scheme="", netloc="").geturl() for u in urls]
+    # Percent-encode what a request line may not carry raw (Arabic names, the '|' of tokens).
+    targets = [
+        quote(urlsplit(u)._replace(scheme="", netloc="").geturl(), safe="/?&=%:,+$") for u in urls
+    ]
     warm: list[float] = []
     await asyncio.gather(
         *(
