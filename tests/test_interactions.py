@@ -266,3 +266,13 @@ def test_unknown_type_and_metadata(http: httpx.Client) -> None:
     names = {p["name"] for p in patient_caps["searchParam"]}
     assert {"name", "identifier", "birthdate", "_id", "_lastUpdated"} <= names
     assert {i["code"] for i in patient_caps["interaction"]} >= {"read", "vread", "patch"}
+
+
+def test_xml_body_is_refused_with_415(http: httpx.Client) -> None:
+    r = http.post(
+        "/Patient",
+        content=b"<Patient xmlns='http://hl7.org/fhir'/>",
+        headers={"Content-Type": "application/fhir+xml"},
+    )
+    assert r.status_code == 415
+    assert "application/fhir+json" in r.json()["issue"][0]["diagnostics"]

@@ -94,7 +94,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
     @app.post("/fhir")
     @app.post("/fhir/", include_in_schema=False)
     async def batch(request: Request) -> Response:
-        body = ix.parse_json(await request.body())
+        body = await _json_body(request)
         c = ctx(request)
         return _json(200, await _thread(bundles.process, store, body, c, count))
 
@@ -178,7 +178,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.post("/fhir/{rtype}")
     async def create(rtype: str, request: Request) -> Response:
-        body = ix.parse_json(await request.body())
+        body = await _json_body(request)
         c = ctx(request)
         rtype_of(rtype)
         cond = request.headers.get("if-none-exist")
@@ -186,7 +186,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.put("/fhir/{rtype}")
     async def conditional_update(rtype: str, request: Request) -> Response:
-        body = ix.parse_json(await request.body())
+        body = await _json_body(request)
         c = ctx(request)
         criteria = ix.criteria_of(_query(request))
         rtype_of(rtype)
@@ -212,7 +212,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.put("/fhir/{rtype}/{rid}")
     async def update(rtype: str, rid: str, request: Request) -> Response:
-        body = ix.parse_json(await request.body())
+        body = await _json_body(request)
         c = ctx(request)
         rtype_of(rtype)
         ix.check_type(body, rtype)
@@ -295,6 +295,18 @@ def _export_request(request: Request, kind: str, group_id: str | None) -> Export
         except ValueError as err:
             raise FhirError(400, f"_since must be a FHIR instant, not '{args['_since']}'") from err
     return ExportRequest(kind, str(request.url), types, since, group_id)
+
+
+async def _json_body(request: Request) -> Any:
+    """The JSON body of a write; XML and other formats are refused with 415."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and "json" not in kind:
+        raise FhirError(
+            415,
+            f"Content-Type '{kind}' is not supported; send application/fhir+json",
+            "not-supported",
+        )
+    return ix.parse_json(await request.body())
 
 
 def _query(request: Request) -> list[tuple[str, str]]:
