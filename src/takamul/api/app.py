@@ -6,7 +6,7 @@ Thin by design: logic lives in ``takamul.store`` and ``takamul.rest.interactions
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -387,7 +387,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["Awaitable", "create_app"]
+__all__ = ["app_from_env", "create_app"]
 
 
 def app_from_env() -> FastAPI:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
+from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.rest import interactions as ix
 from takamul.rest.interactions import RequestContext, Result
 from takamul.store.repository import Session, Store, valid_id
@@ -337,4 +337,4 @@ def _response_entry(result: Result, ctx: RequestContext) -> dict[str, Any]:
     return entry
 
 
-__all__ = ["operation_outcome", "process"]
+__all__ = ["process"]

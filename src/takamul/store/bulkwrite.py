@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, insert, select, tuple_
+from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
@@ -185,4 +185,4 @@ def _insert_sql(conn: Connection, kind: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(mark for _ in columns)})"
 
 
-__all__ = ["PreparedResource", "and_", "bindparam", "prepare", "put_many"]
+__all__ = ["PreparedResource", "prepare", "put_many"]
