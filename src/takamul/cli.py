@@ -186,6 +186,39 @@ def synth(
     )
 
 
+mpi_app = typer.Typer(
+    help="Client registry: link Patient records to persons.", no_args_is_help=True
+)
+app.add_typer(mpi_app, name="mpi")
+
+
+@mpi_app.command("link")
+def mpi_link(
+    input_path: Annotated[Path, typer.Argument(help="FHIR Patient NDJSON")],
+    out: Annotated[Path, typer.Option("--out", help="CSV patient_id,person_id")],
+    model_out: Annotated[Path | None, typer.Option(help="Write the trained model (JSON)")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Match probability for a link (default 0.95)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
+) -> None:
+    """Link Patient records (block, compare, train Fellegi-Sunter by EM, cluster)."""
+    from takamul.registry.cli import run_link
+
+    raise typer.Exit(run_link(input_path, out, console, model_out, threshold, workers))
+
+
+@mpi_app.command("evaluate")
+def mpi_evaluate(
+    links: Annotated[Path, typer.Argument(help="CSV patient_id,person_id")],
+    truth: Annotated[Path, typer.Argument(help="CSV patient_id,person (truth/links.csv)")],
+) -> None:
+    """Pairwise and B-cubed precision, recall and F1 of links against the truth."""
+    from takamul.registry.cli import run_evaluate
+
+    raise typer.Exit(run_evaluate(links, truth, console))
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -1,0 +1,99 @@
+"""The bodies of ``takamul mpi link`` and ``takamul mpi evaluate``: Rich progress and tables.
+
+Kept here so the commands in ``takamul.cli`` stay thin wrappers; each returns an exit code.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from takamul.registry.evaluate import EvaluationError, compare_files
+from takamul.registry.linking import link_records, read_records, write_links
+
+__all__ = ["run_evaluate", "run_link"]
+
+
+def run_link(
+    input_path: Path,
+    out: Path,
+    console: Console,
+    model_out: Path | None = None,
+    threshold: float | None = None,
+    workers: int = 2,
+) -> int:
+    if not input_path.is_file():
+        console.print(f"[red]mpi link: {input_path}: no such file[/]")
+        return 2
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        console.print(f"[red]mpi link: --threshold must be in (0, 1), got {threshold}[/]")
+        return 2
+    started = time.perf_counter()
+    try:
+        with console.status("reading Patient records") as status:
+            records = read_records(input_path, workers=workers)
+            status.update(f"linking {len(records):,} records: blocking")
+            steps = iter(["comparing", "training", "scoring", "clustering", "writing"])
+
+            def on_step(done: str) -> None:
+                status.update(f"linking {len(records):,} records: {next(steps, 'writing')}")
+
+            result = link_records(records, threshold=threshold, workers=workers, on_step=on_step)
+            write_links(result, out)
+            if model_out is not None:
+                model_out.parent.mkdir(parents=True, exist_ok=True)
+                model_out.write_bytes(result.model.to_json())
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as err:
+        console.print(f"[red]mpi link: {input_path} is not FHIR NDJSON: {err}[/]")
+        return 2
+    seconds = time.perf_counter() - started
+    table = Table(title="takamul mpi link", show_header=False)
+    table.add_row("records", f"{len(records):,}")
+    table.add_row("candidate pairs", f"{result.pairs:,}")
+    table.add_row(f"links (p ≥ {result.model.threshold:.2f})", f"{result.edges:,}")
+    table.add_row("links refused (ID conflict)", f"{result.refused_edges:,}")
+    table.add_row("persons (clusters)", f"{result.clusters:,}")
+    table.add_row("match prior λ (candidates)", f"{result.model.prior:.3f}")
+    for rule, n in result.blocking.capped_blocks.items():
+        table.add_row(f"capped blocks {rule}", f"{n:,}")
+    table.add_row(
+        "seconds",
+        f"{seconds:.1f} (" + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()) + ")",
+    )
+    table.add_row("records/s", f"{len(records) / max(seconds, 1e-9):,.0f}")
+    console.print(table)
+    console.print(f"Wrote {out}" + (f" and {model_out}" if model_out else ""))
+    return 0
+
+
+def run_evaluate(links: Path, truth: Path, console: Console) -> int:
+    try:
+        scores = compare_files(links, truth)
+    except EvaluationError as err:
+        console.print(f"[red]mpi evaluate: {err}[/]")
+        return 2
+    table = Table(title=f"{links.name} against {truth.name} ({scores.records:,} records)")
+    for column in ("", "precision", "recall", "F1"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row("pairwise", f"{scores.precision:.4f}", f"{scores.recall:.4f}", f"{scores.f1:.4f}")
+    table.add_row(
+        "B-cubed",
+        f"{scores.bcubed_precision:.4f}",
+        f"{scores.bcubed_recall:.4f}",
+        f"{scores.bcubed_f1:.4f}",
+    )
+    console.print(table)
+    console.print(
+        f"pairs: true {scores.true_pairs:,}, predicted {scores.predicted_pairs:,}, "
+        f"correct {scores.true_positive_pairs:,}"
+        + (
+            f"; {scores.missing_in_links:,} truth records not in the links"
+            if scores.missing_in_links
+            else ""
+        )
+    )
+    return 0
