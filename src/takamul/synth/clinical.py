@@ -529,6 +529,11 @@ class _History:
         self.emit("MedicationRequest", body)
         return mid
 
+    def _psychiatry_referral(self, cond: str, day: date) -> str:
+        return self._referral(
+            cond, day, "mental_health", "183524004", "Referral to psychiatry service"
+        )
+
     def _referral(self, cond: str, day: date, kind: str, code: str, display: str) -> str:
         p, rng = self.p, self.rng
         options = self.c.network.of(p.region, kind) or [
@@ -611,18 +616,7 @@ class _History:
                     self._medication(home, cond, day, i)
             elif cond == "dementia":
                 acts.append(("MedicationRequest", self._medication(home, cond, day)))
-                acts.append(
-                    (
-                        "ServiceRequest",
-                        self._referral(
-                            cond,
-                            day,
-                            "mental_health",
-                            "183524004",
-                            "Referral to psychiatry service",
-                        ),
-                    )
-                )
+                acts.append(("ServiceRequest", self._psychiatry_referral(cond, day)))
                 self._care_plan(cond, day, "Dementia care and caregiver support plan", acts)
         mood = [k for k in ("depression", "anxiety") if k in p.conditions]
         if mood:
@@ -633,18 +627,7 @@ class _History:
             if treated:
                 cond = mood[0]
                 day = max(p.conditions[cond], c.start)
-                acts = [
-                    (
-                        "ServiceRequest",
-                        self._referral(
-                            cond,
-                            day,
-                            "mental_health",
-                            "183524004",
-                            "Referral to psychiatry service",
-                        ),
-                    )
-                ]
+                acts = [("ServiceRequest", self._psychiatry_referral(cond, day))]
                 if rng.random() < c.care["mental_health_treatment_medication"]:
                     acts.append(("MedicationRequest", self._medication(home, cond, day)))
                 self._care_plan(cond, day, "Mental health stepped care plan", acts)
