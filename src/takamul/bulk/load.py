@@ -133,20 +133,20 @@ def _load_file(
     key = _source_key(file)
     done = _checkpoint(store, key)
     size = file.stat().st_size
-    if done is None:
-        pass
-    elif done < 0:  # completed earlier
+    if done is not None and done < 0:  # completed earlier
         if progress:
             progress(size, 0)
         return
-    if _is_transaction_bundle(file):
+    # A JSON file is read and parsed once, whichever way it is then loaded.
+    document = _read_document(file) if file.name.endswith((".json", ".json.gz")) else None
+    if document is not None and _is_transaction_bundle(document[1]):
         before = summary.loaded + summary.updated + summary.rejected
-        _load_transaction(store, file, key, errors, summary, source)
+        _load_transaction(store, file, key, document[1], errors, summary, source)
         if progress:
             progress(size, summary.loaded + summary.updated + summary.rejected - before)
         return
     reader = _BytesCounter()
-    lines = _read_lines(file, reader, key)
+    lines = _ndjson_lines(file, reader) if document is None else _document_lines(document, reader)
     skip = done or 0
     # Pipelined: workers prepare the next batches while this process stores the oldest one.
     in_flight: deque[tuple[Future[list[Prepared]], int]] = deque()
@@ -194,22 +194,30 @@ def _open(file: Path) -> IO[bytes]:
     return file.open("rb")
 
 
-def _read_lines(file: Path, counter: _BytesCounter, key: str) -> Iterator[Line]:
-    if file.name.endswith((".ndjson", ".ndjson.gz")):
-        with _open(file) as fh:
-            for number, raw in enumerate(fh, start=1):
-                counter.add(len(raw))
-                if raw.strip():
-                    yield Line(number, raw)
-        return
-    raw = _open(file).read()
-    counter.add(len(raw))
+def _ndjson_lines(file: Path, counter: _BytesCounter) -> Iterator[Line]:
+    with _open(file) as fh:
+        for number, raw in enumerate(fh, start=1):
+            counter.add(len(raw))
+            if raw.strip():
+                yield Line(number, raw)
+
+
+def _read_document(file: Path) -> tuple[bytes, Any]:
+    """The raw bytes of a JSON file and its parsed content (None when it is not valid JSON)."""
+    with _open(file) as fh:
+        raw = fh.read()
     try:
-        doc = orjson.loads(raw)
+        return raw, orjson.loads(raw)
     except orjson.JSONDecodeError:
+        return raw, None
+
+
+def _document_lines(document: tuple[bytes, Any], counter: _BytesCounter) -> Iterator[Line]:
+    raw, doc = document
+    counter.add(len(raw))
+    if doc is None:
         yield Line(1, raw)  # reported as invalid JSON by the preparer
-        return
-    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+    elif isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         for number, entry in enumerate(doc.get("entry") or [], start=1):
             res = entry.get("resource") if isinstance(entry, dict) else None
             yield Line(number, res if isinstance(res, dict) else {"_bad_entry": entry})
@@ -228,15 +236,12 @@ def _batches(lines: Iterator[Line], size: int) -> Iterator[list[Line]]:
         yield batch
 
 
-def _is_transaction_bundle(file: Path) -> bool:
-    if not file.name.endswith((".json", ".json.gz")):
-        return False
-    with _open(file) as fh:
-        head = fh.read(4096)
-    if b'"Bundle"' not in head:
-        return False
-    doc = orjson.loads(_open(file).read())
-    return isinstance(doc, dict) and doc.get("type") in ("transaction", "batch")
+def _is_transaction_bundle(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and doc.get("resourceType") == "Bundle"
+        and doc.get("type") in ("transaction", "batch")
+    )
 
 
 # -- preparing (in workers) -----------------------------------------------------------------
@@ -372,12 +377,17 @@ def _mark_complete(store: Store, key: str, source: str) -> None:
 
 
 def _load_transaction(
-    store: Store, file: Path, key: str, errors: IO[bytes], summary: LoadSummary, source: str
+    store: Store,
+    file: Path,
+    key: str,
+    bundle: dict[str, Any],
+    errors: IO[bytes],
+    summary: LoadSummary,
+    source: str,
 ) -> None:
     from takamul.rest.bundles import process
     from takamul.rest.interactions import RequestContext
 
-    bundle = orjson.loads(_open(file).read())
     try:
         result = process(store, bundle, RequestContext("urn:takamul:load", source=source), 50)
     except FhirError as err:

@@ -16,7 +16,7 @@ from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
 from takamul.rest.rendering import history_bundle, paging_links, search_bundle, subset
 from takamul.store.records import StoredResource
-from takamul.store.repository import Session, WriteOptions, parse_criteria
+from takamul.store.repository import Session, WriteOptions, check_if_match, parse_criteria
 
 
 @dataclass(slots=True)
@@ -125,14 +125,9 @@ def patch(
     if_match: str | None = None,
 ) -> Result:
     current = session.read(rtype, rid)
-    if if_match is not None and if_match.strip().removeprefix("W/").strip('"') != str(
-        current.version
-    ):
-        raise FhirError(
-            412,
-            f"If-Match does not match the current version {current.version} of {rtype}/{rid}",
-            "conflict",
-        )
+    if if_match is not None:
+        # Before applying the patch: a stale version is a 412 whatever the patch holds.
+        check_if_match(if_match, current.version, rtype, rid)
     if not isinstance(operations, list):
         raise FhirError(400, "A JSON Patch body must be an array of operations (RFC 6902)")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,16 +23,13 @@ def subset(body: dict[str, Any], summary: str | None, elements: list[str] | None
     if (summary in (None, "false", "count")) and not elements:
         return body
     rtype = body["resourceType"]
-    typedef = definitions().types[rtype]
     keep = {"resourceType", "id", "meta"}
-    mandatory = {el.name for p, el in typedef.elements.items() if p.count(".") == 1 and el.min > 0}
+    mandatory, in_summary = _top_level_names(rtype)
     if summary == "data":
         kept = {k: v for k, v in body.items() if k != "text"}
     else:
         if summary == "true":
-            wanted = {
-                el.name for p, el in typedef.elements.items() if p.count(".") == 1 and el.summary
-            }
+            wanted = set(in_summary)
         elif summary == "text":
             wanted = {"text"} | mandatory
         else:
@@ -45,6 +43,18 @@ def subset(body: dict[str, Any], summary: str | None, elements: list[str] | None
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     kept["meta"] = meta
     return kept
+
+
+@cache
+def _top_level_names(resource_type: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(required, in-summary) top-level element names of a type, computed once per type."""
+    elements = [
+        el for p, el in definitions().types[resource_type].elements.items() if p.count(".") == 1
+    ]
+    return (
+        frozenset(el.name for el in elements if el.min > 0),
+        frozenset(el.name for el in elements if el.summary),
+    )
 
 
 def _choice_stem(key: str, wanted: set[str]) -> bool:

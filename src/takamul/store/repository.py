@@ -73,10 +73,6 @@ ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 RETRIES = 20
 
 
-class RetryWrite(Exception):
-    """A concurrent writer claimed the same key first; the whole write is run again."""
-
-
 def valid_id(value: str) -> bool:
     return 0 < len(value) <= 64 and all(c in ID_CHARS for c in value)
 
@@ -117,12 +113,12 @@ class Store:
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, again from the start if a concurrent writer
-        won a race for the same key (conditional create, new id, new version)."""
+        won a race for the same key (a new id or a new version)."""
         for attempt in range(RETRIES):
             try:
                 with self.writer.connect() as conn, conn.begin():
                     return work(Session(self, conn))
-            except (RetryWrite, IntegrityError) as err:
+            except IntegrityError as err:
                 if attempt == RETRIES - 1:
                     raise FhirError(
                         409, f"The write kept conflicting with concurrent writes: {err}", "conflict"
@@ -539,7 +535,7 @@ class Session:
         row = None if expect_new else self._row(resource_type, resource_id, lock=True)
         current = 0 if row is None else row.version
         if if_match is not None:
-            _check_if_match(if_match, current, resource_type, resource_id)
+            check_if_match(if_match, current, resource_type, resource_id)
         now = _now(row.last_updated if row is not None else None)
         version = current + 1
         stored_body = self._prepare(body, resource_type, resource_id, version, now, options)
@@ -645,7 +641,7 @@ def _check_body_type(body: dict[str, Any], resource_type: str) -> None:
         )
 
 
-def _check_if_match(if_match: str, current: int, resource_type: str, resource_id: str) -> None:
+def check_if_match(if_match: str, current: int, resource_type: str, resource_id: str) -> None:
     wanted = if_match.strip()
     if wanted.startswith("W/"):
         wanted = wanted[2:]

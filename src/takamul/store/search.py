@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import KeyedColumnElement
 
 from takamul.fhir.definitions import definitions
-from takamul.fhir.outcome import FhirError, OutcomeIssue
+from takamul.fhir.outcome import FhirError
 from takamul.fhir.search_values import date_range, decimal_range, normalize_string
 from takamul.store.query import (
     Filter,
@@ -369,7 +369,3 @@ def _sort_value(resource_type: str, key: SortKey) -> Any:
         .correlate(resource)
         .scalar_subquery()
     )
-
-
-def unsupported(message: str) -> FhirError:
-    return FhirError(400, OutcomeIssue("error", "not-supported", message))
