@@ -194,8 +194,15 @@ app.add_typer(mpi_app, name="mpi")
 
 @mpi_app.command("link")
 def mpi_link(
-    input_path: Annotated[Path, typer.Argument(help="FHIR Patient NDJSON")],
-    out: Annotated[Path, typer.Option("--out", help="CSV patient_id,person_id")],
+    input_path: Annotated[
+        Path | None, typer.Argument(help="FHIR Patient NDJSON (or --db for the shared record)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="CSV patient_id,person_id")] = Path(
+        "links.csv"
+    ),
+    db: Annotated[
+        str | None, typer.Option(help="Link the Patients of the shared record at this URL")
+    ] = None,
     model_out: Annotated[Path | None, typer.Option(help="Write the trained model (JSON)")] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Match probability for a link (default 0.95)")
@@ -203,9 +210,31 @@ def mpi_link(
     workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
 ) -> None:
     """Link Patient records (block, compare, train Fellegi-Sunter by EM, cluster)."""
+    if (input_path is None) == (db is None):
+        console.print("[red]mpi link: give an NDJSON file or --db URL (one of them)[/]")
+        raise typer.Exit(2)
+    if db is not None:
+        from takamul.mpi.cli import run_link_store
+
+        raise typer.Exit(
+            run_link_store(Settings.from_env(database_url=db), out, console, threshold)
+        )
     from takamul.registry.cli import run_link
 
+    assert input_path is not None
     raise typer.Exit(run_link(input_path, out, console, model_out, threshold, workers))
+
+
+@mpi_app.command("train")
+def mpi_train(
+    db: DbOption = None,
+    model_out: Annotated[Path | None, typer.Option(help="Also write the model (JSON)")] = None,
+) -> None:
+    """Train the linkage model on the stored Patients; the server links with it from its
+    next start (until then, and before any training, it uses the packaged model)."""
+    from takamul.mpi.cli import run_train_store
+
+    raise typer.Exit(run_train_store(Settings.from_env(database_url=db), console, model_out))
 
 
 @mpi_app.command("evaluate")
@@ -217,6 +246,16 @@ def mpi_evaluate(
     from takamul.registry.cli import run_evaluate
 
     raise typer.Exit(run_evaluate(links, truth, console))
+
+
+def _register_subcommands() -> None:
+    """Sub-applications that live with their package (each a Typer app of its own)."""
+    from takamul.equity.cli import equity_app
+
+    app.add_typer(equity_app, name="equity")
+
+
+_register_subcommands()
 
 
 def _redact(url: str) -> str:

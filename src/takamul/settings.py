@@ -30,6 +30,9 @@ class Settings:
     validate: bool = True
     # Where $export writes its NDJSON files (one folder per job).
     export_dir: Path = DEFAULT_DATA_DIR / "exports"
+    # The client registry links every Patient as it is stored (Person golden records,
+    # Patient/$match, review queue); off only for stores that are not a patient registry.
+    mpi: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -43,6 +46,7 @@ class Settings:
             max_page_size=int(env.get("TAKAMUL_MAX_PAGE_SIZE", defaults.max_page_size)),
             validate=env.get("TAKAMUL_VALIDATE", "true").lower() not in ("0", "false", "no"),
             export_dir=Path(env.get("TAKAMUL_EXPORT_DIR") or defaults.export_dir),
+            mpi=env.get("TAKAMUL_MPI", "true").lower() not in ("0", "false", "no"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean)  # type: ignore[arg-type]

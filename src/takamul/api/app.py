@@ -16,10 +16,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from takamul.api.mpi import add_registry_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
+from takamul.mpi.service import ClientRegistry
 from takamul.rest import bundles
 from takamul.rest import interactions as ix
 from takamul.rest.capability import capability_statement
@@ -64,8 +66,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             ),
         )
 
+    if settings.mpi:
+        registry = ClientRegistry(store)
+        linked = registry.attach()
+        if linked:
+            log.info("client registry: linked %d Patients stored without a person", linked)
+        app.state.registry = registry
+        add_registry_routes(app, registry, lambda r: _base(settings, r))
     _routes(app, store, settings)
     return app
+
+
+def _base(settings: Settings, request: Request) -> str:
+    return settings.base_url or str(request.base_url).rstrip("/") + "/fhir"
 
 
 def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
@@ -73,7 +86,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     def ctx(request: Request) -> RequestContext:
         prefer = _prefer(request)
-        base = settings.base_url or str(request.base_url).rstrip("/") + "/fhir"
+        base = _base(settings, request)
         return RequestContext(
             base,
             prefer.get("return", "representation"),

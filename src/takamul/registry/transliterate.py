@@ -74,7 +74,12 @@ def is_particle(token: str) -> bool:
 
 def _ascii_letters(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.lower())
-    return "".join(ch for ch in decomposed if "a" <= ch <= "z" or ch in " -'_.,/")
+    # any whitespace (tab, line break) separates words as a space does, as fold_arabic has it
+    return "".join(
+        " " if ch.isspace() else ch
+        for ch in decomposed
+        if "a" <= ch <= "z" or ch in "-'_.,/" or ch.isspace()
+    )
 
 
 @lru_cache(maxsize=100_000)

@@ -82,6 +82,12 @@ class WriteOptions:
     source: str | None = None  # meta.source when the client sent none
 
 
+# Called in the writing transaction after every stored version of a resource, with the
+# stored body (None for a delete): how the client registry links a Patient as it is stored,
+# without the store knowing about the registry.
+WriteHook = Callable[["Session", str, str, "dict[str, Any] | None"], None]
+
+
 class Store:
     """The shared record on one database (SQLite file or PostgreSQL)."""
 
@@ -91,6 +97,7 @@ class Store:
         metadata.create_all(self.writer)
         self.indexer = SearchIndexer()
         self.defs = definitions()
+        self.write_hooks: list[WriteHook] = []
 
     @property
     def dialect(self) -> str:
@@ -113,19 +120,36 @@ class Store:
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, again from the start if a concurrent writer
-        won a race for the same key (a new id or a new version)."""
+        won a race for the same key (a new id or a new version).
+
+        The session's ``after_commit`` callbacks run once the transaction has committed and
+        its ``after_rollback`` callbacks when it did not (in-memory state such as the registry's
+        candidate index follows the database, never a write that was rolled back).
+        """
         for attempt in range(RETRIES):
+            session: Session | None = None
             try:
                 with self.writer.connect() as conn, conn.begin():
-                    return work(Session(self, conn))
+                    session = Session(self, conn)
+                    result = work(session)
+                session.finish(committed=True)
+                return result
             except IntegrityError as err:
+                if session is not None:
+                    session.finish(committed=False)
                 if attempt == RETRIES - 1:
                     raise FhirError(
                         409, f"The write kept conflicting with concurrent writes: {err}", "conflict"
                     ) from err
             except OperationalError as err:
+                if session is not None:
+                    session.finish(committed=False)
                 if "locked" not in str(err) or attempt == RETRIES - 1:
                     raise
+            except BaseException:
+                if session is not None:
+                    session.finish(committed=False)
+                raise
             time.sleep(0.002 * (attempt + 1))
         raise AssertionError("unreachable")
 
@@ -137,6 +161,21 @@ class Session:
         self.store = store
         self.conn = conn
         self.defs = store.defs
+        self.after_commit: list[Callable[[], None]] = []
+        self.after_rollback: list[Callable[[], None]] = []
+        # per-transaction state of write hooks (the registry's undo log)
+        self.extras: dict[str, Any] = {}
+
+    def finish(self, committed: bool) -> None:
+        """Run the callbacks of how the transaction ended (each list once)."""
+        callbacks = self.after_commit if committed else self.after_rollback
+        self.after_commit, self.after_rollback = [], []
+        for callback in callbacks:
+            callback()
+
+    def _written(self, resource_type: str, resource_id: str, body: dict[str, Any] | None) -> None:
+        for hook in self.store.write_hooks:
+            hook(self, resource_type, resource_id, body)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -518,6 +557,7 @@ class Session:
             )
         )
         self._drop_index(row.rid)
+        self._written(resource_type, resource_id, None)
         return StoredResource(resource_type, resource_id, version, now, True, None, "DELETE")
 
     # -- the one path every version takes ---------------------------------------------
@@ -556,6 +596,7 @@ class Session:
             self._drop_index(rid)
         self.conn.execute(INSERT_VERSION, {**values, "rid": rid, "method": method})
         self._write_index(rid, resource_type, stored_body)
+        self._written(resource_type, resource_id, stored_body)
         return StoredResource(
             resource_type,
             resource_id,

@@ -1,0 +1,180 @@
+"""Real-time client registry benchmark: ``Patient/$match`` and link-on-create with a large
+number of Patients stored (target: p95 <= 20 ms at 1,000,000 Patients).
+
+    python bench/mpi_realtime.py [--persons 455000] [--queries 2000]
+
+Steps (each timed): synthesise a Saudi population (Patients only are loaded), bulk-load them
+into a SQLite shared record, start the client registry on it (reads every Patient into the
+in-memory candidate index and links them as a batch), then measure
+- ``$match``: the registry scoring a Patient against the index (the route adds JSON parsing
+  and reading the matched Patients), for stored Patients without their id (they find
+  themselves and their duplicates) and for persons of another seed (mostly no match);
+- link-on-create: a new Patient created through the REST interaction layer in its own
+  transaction (validation, storage, search index, linking, the Person golden record), for
+  registrations of the other seed; the linking share is measured apart.
+Writes ``bench/results/<date>-vm-mpi-realtime-<records>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource as resource_module
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from takamul.bulk import load_paths  # noqa: E402
+from takamul.mpi.service import ClientRegistry  # noqa: E402
+from takamul.rest import interactions as ix  # noqa: E402
+from takamul.rest.interactions import RequestContext  # noqa: E402
+from takamul.settings import Settings  # noqa: E402
+from takamul.store import Store  # noqa: E402
+
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "results"
+
+
+def synth(persons: int, seed: int, years: int = 1) -> Path:
+    out = WORK / f"mpi-synth-SA-{persons}-{seed}"
+    if not (out / "Patient.ndjson").is_file():
+        command = [sys.executable, "-m", "takamul.cli", "synth", "--country", "SA"]
+        command += ["--patients", str(persons), "--seed", str(seed), "--years", str(years)]
+        subprocess.run([*command, "--out", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+def patients(path: Path) -> list[dict[str, Any]]:
+    with path.open("rb") as fh:
+        return [orjson.loads(line) for line in fh if line.strip()]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mb() -> float:
+    return resource_module.getrusage(resource_module.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--persons", type=int, default=455_000)
+    parser.add_argument("--seed", type=int, default=2001)
+    parser.add_argument("--queries", type=int, default=2000)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+
+    t = time.perf_counter()
+    population = synth(args.persons, args.seed)
+    newcomers = patients(synth(max(args.queries, 1000), args.seed + 1) / "Patient.ndjson")
+    figures["synthesis (s, cached if 0)"] = f"{time.perf_counter() - t:.0f}"
+
+    db = WORK / f"mpi-realtime-{args.persons}-{args.seed}.sqlite"
+    settings = Settings(database_url=f"sqlite:///{db}", export_dir=WORK / "exports", mpi=True)
+    store = Store(settings)
+    if not (WORK / f"{db.name}.loaded").exists():
+        t = time.perf_counter()
+        summary = load_paths(store, [population / "Patient.ndjson"], WORK / "mpi-rt-errors.ndjson")
+        figures["bulk load of the Patients (s)"] = f"{time.perf_counter() - t:.0f}"
+        figures["Patients loaded"] = f"{summary.loaded:,}"
+        store.analyze()
+        (WORK / f"{db.name}.loaded").touch()
+
+    t = time.perf_counter()
+    registry = ClientRegistry(store)
+    linked = registry.attach()
+    attach_s = time.perf_counter() - t
+    records = len(registry.index)
+    figures["Patients in the registry"] = f"{records:,}"
+    figures["persons"] = f"{len(registry.persons):,}"
+    figures["start-up: index built" + (" and batch-linked" if linked else "") + " (s)"] = (
+        f"{attach_s:.0f}" + (f" ({linked:,} linked)" if linked else "")
+    )
+    figures["peak RSS after start-up (MB)"] = f"{rss_mb():,.0f}"
+
+    rng = random.Random(7)
+    stored = patients(population / "Patient.ndjson")
+    sample = [{k: v for k, v in p.items() if k != "id"} for p in rng.sample(stored, args.queries)]
+    del stored
+    for label, queries in (("stored persons", sample), ("new persons", newcomers[: args.queries])):
+        times, found = [], 0
+        for q in queries:
+            t0 = time.perf_counter()
+            results = registry.match(q)
+            times.append((time.perf_counter() - t0) * 1000)
+            found += bool(results)
+        figures[f"$match, {label}: p50 / p95 / p99 (ms)"] = (
+            f"{pct(times, 0.5):.2f} / {pct(times, 0.95):.2f} / {pct(times, 0.99):.2f}"
+            f" ({found / len(queries):.0%} with a candidate)"
+        )
+
+    hook_ms: list[float] = []
+    original = registry._on_write
+
+    def timed(*a: Any) -> None:
+        t0 = time.perf_counter()
+        original(*a)
+        hook_ms.append((time.perf_counter() - t0) * 1000)
+
+    store.write_hooks[store.write_hooks.index(original)] = timed
+    ctx = RequestContext("http://bench/fhir", "minimal", False, None)
+    create_ms = []
+    for body in newcomers[: args.queries // 2]:
+        fresh = {k: v for k, v in body.items() if k != "id"}
+        t0 = time.perf_counter()
+        store.write(lambda s, fresh=fresh: ix.create(s, "Patient", fresh, ctx, None))
+        create_ms.append((time.perf_counter() - t0) * 1000)
+    figures["create + link a Patient: p50 / p95 / p99 (ms)"] = (
+        f"{pct(create_ms, 0.5):.2f} / {pct(create_ms, 0.95):.2f} / {pct(create_ms, 0.99):.2f}"
+    )
+    figures["of which linking (hook): p50 / p95 (ms)"] = (
+        f"{pct(hook_ms, 0.5):.2f} / {pct(hook_ms, 0.95):.2f}"
+    )
+    figures["peak RSS (MB)"] = f"{rss_mb():,.0f}"
+    store.close()
+    write_result(records, figures, args)
+
+
+def write_result(records: int, figures: dict[str, str], args: argparse.Namespace) -> None:
+    now = datetime.now(UTC)
+    load = os.getloadavg()
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    lines = [
+        f"# Client registry, real time: {records:,} Patients stored",
+        "",
+        f"- date: {now:%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {os.cpu_count()} cores, "
+        f"{mem_gb:.0f} GB, Python {platform.python_version()}; load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        f"- data: takamul synth, Saudi Arabia, {args.persons:,} persons, seed {args.seed} "
+        f"(Patients only); queries: {args.queries:,}; new registrations from seed {args.seed + 1}",
+        "- target: `$match` and link-on-create p95 <= 20 ms with 1,000,000 Patients stored",
+        "- command: `python bench/mpi_realtime.py "
+        f"--persons {args.persons} --queries {args.queries}`",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in figures.items()],
+        "",
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{now:%Y-%m-%d}-vm-mpi-realtime-{records}.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

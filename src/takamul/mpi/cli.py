@@ -1,0 +1,87 @@
+"""Bodies of the registry commands that work on the shared record (``--db``): link its
+Patients in batch, and train a model on them that the server then links with.
+
+Kept here so ``takamul.cli`` stays a thin wrapper; each returns an exit code.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from sqlalchemy import insert
+
+from takamul.mpi.schema import mpi_metadata, mpi_model
+from takamul.mpi.service import _patients
+from takamul.registry.linking import link_records, write_links
+from takamul.registry.record import RegistryRecord, from_patient
+from takamul.settings import Settings
+from takamul.store.repository import Store
+
+__all__ = ["run_link_store", "run_train_store"]
+
+
+def _store_records(store: Store, console: Console) -> list[RegistryRecord]:
+    with (
+        console.status("reading the Patients of the shared record") as status,
+        store.reading() as s,
+    ):
+        records = []
+        for n, (_, body) in enumerate(_patients(s), 1):
+            records.append(from_patient(body))
+            if n % 20_000 == 0:
+                status.update(f"reading the Patients of the shared record: {n:,}")
+    return records
+
+
+def run_link_store(settings: Settings, out: Path, console: Console, threshold: float | None) -> int:
+    """``takamul mpi link --db URL --out links.csv``: the batch run over the shared record."""
+    store = Store(settings)
+    try:
+        started = time.perf_counter()
+        records = _store_records(store, console)
+        if not records:
+            console.print("[yellow]mpi link: the shared record holds no Patient[/]")
+        with console.status(f"linking {len(records):,} records"):
+            result = link_records(records, threshold=threshold, workers=2)
+        write_links(result, out)
+        console.print(
+            f"Linked {len(records):,} Patients into {result.clusters:,} persons in "
+            f"{time.perf_counter() - started:.1f} s; wrote {out}"
+        )
+        return 0
+    finally:
+        store.close()
+
+
+def run_train_store(settings: Settings, console: Console, model_out: Path | None) -> int:
+    """``takamul mpi train --db URL``: estimate m, u and λ on the stored Patients and keep the
+    model in the database; the server links with the newest stored model from its next start."""
+    store = Store(settings)
+    try:
+        records = _store_records(store, console)
+        if len(records) < 100:
+            console.print(
+                f"[red]mpi train: {len(records)} Patients are too few to estimate a model; "
+                "load the population first (at least 100 records)[/]"
+            )
+            return 2
+        with console.status(f"training on {len(records):,} records"):
+            result = link_records(records, workers=2)
+        data = result.model.to_json()
+        mpi_metadata.create_all(store.writer)
+        with store.writer.connect() as conn:
+            conn.execute(insert(mpi_model).values(created=time.time(), model=data))
+            conn.commit()
+        if model_out is not None:
+            model_out.write_bytes(data)
+        console.print(
+            f"Trained on {len(records):,} Patients ({result.pairs:,} candidate pairs, "
+            f"λ {result.model.prior:.4f}); stored in the database"
+            + (f" and {model_out}" if model_out else "")
+            + ". Restart the server to link with it."
+        )
+        return 0
+    finally:
+        store.close()

@@ -1,0 +1,93 @@
+"""The client registry's own tables beside the shared record: who belongs to which person,
+the reviewers' decisions, the review queue and the log of every change of membership.
+
+Membership is a table with the patient as primary key, so one source record can never belong
+to two persons; the FHIR ``Person`` resources (the golden records) are written from it in the
+same transaction.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from takamul.store.schema import RowId
+
+__all__ = ["mpi_decision", "mpi_event", "mpi_member", "mpi_metadata", "mpi_model", "mpi_review"]
+
+mpi_metadata = MetaData()
+
+mpi_member = Table(
+    "mpi_member",
+    mpi_metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("person_id", String(64), nullable=False),
+    Column("probability", Float, nullable=False),
+    # set by a reviewer: automatic re-linking never moves this record
+    Column("manual", Boolean, nullable=False, default=False),
+    Column("updated", Float, nullable=False),
+    Index("ix_mpi_member_person", "person_id"),
+)
+
+# A reviewer's decision on a pair (patient_a < patient_b): 'link' or 'not-duplicate'.
+mpi_decision = Table(
+    "mpi_decision",
+    mpi_metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("patient_a", String(64), nullable=False),
+    Column("patient_b", String(64), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("reviewer", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("at", Float, nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Index("ix_mpi_decision_a", "patient_a"),
+    Index("ix_mpi_decision_b", "patient_b"),
+)
+
+mpi_review = Table(
+    "mpi_review",
+    mpi_metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("patient_a", String(64), nullable=False),
+    Column("patient_b", String(64), nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("evidence", Text, nullable=False),  # JSON: level and bits per field
+    Column("status", String(16), nullable=False),  # open | linked | not-duplicate | resolved
+    Column("created", Float, nullable=False),
+    Column("decided_by", Text, nullable=True),
+    Column("decided_at", Float, nullable=True),
+    UniqueConstraint("patient_a", "patient_b", name="uq_mpi_review_pair"),
+    Index("ix_mpi_review_status", "status", "probability"),
+)
+
+mpi_event = Table(
+    "mpi_event",
+    mpi_metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("detail", Text, nullable=False),  # JSON: moves, decisions added and retired
+    Column("reverted_by", Integer, nullable=True),
+)
+
+mpi_model = Table(
+    "mpi_model",
+    mpi_metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("created", Float, nullable=False),
+    Column("model", LargeBinary, nullable=False),
+)

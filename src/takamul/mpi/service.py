@@ -1,0 +1,885 @@
+"""The client registry in the shared record: every Patient create or update is linked as it
+is stored, golden records are FHIR ``Person`` resources, ``Patient/$match`` scores a resource
+against the registry, and reviewers resolve uncertain pairs.
+
+State lives in the database (``mpi_*`` tables and the Person resources, written in the same
+transaction as the Patient) and is mirrored in memory for speed: the candidate index and who
+belongs to whom. The mirror changes under one lock held from the first registry change of a
+transaction until it commits or rolls back; a rollback replays an undo log, so memory never
+shows a change the database does not have.
+
+Rules, in order of precedence:
+1. A reviewer's decision: records a reviewer placed (``manual``) are never moved by automatic
+   linking; a 'not-duplicate' pair is never linked automatically.
+2. A person holding a different valid national ID than the record is not joined automatically.
+3. The most probable candidate at or above the model's threshold decides the person.
+Candidates between the review floor and the threshold in another person go to the review
+queue with the evidence per field.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources as package_data
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, insert, or_, select, update
+
+from takamul.fhir.outcome import FhirError
+from takamul.mpi.persons import Member, assurance_level, match_grade, person_body
+from takamul.mpi.schema import (
+    mpi_decision,
+    mpi_event,
+    mpi_member,
+    mpi_metadata,
+    mpi_model,
+    mpi_review,
+)
+from takamul.registry.index import CandidateIndex, ScoredCandidate, score_pair
+from takamul.registry.linking import LinkageModel, link_records
+from takamul.registry.record import RegistryRecord, from_patient
+from takamul.store.bulkwrite import prepare, put_many
+from takamul.store.repository import Session, Store, WriteOptions
+from takamul.store.schema import resource
+
+__all__ = ["ClientRegistry", "MatchResult", "default_model"]
+
+log = logging.getLogger(__name__)
+
+MPI_SOURCE = WriteOptions(source="urn:takamul:mpi")
+AUTOMATIC = "takamul-mpi"
+LOCK_TIMEOUT = 30.0
+# Below this many unlinked Patients in a registry with no persons yet, start-up links them one
+# by one (the real-time path); above it, as a batch.
+BATCH_FROM = 2000
+
+
+def default_model() -> LinkageModel:
+    """The packaged model (trained on synthetic tuning data; scripts/derive_default_model.py)."""
+    data = package_data.files("takamul.registry").joinpath("data/default-model.json").read_bytes()
+    return LinkageModel.from_json(data)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult:
+    patient_id: str
+    person_id: str | None
+    probability: float
+    grade: str
+    evidence: dict[str, Any]
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def _evidence(scored: ScoredCandidate) -> dict[str, Any]:
+    return {
+        e.field: {"level": e.level.name.lower(), "bits": round(e.bits, 3)} for e in scored.evidence
+    }
+
+
+class ClientRegistry:
+    """Links Patients into persons as they are stored; answers $match; keeps the review queue."""
+
+    def __init__(
+        self,
+        store: Store,
+        model: LinkageModel | None = None,
+        review_floor: float = 0.5,
+        probable: float = 0.8,
+    ) -> None:
+        self.store = store
+        mpi_metadata.create_all(store.writer)
+        self.model = model or self._stored_model() or default_model()
+        self.threshold = self.model.threshold
+        self.review_floor = review_floor
+        self.probable = probable
+        self.index = CandidateIndex(self.model)
+        self.member_of: dict[str, str] = {}
+        self.persons: dict[str, set[str]] = {}
+        self.manual: set[str] = set()
+        self.cannot: dict[str, set[str]] = {}
+        self._lock = threading.RLock()
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def _stored_model(self) -> LinkageModel | None:
+        with self.store.reading() as s:
+            row = s.conn.execute(
+                select(mpi_model.c.model).order_by(mpi_model.c.id.desc()).limit(1)
+            ).first()
+        return LinkageModel.from_json(row.model) if row else None
+
+    def attach(
+        self, progress: Callable[[int], None] | None = None, batch_from: int = BATCH_FROM
+    ) -> int:
+        """Load the registry into memory, link Patients stored without a person (a bulk load),
+        and start linking every Patient write. Returns the number of records linked now."""
+        with self.store.reading() as s:
+            for row in s.conn.execute(select(mpi_member)):
+                self._set_member(row.patient_id, row.person_id, bool(row.manual), undo=None)
+            for row in s.conn.execute(
+                select(mpi_decision.c.patient_a, mpi_decision.c.patient_b).where(
+                    mpi_decision.c.active, mpi_decision.c.decision == "not-duplicate"
+                )
+            ):
+                self.cannot.setdefault(row.patient_a, set()).add(row.patient_b)
+                self.cannot.setdefault(row.patient_b, set()).add(row.patient_a)
+            for n, (_, body) in enumerate(_patients(s), 1):
+                self.index.add(from_patient(body))
+                if progress is not None and n % 10_000 == 0:
+                    progress(n)
+        self.index.refresh_term_frequencies()
+        unlinked = [pid for pid in self.index.ids() if pid not in self.member_of]
+        if not self.member_of and len(unlinked) >= batch_from:
+            self._link_fresh(unlinked, progress)
+        else:
+            for start in range(0, len(unlinked), 500):
+                chunk = unlinked[start : start + 500]
+                self.store.write(lambda s, chunk=chunk: self._link_many(s, chunk))  # type: ignore[misc]
+        self.store.write_hooks.append(self._on_write)
+        return len(unlinked)
+
+    def _link_fresh(self, patient_ids: list[str], progress: Callable[[int], None] | None) -> None:
+        """A store bulk-loaded before it had a registry: link its Patients as the batch run
+        does (block, score with this model, cluster with the ID guard) and write members and
+        Person resources in large transactions. The real-time path would cost a transaction
+        per Patient (hours at a million); with no earlier persons nothing is lost by batching.
+        """
+        records = [r for pid in patient_ids if (r := self.index.get(pid)) is not None]
+        result = link_records(records, model=self.model)
+        now = time.time()
+        by_label: dict[int, list[str]] = {}
+        for record, label in zip(records, result.labels.tolist(), strict=True):
+            by_label.setdefault(label, []).append(record.patient_id)
+        groups = [(str(uuid.uuid4()), sorted(members)) for members in by_label.values()]
+        indexer, validate = self.store.indexer, self.store.settings.validate
+        for start in range(0, len(groups), 2000):
+            chunk = groups[start : start + 2000]
+            with self.store.reading() as s:
+                bodies = _bodies(s, [pid for _, members in chunk for pid in members])
+            rows = [
+                {
+                    "patient_id": pid,
+                    "person_id": person,
+                    "probability": 1.0,
+                    "manual": False,
+                    "updated": now,
+                }
+                for person, members in chunk
+                for pid in members
+            ]
+            persons = [
+                prepare(
+                    person_body(
+                        person,
+                        [Member(pid, "level3", bodies.get(pid)) for pid in members],
+                    ),
+                    indexer,
+                    validate,
+                    MPI_SOURCE.source or "",
+                    now,
+                )
+                for person, members in chunk
+            ]
+
+            def work(
+                session: Session, rows: list[dict[str, Any]] = rows, persons: list[Any] = persons
+            ) -> None:
+                session.conn.execute(insert(mpi_member), rows)
+                put_many(session.conn, persons)
+
+            self.store.write(work)
+            for person, members in chunk:
+                for pid in members:
+                    self._set_member(pid, person, False, undo=None)
+            if progress is not None:
+                progress(start + len(chunk))
+        with self.store.writer.connect() as conn:
+            conn.execute(
+                insert(mpi_event).values(
+                    at=now,
+                    kind="batch-link",
+                    actor=AUTOMATIC,
+                    reason=f"{len(records)} Patients stored without a person",
+                    detail=orjson.dumps({"moves": [], "persons": len(groups)}).decode(),
+                )
+            )
+            conn.commit()
+
+    def _link_many(self, session: Session, patient_ids: list[str]) -> None:
+        self._begin(session)
+        for pid in patient_ids:
+            record = self.index.get(pid)
+            if record is not None:
+                self._link(session, record)
+
+    # -- the transaction protocol ---------------------------------------------------------
+
+    def _begin(self, session: Session) -> list[Callable[[], None]]:
+        """Take the registry lock for this transaction (once) and return its undo log."""
+        undo: list[Callable[[], None]] | None = session.extras.get("mpi-undo")
+        if undo is not None:
+            return undo
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            raise FhirError(503, "The client registry is busy; retry the request", "transient")
+        undo = []
+        session.extras["mpi-undo"] = undo
+
+        def commit() -> None:
+            self._lock.release()
+
+        def rollback() -> None:
+            try:
+                for step in reversed(undo):
+                    step()
+            finally:
+                self._lock.release()
+
+        session.after_commit.append(commit)
+        session.after_rollback.append(rollback)
+        return undo
+
+    def _on_write(
+        self, session: Session, resource_type: str, resource_id: str, body: dict[str, Any] | None
+    ) -> None:
+        if resource_type != "Patient":
+            return
+        self._begin(session)
+        if body is None:
+            self._remove(session, resource_id)
+        else:
+            self._link(session, from_patient(body))
+
+    # -- memory, with undo ------------------------------------------------------------------
+
+    def _set_member(
+        self, pid: str, person: str | None, manual: bool, undo: list[Callable[[], None]] | None
+    ) -> None:
+        old = self.member_of.get(pid)
+        was_manual = pid in self.manual
+        if old is not None:
+            self.persons[old].discard(pid)
+            if not self.persons[old]:
+                del self.persons[old]
+        if person is None:
+            self.member_of.pop(pid, None)
+        else:
+            self.member_of[pid] = person
+            self.persons.setdefault(person, set()).add(pid)
+        if manual:
+            self.manual.add(pid)
+        else:
+            self.manual.discard(pid)
+        if undo is not None:
+            undo.append(lambda: self._set_member(pid, old, was_manual, None))
+
+    def _index(self, record: RegistryRecord, undo: list[Callable[[], None]]) -> None:
+        previous = self.index.get(record.patient_id)
+        self.index.add(record)
+        if previous is None:
+            undo.append(lambda: self.index.remove(record.patient_id))
+        else:
+            undo.append(lambda: self.index.add(previous))
+
+    def _forbid(self, a: str, b: str, undo: list[Callable[[], None]], on: bool = True) -> None:
+        for x, y in ((a, b), (b, a)):
+            partners = self.cannot.setdefault(x, set())
+            had = y in partners
+            if on:
+                partners.add(y)
+            else:
+                partners.discard(y)
+            undo.append(
+                lambda p=partners, y=y, had=had: p.add(y) if had else p.discard(y)  # type: ignore[misc]
+            )
+
+    # -- automatic linking ------------------------------------------------------------------
+
+    def _conflicts(self, record: RegistryRecord, person: str) -> bool:
+        """Joining ``person`` would contradict a reviewer or a national ID."""
+        members = self.persons.get(person, set())
+        if self.cannot.get(record.patient_id, set()) & members:
+            return True
+        if not (record.national_id and record.national_id_valid):
+            return False
+        for pid in members:
+            other = self.index.get(pid)
+            if (
+                other is not None
+                and other.national_id
+                and other.national_id_valid
+                and other.national_id != record.national_id
+                and not _generations_apart(record, other)
+            ):
+                return True
+        return False
+
+    def _link(self, session: Session, record: RegistryRecord) -> None:
+        undo = self._begin(session)
+        pid = record.patient_id
+        self._index(record, undo)
+        old = self.member_of.get(pid)
+        scored = [
+            s
+            for s in self.index.score(record, self.review_floor)
+            if s.patient_id not in self.cannot.get(pid, ())
+        ]
+        if pid in self.manual and old is not None:
+            self._write_persons(session, {old})
+            self._queue_reviews(session, record, old, scored)
+            return
+        target: str | None = None
+        probability = 1.0
+        for s in scored:
+            if s.probability < self.threshold:
+                break
+            person = self.member_of.get(s.patient_id)
+            if person is None:
+                continue
+            if person == old or not self._conflicts(record, person):
+                target, probability = person, s.probability
+                break
+        if target is None:
+            # alone in its person it stays there; otherwise no certain match supports the
+            # person it was in any more, and it starts a person of its own
+            alone = old is not None and len(self.persons.get(old, ())) == 1
+            target = old if old is not None and alone else str(uuid.uuid4())
+        if target != old:
+            self._move(session, pid, old, target, probability, False, undo)
+            self._event(
+                session,
+                "link"
+                if target in self.persons and len(self.persons[target]) > 1
+                else "new-person",
+                AUTOMATIC,
+                None,
+                {"moves": [{"patient": pid, "from": old, "to": target, "p": probability}]},
+            )
+            self._write_persons(session, {target} | ({old} if old else set()))
+        else:
+            self._write_persons(session, {target})
+        self._queue_reviews(session, record, target, scored)
+
+    def _move(
+        self,
+        session: Session,
+        pid: str,
+        old: str | None,
+        person: str | None,
+        probability: float,
+        manual: bool,
+        undo: list[Callable[[], None]],
+    ) -> None:
+        conn = session.conn
+        conn.execute(delete(mpi_member).where(mpi_member.c.patient_id == pid))
+        if person is not None:
+            conn.execute(
+                insert(mpi_member).values(
+                    patient_id=pid,
+                    person_id=person,
+                    probability=probability,
+                    manual=manual,
+                    updated=time.time(),
+                )
+            )
+        self._set_member(pid, person, manual, undo)
+
+    def _queue_reviews(
+        self, session: Session, record: RegistryRecord, person: str, scored: list[ScoredCandidate]
+    ) -> None:
+        """Queue the uncertain pairs of a record with another person; settle open ones whose
+        records now share a person."""
+        for s in scored:
+            other_person = self.member_of.get(s.patient_id)
+            if other_person is None:
+                continue
+            a, b = _pair(record.patient_id, s.patient_id)
+            where = and_(mpi_review.c.patient_a == a, mpi_review.c.patient_b == b)
+            if other_person == person:
+                session.conn.execute(
+                    update(mpi_review)
+                    .where(where, mpi_review.c.status == "open")
+                    .values(status="resolved", decided_by=AUTOMATIC, decided_at=time.time())
+                )
+                continue
+            if s.probability >= self.threshold and not self._conflicts(record, other_person):
+                continue  # would have been linked; another candidate won
+            row = session.conn.execute(select(mpi_review.c.status).where(where)).first()
+            evidence = orjson.dumps(_evidence(s)).decode()
+            if row is None:
+                session.conn.execute(
+                    insert(mpi_review).values(
+                        patient_a=a,
+                        patient_b=b,
+                        probability=s.probability,
+                        evidence=evidence,
+                        status="open",
+                        created=time.time(),
+                    )
+                )
+            elif row.status == "open":
+                session.conn.execute(
+                    update(mpi_review)
+                    .where(where)
+                    .values(probability=s.probability, evidence=evidence)
+                )
+
+    def _remove(self, session: Session, pid: str) -> None:
+        """A deleted Patient leaves its person (and the index)."""
+        undo = self._begin(session)
+        record = self.index.get(pid)
+        if record is not None:
+            self.index.remove(pid)
+            undo.append(lambda: self.index.add(record))
+        old = self.member_of.get(pid)
+        if old is None:
+            return
+        self._move(session, pid, old, None, 0.0, False, undo)
+        self._event(
+            session,
+            "remove",
+            AUTOMATIC,
+            "Patient deleted",
+            {"moves": [{"patient": pid, "from": old, "to": None}]},
+        )
+        self._write_persons(session, {old})
+
+    # -- golden records -------------------------------------------------------------------
+
+    def _write_persons(self, session: Session, person_ids: Iterable[str]) -> None:
+        for person in person_ids:
+            members = sorted(self.persons.get(person, ()))
+            if not members:
+                current = _read(session, "Person", person)
+                if current is not None and current.get("active", True):
+                    session.delete("Person", person)
+                continue
+            rows = {
+                r.patient_id: r
+                for r in session.conn.execute(
+                    select(mpi_member).where(mpi_member.c.patient_id.in_(members))
+                )
+            }
+            entries = [
+                Member(
+                    pid,
+                    assurance_level(
+                        rows[pid].probability, bool(rows[pid].manual), self.threshold, self.probable
+                    ),
+                    _read(session, "Patient", pid),
+                )
+                for pid in members
+                if pid in rows
+            ]
+            entries.sort(key=lambda m: m.assurance, reverse=True)
+            body = person_body(person, entries)
+            current = _read(session, "Person", person)
+            if current is not None and _without_meta(current) == _without_meta(body):
+                continue  # unchanged: no new version of the golden record
+            session.update("Person", person, body, options=MPI_SOURCE)
+
+    def _event(
+        self,
+        session: Session,
+        kind: str,
+        actor: str,
+        reason: str | None,
+        detail: dict[str, Any],
+    ) -> int:
+        return int(
+            session.conn.execute(
+                insert(mpi_event)
+                .values(
+                    at=time.time(),
+                    kind=kind,
+                    actor=actor,
+                    reason=reason,
+                    detail=orjson.dumps(detail).decode(),
+                )
+                .returning(mpi_event.c.id)
+            ).scalar_one()
+        )
+
+    # -- $match -----------------------------------------------------------------------------
+
+    def match(self, patient: dict[str, Any], only_certain: bool = False) -> list[MatchResult]:
+        """Stored Patients that may be the person of ``patient`` (not stored by this call),
+        most probable first; a pair a reviewer marked not-duplicate is certainly-not."""
+        record = from_patient(patient)
+        with self._lock:
+            scored = self.index.score(record, self.review_floor)
+            refused = self.cannot.get(record.patient_id, set())
+            out = []
+            for s in scored:
+                grade = (
+                    "certainly-not"
+                    if s.patient_id in refused
+                    else match_grade(s.probability, self.threshold, self.probable)
+                )
+                if only_certain and grade != "certain":
+                    continue
+                out.append(
+                    MatchResult(
+                        s.patient_id,
+                        self.member_of.get(s.patient_id),
+                        0.0 if grade == "certainly-not" else s.probability,
+                        grade,
+                        _evidence(s),
+                    )
+                )
+        out.sort(key=lambda m: (-m.probability, m.patient_id))
+        return out
+
+    # -- review -----------------------------------------------------------------------------
+
+    def reviews(
+        self, status: str | None = "open", count: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self.store.reading() as s:
+            where = mpi_review.c.status == status if status else mpi_review.c.id.is_not(None)
+            total = len(s.conn.execute(select(mpi_review.c.id).where(where)).all())
+            rows = s.conn.execute(
+                select(mpi_review)
+                .where(where)
+                .order_by(mpi_review.c.probability.desc(), mpi_review.c.id)
+                .limit(count)
+                .offset(offset)
+            ).all()
+            return [self._review_json(s, r) for r in rows], total
+
+    def review(self, review_id: int) -> dict[str, Any]:
+        with self.store.reading() as s:
+            row = s.conn.execute(select(mpi_review).where(mpi_review.c.id == review_id)).first()
+            if row is None:
+                raise FhirError(404, f"There is no review {review_id}", "not-found")
+            return self._review_json(s, row)
+
+    def _review_json(self, session: Session, row: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": row.id,
+            "status": row.status,
+            "probability": round(row.probability, 6),
+            "grade": match_grade(row.probability, self.threshold, self.probable),
+            "evidence": orjson.loads(row.evidence),
+            "created": row.created,
+            "decidedBy": row.decided_by,
+            "decidedAt": row.decided_at,
+        }
+        for key, pid in (("a", row.patient_a), ("b", row.patient_b)):
+            out[key] = {
+                "patient": f"Patient/{pid}",
+                "person": f"Person/{p}" if (p := self.member_of.get(pid)) else None,
+                "resource": _read(session, "Patient", pid),
+            }
+        return out
+
+    def decide(self, review_id: int, decision: str, reviewer: str, reason: str | None) -> int:
+        """Resolve a queued pair with 'link' or 'not-duplicate'; returns the event id."""
+        with self.store.reading() as s:
+            row = s.conn.execute(select(mpi_review).where(mpi_review.c.id == review_id)).first()
+        if row is None:
+            raise FhirError(404, f"There is no review {review_id}", "not-found")
+        if decision == "link":
+            return self.link(row.patient_a, row.patient_b, reviewer, reason)
+        if decision == "not-duplicate":
+            return self.not_duplicate(row.patient_a, row.patient_b, reviewer, reason)
+        raise FhirError(400, f"decision must be 'link' or 'not-duplicate', not {decision!r}")
+
+    def _require(self, *patient_ids: str) -> None:
+        for pid in patient_ids:
+            if pid not in self.member_of:
+                raise FhirError(404, f"Patient/{pid} is not in the client registry", "not-found")
+
+    def _decide(
+        self, session: Session, a: str, b: str, decision: str, reviewer: str, reason: str | None
+    ) -> tuple[list[int], list[int]]:
+        """Record a pair decision, retiring the pair's earlier ones; (added, retired) ids."""
+        a, b = _pair(a, b)
+        where = and_(
+            mpi_decision.c.patient_a == a, mpi_decision.c.patient_b == b, mpi_decision.c.active
+        )
+        retired = [int(r.id) for r in session.conn.execute(select(mpi_decision.c.id).where(where))]
+        session.conn.execute(update(mpi_decision).where(where).values(active=False))
+        added = session.conn.execute(
+            insert(mpi_decision)
+            .values(
+                patient_a=a,
+                patient_b=b,
+                decision=decision,
+                reviewer=reviewer,
+                reason=reason,
+                at=time.time(),
+                active=True,
+            )
+            .returning(mpi_decision.c.id)
+        ).scalar_one()
+        status = "linked" if decision == "link" else "not-duplicate"
+        session.conn.execute(
+            update(mpi_review)
+            .where(mpi_review.c.patient_a == a, mpi_review.c.patient_b == b)
+            .values(status=status, decided_by=reviewer, decided_at=time.time())
+        )
+        undo = self._begin(session)
+        self._forbid(a, b, undo, on=decision == "not-duplicate")
+        return [int(added)], retired
+
+    def link(self, a: str, b: str, reviewer: str, reason: str | None = None) -> int:
+        """A reviewer says a and b are one person: b's person merges into a's."""
+        if a == b:
+            raise FhirError(400, "Linking a record to itself means nothing; give two patients")
+
+        def work(session: Session) -> int:
+            undo = self._begin(session)
+            self._require(a, b)
+            added, retired = self._decide(session, a, b, "link", reviewer, reason)
+            keep, gone = self.member_of[a], self.member_of[b]
+            moves = []
+            for pid in sorted(self.persons.get(gone, set()) if gone != keep else {a, b}):
+                moves.append(
+                    {"patient": pid, "from": gone, "to": keep, "manual_before": pid in self.manual}
+                )
+                self._move(session, pid, gone, keep, 1.0, True, undo)
+            if a not in [m["patient"] for m in moves]:
+                moves.append(
+                    {"patient": a, "from": keep, "to": keep, "manual_before": a in self.manual}
+                )
+                self._move(session, a, keep, keep, 1.0, True, undo)
+            self._write_persons(session, {keep, gone})
+            return self._event(
+                session,
+                "merge",
+                reviewer,
+                reason,
+                {"moves": moves, "decisions_added": added, "decisions_retired": retired},
+            )
+
+        return self.store.write(work)
+
+    def not_duplicate(self, a: str, b: str, reviewer: str, reason: str | None = None) -> int:
+        """A reviewer says a and b are two people: if they share a person, b leaves it."""
+        if a == b:
+            raise FhirError(400, "A record is always a duplicate of itself; give two patients")
+
+        def work(session: Session) -> int:
+            undo = self._begin(session)
+            self._require(a, b)
+            added, retired = self._decide(session, a, b, "not-duplicate", reviewer, reason)
+            moves = []
+            person = self.member_of[b]
+            if self.member_of[a] == person:
+                new = str(uuid.uuid4())
+                moves.append(
+                    {"patient": b, "from": person, "to": new, "manual_before": b in self.manual}
+                )
+                self._move(session, b, person, new, 1.0, True, undo)
+                self._write_persons(session, {person, new})
+            return self._event(
+                session,
+                "unmerge" if moves else "not-duplicate",
+                reviewer,
+                reason,
+                {"moves": moves, "decisions_added": added, "decisions_retired": retired},
+            )
+
+        return self.store.write(work)
+
+    def unlink(self, pid: str, reviewer: str, reason: str | None = None) -> int:
+        """A reviewer takes a record out of its person: it becomes a person of its own, and is
+        marked not-duplicate of the records it was with (so re-linking does not put it back)."""
+
+        def work(session: Session) -> int:
+            undo = self._begin(session)
+            self._require(pid)
+            person = self.member_of[pid]
+            others = sorted(self.persons.get(person, set()) - {pid})
+            if not others:
+                raise FhirError(
+                    409, f"Patient/{pid} is alone in Person/{person}; there is nothing to unlink"
+                )
+            added: list[int] = []
+            retired: list[int] = []
+            for other in others:
+                a, r = self._decide(session, pid, other, "not-duplicate", reviewer, reason)
+                added += a
+                retired += r
+            new = str(uuid.uuid4())
+            moves = [
+                {"patient": pid, "from": person, "to": new, "manual_before": pid in self.manual}
+            ]
+            self._move(session, pid, person, new, 1.0, True, undo)
+            self._write_persons(session, {person, new})
+            return self._event(
+                session,
+                "unmerge",
+                reviewer,
+                reason,
+                {"moves": moves, "decisions_added": added, "decisions_retired": retired},
+            )
+
+        return self.store.write(work)
+
+    def revert(self, event_id: int, reviewer: str, reason: str | None = None) -> int:
+        """Undo a recorded merge, unmerge or link: the moved records go back, the decisions it
+        added are retired and those it retired restored. Refused if a record has moved since."""
+
+        def work(session: Session) -> int:
+            undo = self._begin(session)
+            row = session.conn.execute(select(mpi_event).where(mpi_event.c.id == event_id)).first()
+            if row is None:
+                raise FhirError(404, f"There is no registry event {event_id}", "not-found")
+            if row.reverted_by is not None:
+                raise FhirError(409, f"Event {event_id} was already reverted by {row.reverted_by}")
+            detail = orjson.loads(row.detail)
+            touched: set[str] = set()
+            back: list[dict[str, Any]] = []
+            for move in reversed(detail.get("moves", [])):
+                pid, src, dst = move["patient"], move["from"], move["to"]
+                if self.member_of.get(pid) != dst:
+                    raise FhirError(
+                        409,
+                        f"Patient/{pid} has moved since event {event_id}; revert the later "
+                        "events first",
+                    )
+                manual = bool(move.get("manual_before", False)) or row.actor != AUTOMATIC
+                if src is None:
+                    continue
+                back.append(
+                    {"patient": pid, "from": dst, "to": src, "manual_before": pid in self.manual}
+                )
+                self._move(session, pid, dst, src, 1.0, manual, undo)
+                touched |= {src, dst}
+            for did in detail.get("decisions_added", []):
+                self._set_decision(session, did, False, undo)
+            for did in detail.get("decisions_retired", []):
+                self._set_decision(session, did, True, undo)
+            self._write_persons(session, {t for t in touched if t})
+            new = self._event(
+                session,
+                "revert",
+                reviewer,
+                reason,
+                {
+                    "reverts": event_id,
+                    "moves": back,
+                    "decisions_added": detail.get("decisions_retired", []),
+                    "decisions_retired": detail.get("decisions_added", []),
+                },
+            )
+            session.conn.execute(
+                update(mpi_event).where(mpi_event.c.id == event_id).values(reverted_by=new)
+            )
+            return new
+
+        return self.store.write(work)
+
+    def _set_decision(
+        self, session: Session, decision_id: int, active: bool, undo: list[Callable[[], None]]
+    ) -> None:
+        row = session.conn.execute(
+            select(mpi_decision).where(mpi_decision.c.id == decision_id)
+        ).first()
+        if row is None:
+            return
+        session.conn.execute(
+            update(mpi_decision).where(mpi_decision.c.id == decision_id).values(active=active)
+        )
+        if row.decision == "not-duplicate":
+            self._forbid(row.patient_a, row.patient_b, undo, on=active)
+
+    def events(self, patient: str | None = None, count: int = 50) -> list[dict[str, Any]]:
+        with self.store.reading() as s:
+            query = select(mpi_event).order_by(mpi_event.c.id.desc())
+            if patient:
+                query = query.where(mpi_event.c.detail.contains(f'"{patient}"'))
+            rows = s.conn.execute(query.limit(count)).all()
+        return [
+            {
+                "id": r.id,
+                "at": r.at,
+                "kind": r.kind,
+                "actor": r.actor,
+                "reason": r.reason,
+                "detail": orjson.loads(r.detail),
+                "revertedBy": r.reverted_by,
+            }
+            for r in rows
+        ]
+
+    def person_of(self, pid: str) -> str | None:
+        return self.member_of.get(pid)
+
+    def decisions(self, pid: str) -> list[dict[str, Any]]:
+        with self.store.reading() as s:
+            rows = s.conn.execute(
+                select(mpi_decision).where(
+                    mpi_decision.c.active,
+                    or_(mpi_decision.c.patient_a == pid, mpi_decision.c.patient_b == pid),
+                )
+            ).all()
+        return [
+            {
+                "patients": [r.patient_a, r.patient_b],
+                "decision": r.decision,
+                "reviewer": r.reviewer,
+                "reason": r.reason,
+                "at": r.at,
+            }
+            for r in rows
+        ]
+
+    def score(self, a: RegistryRecord, b: RegistryRecord) -> ScoredCandidate:
+        return score_pair(self.model, a, b)
+
+
+def _generations_apart(a: RegistryRecord, b: RegistryRecord) -> bool:
+    """An infant under a parent's ID: birth years at least 12 apart."""
+    if not a.birth_years or not b.birth_years:
+        return False
+    return min(abs(x - y) for x in a.birth_years for y in b.birth_years) >= 12
+
+
+def _without_meta(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "meta"}
+
+
+def _read(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    row = session.conn.execute(
+        select(resource.c.content).where(
+            resource.c.res_type == resource_type,
+            resource.c.res_id == resource_id,
+            resource.c.deleted.is_(False),
+        )
+    ).first()
+    return orjson.loads(row.content) if row and row.content else None
+
+
+def _bodies(session: Session, patient_ids: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(patient_ids), 900):  # SQLite's bound-parameter limit
+        rows = session.conn.execute(
+            select(resource.c.res_id, resource.c.content).where(
+                resource.c.res_type == "Patient",
+                resource.c.res_id.in_(patient_ids[start : start + 900]),
+            )
+        )
+        out.update({r.res_id: orjson.loads(r.content) for r in rows if r.content})
+    return out
+
+
+def _patients(session: Session) -> Iterator[tuple[str, dict[str, Any]]]:
+    rows = session.conn.execution_options(yield_per=5000).execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == "Patient", resource.c.deleted.is_(False)
+        )
+    )
+    for row in rows:
+        if row.content:
+            yield row.res_id, orjson.loads(row.content)
