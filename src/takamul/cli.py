@@ -251,8 +251,10 @@ def mpi_evaluate(
 def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
     from takamul.equity.cli import equity_app
+    from takamul.views.cli import views_app
 
     app.add_typer(equity_app, name="equity")
+    app.add_typer(views_app, name="views")
 
 
 _register_subcommands()
