@@ -23,12 +23,18 @@ import pytest
 
 from takamul.views import ViewError, compile_view
 
-SUITE = Path(
-    os.environ.get(
-        "SQL_ON_FHIR_TESTS",
-        Path(__file__).resolve().parents[2] / "shared" / "conformance" / "sql-on-fhir-v2" / "tests",
-    )
-)
+
+def _suite() -> Path:
+    """$SQL_ON_FHIR_TESTS, else the workplace's shared copy beside the checkout (../shared),
+    else where the workplace keeps it (/work/shared), so a clean CI checkout elsewhere finds it."""
+    if os.environ.get("SQL_ON_FHIR_TESTS"):
+        return Path(os.environ["SQL_ON_FHIR_TESTS"])
+    tail = Path("shared") / "conformance" / "sql-on-fhir-v2" / "tests"
+    candidates = [Path(__file__).resolve().parents[2] / tail, Path("/work") / tail]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SUITE = _suite()
 
 # "file/title" -> why the case does not pass (deliberate gaps). None at present: all pass.
 KNOWN_GAPS: dict[str, str] = {}
