@@ -25,6 +25,7 @@ import resource as resource_module
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,14 +85,18 @@ def main() -> None:
 
     db = WORK / f"mpi-realtime-{args.persons}-{args.seed}.sqlite"
     settings = Settings(database_url=f"sqlite:///{db}", export_dir=WORK / "exports", mpi=True)
-    store = Store(settings)
     if not (WORK / f"{db.name}.loaded").exists():
+        # Loading is set-up, not what is measured here: the generator's output is valid FHIR
+        # (tested), so the load skips validation; it resumes if interrupted.
+        loader = Store(replace(settings, validate=False))
         t = time.perf_counter()
-        summary = load_paths(store, [population / "Patient.ndjson"], WORK / "mpi-rt-errors.ndjson")
+        summary = load_paths(loader, [population / "Patient.ndjson"], WORK / "mpi-rt-errors.ndjson")
         figures["bulk load of the Patients (s)"] = f"{time.perf_counter() - t:.0f}"
-        figures["Patients loaded"] = f"{summary.loaded:,}"
-        store.analyze()
+        figures["Patients loaded (this run)"] = f"{summary.loaded:,}"
+        loader.analyze()
+        loader.close()
         (WORK / f"{db.name}.loaded").touch()
+    store = Store(settings)
 
     t = time.perf_counter()
     registry = ClientRegistry(store)

@@ -136,24 +136,21 @@ def _two(body: dict[str, Any]) -> tuple[str, str]:
 def add_registry_routes(
     app: FastAPI, registry: ClientRegistry, base_of: Callable[[Request], str]
 ) -> None:
-    store = registry.store
 
     @app.post("/fhir/Patient/$match")
     async def match(request: Request) -> Response:
         body = ix.parse_json(await request.body())
         resource, only_certain, count = parse_match_parameters(body)
-        results = registry.match(resource, only_certain)[: count or 10]
-        with store.reading() as s:
-            patients = {
-                m.patient_id: orjson.loads(r.content)
-                for m in results
-                if (r := s._row("Patient", m.patient_id)) is not None and r.content
-            }
-        return Response(
-            orjson.dumps(match_bundle(results, patients, base_of(request))),
-            200,
-            media_type="application/fhir+json",
-        )
+        base = base_of(request)
+
+        def run() -> bytes:
+            # off the event loop: scoring waits for a registry write in progress
+            results = registry.match(resource, only_certain)[: count or 10]
+            patients = registry.patients([m.patient_id for m in results])
+            return orjson.dumps(match_bundle(results, patients, base))
+
+        content = await run_in_threadpool(run)
+        return Response(content, 200, media_type="application/fhir+json")
 
     @app.get("/mpi/reviews")
     def reviews(request: Request) -> Response:

@@ -29,7 +29,7 @@ from importlib import resources as package_data
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from takamul.fhir.outcome import FhirError
 from takamul.mpi.persons import Member, assurance_level, match_grade, person_body
@@ -545,7 +545,9 @@ class ClientRegistry:
     ) -> tuple[list[dict[str, Any]], int]:
         with self.store.reading() as s:
             where = mpi_review.c.status == status if status else mpi_review.c.id.is_not(None)
-            total = len(s.conn.execute(select(mpi_review.c.id).where(where)).all())
+            total = s.conn.execute(
+                select(func.count()).select_from(mpi_review).where(where)
+            ).scalar_one()
             rows = s.conn.execute(
                 select(mpi_review)
                 .where(where)
@@ -812,6 +814,11 @@ class ClientRegistry:
             }
             for r in rows
         ]
+
+    def patients(self, patient_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The current bodies of stored Patients (those deleted since are left out)."""
+        with self.store.reading() as s:
+            return _bodies(s, patient_ids)
 
     def person_of(self, pid: str) -> str | None:
         return self.member_of.get(pid)
