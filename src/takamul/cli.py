@@ -250,9 +250,11 @@ def mpi_evaluate(
 
 def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
+    from takamul.equity.access_cli import access_app
     from takamul.equity.cli import equity_app
     from takamul.views.cli import views_app
 
+    equity_app.add_typer(access_app)  # takamul equity access
     app.add_typer(equity_app, name="equity")
     app.add_typer(views_app, name="views")
 
