@@ -24,7 +24,10 @@ demo: $(STAMP)
 	  $(BIN)/takamul synth --country SA --patients $(DEMO_PERSONS) --seed 1 --out $(DEMO_DATA)
 	$(BIN)/takamul load $(DEMO_DATA)/*.ndjson --db $(DB) --errors data/demo-load-errors.ndjson
 	$(BIN)/takamul load-demo --db $(DB)
-	@echo "Takamul demo: FHIR R4 API at http://$(HOST):$(PORT)/fhir (Ctrl-C to stop)"
+	$(BIN)/takamul demo-credentials --db $(DB)
+	@echo "Takamul demo: FHIR R4 API at http://$(HOST):$(PORT)/fhir (Ctrl-C to stop). A token:"
+	@echo "  TOKEN=\$$($(BIN)/takamul token --db $(DB) --client demo-ministry --scope 'system/*.rs' --lifetime 3600)"
+	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/Patient?_count=3"
 	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
 
 test: $(STAMP) lint typecheck

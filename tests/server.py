@@ -52,7 +52,13 @@ def running_server(db_url: str, env: dict[str, str] | None = None) -> Iterator[s
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
-        env={**os.environ, "TAKAMUL_EXPORT_DIR": export_dir, **(env or {})},
+        # protocol tests run an open server; the security tests pass TAKAMUL_AUTH=true
+        env={
+            **os.environ,
+            "TAKAMUL_EXPORT_DIR": export_dir,
+            "TAKAMUL_AUTH": "false",
+            **(env or {}),
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -252,10 +252,20 @@ def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
     from takamul.equity.access_cli import access_app
     from takamul.equity.cli import equity_app
+    from takamul.security.audit_cli import audit_app
+    from takamul.security.cli import clients_app, demo, keys_app, token, users_app
+    from takamul.security.deid import deid_app
     from takamul.views.cli import views_app
 
     equity_app.add_typer(access_app)  # takamul equity access
     app.add_typer(equity_app, name="equity")
+    app.add_typer(clients_app, name="clients")
+    app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")
+    app.command("token")(token)
+    app.command("demo-credentials")(demo)
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(deid_app, name="deid")
     app.add_typer(views_app, name="views")
 
 

@@ -33,6 +33,9 @@ class Settings:
     # The client registry links every Patient as it is stored (Person golden records,
     # Patient/$match, review queue); off only for stores that are not a patient registry.
     mpi: bool = True
+    # Every request must carry a SMART access token or a login session; off only for an open
+    # development server (refused in production: TAKAMUL_PRODUCTION=true).
+    auth: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -47,6 +50,7 @@ class Settings:
             validate=env.get("TAKAMUL_VALIDATE", "true").lower() not in ("0", "false", "no"),
             export_dir=Path(env.get("TAKAMUL_EXPORT_DIR") or defaults.export_dir),
             mpi=env.get("TAKAMUL_MPI", "true").lower() not in ("0", "false", "no"),
+            auth=env.get("TAKAMUL_AUTH", "true").lower() not in ("0", "false", "no"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **clean)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ Thin by design: logic lives in ``takamul.store`` and ``takamul.rest.interactions
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from takamul.api.access import add_access_control
 from takamul.api.mpi import add_registry_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.fhir.definitions import definitions
@@ -66,6 +68,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             ),
         )
 
+    if settings.auth:
+        add_access_control(app, store, settings)
+    elif os.environ.get("TAKAMUL_PRODUCTION", "").lower() in ("1", "true", "yes"):
+        raise RuntimeError("TAKAMUL_AUTH=false (an open server) is refused in production; unset it")
     if settings.mpi:
         registry = ClientRegistry(store)
         linked = registry.attach()

@@ -17,6 +17,7 @@ from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.validation import validate_resource
 from takamul.mpi.service import ClientRegistry, MatchResult
 from takamul.rest import interactions as ix
+from takamul.store.guard import current_guard
 
 __all__ = ["add_registry_routes", "parse_match_parameters"]
 
@@ -145,8 +146,20 @@ def add_registry_routes(
 
         def run() -> bytes:
             # off the event loop: scoring waits for a registry write in progress
-            results = registry.match(resource, only_certain)[: count or 10]
+            results = registry.match(resource, only_certain)
             patients = registry.patients([m.patient_id for m in results])
+            guard = current_guard.get()
+            if guard is not None:
+                # scored in memory, so the store's guard is applied here: only the Patients the
+                # requester may read come back
+                guard.require("Patient", "s")
+                results = [
+                    m
+                    for m in results
+                    if m.patient_id in patients
+                    and guard.visible("Patient", patients[m.patient_id], "r")
+                ]
+            results = results[: count or 10]
             return orjson.dumps(match_bundle(results, patients, base))
 
         content = await run_in_threadpool(run)

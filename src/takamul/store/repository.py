@@ -37,6 +37,7 @@ from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
 from takamul.store.engine import make_engines
+from takamul.store.guard import Guard, current_guard
 from takamul.store.indexing import index_rows
 from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
@@ -183,11 +184,17 @@ class Session:
         stmt = SELECT_CURRENT_FOR_UPDATE if lock else SELECT_CURRENT
         return self.conn.execute(stmt, {"res_type": resource_type, "res_id": resource_id}).first()
 
-    def read(self, resource_type: str, resource_id: str) -> StoredResource:
+    def read(self, resource_type: str, resource_id: str, interaction: str = "r") -> StoredResource:
         row = self._row(resource_type, resource_id)
         if row is None:
             raise not_found(resource_type, resource_id)
         stored = _stored(row)
+        guard = current_guard.get()
+        if guard is not None:
+            guard.require(resource_type, interaction)
+            # a resource the requester may not see is answered as if it did not exist
+            if stored.deleted or not guard.visible(resource_type, stored.json(), interaction):
+                raise not_found(resource_type, resource_id)
         if stored.deleted:
             raise FhirError(410, f"{resource_type}/{resource_id} was deleted", "deleted")
         return stored
@@ -197,7 +204,13 @@ class Session:
         row = self._row(resource_type, resource_id)
         if row is None:
             raise not_found(resource_type, resource_id)
-        return _stored(row)
+        stored = _stored(row)
+        guard = current_guard.get()
+        if guard is not None:
+            guard.require(resource_type, "r")
+            if stored.deleted or not guard.visible(resource_type, stored.json(), "r"):
+                raise not_found(resource_type, resource_id)
+        return stored
 
     def vread(self, resource_type: str, resource_id: str, version: str) -> StoredResource:
         if not version.isdigit():
@@ -214,6 +227,11 @@ class Session:
         if row is None:
             raise not_found(resource_type, f"{resource_id}/_history/{version}")
         stored = _stored(row, method=row.method)
+        guard = current_guard.get()
+        if guard is not None:
+            guard.require(resource_type, "r")
+            if stored.deleted or not guard.visible(resource_type, stored.json(), "r"):
+                raise not_found(resource_type, f"{resource_id}/_history/{version}")
         if stored.deleted:
             raise FhirError(
                 410, f"Version {version} of {resource_type}/{resource_id} is a deletion", "deleted"
@@ -242,9 +260,26 @@ class Session:
         if where is not None:
             total_stmt = total_stmt.where(where)
             stmt = stmt.where(where)
+        guard = current_guard.get()
+        if guard is not None:
+            return self._guarded_history(guard, stmt, count, offset)
         total = self.conn.execute(total_stmt).scalar_one()
         rows = self.conn.execute(stmt.limit(count).offset(offset)).all()
         return [_stored(r, method=r.method) for r in rows], total
+
+    def _guarded_history(
+        self, guard: Guard, stmt: Any, count: int, offset: int
+    ) -> tuple[list[StoredResource], int]:
+        """History shows only versions the requester may read (a deletion only of a type it
+        may read); the total counts what it may see, so counting by hand is unavoidable."""
+        visible: list[StoredResource] = []
+        for row in self.conn.execute(stmt):
+            stored = _stored(row, method=row.method)
+            if not _may(guard, stored.resource_type, "r"):
+                continue
+            if stored.deleted or guard.visible(stored.resource_type, stored.json(), "r"):
+                visible.append(stored)
+        return visible[offset : offset + count], len(visible)
 
     # -- search -----------------------------------------------------------------------
 
@@ -252,6 +287,10 @@ class Session:
         self, resource_type: str, params: list[tuple[str, str]], lenient: bool = False
     ) -> SearchQuery:
         settings = self.store.settings
+        guard = current_guard.get()
+        if guard is not None:
+            guard.require(resource_type, "s")
+            params = [*params, *guard.restrictions(self, resource_type)]
         return QueryParser(
             resource_type, lenient, settings.default_page_size, settings.max_page_size
         ).parse(params)
@@ -275,6 +314,15 @@ class Session:
         rows = self.conn.execute(stmt).all()
         matches = [_stored(r) for r in rows]
         included = self._includes(query, [r.rid for r in rows], matches)
+        guard = current_guard.get()
+        if guard is not None:
+            # included resources answer to the same rules as a read of each of them
+            included = [
+                r
+                for r in included
+                if _may(guard, r.resource_type, "r")
+                and guard.visible(r.resource_type, r.json(), "r")
+            ]
         return SearchPage(matches, included, total, query.offset, query.count, query.warnings)
 
     def find(self, resource_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
@@ -399,6 +447,15 @@ class Session:
         total = self.conn.execute(
             select(func.count()).select_from(resource).where(where)
         ).scalar_one()
+        guard = current_guard.get()
+        if guard is not None:
+            every = [
+                stored
+                for r in self.conn.execute(select(resource).where(where).order_by(resource.c.rid))
+                if _may(guard, (stored := _stored(r)).resource_type, "r")
+                and guard.visible(stored.resource_type, stored.json(), "r")
+            ]
+            return every[offset : offset + count], len(every)
         rows = self.conn.execute(
             select(resource).where(where).order_by(resource.c.rid).limit(count).offset(offset)
         ).all()
@@ -535,6 +592,15 @@ class Session:
 
     def delete(self, resource_type: str, resource_id: str) -> StoredResource | None:
         row = self._row(resource_type, resource_id, lock=True)
+        guard = current_guard.get()
+        if guard is not None:
+            guard.require(resource_type, "d")
+            if (
+                row is not None
+                and not row.deleted
+                and not guard.visible(resource_type, orjson.loads(row.content), "d")
+            ):
+                raise not_found(resource_type, resource_id)
         if row is None or row.deleted:
             return None  # deleting what is not there succeeds (http.html#delete)
         now = _now(row.last_updated)
@@ -573,6 +639,9 @@ class Session:
         expect_new: bool = False,
     ) -> StoredResource:
         row = None if expect_new else self._row(resource_type, resource_id, lock=True)
+        guard = current_guard.get()
+        if guard is not None:
+            self._check_write(guard, resource_type, resource_id, body, row)
         current = 0 if row is None else row.version
         if if_match is not None:
             check_if_match(if_match, current, resource_type, resource_id)
@@ -607,6 +676,25 @@ class Session:
             method,
             created=row is None or bool(row.deleted),
         )
+
+    def _check_write(
+        self, guard: Guard, resource_type: str, resource_id: str, body: dict[str, Any], row: Any
+    ) -> None:
+        """A create needs 'c' on the new content; an update 'u' on the old and the new (a
+        requester may not move a resource out of, or into, what it may see)."""
+        exists = row is not None and not row.deleted
+        interaction = "u" if exists else "c"
+        guard.require(resource_type, interaction)
+        if exists and not guard.visible(resource_type, orjson.loads(row.content), "u"):
+            raise not_found(resource_type, resource_id)
+        new = {**body, "resourceType": resource_type, "id": resource_id}
+        if not guard.visible(resource_type, new, interaction):
+            raise FhirError(
+                403,
+                f"The granted access does not allow writing this {resource_type}: it falls "
+                "outside the patients, facility or categories the token covers",
+                "forbidden",
+            )
 
     def _prepare(
         self,
@@ -644,6 +732,14 @@ class Session:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _may(guard: Guard, resource_type: str, interaction: str) -> bool:
+    try:
+        guard.require(resource_type, interaction)
+    except FhirError:
+        return False
+    return True
 
 
 def _stored(row: Any, method: str = "PUT") -> StoredResource:

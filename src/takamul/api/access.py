@@ -1,0 +1,210 @@
+"""Access control of the HTTP API: every FHIR and registry request is authenticated (SMART
+access token or login session), its access context becomes the store guard of the request
+(so every read, search, include, history, compartment and write answers to the scopes,
+patient context and facility), and rules that are not about one resource type are checked here:
+registry review needs its capability, bulk export is for unscoped system clients, the audit log
+is append-only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from fastapi import FastAPI, Request, Response
+
+from takamul.fhir.outcome import FhirError, operation_outcome
+from takamul.security.audit import (
+    AuditLog,
+    AuditRecord,
+    create_audit_tables,
+    parse_search_params,
+)
+from takamul.security.context import AccessContext
+from takamul.security.errors import forbidden
+from takamul.security.guard import AccessGuard
+from takamul.security.routes import add_security_middleware, add_security_routes
+from takamul.security.scopes import use_indexer
+from takamul.security.service import Security
+from takamul.settings import Settings
+from takamul.store.guard import guarded
+from takamul.store.repository import Store
+
+__all__ = ["PUBLIC_PATHS", "add_access_control"]
+
+log = logging.getLogger("takamul.api")
+
+# Discovery and authentication itself; everything else under /fhir and /mpi needs a token.
+PUBLIC_PATHS = ("/fhir/metadata", "/fhir/.well-known/")
+PROTECTED = ("/fhir", "/mpi")
+
+
+def _protected(path: str) -> bool:
+    if path.startswith(PUBLIC_PATHS):
+        return False
+    return any(path == p or path.startswith(p + "/") for p in PROTECTED)
+
+
+def check_route(access: AccessContext, method: str, path: str) -> None:
+    """The rules of a request that are about the operation rather than a resource type."""
+    if path.startswith("/mpi/") and not access.has("registry-review"):
+        raise forbidden("The client registry's review API needs the registry-reviewer role")
+    if "$export" in path:
+        if access.facility_scoped:
+            raise forbidden(
+                "Bulk export is for system clients not bound to a facility; a facility's "
+                "clients search their own patients"
+            )
+        if not access.allows("Patient", "r"):
+            raise forbidden("Bulk export needs read access to the exported types")
+    if path.startswith("/fhir/AuditEvent"):
+        if method != "GET":
+            raise FhirError(
+                405, "The audit log is append-only and written by the server", "not-supported"
+            )
+        if not access.has("audit-review"):
+            raise forbidden("Reading the audit log needs the audit-review capability")
+
+
+def _audit_routes(app: FastAPI, audit: AuditLog, settings: Settings) -> None:
+    """The audit log, read-only, as FHIR AuditEvents (writes are refused in check_route)."""
+
+    @app.get("/fhir/AuditEvent")
+    def audit_search(request: Request) -> Response:
+        query = parse_search_params(
+            list(request.query_params.multi_items()),
+            settings.default_page_size,
+            settings.max_page_size,
+        )
+        page = audit.find(query)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": page.total,
+            "entry": [{"resource": e, "search": {"mode": "match"}} for e in page.events],
+        }
+        return Response(orjson.dumps(bundle), 200, media_type="application/fhir+json")
+
+    @app.get("/fhir/AuditEvent/{event_id}")
+    def audit_read(event_id: str) -> Response:
+        event = audit.read(event_id)
+        if event is None:
+            raise FhirError(404, f"AuditEvent/{event_id} is not known", "not-found")
+        return Response(orjson.dumps(event), 200, media_type="application/fhir+json")
+
+
+def _refusal(err: FhirError) -> Response:
+    headers = dict(getattr(err, "headers", None) or {})
+    return Response(
+        orjson.dumps(operation_outcome(err.issues)),
+        err.status,
+        headers,
+        media_type="application/fhir+json",
+    )
+
+
+def interaction_of(method: str, path: str) -> tuple[str, str | None, str | None]:
+    """(interaction, resource type, id) of a request path, for the audit log."""
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[0] == "mpi":
+        return "registry-" + (parts[1] if len(parts) > 1 else "review"), None, None
+    parts = parts[1:]  # after "fhir"
+    if not parts:
+        return ("transaction" if method == "POST" else "search-system"), None, None
+    if any(p.startswith("$export") for p in parts):
+        return "export", None, None
+    rtype = parts[0] if parts[0][:1].isupper() else None
+    rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("_", "$")) else None
+    if parts[-1] == "$everything":
+        return "everything", "Patient", rid
+    if parts[-1].startswith("$"):
+        return parts[-1][1:], rtype, rid
+    if "_history" in parts:
+        if len(parts) == 4:
+            return "vread", rtype, rid
+        return (
+            ("history-instance" if rid else "history-type" if rtype else "history-system"),
+            (rtype),
+            rid,
+        )
+    if parts[-1] == "_search" or (rid is None and method == "GET"):
+        return "search", rtype, None
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    return verb.get(method, "read"), rtype, rid
+
+
+def _patients(request: Request, rtype: str | None, rid: str | None) -> tuple[str, ...]:
+    found = [rid] if rtype == "Patient" and rid else []
+    for key in ("patient", "subject"):
+        value = request.query_params.get(key)
+        if value and "/" not in value.removeprefix("Patient/"):
+            found.append(value.removeprefix("Patient/"))
+    return tuple(dict.fromkeys(found))
+
+
+def _audit(
+    audit: AuditLog,
+    request: Request,
+    access: AccessContext | None,
+    status: int,
+    outcome_text: str | None = None,
+) -> None:
+    interaction, rtype, rid = interaction_of(request.method, request.url.path)
+    fields = {
+        "status": status,
+        "resource_type": rtype,
+        "resource_id": rid,
+        "query": request.url.query or None,
+        "patient_ids": _patients(request, rtype, rid),
+        "address": request.client.host if request.client else None,
+        "outcome_text": outcome_text,
+    }
+    if access is None:
+        record = AuditRecord(interaction, **fields)  # type: ignore[arg-type]
+    else:
+        record = AuditRecord.for_access(access, interaction, **fields)
+    audit.record(record)
+
+
+def add_access_control(app: FastAPI, store: Store, settings: Settings) -> Security:
+    security = Security(store.writer, reader=store.reader)
+    for warning in security.check_startup():
+        log.warning("security: %s", warning)
+    use_indexer(store.indexer)
+    add_security_routes(app, security)
+    app.state.security = security
+    create_audit_tables(store.writer)
+    # buffered: the read path does not pay a write per request (at most 50 ms in the queue)
+    audit = AuditLog.for_store(store, buffered=True)
+    app.state.audit = audit
+    # written out at process exit rather than at ASGI shutdown: test clients run the lifespan
+    # around each request, and the log must outlive them
+    atexit.register(audit.close)
+    _audit_routes(app, audit, settings)
+
+    @app.middleware("http")
+    async def access_control(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        path = request.url.path
+        if not _protected(path):
+            return await call_next(request)
+        base = settings.base_url or str(request.base_url).rstrip("/") + "/fhir"
+        access: AccessContext | None = None
+        try:
+            access = security.authenticate(request.headers, base)
+            check_route(access, request.method, path)
+        except FhirError as err:
+            _audit(audit, request, access, err.status, str(err))
+            return _refusal(err)
+        request.state.access = access
+        # the guard rides the request's context into its worker thread
+        with guarded(AccessGuard(access, store)):
+            response = await call_next(request)
+        _audit(audit, request, access, response.status_code)
+        return response
+
+    add_security_middleware(app, security)
+    return security

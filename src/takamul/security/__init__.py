@@ -1,0 +1,1 @@
+"""Security and privacy of the shared record: audit, de-identification, authorisation."""

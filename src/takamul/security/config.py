@@ -1,0 +1,86 @@
+"""The security settings (token lifetime, lockout, sessions, rate limit, production mode), read
+from ``TAKAMUL_*`` environment variables beside the server's own ``Settings``.
+
+The key secret never appears in a repr, so that logging the config cannot leak it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+__all__ = ["SecurityConfig", "fhir_base_of", "server_root"]
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    # Production refuses to start without a key secret, an https base URL and a signing key,
+    # and with any demo client or user present (see Security.check_startup).
+    production: bool = False
+    # The public FHIR base (e.g. https://ehr.example.org/fhir): the audience of our access
+    # tokens; the token endpoint and issuer derive from it. Unset: taken from each request.
+    base_url: str | None = None
+    # Encrypts the server's private signing keys at rest (JWE dir/A256GCM, key by HKDF).
+    key_secret: str | None = field(default=None, repr=False)
+    token_lifetime: int = 300  # seconds; SMART Backend Services: SHOULD NOT exceed 5 minutes
+    max_token_lifetime: int = 3600  # the most `takamul token --lifetime` may ask for
+    key_grace_seconds: int = 3600  # after a rotation, older keys still verify this long
+    lockout_attempts: int = 5
+    lockout_minutes: float = 15
+    session_hours: float = 8  # absolute lifetime of a login session
+    session_idle_minutes: float = 30  # a session unused this long ends
+    min_password_length: int = 12
+    rate_limit: float = 100.0  # requests per second per client (0: no limit)
+    rate_burst: int = 200  # bucket size: requests allowed at once after a quiet period
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> SecurityConfig:
+        env = os.environ
+        d = cls()
+        config = cls(
+            production=env.get("TAKAMUL_PRODUCTION", "false").lower() in _TRUE,
+            base_url=(env.get("TAKAMUL_BASE_URL") or "").rstrip("/") or None,
+            key_secret=_secret(env),
+            token_lifetime=int(env.get("TAKAMUL_TOKEN_LIFETIME", d.token_lifetime)),
+            max_token_lifetime=int(env.get("TAKAMUL_MAX_TOKEN_LIFETIME", d.max_token_lifetime)),
+            key_grace_seconds=int(env.get("TAKAMUL_KEY_GRACE_SECONDS", d.key_grace_seconds)),
+            lockout_attempts=int(env.get("TAKAMUL_LOCKOUT_ATTEMPTS", d.lockout_attempts)),
+            lockout_minutes=float(env.get("TAKAMUL_LOCKOUT_MINUTES", d.lockout_minutes)),
+            session_hours=float(env.get("TAKAMUL_SESSION_HOURS", d.session_hours)),
+            session_idle_minutes=float(
+                env.get("TAKAMUL_SESSION_IDLE_MINUTES", d.session_idle_minutes)
+            ),
+            min_password_length=int(env.get("TAKAMUL_MIN_PASSWORD_LENGTH", d.min_password_length)),
+            rate_limit=float(env.get("TAKAMUL_RATE_LIMIT", d.rate_limit)),
+            rate_burst=int(env.get("TAKAMUL_RATE_BURST", d.rate_burst)),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(config, **clean)  # type: ignore[arg-type]
+
+    @property
+    def https(self) -> bool:
+        return bool(self.base_url and self.base_url.startswith("https://"))
+
+
+def _secret(env: os._Environ[str] | dict[str, str]) -> str | None:
+    # A file (Docker/Kubernetes secrets) is preferred over a variable, which other processes of
+    # the same user can read from /proc.
+    path = env.get("TAKAMUL_KEY_SECRET_FILE")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    return env.get("TAKAMUL_KEY_SECRET") or None
+
+
+def server_root(fhir_base: str) -> str:
+    """The server's root URL (our token issuer) from its FHIR base: ``https://h/fhir`` ->
+    ``https://h``; a base that does not end in ``/fhir`` is its own root."""
+    base = fhir_base.rstrip("/")
+    return base[: -len("/fhir")] if base.endswith("/fhir") else base
+
+
+def fhir_base_of(config: SecurityConfig, request_base: str) -> str:
+    """The FHIR base: the configured one, else the request's root + ``/fhir`` (as the API does)."""
+    return config.base_url or request_base.rstrip("/") + "/fhir"

@@ -1,0 +1,51 @@
+"""Authorization at the data layer: a guard set for the current request is consulted by every
+read, search, include, history, compartment and write of a store Session.
+
+Enforcing here rather than in each route is what makes every path answer to the same rules:
+a resource the requester may not see cannot come back through ``_include``, ``_revinclude``,
+``$everything``, history, a transaction entry or a conditional reference, and search totals
+count only what the requester may see (restrictions become SQL filters). The guard lives in a
+context variable, set by the API for one request and carried into its worker thread; internal
+work (the client registry writing golden records, bulk jobs) runs without one or suspends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+__all__ = ["Guard", "current_guard", "guarded", "unguarded"]
+
+
+class Guard(Protocol):
+    def require(self, resource_type: str, interaction: str) -> None:
+        """Refuse (403) an interaction (c, r, u, d, s) the requester may do on no resource of
+        the type: refusing it reveals nothing about the data."""
+
+    def visible(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
+        """The requester may do ``interaction`` on this resource (scopes with their granular
+        restrictions, patient context, facility)."""
+
+    def restrictions(self, session: Any, resource_type: str) -> list[tuple[str, str]]:
+        """Search parameters ANDed into every search of the type (403 if none is allowed)."""
+
+
+current_guard: ContextVar[Guard | None] = ContextVar("takamul_guard", default=None)
+
+
+@contextmanager
+def guarded(guard: Guard | None) -> Iterator[None]:
+    token = current_guard.set(guard)
+    try:
+        yield
+    finally:
+        current_guard.reset(token)
+
+
+@contextmanager
+def unguarded() -> Iterator[None]:
+    """Internal work on behalf of the system, not the requester (golden records, say)."""
+    with guarded(None):
+        yield

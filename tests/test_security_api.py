@@ -1,0 +1,381 @@
+"""What an attacker or a curious insider would try, against a real server with access control
+on (SQLite and PostgreSQL): no token, expired, forged and foreign tokens, scope escalation,
+another facility's patients through every path, enumeration by 403 versus 404, category scopes,
+patient context, break-the-glass, the append-only audit log, oversized and malformed payloads.
+Each refusal must come with the right status and an OperationOutcome, and be audited.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from takamul.security.audit import AuditLog
+from takamul.security.service import Security
+from tests.server import postgres_database, running_server
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+LAB = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+class Server:
+    def __init__(self, base: str, db: str) -> None:
+        self.base = base
+        self.root = base.rsplit("/fhir", 1)[0]
+        self.db = db
+        self.security = Security.open(db)
+
+    def client(
+        self, scopes: str, facility: str | None = None, roles: tuple[str, ...] = ()
+    ) -> tuple[str, ECKey]:
+        key = ECKey.generate_key("P-384")
+        key.ensure_kid()
+        client_id = f"c-{uuid.uuid4().hex[:10]}"
+        jwks = {"keys": [{**key.as_dict(private=False), "alg": "ES384"}]}
+        self.security.clients.add(client_id, "test system", jwks, scopes, facility, roles)
+        return client_id, key
+
+    def token(self, client_id: str, scopes: str, **kw: Any) -> str:
+        return self.security.tokens.mint(client_id, scopes, self.base, **kw)
+
+    def http(self, token: str | None, **headers: str) -> httpx.Client:
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.Client(base_url=self.base, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    env = {"TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "10000", "TAKAMUL_RATE_BURST": "10000"}
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("secure") / "takamul.sqlite"
+        url = f"sqlite:///{path}"
+        with running_server(url, env) as base:
+            yield Server(base, url)
+    else:
+        with postgres_database() as url, running_server(url, env) as base:
+            yield Server(base, url)
+
+
+@pytest.fixture(scope="module")
+def world(server: Server) -> dict[str, Any]:
+    """Two facilities with a patient each, observations of two categories, an admin token."""
+    admin_id, _ = server.client("system/*.cruds", roles=("administrator",))
+    admin = server.http(server.token(admin_id, "system/*.cruds"))
+    ids: dict[str, Any] = {"admin": admin}
+    for org in ("org-a", "org-b"):
+        admin.put(
+            f"/Organization/{org}", json={"resourceType": "Organization", "id": org, "name": org}
+        )
+        r = admin.post(
+            "/Patient",
+            json={
+                "resourceType": "Patient",
+                "name": [{"family": f"Patient of {org}"}],
+                "managingOrganization": {"reference": f"Organization/{org}"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        ids[org] = pid
+        for category in ("laboratory", "vital-signs"):
+            r = admin.post(
+                "/Observation",
+                json={
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "category": [{"coding": [{"system": LAB, "code": category}]}],
+                    "code": {"text": category},
+                    "subject": {"reference": f"Patient/{pid}"},
+                },
+            )
+            assert r.status_code == 201, r.text
+            ids[f"{org}-{category}"] = r.json()["id"]
+    return ids
+
+
+def outcome(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    return dict(body)
+
+
+def facility_client(
+    server: Server, org: str = "org-a", scopes: str = "system/*.cruds"
+) -> httpx.Client:
+    cid, _ = server.client(scopes, facility=org, roles=("clinician",))
+    return server.http(server.token(cid, scopes))
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+def test_no_token_is_refused_with_a_challenge(server: Server) -> None:
+    r = server.http(None).get("/Patient")
+    outcome(r, 401)
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert server.http(None).get("/metadata").status_code == 200  # discovery stays open
+    assert httpx.get(f"{server.root}/.well-known/smart-configuration").status_code == 200
+
+
+def test_forged_expired_and_foreign_tokens_are_refused(
+    server: Server, world: dict[str, Any]
+) -> None:
+    cid, _ = server.client("system/*.rs")
+    good = server.token(cid, "system/*.rs")
+    head, body, signature = good.split(".")
+    forged = f"{head}.{body}.{signature[:-4]}AAAA"
+    outcome(server.http(forged).get("/Patient"), 401)
+    foreign = server.security.tokens.mint(cid, "system/*.rs", "https://elsewhere.example/fhir")
+    outcome(server.http(foreign).get("/Patient"), 401)
+    short = server.token(cid, "system/*.rs", lifetime=1)
+    time.sleep(2.5)
+    outcome(server.http(short).get("/Patient"), 401)
+    outcome(server.http("not-a-jwt").get("/Patient"), 401)
+
+
+def test_backend_services_flow_over_http(server: Server, world: dict[str, Any]) -> None:
+    cid, key = server.client("system/Patient.rs")
+    claims = {
+        "iss": cid,
+        "sub": cid,
+        "aud": f"{server.root}/auth/token",
+        "exp": int(time.time()) + 240,
+        "jti": str(uuid.uuid4()),
+    }
+    signed = jwt.encode(
+        {"alg": "ES384", "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=["ES384"]
+    )
+    form = {
+        "grant_type": "client_credentials",
+        "scope": "system/Patient.rs",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": signed,
+    }
+    r = httpx.post(f"{server.root}/auth/token", data=form)
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    assert server.http(token).get(f"/Patient/{world['org-a']}").status_code == 200
+    replay = httpx.post(f"{server.root}/auth/token", data=form)
+    assert replay.status_code in (400, 401)
+    assert replay.json()["error"] in ("invalid_client", "invalid_grant")
+    escalate = httpx.post(
+        f"{server.root}/auth/token",
+        data={**form, "scope": "system/*.cruds", "client_assertion": jwt.encode(
+            {"alg": "ES384", "kid": key.kid}, {**claims, "jti": str(uuid.uuid4())}, key,
+            algorithms=["ES384"])},
+    )  # fmt: skip
+    assert escalate.status_code == 400 and escalate.json()["error"] == "invalid_scope"
+
+
+# -- scopes ------------------------------------------------------------------------------------
+
+
+def test_scope_escalation_is_refused_everywhere(server: Server, world: dict[str, Any]) -> None:
+    cid, _ = server.client("system/Patient.rs")
+    http = server.http(server.token(cid, "system/Patient.rs"))
+    outcome(http.get(f"/Observation/{world['org-a-laboratory']}"), 403)
+    outcome(http.get("/Observation"), 403)
+    outcome(http.post("/Patient", json={"resourceType": "Patient"}), 403)
+    outcome(http.delete(f"/Patient/{world['org-a']}"), 403)
+    before = world["admin"].get("/Patient", params={"_summary": "count"}).json()["total"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
+    outcome(http.post("", json=bundle), 403)
+    assert world["admin"].get("/Patient", params={"_summary": "count"}).json()["total"] == before
+    # _include of a type the token may not read brings nothing back
+    included = http.get(
+        "/Patient", params={"_id": world["org-a"], "_revinclude": "Observation:subject"}
+    ).json()
+    assert {e["resource"]["resourceType"] for e in included["entry"]} == {"Patient"}
+
+
+def test_category_scopes_filter_reads_searches_and_counts(
+    server: Server, world: dict[str, Any]
+) -> None:
+    scope = "system/Observation.rs?category=laboratory"
+    cid, _ = server.client(scope)
+    http = server.http(server.token(cid, scope))
+    lab, vitals = world["org-a-laboratory"], world["org-a-vital-signs"]
+    assert http.get(f"/Observation/{lab}").status_code == 200
+    hidden = outcome(http.get(f"/Observation/{vitals}"), 404)
+    missing = outcome(http.get("/Observation/no-such-observation"), 404)
+    assert hidden["issue"][0]["code"] == missing["issue"][0]["code"]  # no enumeration
+    found = http.get("/Observation", params={"subject": f"Patient/{world['org-a']}"}).json()
+    assert {e["resource"]["id"] for e in found["entry"]} == {lab}
+    count = http.get("/Observation", params={"_summary": "count"}).json()["total"]
+    assert (
+        count
+        == world["admin"]
+        .get("/Observation", params={"category": "laboratory", "_summary": "count"})
+        .json()["total"]
+    )
+
+
+# -- facilities --------------------------------------------------------------------------------
+
+
+def test_a_facility_sees_its_patients_and_not_anothers(
+    server: Server, world: dict[str, Any]
+) -> None:
+    http = facility_client(server, "org-a")
+    mine, theirs = world["org-a"], world["org-b"]
+    assert http.get(f"/Patient/{mine}").status_code == 200
+    refused = outcome(http.get(f"/Patient/{theirs}"), 404)  # as if it did not exist
+    nothing = outcome(http.get("/Patient/no-such-patient"), 404)
+    assert refused["issue"][0]["code"] == nothing["issue"][0]["code"]
+    outcome(http.get(f"/Patient/{theirs}/$everything"), 404)
+    outcome(http.get(f"/Patient/{theirs}/_history"), 404)
+    outcome(http.get(f"/Observation/{world['org-b-laboratory']}"), 404)
+    patients = http.get("/Patient", params={"_count": 500}).json()
+    assert mine in {e["resource"]["id"] for e in patients["entry"]}
+    assert theirs not in {e["resource"]["id"] for e in patients["entry"]}
+    assert http.get("/Patient", params={"_summary": "count"}).json()["total"] == len(
+        patients["entry"]
+    )
+    obs = http.get("/Observation", params={"_include": "Observation:subject", "_count": 500}).json()
+    refs = {e["resource"]["id"] for e in obs["entry"]}
+    assert world["org-b-laboratory"] not in refs and theirs not in refs
+    everything = http.get(f"/Patient/{mine}/$everything").json()
+    assert all(
+        e["resource"].get("subject", {}).get("reference", f"Patient/{mine}") == f"Patient/{mine}"
+        for e in everything["entry"]
+    )
+    outcome(http.put(f"/Patient/{theirs}", json={"resourceType": "Patient", "id": theirs}), 404)
+    outcome(
+        http.post(
+            "/Observation",
+            json={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": f"Patient/{theirs}"},
+            },
+        ),
+        403,
+    )
+    outcome(http.get("/$export", headers={"Prefer": "respond-async"}), 403)
+
+
+def test_treating_a_patient_makes_them_the_facilitys(server: Server, world: dict[str, Any]) -> None:
+    admin = world["admin"]
+    r = admin.post(
+        "/Patient",
+        json={
+            "resourceType": "Patient",
+            "name": [{"family": "Referred"}],
+            "managingOrganization": {"reference": "Organization/org-b"},
+        },
+    )
+    pid = r.json()["id"]
+    http = facility_client(server, "org-a")
+    outcome(http.get(f"/Patient/{pid}"), 404)
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": "Organization/org-a"},
+    }
+    assert http.post("/Encounter", json=encounter).status_code == 201
+    assert facility_client(server, "org-a").get(f"/Patient/{pid}").status_code == 200
+
+
+def test_break_the_glass_needs_a_reason_and_is_flagged(
+    server: Server, world: dict[str, Any]
+) -> None:
+    cid, _ = server.client("system/*.rs", facility="org-a", roles=("clinician",))
+    token = server.token(cid, "system/*.rs")
+    theirs = world["org-b"]
+    outcome(server.http(token).get(f"/Patient/{theirs}"), 404)
+    glass = server.http(token, **{"X-Break-Glass-Reason": "unconscious in the emergency room"})
+    assert glass.get(f"/Patient/{theirs}").status_code == 200
+    log = AuditLog.from_url(server.db)
+    try:
+        time.sleep(0.3)  # the server writes its audit log within 50 ms
+        events = log.search(patient=theirs, count=100).events
+    finally:
+        log.close()
+    purposes = {
+        c["code"]
+        for e in events
+        for agent in e.get("agent", [])
+        for p in agent.get("purposeOfUse", [])
+        for c in p.get("coding", [])
+    }
+    assert "ETREAT" in purposes
+
+
+def test_patient_context_sees_one_patient(server: Server, world: dict[str, Any]) -> None:
+    cid, _ = server.client("patient/*.rs", roles=("caregiver",))
+    http = server.http(server.token(cid, "patient/*.rs", patient=world["org-a"]))
+    assert http.get(f"/Patient/{world['org-a']}").status_code == 200
+    outcome(http.get(f"/Patient/{world['org-b']}"), 404)
+    found = http.get("/Observation").json()
+    assert {e["resource"]["subject"]["reference"] for e in found["entry"]} == {
+        f"Patient/{world['org-a']}"
+    }
+
+
+# -- registry, audit, payloads -------------------------------------------------------------------
+
+
+def test_registry_review_needs_its_role(server: Server, world: dict[str, Any]) -> None:
+    http = facility_client(server, "org-a")
+    outcome(httpx.get(f"{server.root}/mpi/reviews", headers=http.headers), 403)
+    cid, _ = server.client("system/*.rs", roles=("registry-reviewer",))
+    reviewer = server.token(cid, "system/*.rs")
+    r = httpx.get(f"{server.root}/mpi/reviews", headers={"Authorization": f"Bearer {reviewer}"})
+    assert r.status_code == 200
+
+
+def test_the_audit_log_is_append_only_complete_and_verifies(
+    server: Server, world: dict[str, Any]
+) -> None:
+    cid, _ = server.client("system/*.cruds", roles=("administrator",))
+    http = server.http(server.token(cid, "system/*.cruds"))
+    outcome(http.post("/AuditEvent", json={"resourceType": "AuditEvent"}), 405)
+    outcome(http.delete("/AuditEvent/1"), 405)
+    nobody = facility_client(server, "org-a")
+    outcome(nobody.get("/AuditEvent"), 403)
+    server.http(None).get(f"/Patient/{world['org-b']}")  # a refused request, audited
+    time.sleep(0.3)
+    events = http.get("/AuditEvent", params={"_count": 1000}).json()
+    assert events["total"] > 10
+    outcomes = {e["outcome"] for e in (x["resource"] for x in events["entry"])}
+    assert {"0", "4"} <= outcomes
+    log = AuditLog.from_url(server.db)
+    try:
+        assert log.verify().ok
+    finally:
+        log.close()
+
+
+def test_oversized_and_malformed_payloads(server: Server, world: dict[str, Any]) -> None:
+    cid, _ = server.client("system/*.cruds")
+    http = server.http(
+        server.token(cid, "system/*.cruds"), **{"Content-Type": "application/fhir+json"}
+    )
+    outcome(http.post("/Patient", content=b"{not json"), 400)
+    outcome(http.post("/Patient", content=b"[" * 40 + b"]" * 40), 400)
+    big = b'{"resourceType":"Patient","text":"' + b"x" * (33 * 1024 * 1024) + b'"}'
+    assert http.post("/Patient", content=big).status_code == 413
