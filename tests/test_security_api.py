@@ -379,3 +379,134 @@ def test_oversized_and_malformed_payloads(server: Server, world: dict[str, Any])
     outcome(http.post("/Patient", content=b"[" * 40 + b"]" * 40), 400)
     big = b'{"resourceType":"Patient","text":"' + b"x" * (33 * 1024 * 1024) + b'"}'
     assert http.post("/Patient", content=big).status_code == 413
+
+
+# -- consent -------------------------------------------------------------------------------------
+
+SNOMED = "http://snomed.info/sct"
+
+
+@pytest.fixture(scope="module")
+def consented(server: Server, world: dict[str, Any]) -> dict[str, Any]:
+    """A patient of org-a who restricted mental health data to the mental health clinic."""
+    admin = world["admin"]
+    admin.put("/Organization/mh-clinic", json={"resourceType": "Organization", "id": "mh-clinic"})
+    pid = admin.post(
+        "/Patient",
+        json={
+            "resourceType": "Patient",
+            "name": [{"family": "Consenting"}],
+            "managingOrganization": {"reference": "Organization/org-a"},
+        },
+    ).json()["id"]
+    subject = {"reference": f"Patient/{pid}"}
+    depression = admin.post(
+        "/Condition",
+        json={
+            "resourceType": "Condition",
+            "code": {"coding": [{"system": SNOMED, "code": "35489007"}]},
+            "subject": subject,
+        },
+    ).json()["id"]
+    asthma = admin.post(
+        "/Condition",
+        json={
+            "resourceType": "Condition",
+            "code": {"coding": [{"system": SNOMED, "code": "195967001"}]},
+            "subject": subject,
+        },
+    ).json()["id"]
+    admin.post(
+        "/Encounter",
+        json={
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": subject,
+            "serviceProvider": {"reference": "Organization/mh-clinic"},
+        },
+    )
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": subject,
+        "provision": {
+            "type": "deny",
+            "securityLabel": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+            ],
+            "provision": [
+                {
+                    "type": "permit",
+                    "actor": [
+                        {
+                            "role": {"text": "treating team"},
+                            "reference": {"reference": "Organization/mh-clinic"},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    r = admin.post("/Consent", json=consent)
+    assert r.status_code == 201, r.text
+    return {"patient": pid, "depression": depression, "asthma": asthma}
+
+
+def test_consent_restricts_mental_health_data_on_every_path(
+    server: Server, consented: dict[str, Any]
+) -> None:
+    pid, hidden, shown = consented["patient"], consented["depression"], consented["asthma"]
+    cid, _ = server.client("system/*.rs")
+    http = server.http(server.token(cid, "system/*.rs"))  # the ministry: not the treating team
+    outcome(http.get(f"/Condition/{hidden}"), 404)
+    assert http.get(f"/Condition/{shown}").status_code == 200
+    found = http.get("/Condition", params={"subject": f"Patient/{pid}"}).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [shown] and found["total"] == 1
+    count = http.get("/Condition", params={"subject": f"Patient/{pid}", "_summary": "count"})
+    assert count.json()["total"] == 1
+    rev = http.get("/Patient", params={"_id": pid, "_revinclude": "Condition:subject"}).json()
+    assert hidden not in {e["resource"]["id"] for e in rev["entry"]}
+    everything = http.get(f"/Patient/{pid}/$everything").json()
+    assert hidden not in {e["resource"]["id"] for e in everything["entry"]}
+    outcome(http.get(f"/Condition/{hidden}/_history"), 404)
+    system_history = http.get("/_history", params={"_count": 1000}).json()
+    assert hidden not in {e.get("resource", {}).get("id") for e in system_history.get("entry", [])}
+    # the facility managing the record is not the treating team either
+    org_a = facility_client(server, "org-a", "system/*.rs")
+    outcome(org_a.get(f"/Condition/{hidden}"), 404)
+    # the treating team sees it; so does a clinician breaking the glass
+    assert (
+        facility_client(server, "mh-clinic", "system/*.rs").get(f"/Condition/{hidden}").status_code
+        == 200
+    )
+    gid, _ = server.client("system/*.rs", facility="org-b", roles=("clinician",))
+    glass = server.http(
+        server.token(gid, "system/*.rs"), **{"X-Break-Glass-Reason": "overdose, unconscious"}
+    )
+    assert glass.get(f"/Condition/{hidden}").status_code == 200
+
+
+def test_consent_holds_in_bulk_export(server: Server, consented: dict[str, Any]) -> None:
+    cid, _ = server.client("system/*.rs")
+    http = server.http(server.token(cid, "system/*.rs"))
+    kick = http.get("/$export", params={"_type": "Condition"}, headers={"Prefer": "respond-async"})
+    assert kick.status_code == 202, kick.text
+    poll = kick.headers["content-location"]
+    for _ in range(100):
+        status = http.get(poll)
+        if status.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert status.status_code == 200, status.text
+    exported = b"".join(http.get(item["url"]).content for item in status.json()["output"]).decode()
+    assert consented["asthma"] in exported and consented["depression"] not in exported

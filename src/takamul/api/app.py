@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,6 +30,7 @@ from takamul.rest import interactions as ix
 from takamul.rest.capability import capability_statement
 from takamul.rest.interactions import RequestContext, Result
 from takamul.settings import Settings
+from takamul.store.guard import current_guard
 from takamul.store.repository import Store
 
 FHIR_JSON = "application/fhir+json"
@@ -121,7 +123,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
     app.state.exporter = exporter
 
     def kickoff(request: Request, kind: str, group_id: str | None = None) -> Response:
-        export = _export_request(request, kind, group_id)
+        export = replace(_export_request(request, kind, group_id), guard=current_guard.get())
         job_id = exporter.start(export)
         location = f"{ctx(request).base}/$export-poll-status/{job_id}"
         return Response(None, 202, {"Content-Location": location})

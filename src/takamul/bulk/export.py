@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, and_, false, or_, select, update
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
+from takamul.store.guard import Guard
 from takamul.store.records import instant
 from takamul.store.repository import Store
 from takamul.store.schema import export_job, resource, sp_reference
@@ -36,6 +37,9 @@ class ExportRequest:
     types: tuple[str, ...] | None
     since: float | None
     group_id: str | None = None
+    # the requester's store guard: the job runs later, in its own thread, and must export
+    # only what the requester may read (consent restrictions included)
+    guard: Guard | None = None
 
 
 @dataclass(slots=True)
@@ -218,8 +222,13 @@ class Exporter:
                 stmt
             )
             for chunk in result.partitions(FLUSH_EVERY):
-                out.write(b"\n".join(row.content for row in chunk) + b"\n")
-                count += len(chunk)
+                lines = [row.content for row in chunk]
+                if request.guard is not None:
+                    guard = request.guard
+                    lines = [c for c in lines if guard.visible(rtype, orjson.loads(c), "r")]
+                if lines:
+                    out.write(b"\n".join(lines) + b"\n")
+                count += len(lines)
         if count == 0:
             path.unlink()
         return count

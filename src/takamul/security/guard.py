@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
 from takamul.fhir.search_values import ReferenceEntry, SearchIndexer
+from takamul.security.consent import Restriction, restrictions_of, sensitivity
 from takamul.security.context import AccessContext
 from takamul.security.roles import FACILITY_LINKS, FacilityLink
 from takamul.store.repository import Store
@@ -39,6 +41,8 @@ class AccessGuard:
         self.store = store
         self.indexer: SearchIndexer = store.indexer
         self._facility_patients: frozenset[str] | None = None
+        self._consents: dict[str, list[Restriction]] = {}
+        self._any: bool | None = None
         self._facility = (
             f"Organization/{access.facility}"
             if access.facility and not access.facility.startswith("Organization/")
@@ -55,13 +59,79 @@ class AccessGuard:
     def visible(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
         if not self.access.allows(resource_type, interaction, resource):
             return False
-        if not self.access.facility_scoped or not _patient_data(resource_type):
+        if not _patient_data(resource_type):
             return True
         entries = self._entries(resource)
-        if self._links_facility(resource_type, entries):
-            return True
         patients = self._patients_in(resource_type, resource, entries)
-        return bool(patients & self._patients())
+        if self.access.facility_scoped and not (
+            self._links_facility(resource_type, entries) or patients & self._patients()
+        ):
+            return False
+        return self._consented(resource, patients)
+
+    def exhaustive(self, resource_type: str) -> bool:
+        """Searches of this type must be filtered row by row (and counted so): a patient has
+        restricted part of their record, and restrictions follow codes SQL does not see."""
+        return (
+            _patient_data(resource_type)
+            and self.access.break_glass is None
+            and self._any_restriction()
+        )
+
+    # -- consent ----------------------------------------------------------------------------
+
+    def _consented(self, resource: dict[str, Any], patients: set[str]) -> bool:
+        """Sensitive data of a patient who restricted it: only for the treating team named in
+        the Consent (break-the-glass excepted, audited)."""
+        if self.access.break_glass is not None or not patients or not self._any_restriction():
+            return True
+        labels = sensitivity(resource)
+        if not labels:
+            return True
+        for patient in patients:
+            for restriction in self._restrictions(patient):
+                if restriction.labels & labels and not self._permitted(restriction):
+                    return False
+        return True
+
+    def _permitted(self, restriction: Restriction) -> bool:
+        return self._facility is not None and self._facility in restriction.permitted
+
+    def _any_restriction(self) -> bool:
+        if self._any is None:
+            with self.store.reading() as session:
+                row = session.conn.execute(
+                    select(resource.c.rid)
+                    .where(resource.c.res_type == "Consent", resource.c.deleted.is_(False))
+                    .limit(1)
+                ).first()
+            self._any = row is not None
+        return self._any
+
+    def _restrictions(self, patient: str) -> list[Restriction]:
+        cached = self._consents.get(patient)
+        if cached is not None:
+            return cached
+        query = select(resource.c.content).where(
+            resource.c.res_type == "Consent",
+            resource.c.deleted.is_(False),
+            resource.c.rid.in_(
+                select(sp_reference.c.rid).where(
+                    sp_reference.c.res_type == "Consent",
+                    sp_reference.c.param == "patient",
+                    sp_reference.c.target_type == "Patient",
+                    sp_reference.c.target_id == patient,
+                )
+            ),
+        )
+        with self.store.reading() as session:
+            found = [
+                r
+                for row in session.conn.execute(query)
+                if row.content and (r := restrictions_of(orjson.loads(row.content)))
+            ]
+        self._consents[patient] = found
+        return found
 
     def restrictions(self, session: Any, resource_type: str) -> list[tuple[str, str]]:
         out = list(self.access.search_restrictions(resource_type))

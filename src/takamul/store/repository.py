@@ -296,6 +296,9 @@ class Session:
         ).parse(params)
 
     def search(self, query: SearchQuery) -> SearchPage:
+        guard = current_guard.get()
+        if guard is not None and guard.exhaustive(query.resource_type):
+            return self._exhaustive_search(guard, query)
         rids = matching_rids(query.resource_type, query.filters)
         total = None
         if query.total != "none" or query.summary == "count":
@@ -323,6 +326,32 @@ class Session:
                 if _may(guard, r.resource_type, "r")
                 and guard.visible(r.resource_type, r.json(), "r")
             ]
+        return SearchPage(matches, included, total, query.offset, query.count, query.warnings)
+
+    def _exhaustive_search(self, guard: Guard, query: SearchQuery) -> SearchPage:
+        """Every match checked by the guard and the total counted from what it lets through,
+        so neither ``Bundle.total`` nor ``_summary=count`` reveals what it hides."""
+        rtype = query.resource_type
+        stmt = (
+            select(resource)
+            .where(resource.c.rid.in_(matching_rids(rtype, query.filters)))
+            .order_by(*sort_expressions(rtype, query.sort))
+        )
+        visible = [
+            (row.rid, stored)
+            for row in self.conn.execute(stmt)
+            if guard.visible(rtype, (stored := _stored(row)).json(), "r")
+        ]
+        total = len(visible)
+        if query.summary == "count":
+            return SearchPage([], [], total, query.offset, 0)
+        page = visible[query.offset : query.offset + query.count]
+        matches = [stored for _, stored in page]
+        included = [
+            r
+            for r in self._includes(query, [rid for rid, _ in page], matches)
+            if _may(guard, r.resource_type, "r") and guard.visible(r.resource_type, r.json(), "r")
+        ]
         return SearchPage(matches, included, total, query.offset, query.count, query.warnings)
 
     def find(self, resource_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
