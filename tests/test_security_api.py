@@ -363,6 +363,10 @@ def test_the_audit_log_is_append_only_complete_and_verifies(
     assert events["total"] > 10
     outcomes = {e["outcome"] for e in (x["resource"] for x in events["entry"])}
     assert {"0", "4"} <= outcomes
+    httpx.post(f"{server.root}/auth/token", data={"grant_type": "password"})  # refused, audited
+    time.sleep(0.3)
+    events = http.get("/AuditEvent", params={"_count": 1000}).json()
+    assert any(x["resource"]["type"].get("code") == "110114" for x in events["entry"])
     log = AuditLog.from_url(server.db)
     try:
         assert log.verify().ok

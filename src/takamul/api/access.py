@@ -38,7 +38,8 @@ log = logging.getLogger("takamul.api")
 
 # Discovery and authentication itself; everything else under /fhir and /mpi needs a token.
 PUBLIC_PATHS = ("/fhir/metadata", "/fhir/.well-known/")
-PROTECTED = ("/fhir", "/mpi")
+PROTECTED = ("/fhir", "/mpi", "/equity")
+AUDITED_PUBLIC = ("/auth/token", "/auth/login", "/auth/logout")
 
 
 def _protected(path: str) -> bool:
@@ -49,6 +50,10 @@ def _protected(path: str) -> bool:
 
 def check_route(access: AccessContext, method: str, path: str) -> None:
     """The rules of a request that are about the operation rather than a resource type."""
+    if path.startswith("/equity") and not (
+        access.has("export-deidentified") or "administrator" in access.roles
+    ):
+        raise forbidden("Equity reports need the analyst or administrator role")
     if path.startswith("/mpi/") and not access.has("registry-review"):
         raise forbidden("The client registry's review API needs the registry-reviewer role")
     if "$export" in path:
@@ -108,6 +113,8 @@ def _refusal(err: FhirError) -> Response:
 def interaction_of(method: str, path: str) -> tuple[str, str | None, str | None]:
     """(interaction, resource type, id) of a request path, for the audit log."""
     parts = [p for p in path.split("/") if p]
+    if parts and parts[0] == "auth":
+        return (parts[1] if len(parts) > 1 else "auth"), None, None
     if parts and parts[0] == "mpi":
         return "registry-" + (parts[1] if len(parts) > 1 else "review"), None, None
     parts = parts[1:]  # after "fhir"
@@ -189,6 +196,11 @@ def add_access_control(app: FastAPI, store: Store, settings: Settings) -> Securi
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         path = request.url.path
+        if path in AUDITED_PUBLIC:
+            # sign-ins and token requests: who tried, and whether it worked
+            response = await call_next(request)
+            _audit(audit, request, None, response.status_code)
+            return response
         if not _protected(path):
             return await call_next(request)
         base = settings.base_url or str(request.base_url).rstrip("/") + "/fhir"

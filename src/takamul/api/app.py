@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from takamul.api.access import add_access_control
+from takamul.api.equity import add_equity_routes
 from takamul.api.mpi import add_registry_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.fhir.definitions import definitions
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             log.info("client registry: linked %d Patients stored without a person", linked)
         app.state.registry = registry
         add_registry_routes(app, registry, lambda r: _base(settings, r))
+    add_equity_routes(app, store)
     _routes(app, store, settings)
     return app
 

@@ -156,6 +156,9 @@ def _findings(indicators: list[dict[str, Any]], measures: list[dict[str, Any]]) 
         if widest is None:
             continue
         gap, dim, low, high = widest
+        if gap <= 0:
+            out.append(f"{ind['name']}: no gap between subgroups in any dimension.")
+            continue
         worse, better = (low, high) if ind["favourable"] else (high, low)
         d = diffs.get((ind["abbr"], dim["dimension"]))
         certain = (
@@ -169,7 +172,7 @@ def _findings(indicators: list[dict[str, Any]], measures: list[dict[str, Any]]) 
             f"{ind['name']}: {national:.1f}{unit} nationally. The widest gap is by "
             f"{dim['dimension']}: {worse['subgroup']} {worse['estimate']:.1f}{unit} against "
             f"{better['subgroup']} {better['estimate']:.1f}{unit} ({gap:.1f} points"
-            + ("; the 95% interval of the difference excludes no gap)." if certain else ").")
+            + ("; its 95% confidence interval excludes zero)." if certain else ").")
             if national is not None
             else f"{ind['name']}: widest gap by {dim['dimension']} ({gap:.1f} points)."
         )
