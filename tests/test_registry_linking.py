@@ -4,19 +4,39 @@ the model round-trips through JSON, the ID-conflict guard, and end to end on hel
 from __future__ import annotations
 
 import csv
+import pickle
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
-from takamul.registry import from_patient
-from takamul.registry.blocking import DEFAULT_RULES, candidate_pairs
+from takamul.registry import from_patient, linking
+from takamul.registry.blocking import (
+    DEFAULT_RULES,
+    KEYS,
+    BlockingKeys,
+    BlockingRule,
+    candidate_pairs,
+    record_keys,
+)
+from takamul.registry.dates import compare_birth_dates
 from takamul.registry.evaluate import compare_files
+from takamul.registry.levels import Level
 from takamul.registry.linking import (
+    _TF_KEYS,
+    _TF_VALUES,
+    COMPARATORS,
+    DEFAULT_FIELDS,
+    ComparisonField,
     LinkageModel,
+    _columnar_levels,
+    _Comparer,
     cluster_pairs,
+    comparison_vectors,
+    distinct_vectors,
     em_train,
     link_records,
     read_records,
@@ -129,3 +149,139 @@ def test_end_to_end_on_held_out_seed(population: Path, tmp_path: Path) -> None:
     assert scores.missing_in_links == 0
     assert scores.precision >= 0.98, scores
     assert scores.f1 >= 0.95, scores
+
+
+# -- the fast paths of batch linking give what the per-record definitions give ---------------
+
+
+def _dict_blocking(records: list[Any], rules: Any) -> set[tuple[int, int]]:
+    """Candidate pairs the plain way: a dictionary of key tuples per rule, caps applied."""
+    out: set[tuple[int, int]] = set()
+    for rule in rules:
+        blocks: dict[tuple[str, ...], set[int]] = {}
+        for index, record in enumerate(records):
+            for key in record_keys(record, rule):
+                blocks.setdefault(key, set()).add(index)
+        for members in blocks.values():
+            if 2 <= len(members) <= rule.max_block_size:
+                out.update(combinations(sorted(members), 2))
+    return out
+
+
+def test_numpy_blocking_equals_dictionary_blocking(population: Path) -> None:
+    records = read_records(population / "Patient.ndjson")
+    rules = (*DEFAULT_RULES, BlockingRule(("family", "birth_year"), 3))  # some blocks capped
+    pairs, stats = candidate_pairs(records, rules)
+    assert set(map(tuple, pairs.tolist())) == _dict_blocking(records, rules)
+    assert stats.capped_blocks.get("family+birth_year", 0) > 0
+
+
+def test_key_columns_equal_key_functions(population: Path) -> None:
+    records = read_records(population / "Patient.ndjson")
+    keys = BlockingKeys(records)
+    for key, function in KEYS.items():
+        column = keys.column(key)
+        got = [set() for _ in records]
+        for row, value in zip(column.rows.tolist(), column.ids.tolist(), strict=True):
+            got[row].add(column.vocabulary[value])
+        assert got == [set(function(r)) for r in records], key
+    for part, values in _TF_VALUES.items():  # term frequencies count the name key columns
+        assert [set(KEYS[_TF_KEYS[part]](r)) for r in records] == [set(values(r)) for r in records]
+
+
+def test_columnar_comparisons_equal_record_comparators(
+    population: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = read_records(population / "Patient.ndjson")
+    pairs, _ = candidate_pairs(records)
+    rng = np.random.default_rng(3)
+    random = np.sort(rng.integers(0, len(records), (3000, 2)), axis=1).astype(np.int32)
+    pairs = np.concatenate([pairs, random[random[:, 0] != random[:, 1]]])
+    expected = np.array(
+        [[COMPARATORS[f.comparator](records[i], records[j]) for f in DEFAULT_FIELDS]
+         for i, j in pairs.tolist()],
+        dtype=np.int8,
+    )  # fmt: skip
+    with _Comparer(records, DEFAULT_FIELDS) as compare:
+        per_pair = compare(pairs[:100])  # a small set is compared record by record
+        compare.workers = 1
+        columnar = np.empty_like(expected)
+        for f, spec in enumerate(compare.columnar):
+            assert spec is not None
+            columnar[:, f] = _columnar_levels(compare.column(spec), spec, pairs)
+    assert (per_pair == expected[:100]).all()
+    assert (columnar == expected).all()
+    monkeypatch.setattr(linking, "_PARALLEL_MIN", 1000)  # these pairs count as many
+    assert (comparison_vectors(records, pairs, workers=2) == expected).all()  # forked
+    assert (comparison_vectors(records, pairs, workers=1) == expected).all()  # in-process
+    # the date comparator reads the records' readings: the same as from the keyed dates
+    birth = DEFAULT_FIELDS.index(next(f for f in DEFAULT_FIELDS if f.name == "birth_date"))
+    keyed = [compare_birth_dates(records[i].birth_date, records[j].birth_date) for i, j in pairs]
+    assert (expected[:, birth] == np.array(keyed, dtype=np.int8)).all()
+
+
+def test_term_frequency_bits_equal_tf_adjustment(population: Path) -> None:
+    records = read_records(population / "Patient.ndjson")
+    result = link_records(records)
+    model = result.model
+    pairs, _ = candidate_pairs(records)
+    vectors = comparison_vectors(records, pairs)
+    got = model.match_weights(vectors, records, pairs) - model.match_weights(vectors)
+    expected = np.zeros(len(pairs))
+    for f, spec in enumerate(model.fields):
+        values = _TF_VALUES.get(spec.comparator)
+        if not spec.tf or values is None:
+            continue
+        for k, (i, j) in enumerate(pairs.tolist()):
+            if vectors[k, f] >= 2:
+                shared = values(records[i]) & values(records[j])
+                expected[k] += model.tf_adjustment(spec.name, shared, shared)
+    assert np.allclose(got, expected, atol=1e-12) and (expected != 0).any()
+
+
+def test_em_distinct_vectors_equal_numpy_unique() -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.integers(-1, 4, (5000, 8)).astype(np.int8)
+    patterns, counts = distinct_vectors(vectors)
+    want, want_counts = np.unique(vectors, axis=0, return_counts=True)
+    got = {tuple(p): c for p, c in zip(patterns.tolist(), counts.tolist(), strict=True)}
+    assert got == {tuple(p): c for p, c in zip(want.tolist(), want_counts.tolist(), strict=True)}
+
+
+def test_parallel_reading_keeps_order_and_skips(tmp_path: Path, population: Path) -> None:
+    lines = (population / "Patient.ndjson").read_bytes().splitlines()
+    other = b'{"resourceType": "Observation", "id": "o1", "status": "final"}'
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(b"\n".join([lines[0], b"", other, *lines[1:], b"   "]) + b"\n")
+    linking._SEGMENT, saved = 4096, linking._SEGMENT  # many byte ranges
+    try:
+        parallel = read_records(path, workers=2)
+    finally:
+        linking._SEGMENT = saved
+    serial = read_records(population / "Patient.ndjson")
+    assert parallel == serial
+    assert [r.patient_id for r in parallel] == [orjson.loads(x)["id"] for x in lines]
+    assert pickle.loads(pickle.dumps(serial)) == serial  # records cross processes pickled
+
+
+def test_a_comparator_without_columnar_form_runs_per_pair(
+    population: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = read_records(population / "Patient.ndjson")
+    pairs, _ = candidate_pairs(records)
+
+    def city(a: Any, b: Any) -> Level:
+        if not a.city or not b.city:
+            return Level.MISSING
+        return Level.EXACT if a.city == b.city else Level.DIFFERENT
+
+    monkeypatch.setitem(COMPARATORS, "city", city)
+    monkeypatch.setattr(linking, "_PARALLEL_MIN", 1000)
+    fields = (*DEFAULT_FIELDS, ComparisonField("city", "city"))
+    expected = np.array(
+        [[COMPARATORS[f.comparator](records[i], records[j]) for f in fields]
+         for i, j in pairs.tolist()],
+        dtype=np.int8,
+    )  # fmt: skip
+    assert (comparison_vectors(records, pairs, fields, workers=2) == expected).all()
+    assert (expected[:, -1] == Level.EXACT).any()

@@ -13,7 +13,12 @@ from hijridate import Hijri
 
 from takamul.registry.levels import Level
 
-__all__ = ["birth_date_candidates", "candidate_years", "compare_birth_dates"]
+__all__ = [
+    "birth_date_candidates",
+    "candidate_years",
+    "compare_birth_dates",
+    "compare_birth_readings",
+]
 
 # Year ranges that read as a native calendar rather than a Gregorian birth year. Umm al-Qura
 # (hijridate) covers 1343-1500 AH; 1450 AH is 2028. Solar Hijri 1300-1410 is 1921-2032.
@@ -95,14 +100,32 @@ def compare_birth_dates(a: str | None, b: str | None) -> Level:
     MISSING when either is absent or unreadable."""
     if not a or not b:
         return Level.MISSING
+    if a == b:  # most candidate pairs: the rules below reduce to this
+        if not birth_date_candidates(a):
+            return Level.MISSING
+        return Level.EXACT if len(a.strip()) >= 10 else Level.SIMILAR
     ca, cb = birth_date_candidates(a), birth_date_candidates(b)
-    if not ca or not cb:
+    return compare_birth_readings(a, ca, candidate_years(ca), b, cb, candidate_years(cb))
+
+
+def compare_birth_readings(
+    a: str,
+    readings_a: frozenset[str],
+    years_a: frozenset[int],
+    b: str,
+    readings_b: frozenset[str],
+    years_b: frozenset[int],
+) -> Level:
+    """``compare_birth_dates`` of two keyed dates whose readings are known already (a
+    record's ``birth_candidates`` and ``birth_years``), so that batch linking need not
+    convert calendars again."""
+    if not readings_a or not readings_b:
         return Level.MISSING
     full = len(a.strip()) >= 10 and len(b.strip()) >= 10
     if full and a.strip()[:10] == b.strip()[:10]:
         return Level.EXACT
-    if full and ca & cb:
+    if full and readings_a & readings_b:
         return Level.EQUIVALENT
-    if candidate_years(ca) & candidate_years(cb):
+    if years_a & years_b:
         return Level.SIMILAR
     return Level.DIFFERENT

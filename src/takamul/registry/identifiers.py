@@ -8,6 +8,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -46,16 +47,16 @@ class NationalId:
     valid: bool | None  # None when there is no check to run
 
 
+# A doubled Luhn digit with its digits summed: 2d, or 2d - 9 above 4.
+_LUHN_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
 def luhn_valid(digits: str) -> bool:
     """Luhn (mod 10): double every second digit from the right, sum the digits, ≡ 0 mod 10."""
     if not digits.isdigit():
         return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
+    doubled = _LUHN_DOUBLED
+    total = sum(map(int, digits[::-1][::2])) + sum(doubled[int(ch)] for ch in digits[-2::-2])
     return total % 10 == 0
 
 
@@ -91,29 +92,43 @@ def _is_ni_type(ident: Mapping[str, Any]) -> bool:
     return any(c.get("system") == _TYPE_SYSTEM and c.get("code") in _TYPE_CODES for c in codings)
 
 
+@lru_cache(maxsize=100_000)
+def _national_id(raw: str, system: str | None, check: str | None) -> NationalId | None:
+    """One identifier value as a NationalId (cached: a person's records repeat the ID)."""
+    value = _digits(raw)
+    if not value:
+        return None
+    if check == "ir":
+        value = value.zfill(10)
+    return NationalId(value, system, check, _CHECKS[check](value) if check else None)
+
+
 def national_id(identifiers: Sequence[Mapping[str, Any]] | None) -> NationalId | None:
     """The national ID among a Patient's identifiers: a configured system first, else any
     identifier typed NI. Iranian codes are left-padded to ten digits."""
-    found: NationalId | None = None
-    for ident in identifiers or ():
-        raw = ident.get("value")
-        if not isinstance(raw, str):
-            continue
+    idents = identifiers or ()
+    # The configured systems first, in order: the type codings (the costly part) are only
+    # read when no identifier of a configured system carries digits.
+    for ident in idents:
         system = ident.get("system")
         spec = _SYSTEMS.get(system) if isinstance(system, str) else None
-        if spec is None and not _is_ni_type(ident):
+        raw = ident.get("value")
+        if spec is None or not isinstance(raw, str):
             continue
-        value = _digits(raw)
-        if not value:
-            continue
-        check = spec["check"] if spec else None
-        if check == "ir":
-            value = value.zfill(10)
-        nid = NationalId(value, system, check, _CHECKS[check](value) if check else None)
-        if spec is not None:
+        nid = _national_id(raw, system, spec["check"])
+        if nid is not None:
             return nid
-        found = found or nid
-    return found
+    for ident in idents:
+        raw = ident.get("value")
+        if not isinstance(raw, str) or not _is_ni_type(ident):
+            continue
+        system = ident.get("system")
+        if isinstance(system, str) and system in _SYSTEMS:
+            continue  # configured, and without digits (seen above)
+        nid = _national_id(raw, system if isinstance(system, str) else None, None)
+        if nid is not None:
+            return nid
+    return None
 
 
 def compare_ids(a: str | None, b: str | None) -> Level:
@@ -153,6 +168,10 @@ def ids_shared_across_generations(
     flagged: set[str] = set()
     for nid, sets in years.items():
         if len(sets) < 2:
+            continue
+        # Nearly every ID's years lie within a few years of each other: then no two readings
+        # can be min_gap_years apart, and the pairwise check below is skipped.
+        if max(map(max, sets)) - min(map(min, sets)) < min_gap_years:
             continue
         for i, a in enumerate(sets):
             if any(min(abs(x - y) for x in a for y in b) >= min_gap_years for b in sets[i + 1 :]):

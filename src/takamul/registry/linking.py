@@ -15,25 +15,42 @@ average chance agreement).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import multiprocessing
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain, compress, pairwise
+from multiprocessing.pool import Pool
+from operator import attrgetter
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from takamul.registry.blocking import DEFAULT_RULES, BlockingRule, BlockingStats, candidate_pairs
-from takamul.registry.dates import compare_birth_dates
+from takamul.registry.blocking import (
+    DEFAULT_RULES,
+    BlockingKeys,
+    BlockingRule,
+    BlockingStats,
+    KeyColumn,
+    NameChains,
+    candidate_pairs,
+    factorize,
+    sorted_unique,
+)
+from takamul.registry.dates import compare_birth_readings
 from takamul.registry.identifiers import compare_ids, ids_shared_across_generations
 from takamul.registry.levels import Level
-from takamul.registry.names import NameChain, compare_family, compare_father, compare_given
+from takamul.registry.names import token_level
 from takamul.registry.phones import compare_phones
 from takamul.registry.record import RegistryRecord, from_patient
 
@@ -46,6 +63,7 @@ __all__ = [
     "cluster_pairs",
     "comparison_vectors",
     "em_train",
+    "gc_paused",
     "link_records",
     "read_records",
     "write_links",
@@ -61,14 +79,23 @@ N_LEVELS = 4  # DIFFERENT 0 .. EXACT 3; MISSING (-1) carries no evidence (weight
 RecordComparator = Callable[[RegistryRecord, RegistryRecord], Level]
 
 
-def _chains(compare: Callable[[NameChain, NameChain], Level]) -> RecordComparator:
-    """A name-part comparison over two records' chains (native and Latin): the best level."""
+def _part(part: str) -> RecordComparator:
+    """A name part's comparison over two records' chains (native and Latin): the best level
+    of ``compare_given`` (``compare_family``, ``compare_father``) over every pair of chains,
+    with the part read once per chain and absent parts skipped (they are MISSING)."""
+    read = attrgetter(part)
 
     def best(a: RegistryRecord, b: RegistryRecord) -> Level:
         level = Level.MISSING
         for x in a.names:
+            mine = read(x)
+            if mine is None:
+                continue
             for y in b.names:
-                got = compare(x, y)
+                other = read(y)
+                if other is None:
+                    continue
+                got = token_level(mine, other)
                 if got > level:
                     level = got
                     if level == Level.EXACT:
@@ -88,17 +115,78 @@ def _same(value: Callable[[RegistryRecord], str | None]) -> RecordComparator:
     return cmp
 
 
+def _birth_dates(a: RegistryRecord, b: RegistryRecord) -> Level:
+    """``compare_birth_dates`` on the readings the records carry (``from_patient`` computed
+    them with ``birth_date_candidates``): no calendar conversion again per pair."""
+    x, y = a.birth_date, b.birth_date
+    if not x or not y:
+        return Level.MISSING
+    return compare_birth_readings(
+        x, a.birth_candidates, a.birth_years, y, b.birth_candidates, b.birth_years
+    )
+
+
 # Every comparison a field may name, on two records.
 COMPARATORS: dict[str, RecordComparator] = {
-    "given": _chains(compare_given),
-    "family": _chains(compare_family),
-    "father": _chains(compare_father),
-    "birth_date": lambda a, b: compare_birth_dates(a.birth_date, b.birth_date),
+    "given": _part("given"),
+    "family": _part("family"),
+    "father": _part("father"),
+    "birth_date": _birth_dates,
     "national_id": lambda a, b: compare_ids(a.national_id, b.national_id),
     "phone": lambda a, b: compare_phones(a.phones, b.phones),
-    "sex": _same(lambda r: r.sex),
-    "region": _same(lambda r: r.region),
+    "sex": _same(attrgetter("sex")),
+    "region": _same(attrgetter("region")),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _ValueComparison:
+    """A comparator of ``COMPARATORS`` restated on values, so that a batch is compared once
+    per distinct pair of values instead of once per pair of records. A record carries zero
+    or more values of the field; two records get the best ``level`` over every pair of their
+    values, MISSING when either has none — what the record comparator returns.
+
+    ``kind``: where the values are — ``part``: that name part of each chain (told apart by
+    identity: tokens are shared objects, and hashing one is a Python call); ``one``: the
+    attribute, when not empty; ``many``: the items of the attribute. ``level`` None: EXACT
+    for equal values, else DIFFERENT; ``equal_exact``: equal values are EXACT without asking
+    ``level``; ``payload``: what ``level`` receives for a value, from a record carrying it.
+    """
+
+    attr: str
+    kind: str
+    level: Callable[[Any, Any], Level] | None = None
+    equal_exact: bool = True
+    payload: Callable[[RegistryRecord], Any] | None = None
+
+
+def _birth_readings(r: RegistryRecord) -> tuple[str, frozenset[str], frozenset[int]]:
+    return (r.birth_date or "", r.birth_candidates, r.birth_years)
+
+
+def _compare_readings(
+    a: tuple[str, frozenset[str], frozenset[int]], b: tuple[str, frozenset[str], frozenset[int]]
+) -> Level:
+    return compare_birth_readings(*a, *b)
+
+
+# Keyed by the record comparator they restate: a comparator replaced in COMPARATORS falls
+# back to being called per pair. tests/test_registry_linking.py checks both give one level.
+_COLUMNAR: dict[RecordComparator, _ValueComparison] = {
+    COMPARATORS["given"]: _ValueComparison("given", "part", token_level),
+    COMPARATORS["family"]: _ValueComparison("family", "part", token_level),
+    COMPARATORS["father"]: _ValueComparison("father", "part", token_level),
+    # Dates compare on the readings the records carry (no calendar conversion again); a date
+    # equal to itself is not always EXACT (a year alone is SIMILAR, an unreadable one MISSING).
+    COMPARATORS["birth_date"]: _ValueComparison(
+        "birth_date", "one", _compare_readings, equal_exact=False, payload=_birth_readings
+    ),
+    COMPARATORS["national_id"]: _ValueComparison("national_id", "one", compare_ids),
+    COMPARATORS["phone"]: _ValueComparison("phones", "many"),
+    COMPARATORS["sex"]: _ValueComparison("sex", "one"),
+    COMPARATORS["region"]: _ValueComparison("region", "one"),
+}
+
 
 # Skeleton sets per name part, for the term-frequency adjustment.
 _TF_VALUES: dict[str, Callable[[RegistryRecord], frozenset[str]]] = {
@@ -106,6 +194,10 @@ _TF_VALUES: dict[str, Callable[[RegistryRecord], frozenset[str]]] = {
     "family": lambda r: frozenset(c.family.skel for c in r.names if c.family and c.family.skel),
     "father": lambda r: frozenset(c.father.skel for c in r.names if c.father and c.father.skel),
 }
+# The blocking key holding the same values as each of _TF_VALUES (the skeletons of that name
+# part): batch counting and scoring read them as integer ids from ``BlockingKeys``, computed
+# once for blocking (tests/test_registry_linking.py checks the two definitions agree).
+_TF_KEYS: dict[str, str] = {"given": "given", "family": "family", "father": "father"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +250,292 @@ DEFAULT_FIELDS: tuple[ComparisonField, ...] = (
 
 # -- comparison vectors ----------------------------------------------------------------------
 
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a batch step, then restored as it was.
+
+    The linker allocates millions of small acyclic objects (records, tuples, sets) and every
+    generation-2 collection walks all live ones: on 110,000 records, parsing NDJSON took 6.7 s
+    with the collector and 1.2 s without, and unpickling the records 2.6 s instead of 0.7 s.
+    Reference counting still frees everything these steps drop (none of it is cyclic).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@dataclass(frozen=True, slots=True)
+class _ValueColumn:
+    """Every record's values of one field: record r has ``ids[starts[r]:starts[r] +
+    counts[r]]``, indices into ``values`` (each value's payload, when the field has one)."""
+
+    starts: npt.NDArray[np.int64]
+    counts: npt.NDArray[np.int64]
+    ids: npt.NDArray[np.int64]
+    values: list[Any]
+
+
+def _value_column(
+    records: Sequence[RegistryRecord], spec: _ValueComparison, chains: NameChains
+) -> _ValueColumn:
+    """The column of one field, with the per-value work done by C-level maps (half a million
+    records, three name parts: a Python loop per record would be seconds)."""
+    n = len(records)
+    read = attrgetter(spec.attr)
+    flat: list[Any]
+    if spec.kind == "part":
+        owner, flat = chains.part(spec.attr)
+        counts = np.bincount(owner, minlength=n).astype(np.int64)
+        ids, first = factorize(list(map(id, flat)))
+    elif spec.kind == "one":
+        got = list(map(read, records))
+        present = [bool(v) for v in got]
+        flat = list(compress(got, present))
+        owner = np.flatnonzero(np.asarray(present, dtype=bool)).astype(np.int64)
+        counts = np.asarray(present, dtype=np.int64)
+        ids, first = factorize(flat)
+    else:
+        lists = list(map(read, records))
+        counts = np.fromiter(map(len, lists), dtype=np.int64, count=n)
+        flat = list(chain.from_iterable(lists))
+        owner = np.repeat(np.arange(n, dtype=np.int64), counts)
+        ids, first = factorize(flat)
+    if spec.payload is not None:
+        payload = spec.payload
+        values = [payload(records[r]) for r in owner[first].tolist()]
+    else:
+        values = [flat[k] for k in first.tolist()]
+    return _ValueColumn(np.cumsum(counts) - counts, counts, ids, values)
+
+
+def _combinations(
+    starts: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    pairs: npt.NDArray[np.int32],
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]
+]:
+    """Every (value of the first record, value of the second) of each pair, laid out pair by
+    pair: the entries of both, then where each pair's run starts and how long it is."""
+    a, b = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    width = counts[b]
+    reps = counts[a] * width
+    first = np.cumsum(reps) - reps
+    pair = np.repeat(np.arange(len(pairs), dtype=np.int64), reps)
+    k = np.arange(len(pair), dtype=np.int64) - first[pair]
+    left = starts[a][pair] + k // width[pair]
+    right = starts[b][pair] + k % width[pair]
+    return left, right, first, reps
+
+
+def _columnar_levels(
+    column: _ValueColumn, spec: _ValueComparison, pairs: npt.NDArray[np.int32]
+) -> npt.NDArray[np.int8]:
+    """The field's level for each pair, from the levels of the distinct value pairs (a few
+    tens of thousands of name pairs among a million candidate pairs)."""
+    out = np.full(len(pairs), int(Level.MISSING), dtype=np.int8)
+    if len(pairs) == 0 or len(column.ids) == 0:
+        return out
+    if int(column.counts.max()) <= 1:  # one value a record at most: no combinations
+        a, b = pairs[:, 0], pairs[:, 1]
+        rows = np.flatnonzero((column.counts[a] > 0) & (column.counts[b] > 0))
+        left, right = column.starts[a[rows]], column.starts[b[rows]]
+        first = reps = None
+    else:
+        left, right, first, reps = _combinations(column.starts, column.counts, pairs)
+    mine, theirs = column.ids[left], column.ids[right]
+    equal = mine == theirs
+    levels = np.where(equal, int(Level.EXACT), int(Level.DIFFERENT)).astype(np.int8)
+    if spec.level is not None:
+        ask = np.flatnonzero(~equal) if spec.equal_exact else np.arange(len(mine))
+        size = max(len(column.values), 1)
+        codes = mine[ask] * size + theirs[ask]
+        distinct = sorted_unique(codes)
+        inverse = np.searchsorted(distinct, codes)
+        values, level = column.values, spec.level
+        got = np.fromiter(
+            (
+                int(level(values[x], values[y]))
+                for x, y in zip(
+                    (distinct // size).tolist(), (distinct % size).tolist(), strict=True
+                )
+            ),
+            dtype=np.int8,
+            count=len(distinct),
+        )
+        levels[ask] = got[inverse]
+    if first is None or reps is None:
+        out[rows] = levels
+    else:
+        some = reps > 0
+        if some.any():
+            out[some] = np.maximum.reduceat(levels, first[some])
+    return out
+
+
+# What forked workers compare, set by the parent before the fork (inherited, never pickled).
 _WORK: tuple[Sequence[RegistryRecord], tuple[RecordComparator, ...]] | None = None
+_COLUMN_WORK: (
+    tuple[Sequence[RegistryRecord], tuple[_ValueComparison | None, ...], npt.NDArray[np.int32]]
+    | None
+) = None
+_WORKER_CHAINS: NameChains | None = None
+# Pairs per task sent to a worker: small enough that two workers finish together.
+_CHUNK = 25_000
+# Fewer pairs than this are compared record by record in-process: building the value
+# columns (about 4 s of CPU for 500,000 records) or forking costs more than it saves.
+_PARALLEL_MIN = 60_000
+
+
+def _compare_pairs(
+    records: Sequence[RegistryRecord],
+    comparators: Sequence[RecordComparator],
+    left: npt.NDArray[np.int32],
+    right: npt.NDArray[np.int32],
+) -> bytes:
+    out = bytearray()
+    extend = out.extend
+    with gc_paused():
+        for i, j in zip(left.tolist(), right.tolist(), strict=True):
+            a, b = records[i], records[j]
+            extend([c(a, b) + 1 for c in comparators])  # levels -1..3 stored as 0..4
+    return bytes(out)
 
 
 def _compare_chunk(bounds: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]) -> bytes:
     assert _WORK is not None
     records, comparators = _WORK
-    left, right = bounds
-    out = bytearray()
-    for i, j in zip(left.tolist(), right.tolist(), strict=True):
-        a, b = records[i], records[j]
-        out.extend((c(a, b) + 1) for c in comparators)  # levels -1..3 stored as 0..4
-    return bytes(out)
+    return _compare_pairs(records, comparators, *bounds)
+
+
+def _columnar_task(f: int) -> tuple[int, bytes]:
+    """In a forked worker: the levels of field ``f`` for the pairs of ``_COLUMN_WORK``."""
+    global _WORKER_CHAINS
+    assert _COLUMN_WORK is not None
+    records, specs, pairs = _COLUMN_WORK
+    spec = specs[f]
+    assert spec is not None
+    with gc_paused():
+        if _WORKER_CHAINS is None:
+            _WORKER_CHAINS = NameChains(records)
+        column = _value_column(records, spec, _WORKER_CHAINS)
+        return f, _columnar_levels(column, spec, pairs).tobytes()
+
+
+class _Comparer:
+    """Compares pairs of one batch of records.
+
+    A comparator with a ``_COLUMNAR`` form (all the default ones) is evaluated in numpy on the
+    records' value ids, calling the comparison once per distinct pair of values; the level of
+    a pair is the same as the record comparator's. For a large set of pairs each such field
+    is a task for forked workers (they inherit the records and pairs at the fork); a small
+    set (the random pairs u starts from) is compared record by record, cheaper than building
+    the columns. A comparator without a columnar form is always called per pair, in forked
+    workers once there are enough pairs.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[RegistryRecord],
+        fields: Sequence[ComparisonField],
+        workers: int = 1,
+    ) -> None:
+        self.records = records
+        self.comparators = tuple(COMPARATORS[f.comparator] for f in fields)
+        self.n_fields = len(fields)
+        self.columnar = tuple(_COLUMNAR.get(c) for c in self.comparators)
+        self.fast = [f for f, spec in enumerate(self.columnar) if spec is not None]
+        self.slow = [f for f, spec in enumerate(self.columnar) if spec is None]
+        self.workers = workers if "fork" in multiprocessing.get_all_start_methods() else 1
+        self.pool: Pool | None = None
+        self._columns: dict[int, _ValueColumn] = {}
+        self._chains: NameChains | None = None
+
+    def __enter__(self) -> _Comparer:
+        global _WORK
+        _WORK = (self.records, tuple(self.comparators[f] for f in self.slow))
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        global _WORK
+        if self.pool is not None:
+            if error is not None:
+                self.pool.terminate()
+            else:
+                self.pool.close()
+            self.pool.join()
+            self.pool = None
+        _WORK = None
+
+    def column(self, spec: _ValueComparison) -> _ValueColumn:
+        got = self._columns.get(id(spec))
+        if got is None:
+            if self._chains is None:
+                self._chains = NameChains(self.records)
+            got = self._columns[id(spec)] = _value_column(self.records, spec, self._chains)
+        return got
+
+    def __call__(self, pairs: npt.NDArray[np.int32]) -> npt.NDArray[np.int8]:
+        out = np.empty((len(pairs), self.n_fields), dtype=np.int8)
+        if self.fast:
+            if len(pairs) < _PARALLEL_MIN:
+                comparators = [self.comparators[f] for f in self.fast]
+                flat = np.frombuffer(
+                    _compare_pairs(self.records, comparators, pairs[:, 0], pairs[:, 1]),
+                    dtype=np.int8,
+                )
+                out[:, self.fast] = flat.reshape(len(pairs), len(self.fast)) - 1
+            elif self.workers > 1:
+                for f, levels in self._columnar_forked(pairs):
+                    out[:, f] = levels
+            else:
+                with gc_paused():
+                    for f in self.fast:
+                        spec = self.columnar[f]
+                        assert spec is not None
+                        out[:, f] = _columnar_levels(self.column(spec), spec, pairs)
+        if self.slow:
+            out[:, self.slow] = self._per_pair(pairs)
+        return out
+
+    def _columnar_forked(
+        self, pairs: npt.NDArray[np.int32]
+    ) -> Iterator[tuple[int, npt.NDArray[np.int8]]]:
+        """The columnar fields as tasks of a pool forked for this call (the pairs reach the
+        workers through the fork), the name parts first: the longest tasks start first."""
+        global _COLUMN_WORK
+        _COLUMN_WORK = (self.records, self.columnar, pairs)
+        order = sorted(self.fast, key=lambda f: getattr(self.columnar[f], "kind", "") != "part")
+        try:
+            with gc_paused(), multiprocessing.get_context("fork").Pool(self.workers) as pool:
+                for f, data in pool.imap_unordered(_columnar_task, order):
+                    yield f, np.frombuffer(data, dtype=np.int8)
+        finally:
+            _COLUMN_WORK = None
+
+    def _per_pair(self, pairs: npt.NDArray[np.int32]) -> npt.NDArray[np.int8]:
+        chunks = [
+            (pairs[s : s + _CHUNK, 0], pairs[s : s + _CHUNK, 1])
+            for s in range(0, len(pairs), _CHUNK)
+        ]
+        if self.workers > 1 and len(pairs) >= _PARALLEL_MIN:
+            if self.pool is None:
+                self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+            parts = list(self.pool.imap(_compare_chunk, chunks))
+        else:
+            parts = [_compare_chunk(c) for c in chunks]
+        flat = np.frombuffer(b"".join(parts), dtype=np.int8)
+        return (flat.reshape(len(pairs), len(self.slow)) - 1).astype(np.int8)
 
 
 def comparison_vectors(
@@ -180,30 +546,12 @@ def comparison_vectors(
 ) -> npt.NDArray[np.int8]:
     """The level of each field for each pair: an (n_pairs, n_fields) int8 array in -1..3.
 
-    With ``workers`` > 1 the pairs are compared in forked processes (they inherit the records
-    rather than receive them pickled); the comparisons are cached Python, not vectorisable.
+    The default comparators run once per distinct pair of values (numpy does the rest);
+    with ``workers`` > 1 any other comparator runs in forked processes (they inherit the
+    records rather than receive them pickled).
     """
-    global _WORK
-    comparators = tuple(COMPARATORS[f.comparator] for f in fields)
-    _WORK = (records, comparators)
-    try:
-        chunks = [
-            (pairs[s : s + 50_000, 0], pairs[s : s + 50_000, 1])
-            for s in range(0, len(pairs), 50_000)
-        ]
-        if (
-            workers > 1
-            and len(pairs) > 100_000
-            and "fork" in multiprocessing.get_all_start_methods()
-        ):
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_compare_chunk, chunks)
-        else:
-            parts = [_compare_chunk(c) for c in chunks]
-    finally:
-        _WORK = None
-    flat = np.frombuffer(b"".join(parts), dtype=np.int8)
-    return (flat.reshape(len(pairs), len(fields)) - 1).astype(np.int8)
+    with _Comparer(records, fields, workers) as compare:
+        return compare(pairs)
 
 
 # -- the Fellegi-Sunter model ----------------------------------------------------------------
@@ -211,6 +559,25 @@ def comparison_vectors(
 
 def _normalise(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return p / p.sum(axis=1, keepdims=True)
+
+
+def distinct_vectors(
+    vectors: npt.NDArray[np.int8],
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int64]]:
+    """The distinct comparison vectors and how many pairs have each.
+
+    A vector (levels -1..3) is one base-5 number, so this is a sort of integers rather than
+    ``np.unique(axis=0)``'s sort of rows (0.1 s instead of 0.6 s for a million pairs).
+    """
+    n_fields = vectors.shape[1] if vectors.ndim == 2 else 0
+    if n_fields == 0 or n_fields > 27:  # 5**27 < 2**63
+        patterns, counts = np.unique(vectors, axis=0, return_counts=True)
+        return patterns.astype(np.int8), counts.astype(np.int64)
+    place = 5 ** np.arange(n_fields - 1, -1, -1, dtype=np.int64)
+    codes = (vectors.astype(np.int64) + 1) @ place
+    distinct, counts = np.unique(codes, return_counts=True)
+    patterns = (distinct[:, None] // place) % 5 - 1
+    return patterns.astype(np.int8), counts.astype(np.int64)
 
 
 def em_train(
@@ -231,8 +598,8 @@ def em_train(
     ``pseudo_count`` keeps every probability above zero; ``fix_m`` keeps m as given (only u
     and λ are estimated). Returns m, u, λ, iterations.
     """
-    patterns, counts = np.unique(vectors, axis=0, return_counts=True)
-    counts = counts.astype(np.float64)
+    patterns, pattern_counts = distinct_vectors(vectors)
+    counts = pattern_counts.astype(np.float64)
     n_fields = patterns.shape[1]
     present = patterns >= 0
     onehot = np.zeros((len(patterns), n_fields, N_LEVELS))
@@ -303,45 +670,73 @@ class LinkageModel:
         vectors: npt.NDArray[np.int8],
         records: Sequence[RegistryRecord] | None = None,
         pairs: npt.NDArray[np.int32] | None = None,
+        keys: BlockingKeys | None = None,
     ) -> npt.NDArray[np.float64]:
         """Total match weight (bits, prior included) per pair; with the records and pairs, the
-        term-frequency adjustment is added."""
+        term-frequency adjustment is added. ``keys``: the records' ``BlockingKeys`` when the
+        caller has them (their name columns are the values the adjustment looks at)."""
         w = self.weights
         total = np.full(len(vectors), self.prior_weight)
         for f in range(len(self.fields)):
             total += w[f][vectors[:, f].astype(np.int64) + 1]
         if records is not None and pairs is not None:
+            if keys is None or keys.records is not records:
+                keys = BlockingKeys(records)
             for f, spec in enumerate(self.fields):
-                values = _TF_VALUES.get(spec.comparator)
-                if not spec.tf or values is None or spec.name not in self.tf:
+                if not spec.tf or spec.comparator not in _TF_VALUES or spec.name not in self.tf:
                     continue
                 agree = np.nonzero(vectors[:, f] >= Level.EQUIVALENT)[0]
-                sets: dict[int, frozenset[str]] = {}
-                bits: dict[frozenset[str], float] = {}  # names repeat: one log per value
-                adj = np.empty(len(agree))
-                for k, (i, j) in enumerate(pairs[agree].tolist()):
-                    a = sets.get(i)
-                    if a is None:
-                        a = sets[i] = values(records[i])
-                    b = sets.get(j)
-                    if b is None:
-                        b = sets[j] = values(records[j])
-                    shared = a & b
-                    got = bits.get(shared)
-                    if got is None:
-                        got = bits[shared] = self.tf_adjustment(spec.name, shared, shared)
-                    adj[k] = got
-                total[agree] += adj
+                column = keys.column(_TF_KEYS[spec.comparator])
+                total[agree] += self._tf_bits(spec, column, pairs[agree], len(records))
         return total
+
+    def _tf_bits(
+        self,
+        spec: ComparisonField,
+        column: KeyColumn,
+        pairs: npt.NDArray[np.int32],
+        n_records: int,
+    ) -> npt.NDArray[np.float64]:
+        """``tf_adjustment`` of each pair's shared values, in numpy: every (value of one
+        record, value of the other) combination of a pair — mostly 1 to 4 — is laid out, the
+        equal ones keep their share, the most frequent shared value decides (as in
+        ``tf_adjustment``), and the bits are computed once per distinct share."""
+        out = np.zeros(len(pairs))
+        if len(pairs) == 0:
+            return out
+        table = self.tf[spec.name]
+        share_of = np.fromiter(
+            (table.get(v, 0.0) for v in column.vocabulary), np.float64, len(column.vocabulary)
+        )
+        starts, counts = column.starts(n_records)
+        left, right, first, reps = _combinations(starts, counts, pairs)
+        value = column.ids[left]
+        shares = np.where(value == column.ids[right], share_of[value], 0.0)
+        some = reps > 0
+        best = np.zeros(len(pairs))
+        if some.any():
+            best[some] = np.maximum.reduceat(shares, first[some])
+        distinct, inverse = np.unique(best, return_inverse=True)
+        bits = np.array(
+            [self._share_bits(spec, float(x)) for x in distinct.tolist()], dtype=np.float64
+        )
+        return bits[inverse.ravel()]
+
+    def _share_bits(self, spec: ComparisonField, share: float) -> float:
+        if share <= 0.0:
+            return 0.0
+        bits = math.log2(self.tf_chance[spec.name] / share) * spec.tf_weight
+        return max(-spec.tf_max_bits, min(spec.tf_max_bits, bits))
 
     def probabilities(
         self,
         vectors: npt.NDArray[np.int8],
         records: Sequence[RegistryRecord] | None = None,
         pairs: npt.NDArray[np.int32] | None = None,
+        keys: BlockingKeys | None = None,
     ) -> npt.NDArray[np.float64]:
         """P(match | comparison vector) per pair: 1 / (1 + 2^-weight)."""
-        weight = self.match_weights(vectors, records, pairs)
+        weight = self.match_weights(vectors, records, pairs, keys)
         return 1.0 / (1.0 + np.exp2(-np.clip(weight, -1000, 1000)))
 
     def to_json(self) -> bytes:
@@ -382,24 +777,39 @@ class LinkageModel:
 
 
 def term_frequencies(
-    records: Sequence[RegistryRecord], fields: Sequence[ComparisonField]
+    records: Sequence[RegistryRecord],
+    fields: Sequence[ComparisonField],
+    keys: BlockingKeys | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Share of records carrying each skeleton, per tf field, and the chance agreement Σ share²
     (the u of an agreement on that field between two random records)."""
+    if keys is None or keys.records is not records:
+        keys = BlockingKeys(records)
     tf: dict[str, dict[str, float]] = {}
     chance: dict[str, float] = {}
     n = max(len(records), 1)
     for spec in fields:
-        values = _TF_VALUES.get(spec.comparator)
-        if not spec.tf or values is None:
+        if not spec.tf or spec.comparator not in _TF_VALUES:
             continue
-        counts: Counter[str] = Counter()
-        for r in records:
-            counts.update(values(r))
-        table = {s: c / n for s, c in counts.items()}
+        column = keys.column(_TF_KEYS[spec.comparator])
+        counts = np.bincount(column.ids, minlength=len(column.vocabulary)).tolist()
+        # Values in the order first met, as counting record by record would list them.
+        table = {s: c / n for s, c in zip(column.vocabulary, counts, strict=True) if c}
         tf[spec.name] = table
         chance[spec.name] = sum(x * x for x in table.values()) or 1.0 / n
     return tf, chance
+
+
+# Random pairs that give u its starting point (nearly all non-matches).
+_U_SAMPLE = 20_000
+
+
+def _random_pairs(n: int, sample: int, seed: int) -> npt.NDArray[np.int32]:
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, sample)
+    j = rng.integers(0, n, sample)
+    keep = i != j
+    return np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)[keep].astype(np.int32)
 
 
 def _initial_parameters(
@@ -407,21 +817,23 @@ def _initial_parameters(
     fields: Sequence[ComparisonField],
     sample: int,
     seed: int,
+    compare: Callable[[npt.NDArray[np.int32]], npt.NDArray[np.int8]] | None = None,
+    vectors: npt.NDArray[np.int8] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """m: agreement likely; u: level shares among random pairs (nearly all non-matches)."""
+    """m: agreement likely; u: level shares among random pairs (nearly all non-matches).
+    ``vectors``: those of ``_random_pairs(len(records), sample, seed)``, if compared already."""
     m = np.tile(np.array([0.05, 0.05, 0.15, 0.75]), (len(fields), 1))
-    rng = np.random.default_rng(seed)
     n = len(records)
     if n < 2:
         return m, np.tile(np.array([0.85, 0.1, 0.03, 0.02]), (len(fields), 1))
-    i = rng.integers(0, n, sample)
-    j = rng.integers(0, n, sample)
-    keep = i != j
-    pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)[keep].astype(np.int32)
-    vec = comparison_vectors(records, pairs, fields)
+    if vectors is None:
+        pairs = _random_pairs(n, sample, seed)
+        vectors = (
+            compare(pairs) if compare is not None else comparison_vectors(records, pairs, fields)
+        )
     u = np.full((len(fields), N_LEVELS), 1.0)  # pseudo-counts
     for f in range(len(fields)):
-        col = vec[:, f]
+        col = vectors[:, f]
         u[f] += np.bincount(col[col >= 0], minlength=N_LEVELS)[:N_LEVELS]
     return m, _normalise(u)
 
@@ -441,15 +853,26 @@ def _session_vectors(
     vectors: npt.NDArray[np.int8],
     keys: tuple[str, ...],
     fields: Sequence[ComparisonField],
+    blocking_keys: BlockingKeys | None = None,
+    compare: Callable[[npt.NDArray[np.int32]], npt.NDArray[np.int8]] | None = None,
 ) -> npt.NDArray[np.int8]:
-    sub, _ = candidate_pairs(records, [BlockingRule(keys, 1000)])
+    """The vectors of the pairs sharing ``keys`` (blocks up to 1,000): looked up among the
+    candidate pairs' vectors, the few others (blocks over the candidate rules' caps)
+    compared."""
+    sub, _ = candidate_pairs(records, [BlockingRule(keys, 1000)], keys=blocking_keys)
     encoded = (pairs[:, 0].astype(np.int64) << 32) | pairs[:, 1]
     wanted = (sub[:, 0].astype(np.int64) << 32) | sub[:, 1]
     at = np.searchsorted(encoded, wanted).clip(0, max(len(encoded) - 1, 0))
     found = (encoded[at] == wanted) if len(encoded) else np.zeros(len(wanted), dtype=bool)
     out = vectors[at[found]]
     if (~found).any():
-        out = np.vstack([out, comparison_vectors(records, sub[~found], fields)])
+        missing = sub[~found]
+        fresh = (
+            compare(missing)
+            if compare is not None
+            else comparison_vectors(records, missing, fields)
+        )
+        out = np.vstack([out, fresh])
     return out
 
 
@@ -462,6 +885,9 @@ def train_model(
     threshold: float = DEFAULT_THRESHOLD,
     sessions: Sequence[tuple[str, ...]] = DEFAULT_SESSIONS,
     seed: int = 0,
+    *,
+    keys: BlockingKeys | None = None,
+    workers: int = 1,
 ) -> LinkageModel:
     """m from the training sessions, then u and λ by EM on all candidate pairs (m fixed).
 
@@ -469,25 +895,52 @@ def train_model(
     among candidates agree on the blocked fields far more often than random pairs do, and the
     posterior wanted is that of a candidate pair — the population real-time scoring sees too,
     since it uses the same blocking rules. Random pairs give u's starting point.
+
+    ``keys``: the records' ``BlockingKeys`` if already built (sessions re-block on them);
+    ``workers``: processes for the pairs training compares (random and session pairs).
     """
-    m0, u0 = _initial_parameters(records, fields, 20_000, seed)
+    if keys is None or keys.records is not records:
+        keys = BlockingKeys(records)
+    with _Comparer(records, fields, workers) as compare:
+        return _train(
+            records, pairs, vectors, fields, rules, threshold, sessions, seed, keys, compare
+        )
+
+
+def _train(
+    records: Sequence[RegistryRecord],
+    pairs: npt.NDArray[np.int32],
+    vectors: npt.NDArray[np.int8],
+    fields: Sequence[ComparisonField],
+    rules: Sequence[BlockingRule],
+    threshold: float,
+    sessions: Sequence[tuple[str, ...]],
+    seed: int,
+    keys: BlockingKeys,
+    compare: Callable[[npt.NDArray[np.int32]], npt.NDArray[np.int8]],
+    random_vectors: npt.NDArray[np.int8] | None = None,
+) -> LinkageModel:
+    # EM runs on the distinct comparison vectors with their counts (a few thousand, whatever
+    # the number of pairs), so it is trained on every candidate pair: a sample would save
+    # nothing here and would move m and u.
+    m0, u0 = _initial_parameters(records, fields, _U_SAMPLE, seed, compare, random_vectors)
     m = m0.copy()
     learnt = [False] * len(fields)
     session_log: list[dict[str, Any]] = []
-    for keys in sessions:
-        sub = _session_vectors(records, pairs, vectors, keys, fields)
+    for session in sessions:
+        sub = _session_vectors(records, pairs, vectors, session, fields, keys, compare)
         if len(sub) == 0:
             continue
         sm, _, slam, its = em_train(sub, m0, u0, lambda_init=0.5)
         took = []
         for f, spec in enumerate(fields):
-            if not learnt[f] and spec.comparator not in keys:
+            if not learnt[f] and spec.comparator not in session:
                 m[f] = sm[f]
                 learnt[f] = True
                 took.append(spec.name)
         session_log.append(
             {
-                "keys": list(keys),
+                "keys": list(session),
                 "pairs": len(sub),
                 "prior": slam,
                 "iterations": its,
@@ -498,7 +951,7 @@ def train_model(
         u, lam, its = u0, 1e-6, 0
     else:
         m, u, lam, its = em_train(vectors, m, u0, fix_m=True)
-    tf, chance = term_frequencies(records, fields)
+    tf, chance = term_frequencies(records, fields, keys)
     return LinkageModel(
         fields=tuple(fields),
         m=m,
@@ -547,64 +1000,94 @@ def cluster_pairs(
         for r in records
     ]
 
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
     edges = np.nonzero(probabilities >= threshold)[0]
     order = edges[np.argsort(-probabilities[edges], kind="stable")]
     refused = 0
-    for p in order.tolist():
-        a, b = find(int(pairs[p, 0])), find(int(pairs[p, 1]))
-        if a == b:
-            continue
-        if ids[a] is not None and ids[b] is not None and ids[a] != ids[b]:
-            refused += 1
-            continue
-        parent[b] = a
-        if ids[a] is None:
-            ids[a] = ids[b]
-    roots = np.fromiter((find(x) for x in range(n)), dtype=np.int64, count=n)
+    with gc_paused():
+        for x, y in zip(pairs[order, 0].tolist(), pairs[order, 1].tolist(), strict=True):
+            a = x  # find with path halving, inlined: this loop runs once per edge
+            while parent[a] != a:
+                parent[a] = a = parent[parent[a]]
+            b = y
+            while parent[b] != b:
+                parent[b] = b = parent[parent[b]]
+            if a == b:
+                continue
+            if ids[a] is not None and ids[b] is not None and ids[a] != ids[b]:
+                refused += 1
+                continue
+            parent[b] = a
+            if ids[a] is None:
+                ids[a] = ids[b]
+    roots = np.asarray(parent, dtype=np.int64)
+    while True:  # pointer jumping to every record's root
+        up = roots[roots]
+        if np.array_equal(up, roots):
+            break
+        roots = up
     _, labels = np.unique(roots, return_inverse=True)
-    return labels.astype(np.int64), refused
+    return labels.astype(np.int64).ravel(), refused
 
 
 # -- the batch pipeline ----------------------------------------------------------------------
 
+# Bytes of NDJSON a worker reads and parses per task: a few thousand Patients.
+_SEGMENT = 8 << 20
 
-def _parse_chunk(lines: list[bytes]) -> list[RegistryRecord]:
+
+def _segments(path: Path, size: int = _SEGMENT) -> list[tuple[str, int, int]]:
+    """The file cut into byte ranges of about ``size`` that end at line ends."""
+    total = path.stat().st_size
+    bounds = [0]
+    with path.open("rb") as fh:
+        while bounds[-1] + size < total:
+            fh.seek(bounds[-1] + size)
+            fh.readline()
+            end = fh.tell()
+            if end >= total:
+                break
+            bounds.append(end)
+    bounds.append(total)
+    name = os.fspath(path)
+    return [(name, start, end) for start, end in pairwise(bounds)]
+
+
+def _parse_lines(lines: Iterable[bytes]) -> list[RegistryRecord]:
     out = []
-    for line in lines:
-        resource = orjson.loads(line)
-        if resource.get("resourceType") == "Patient":
-            out.append(from_patient(resource))
+    loads = orjson.loads
+    with gc_paused():
+        for line in lines:
+            if not line or line.isspace():
+                continue
+            resource = loads(line)
+            if resource.get("resourceType") == "Patient":
+                out.append(from_patient(resource))
     return out
 
 
-def _line_chunks(path: Path, size: int = 20_000) -> Iterator[list[bytes]]:
-    chunk: list[bytes] = []
-    with path.open("rb") as fh:
-        for line in fh:
-            if line.strip():
-                chunk.append(line)
-                if len(chunk) >= size:
-                    yield chunk
-                    chunk = []
-    if chunk:
-        yield chunk
+def _parse_segment(segment: tuple[str, int, int]) -> list[RegistryRecord]:
+    """The records of one byte range, read by the worker itself: the parent never touches
+    the NDJSON (2 kB a Patient), it only receives the records."""
+    name, start, end = segment
+    with open(name, "rb") as fh:
+        fh.seek(start)
+        data = fh.read(end - start)
+    return _parse_lines(data.splitlines())
 
 
 def read_records(path: Path, workers: int = 1) -> list[RegistryRecord]:
-    """RegistryRecords of the Patients of an NDJSON file (other resource types skipped)."""
-    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.imap(_parse_chunk, _line_chunks(path))
-            return [r for part in parts for r in part]
-    return [r for chunk in _line_chunks(path) for r in _parse_chunk(chunk)]
+    """RegistryRecords of the Patients of an NDJSON file (other resource types skipped).
+
+    With ``workers`` > 1, forked processes each read and parse byte ranges of the file and
+    send back their records, pickled, in file order.
+    """
+    segments = _segments(path, _SEGMENT)
+    with gc_paused():
+        if workers > 1 and len(segments) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.imap(_parse_segment, segments)
+                return [r for part in parts for r in part]
+        return [r for segment in segments for r in _parse_segment(segment)]
 
 
 @dataclass
@@ -648,19 +1131,41 @@ def link_records(
 
     if model is not None:
         rules, fields = model.blocking, model.fields
-    pairs, stats = candidate_pairs(records, rules)
-    step("blocking")
-    vectors = comparison_vectors(records, pairs, fields, workers)
-    step("comparing")
-    if model is None:
-        model = train_model(records, pairs, vectors, fields, rules)
-        step("training")
+    with gc_paused(), _Comparer(records, fields, workers) as compare:
+        keys = BlockingKeys(records)
+        pairs, stats = candidate_pairs(records, rules, keys)
+        step("blocking")
+        # The random pairs u starts from are compared with the candidate pairs, in one go.
+        extra = (
+            _random_pairs(len(records), _U_SAMPLE, 0)
+            if model is None and len(records) >= 2
+            else np.empty((0, 2), dtype=np.int32)
+        )
+        compared = compare(np.concatenate([pairs, extra]) if len(extra) else pairs)
+        vectors, random_vectors = compared[: len(pairs)], compared[len(pairs) :]
+        step("comparing")
+        if model is None:
+            model = _train(
+                records,
+                pairs,
+                vectors,
+                fields,
+                rules,
+                DEFAULT_THRESHOLD,
+                DEFAULT_SESSIONS,
+                0,
+                keys,
+                compare,
+                random_vectors,
+            )
+            step("training")
     if threshold is not None:
         model.threshold = threshold
-    probabilities = model.probabilities(vectors, records, pairs)
-    step("scoring")
-    labels, refused = cluster_pairs(records, pairs, probabilities, model.threshold)
-    step("clustering")
+    with gc_paused():
+        probabilities = model.probabilities(vectors, records, pairs, keys)
+        step("scoring")
+        labels, refused = cluster_pairs(records, pairs, probabilities, model.threshold)
+        step("clustering")
     return LinkResult(
         records=list(records),
         labels=labels,

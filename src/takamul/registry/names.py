@@ -25,6 +25,7 @@ __all__ = [
     "name_similarity",
     "name_token",
     "parse_human_name",
+    "token_level",
     "token_similarity",
 ]
 
@@ -49,6 +50,17 @@ class NameToken:
     skel: str
     arabic: bool
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its fields and unpickled through one shared token per name: batch
+        # linking sends every record from the parsing workers to the parent, and the
+        # dataclass default (a state dict set field by field) made that twice as slow.
+        return (_token, (self.norm, self.skel, self.arabic))
+
+
+@lru_cache(maxsize=200_000)
+def _token(norm: str, skel: str, arabic: bool) -> NameToken:
+    return NameToken(norm, skel, arabic)
+
 
 @dataclass(frozen=True, slots=True)
 class NameChain:
@@ -58,6 +70,9 @@ class NameChain:
     father: NameToken | None
     grandfather: NameToken | None
     family: NameToken | None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NameChain, (self.given, self.father, self.grandfather, self.family))
 
     @property
     def tokens(self) -> tuple[NameToken, ...]:
@@ -103,24 +118,35 @@ def parse_human_name(name: Mapping[str, Any], father_name: str | None = None) ->
     """A FHIR HumanName as a chain. ``given[0]`` is the given name and further ``given`` (or
     the words of ``text`` between the first and the last) the father and grandfather; Iranian
     records carry the father's name in an extension, passed as ``father_name``."""
-    given = tuple(g for g in (name.get("given") or ()) if isinstance(g, str) and g.strip())
+    given = name.get("given")
     family = name.get("family")
     text = name.get("text")
+    try:
+        # The HumanName as keyed, as the cache key: one lookup when a chain was seen before
+        # (a person's records repeat it), no filtering first.
+        return _parse_keyed(tuple(given) if given else (), family, text, father_name)
+    except TypeError:  # an unhashable part (a malformed HumanName): no caching
+        return _parse_keyed.__wrapped__(tuple(given or ()), family, text, father_name)
+
+
+@lru_cache(maxsize=200_000)
+def _parse_keyed(
+    given: tuple[Any, ...], family: Any, text: Any, father_name: str | None
+) -> NameChain | None:
     return _parse(
-        given,
+        tuple(g for g in given if isinstance(g, str) and g.strip()),
         family if isinstance(family, str) else None,
         text if isinstance(text, str) else None,
         father_name,
     )
 
 
-@lru_cache(maxsize=200_000)
 def _parse(
     given_raw: tuple[str, ...], family_raw: str | None, text: str | None, father_name: str | None
 ) -> NameChain | None:
     parts: list[str] = []
     for g in given_raw:
-        parts.extend(_words(g) if _has_particle(g) else [g])
+        parts.extend(_given_parts(g))
     if not parts and not family_raw:
         if not text or not text.strip():
             return None
@@ -147,21 +173,36 @@ def _has_particle(text: str) -> bool:
     return any(is_particle(w) for w in text.split())
 
 
+@lru_cache(maxsize=100_000)
+def _given_parts(text: str) -> tuple[str, ...]:
+    """The names of one ``given`` element (several when it holds a particle: "Ali bin
+    Hassan"). Cached apart from the chain: chains are mostly unique, their names are not."""
+    return tuple(_words(text)) if _has_particle(text) else (text,)
+
+
 # -- similarity ------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=500_000)
 def _raw_similarity(a: NameToken, b: NameToken) -> float:
     if a.arabic == b.arabic and a.norm == b.norm:
         return 1.0
     if _skeleton_equal(a, b):
         return _SKELETON_EQUAL
-    if a.arabic and b.arabic:
+    return _fuzzy(a.norm, a.skel, a.arabic, b.norm, b.skel, b.arabic)
+
+
+@lru_cache(maxsize=500_000)
+def _fuzzy(
+    a_norm: str, a_skel: str, a_arabic: bool, b_norm: str, b_skel: str, b_arabic: bool
+) -> float:
+    """Fuzzy similarity of two names that are neither the same nor skeleton-equal. Cached on
+    the strings rather than the tokens: a NameToken's hash is a Python call, a str's is kept."""
+    if a_arabic and b_arabic:
         # Arabic script spells one name one way: compare letters, long vowels included.
-        return Indel.normalized_similarity(a.norm, b.norm)
-    s = Indel.normalized_similarity(a.skel, b.skel) if a.skel and b.skel else 0.0
-    if not a.arabic and not b.arabic:
-        s = max(s, JaroWinkler.normalized_similarity(a.norm, b.norm))
+        return Indel.normalized_similarity(a_norm, b_norm)
+    s = Indel.normalized_similarity(a_skel, b_skel) if a_skel and b_skel else 0.0
+    if not a_arabic and not b_arabic:
+        s = max(s, JaroWinkler.normalized_similarity(a_norm, b_norm))
     return s
 
 
@@ -221,11 +262,22 @@ def best_name_similarity(a: Iterable[NameChain], b: Iterable[NameChain]) -> floa
 def _level(a: NameToken | None, b: NameToken | None) -> Level:
     if a is None or b is None:
         return Level.MISSING
-    if a.arabic == b.arabic and a.norm == b.norm:
+    return token_level(a, b)
+
+
+def token_level(a: NameToken, b: NameToken) -> Level:
+    """The level of two names (both present): see ``compare_given``. Written out rather than
+    through ``_raw_similarity``: the record comparators call it for every pair of names of
+    every pair they compare."""
+    if a is b:
         return Level.EXACT
-    if _skeleton_equal(a, b):
+    arabic = a.arabic
+    if arabic == b.arabic and a.norm == b.norm:
+        return Level.EXACT
+    skel = a.skel
+    if skel and skel == b.skel and not (arabic and b.arabic):
         return Level.EQUIVALENT
-    if _raw_similarity(a, b) >= _FUZZY_LEVEL:
+    if _fuzzy(a.norm, skel, arabic, b.norm, b.skel, b.arabic) >= _FUZZY_LEVEL:
         return Level.SIMILAR
     return Level.DIFFERENT
 

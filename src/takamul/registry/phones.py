@@ -30,7 +30,9 @@ _KEEP = re.compile(r"[^\d+]")
 @lru_cache(maxsize=200_000)
 def normalize_phone(text: str, regions: tuple[str, ...] = DEFAULT_REGIONS) -> str | None:
     """E.164 form of a phone number, or None if it is not a possible number in ``regions``."""
-    raw = _KEEP.sub("", fold_arabic(text)) if text else ""
+    # Folding only matters for Arabic-Indic digits; ASCII (most numbers) skips it, which is
+    # the same result since everything but digits and + is dropped here anyway.
+    raw = _KEEP.sub("", text if text.isascii() else fold_arabic(text)) if text else ""
     if not raw:
         return None
     for pattern, prefix in _FAST:
@@ -66,4 +68,4 @@ def compare_phones(a: tuple[str, ...], b: tuple[str, ...]) -> Level:
     """
     if not a or not b:
         return Level.MISSING
-    return Level.EXACT if set(a) & set(b) else Level.DIFFERENT
+    return Level.EXACT if any(x in b for x in a) else Level.DIFFERENT
