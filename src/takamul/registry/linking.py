@@ -74,6 +74,11 @@ log = logging.getLogger(__name__)
 # A false merge (two persons' records in one) is worse than a missed link: only pairs the
 # model is at least this sure of become edges. Chosen on tuning seeds 1-10 (docs/registry.md).
 DEFAULT_THRESHOLD = 0.95
+# The final EM anchors u to what random pairs look like, with as many pseudo-pairs as this
+# share of the candidates: when nearly every candidate is a match (FEBRL4: 4,922 of 4,932),
+# the non-match class otherwise absorbs the matches with corrupted names (λ 0.888 instead of
+# 0.998, recall 0.80). Tuned on FEBRL and the synthetic tuning seeds 1-2 (docs/registry.md).
+U_PRIOR_SHARE = 0.1
 N_LEVELS = 4  # DIFFERENT 0 .. EXACT 3; MISSING (-1) carries no evidence (weight 0)
 
 RecordComparator = Callable[[RegistryRecord, RegistryRecord], Level]
@@ -589,6 +594,8 @@ def em_train(
     tolerance: float = 1e-6,
     pseudo_count: float = 0.5,
     fix_m: bool = False,
+    u_prior: npt.NDArray[np.float64] | None = None,
+    u_prior_weight: float = 0.0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, int]:
     """EM for m, u (fields × levels 0..3) and the match share λ of the pairs (Winkler 1988).
 
@@ -596,7 +603,8 @@ def em_train(
     M step: λ = mean g; m[f, l] = Σ g·[γ_f = l] / Σ g·[γ_f ≠ missing]; u likewise with 1-g.
     Runs on the distinct vectors with their counts (a few thousand, whatever the pairs).
     ``pseudo_count`` keeps every probability above zero; ``fix_m`` keeps m as given (only u
-    and λ are estimated). Returns m, u, λ, iterations.
+    and λ are estimated). ``u_prior`` (level shares) with ``u_prior_weight`` pseudo-pairs is a
+    Dirichlet prior on u (maximum a posteriori EM). Returns m, u, λ, iterations.
     """
     patterns, pattern_counts = distinct_vectors(vectors)
     counts = pattern_counts.astype(np.float64)
@@ -616,7 +624,8 @@ def em_train(
         gm, gu = counts * g, counts * (1.0 - g)
         new_lam = float(gm.sum() / counts.sum())
         new_m = m if fix_m else _normalise(np.einsum("p,pfl->fl", gm, onehot) + pseudo_count)
-        new_u = _normalise(np.einsum("p,pfl->fl", gu, onehot) + pseudo_count)
+        prior = 0.0 if u_prior is None else u_prior_weight * u_prior
+        new_u = _normalise(np.einsum("p,pfl->fl", gu, onehot) + pseudo_count + prior)
         change = max(
             float(np.abs(new_m - m).max()), float(np.abs(new_u - u).max()), abs(new_lam - lam)
         )
@@ -950,7 +959,9 @@ def _train(
     if len(vectors) == 0:
         u, lam, its = u0, 1e-6, 0
     else:
-        m, u, lam, its = em_train(vectors, m, u0, fix_m=True)
+        m, u, lam, its = em_train(
+            vectors, m, u0, fix_m=True, u_prior=u0, u_prior_weight=U_PRIOR_SHARE * len(vectors)
+        )
     tf, chance = term_frequencies(records, fields, keys)
     return LinkageModel(
         fields=tuple(fields),

@@ -55,6 +55,7 @@ from takamul.registry.linking import (
     DEFAULT_SESSIONS,
     DEFAULT_THRESHOLD,
     N_LEVELS,
+    U_PRIOR_SHARE,
     ComparisonField,
     LinkageModel,
     cluster_pairs,
@@ -558,7 +559,14 @@ def _train(
     if len(everything) == 0:
         u, lam, its = u0, 1e-6, 0
     else:
-        m, u, lam, its = em_train(everything, m, u0, fix_m=True)
+        m, u, lam, its = em_train(
+            everything,
+            m,
+            u0,
+            fix_m=True,
+            u_prior=u0,
+            u_prior_weight=U_PRIOR_SHARE * len(everything),
+        )
     tf, chance = _term_frequencies(blocks, plan, n)
     return LinkageModel(
         fields=tuple(fields),
