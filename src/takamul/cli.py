@@ -252,12 +252,16 @@ def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
     from takamul.equity.access_cli import access_app
     from takamul.equity.cli import equity_app
+    from takamul.equity.indicators_cli import indicators_app
+    from takamul.equity.report_cli import report_app
     from takamul.security.audit_cli import audit_app
     from takamul.security.cli import clients_app, demo, keys_app, token, users_app
     from takamul.security.deid import deid_app
     from takamul.views.cli import views_app
 
     equity_app.add_typer(access_app)  # takamul equity access
+    equity_app.add_typer(indicators_app, name="indicators")
+    equity_app.add_typer(report_app)  # takamul equity report
     app.add_typer(equity_app, name="equity")
     app.add_typer(clients_app, name="clients")
     app.add_typer(users_app, name="users")
