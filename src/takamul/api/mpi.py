@@ -134,6 +134,13 @@ def _two(body: dict[str, Any]) -> tuple[str, str]:
     return patients[0].removeprefix("Patient/"), patients[1].removeprefix("Patient/")
 
 
+def _row_id(value: str, what: str) -> int:
+    """A review or event number; anything else (or beyond a 63-bit row id) is not found."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise FhirError(404, f"There is no {what} {value!r}", "not-found")
+    return int(value)
+
+
 def add_registry_routes(
     app: FastAPI, registry: ClientRegistry, base_of: Callable[[Request], str]
 ) -> None:
@@ -175,21 +182,22 @@ def add_registry_routes(
         return _json(200, {"total": total, "reviews": items})
 
     @app.get("/mpi/reviews/{review_id}")
-    def review(review_id: int) -> Response:
-        return _json(200, registry.review(review_id))
+    def review(review_id: str) -> Response:
+        return _json(200, registry.review(_row_id(review_id, "review")))
 
     @app.post("/mpi/reviews/{review_id}")
-    async def decide(review_id: int, request: Request) -> Response:
+    async def decide(review_id: str, request: Request) -> Response:
         body = await _body(request)
+        number = _row_id(review_id, "review")
         decision = _text(body, "decision")
         event = await run_in_threadpool(
             registry.decide,
-            review_id,
+            number,
             decision,
             _text(body, "reviewer"),
             _optional(body, "reason"),
         )
-        return _json(200, {"event": event, "review": registry.review(review_id)})
+        return _json(200, {"event": event, "review": registry.review(number)})
 
     @app.post("/mpi/link")
     async def link(request: Request) -> Response:
@@ -228,10 +236,13 @@ def add_registry_routes(
         return _json(200, {"events": registry.events(patient, count)})
 
     @app.post("/mpi/events/{event_id}/revert")
-    async def revert(event_id: int, request: Request) -> Response:
+    async def revert(event_id: str, request: Request) -> Response:
         body = await _body(request)
         event = await run_in_threadpool(
-            registry.revert, event_id, _text(body, "reviewer"), _optional(body, "reason")
+            registry.revert,
+            _row_id(event_id, "registry event"),
+            _text(body, "reviewer"),
+            _optional(body, "reason"),
         )
         return _json(200, {"event": event})
 

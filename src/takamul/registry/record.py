@@ -70,7 +70,9 @@ class RegistryRecord:
     def birth_year(self) -> int | None:
         """The year as keyed (first four digits), if any."""
         return (
-            int(self.birth_date[:4]) if self.birth_date and self.birth_date[:4].isdigit() else None
+            int(self.birth_date[:4])
+            if self.birth_date and self.birth_date[:4].isascii() and self.birth_date[:4].isdigit()
+            else None
         )
 
 

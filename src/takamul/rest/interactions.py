@@ -273,11 +273,16 @@ def parse_json(raw: bytes) -> Any:
         ) from err
 
 
+MAX_INT_PARAM = 2**31 - 1  # beyond it a database integer overflows
+
+
 def _int_param(name: str, value: str | None, default: int) -> int:
     if value is None:
         return default
-    if not value.isdigit():
-        raise FhirError(400, f"{name} must be a non-negative integer, not '{value}'")
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_INT_PARAM:
+        raise FhirError(
+            400, f"{name} must be an integer from 0 to {MAX_INT_PARAM}, not '{value[:40]}'"
+        )
     return int(value)
 
 

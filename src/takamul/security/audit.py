@@ -1009,7 +1009,7 @@ class AuditLog:
 
     def read(self, event_id: str) -> dict[str, Any] | None:
         """The AuditEvent with this id (its sequence number), or None."""
-        if not event_id.isdigit():
+        if not (event_id.isascii() and event_id.isdigit()) or len(event_id) > 18:
             return None
         with self.reader.connect() as conn:
             row = conn.execute(
@@ -1222,8 +1222,10 @@ _IGNORED = frozenset({"_format", "_pretty", "_summary", "_total"})
 
 
 def _int_param(name: str, value: str, low: int, high: int | None = None) -> int:
-    if not value.isdigit():
-        raise bad_request(f"{name} must be a whole number, not '{value}'", name)
+    if not (value.isascii() and value.isdigit()) or int(value) > 2**31 - 1:
+        raise bad_request(
+            f"{name} must be a whole number up to 2147483647, not '{value[:40]}'", name
+        )
     n = int(value)
     if n < low:
         raise bad_request(f"{name} must be at least {low}", name)

@@ -204,8 +204,9 @@ class QueryParser:
             raise FhirError(400, f"Search parameter '{base}' is not supported", "not-supported")
 
     def _int(self, name: str, value: str) -> int:
-        if not value.isdigit():
-            raise _bad(name, f"{name} must be a non-negative integer, not '{value}'")
+        # ASCII digits only ('²'.isdigit() is true), and no more than a database integer holds
+        if not (value.isascii() and value.isdigit()) or int(value) > 2**31 - 1:
+            raise _bad(name, f"{name} must be an integer from 0 to 2147483647, not '{value[:40]}'")
         return int(value)
 
     def _sort_key(self, key: str) -> SortKey:

@@ -213,7 +213,7 @@ class Session:
         return stored
 
     def vread(self, resource_type: str, resource_id: str, version: str) -> StoredResource:
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()) or len(version) > 9:
             raise not_found(resource_type, f"{resource_id}/_history/{version}")
         row = self.conn.execute(
             select(resource_version).where(
