@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/takamul load-demo --db $(DB)
 	$(BIN)/takamul demo-credentials --db $(DB)
 	@echo "Takamul demo: FHIR R4 API at http://$(HOST):$(PORT)/fhir (Ctrl-C to stop). A token:"
-	@echo "  TOKEN=\$$($(BIN)/takamul token --db $(DB) --client demo-ministry --scope 'system/*.rs' --lifetime 3600)"
+	@echo "  TOKEN=\$$($(BIN)/takamul token --db $(DB) --client demo-ministry --scope 'system/*.rs' --lifetime 3600 --base-url http://$(HOST):$(PORT)/fhir)"
 	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/Patient?_count=3"
 	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
 
