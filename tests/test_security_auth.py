@@ -1026,19 +1026,7 @@ def test_cli_register_mint_users_keys_demo(tmp_path: Path) -> None:
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
 
-def _postgres_available() -> bool:
-    try:
-        import psycopg
-
-        from tests.server import POSTGRES_ADMIN_URL
-
-        with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=2):
-            return True
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _postgres_available(), reason="no PostgreSQL server")
+# PostgreSQL is part of the test environment (.ci/run starts it): no skip when it is down
 def test_postgresql_schema_and_flow(clock: Clock) -> None:
     from tests.server import postgres_database
 

@@ -762,8 +762,7 @@ SPARK_CASES = [
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    pytest.importorskip("pyspark", reason="pyspark is the optional takamul[spark] extra")
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # a dev dependency: the Spark path always runs
 
     # The executors' Python must be this one, where takamul is importable.
     os.environ["PYSPARK_PYTHON"] = sys.executable
