@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from takamul.fhir.validation import validate_resource
+
 GOLDEN = "https://takamul.health/fhir/CodeSystem/client-registry|golden-record"
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
 SA_ID = "https://takamul.health/fhir/sid/sa-national-id"
@@ -130,6 +132,8 @@ def test_registrations_in_two_scripts_become_one_person(
     pa, pb, pc = person_of(api, a), person_of(api, b), person_of(api, c)
     assert pa["person"] == pb["person"] != pc["person"]
     golden = person_resource(http, a)
+    # written without re-validation (trusted), so its shape is checked here
+    assert [i for i in validate_resource(golden, "Person") if i.severity == "error"] == []
     targets = {link["target"]["reference"]: link["assurance"] for link in golden["link"]}
     assert targets == {f"Patient/{a}": "level3", f"Patient/{b}": "level3"}
     assert golden["birthDate"] == D["1980-01-02"] and golden["gender"] == "male"

@@ -81,6 +81,9 @@ def valid_id(value: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class WriteOptions:
     source: str | None = None  # meta.source when the client sent none
+    # written by the server itself from validated parts (the registry's golden records):
+    # validating them again on every Patient write would double the write's cost
+    trusted: bool = False
 
 
 # Called in the writing transaction after every stored version of a resource, with the
@@ -734,7 +737,7 @@ class Session:
         now: float,
         options: WriteOptions,
     ) -> dict[str, Any]:
-        if self.store.settings.validate:
+        if self.store.settings.validate and not options.trusted:
             problems = [i for i in validate_resource(body, resource_type) if i.severity == "error"]
             if problems:
                 raise FhirError(
