@@ -31,8 +31,9 @@ from takamul.views.fhirpath import FhirPathError, compile_path
 from takamul.views.fhirpath import evaluate as fp
 from takamul.views.output import OutputFormat, column_sql_type, materialize, write_rows
 from takamul.views.source import NdjsonError, SourceError, discover, iter_database, iter_ndjson
+from tests.test_views_conformance import suite_path
 
-SUITE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "sql-on-fhir-v2" / "tests"
+SUITE = suite_path()
 
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient",

@@ -24,7 +24,7 @@ import pytest
 from takamul.views import ViewError, compile_view
 
 
-def _suite() -> Path:
+def suite_path() -> Path:
     """$SQL_ON_FHIR_TESTS, else the workplace's shared copy beside the checkout (../shared),
     else where the workplace keeps it (/work/shared), so a clean CI checkout elsewhere finds it."""
     if os.environ.get("SQL_ON_FHIR_TESTS"):
@@ -34,7 +34,7 @@ def _suite() -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
-SUITE = _suite()
+SUITE = suite_path()
 
 # "file/title" -> why the case does not pass (deliberate gaps). None at present: all pass.
 KNOWN_GAPS: dict[str, str] = {}
