@@ -43,6 +43,7 @@ def test_the_page_is_self_contained(report: tuple[Path, Path, str]) -> None:
     assert "<script" not in page
     assert page.count('class="equiplot"') >= 10
     assert 'class="map"' in page
+    assert 'class="trend"' in page
     assert "من يتخلف عن الركب" in page and 'dir="auto"' in page  # Arabic kept, either direction
 
 
@@ -61,6 +62,10 @@ def test_json_carries_indicators_measures_findings_and_access(
     assert ("dm_screen", "sii") in measures and ("dm_screen", "d") in measures
     assert any("dm_screen" in f or "Diabetes screening" in f for f in data["findings"])
     assert data["access"] and data["access"][0]["rank"] == 1
+    trend = next(t for t in data["trends"] if t["id"] == "dm_screen")
+    ends = [p["periodEnd"] for p in trend["points"]]
+    assert len(ends) == 3 and ends == sorted(ends)  # two earlier years and the report's
+    assert all(p["national"] is not None for p in trend["points"])
 
 
 def test_the_api_serves_the_published_report(

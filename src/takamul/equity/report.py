@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class EquityReport:
     measures: list[dict[str, Any]]
     findings: list[str]
     access: list[dict[str, Any]]
+    trends: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class EquityReport:
             "measures": self.measures,
             "findings": self.findings,
             "access": self.access,
+            "trends": self.trends,
         }
 
 
@@ -203,12 +205,46 @@ def _access_entries(access: AccessReport | None, demand: Demand | None) -> list[
     ]
 
 
+TREND_DIMENSION = "income_quintile"
+
+
+def trend_entries(series: Sequence[IndicatorResults]) -> list[dict[str, Any]]:
+    """Per indicator, its national value and its poorest and richest quintiles at each period
+    end (oldest first): whether a gap is closing."""
+    out: list[dict[str, Any]] = []
+    ordered = sorted(series, key=lambda r: r.period_end)
+    if not ordered:
+        return out
+    for ind in ordered[-1].indicators:
+        points = []
+        for results in ordered:
+            try:
+                national = results.national(ind.id).estimate
+            except KeyError:
+                continue
+            dim = next((d for d in results.dimensions if d.id == TREND_DIMENSION), None)
+            by = results.by(ind.id, TREND_DIMENSION) if dim else {}
+            low = by.get(dim.order[0]) if dim and dim.order else None
+            high = by.get(dim.order[-1]) if dim and dim.order else None
+            points.append(
+                {
+                    "periodEnd": results.period_end.isoformat(),
+                    "national": national,
+                    "poorest": low.estimate if low else None,
+                    "richest": high.estimate if high else None,
+                }
+            )
+        out.append({"id": ind.id, "name": ind.name, "scale": ind.scale, "points": points})
+    return out
+
+
 def build_report(
     results: IndicatorResults,
     access: AccessReport | None = None,
     demand: Demand | None = None,
     title: str = "Who is being left behind? — من يتخلف عن الركب؟",
     options: ComputeOptions | None = None,
+    history: Sequence[IndicatorResults] = (),
 ) -> EquityReport:
     indicators = _indicator_entries(results)
     measures = _measure_entries(_measures(results, options or ComputeOptions(simulations=200)))
@@ -221,6 +257,7 @@ def build_report(
         measures=measures,
         findings=_findings(indicators, measures),
         access=_access_entries(access, demand),
+        trends=trend_entries([*history, results]) if history else [],
     )
 
 
@@ -276,6 +313,38 @@ def _equiplot(ind: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+TREND_LINES = (("national", "#444"), ("poorest", PALETTE[0]), ("richest", PALETTE[5]))
+
+
+def _trend_chart(trend: dict[str, Any]) -> str:
+    """National, poorest and richest quintile over the period ends: is the gap closing?"""
+    points = trend["points"]
+    values = [p[k] for p in points for k, _ in TREND_LINES if p[k] is not None]
+    if len(points) < 2 or not values:
+        return ""
+    width, height, pad = 420, 160, 30
+    hi = float(trend["scale"]) if trend["scale"] == 100 else max(values) * 1.1 or 1.0
+
+    def xy(i: int, v: float) -> str:
+        x = pad + (width - 2 * pad) * i / (len(points) - 1)
+        y = height - pad - (height - 2 * pad) * min(v / hi, 1.0)
+        return f"{x:.1f},{y:.1f}"
+
+    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" class="trend">']
+    for key, colour in TREND_LINES:
+        line = [xy(i, p[key]) for i, p in enumerate(points) if p[key] is not None]
+        if len(line) >= 2:
+            parts.append(
+                f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" '
+                f'stroke-width="2"><title>{key}</title></polyline>'
+            )
+    for i, p in enumerate(points):
+        x = pad + (width - 2 * pad) * i / (len(points) - 1)
+        parts.append(f'<text x="{x:.1f}" y="{height - 8}" class="tick">{p["periodEnd"][:4]}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _access_map(access: list[dict[str, Any]]) -> str:
     placed = [a for a in access if a["lat"] is not None and a["lon"] is not None]
     if not placed:
@@ -312,7 +381,8 @@ body{font-family:system-ui,'Noto Sans Arabic','Vazirmatn',sans-serif;margin:2rem
 body{color:#222}h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.9rem}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:start}
-.equiplot text,.map text{font-size:11px}.equiplot .tick{fill:#777;text-anchor:middle}
+.equiplot text,.map text,.trend text{font-size:11px}.trend .tick{text-anchor:middle}
+.equiplot .tick{fill:#777;text-anchor:middle}
 .span{stroke:#999;stroke-width:3}.finding{margin:.3rem 0}.muted{color:#666;font-size:.85rem}
 """
 
@@ -342,6 +412,12 @@ def render_html(report: EquityReport) -> str:
             f"{'higher is better' if ind['favourable'] else 'lower is better'}.</p>",
             _equiplot(ind),
         ]
+        trend = next((t for t in report.trends if t["id"] == ind["id"]), None)
+        if trend is not None and (chart := _trend_chart(trend)):
+            out += [
+                "<p>Trend: national (grey), poorest quintile (red), richest quintile (blue).</p>",
+                chart,
+            ]
         rows = [m for m in report.measures if m["indicator"] == ind["abbr"]]
         rows = [m for m in rows if m["measure"] in SHOWN_MEASURES]
         if rows:

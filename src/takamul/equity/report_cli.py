@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from takamul.equity.access import compute_access, load_fhir
-from takamul.equity.indicators import compute, load_definitions
+from takamul.equity.indicators import compute, load_definitions, prepare
 from takamul.equity.indicators_cli import (
     DefsOpt,
     InputOpt,
@@ -52,6 +52,9 @@ def report_command(
     period_end: Annotated[
         str | None, typer.Option(help="End of the reporting period (YYYY-MM-DD)")
     ] = None,
+    trend_years: Annotated[
+        int, typer.Option(min=0, help="Earlier yearly periods for the trend charts")
+    ] = 2,
 ) -> None:
     """Who is being left behind, where, and by how much: one HTML page (no network needed)."""
     with _errors():
@@ -60,15 +63,23 @@ def report_command(
         if not inputs and not db:
             raise _fail("give the data: --input FILE_OR_DIR (repeatable) or --db DATABASE_URL")
         _con, pop = load_population(load_definitions(definitions), inputs, db, links, period_end, 1)
+        defs = load_definitions(definitions)
         with console.status("indicators by every dimension"):
             results = compute(pop, pairs=False)
+        history = []
+        for years in range(trend_years, 0, -1):
+            # the same views, an earlier period end: the person table is rebuilt for it
+            earlier = results.period_end.replace(year=results.period_end.year - years)
+            with console.status(f"trend: period ending {earlier.isoformat()}"):
+                past = prepare(_con, defs, earlier)
+                history.append(compute(past, dimensions=["income_quintile"], pairs=False))
         access = demand = None
         if inputs:
             with console.status("spatial access to primary care"):
                 demand, supply, _stats = load_fhir(inputs, location_types={"PC"})
                 if len(supply.ids) and len(demand.ids):
                     access = compute_access(demand, supply, access_method, radius=radius_km)  # type: ignore[arg-type]
-        report = build_report(results, access, demand)
+        report = build_report(results, access, demand, history=history)
         html = render_html(report)
         out.write_text(html, encoding="utf-8")
         console.print(f"Wrote {escape(str(out))} ({len(report.findings)} findings)")
