@@ -325,9 +325,42 @@ def test_break_the_glass_needs_a_reason_and_is_flagged(
     assert "ETREAT" in purposes
 
 
-def test_patient_context_sees_one_patient(server: Server, world: dict[str, Any]) -> None:
+def test_a_caregiver_acts_for_one_patient_only_with_consent(
+    server: Server, world: dict[str, Any]
+) -> None:
     cid, _ = server.client("patient/*.rs", roles=("caregiver",))
     http = server.http(server.token(cid, "patient/*.rs", patient=world["org-a"]))
+    refused = outcome(http.get(f"/Patient/{world['org-a']}"), 403)
+    assert "consent" in str(refused)
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "treatment",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{world['org-a']}"},
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {"text": "caregiver"},
+                    "reference": {
+                        "identifier": {
+                            "system": "https://takamul.health/fhir/sid/login",
+                            "value": cid,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    assert world["admin"].post("/Consent", json=consent).status_code == 201
     assert http.get(f"/Patient/{world['org-a']}").status_code == 200
     outcome(http.get(f"/Patient/{world['org-b']}"), 404)
     found = http.get("/Observation").json()

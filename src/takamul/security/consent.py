@@ -33,8 +33,10 @@ from typing import Any
 
 __all__ = [
     "ACT_CODE",
+    "LOGIN_SYSTEM",
     "SENSITIVE_CODES",
     "Restriction",
+    "authorises_caregiver",
     "restrictions_of",
     "sensitivity",
 ]
@@ -148,3 +150,26 @@ def restrictions_of(consent: Mapping[str, Any]) -> Restriction | None:
         and isinstance(ref := (actor.get("reference") or {}).get("reference"), str)
     )
     return Restriction(str(consent.get("id")), labels, permitted)
+
+
+# How a Consent names a person who may act for the patient: by their login or client id.
+LOGIN_SYSTEM = "https://takamul.health/fhir/sid/login"
+
+
+def authorises_caregiver(consent: Mapping[str, Any], who: Iterable[str]) -> bool:
+    """An active Consent permitting one of ``who`` (login or client ids) to act for the
+    patient: a ``permit`` provision (top level or nested) whose actor's reference carries the
+    identifier ``LOGIN_SYSTEM|<id>``. A recorded legal authority is entered the same way."""
+    if consent.get("resourceType") != "Consent" or consent.get("status") != "active":
+        return False
+    names = set(who)
+    top = consent.get("provision") or {}
+    provisions = [top, *(top.get("provision") or ())]
+    for provision in provisions:
+        if not isinstance(provision, dict) or provision.get("type") != "permit":
+            continue
+        for actor in provision.get("actor") or ():
+            identifier = ((actor or {}).get("reference") or {}).get("identifier") or {}
+            if identifier.get("system") == LOGIN_SYSTEM and identifier.get("value") in names:
+                return True
+    return False

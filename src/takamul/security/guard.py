@@ -21,7 +21,12 @@ from sqlalchemy import and_, select
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
 from takamul.fhir.search_values import ReferenceEntry, SearchIndexer
-from takamul.security.consent import Restriction, restrictions_of, sensitivity
+from takamul.security.consent import (
+    Restriction,
+    authorises_caregiver,
+    restrictions_of,
+    sensitivity,
+)
 from takamul.security.context import AccessContext
 from takamul.security.roles import FACILITY_LINKS, FacilityLink
 from takamul.store.repository import Store
@@ -43,6 +48,7 @@ class AccessGuard:
         self._facility_patients: frozenset[str] | None = None
         self._consents: dict[str, list[Restriction]] = {}
         self._any: bool | None = None
+        self._caregiver: bool | None = None
         self._facility = (
             f"Organization/{access.facility}"
             if access.facility and not access.facility.startswith("Organization/")
@@ -55,6 +61,23 @@ class AccessGuard:
                 405, "The audit log is append-only and written by the server", "not-supported"
             )
         self.access.require(resource_type, interaction)
+        if "caregiver" in self.access.roles and not self._caregiver_authorised():
+            raise FhirError(
+                403,
+                f"Acting for Patient/{self.access.patient} needs the patient's recorded consent "
+                "or a legal authority (an active Consent permitting this login); none is recorded",
+                "forbidden",
+            )
+
+    def _caregiver_authorised(self) -> bool:
+        """A caregiver acts for a patient only with a recorded consent or legal authority."""
+        if self._caregiver is None:
+            patient = self.access.patient
+            who = [w for w in (self.access.user, self.access.client_id) if w]
+            self._caregiver = bool(patient) and any(
+                authorises_caregiver(c, who) for c in self._consents_of(str(patient))
+            )
+        return self._caregiver
 
     def visible(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
         if not self.access.allows(resource_type, interaction, resource):
@@ -112,6 +135,12 @@ class AccessGuard:
         cached = self._consents.get(patient)
         if cached is not None:
             return cached
+        found = [r for c in self._consents_of(patient) if (r := restrictions_of(c))]
+        self._consents[patient] = found
+        return found
+
+    def _consents_of(self, patient: str) -> list[dict[str, Any]]:
+        """The patient's current Consent resources."""
         query = select(resource.c.content).where(
             resource.c.res_type == "Consent",
             resource.c.deleted.is_(False),
@@ -125,13 +154,7 @@ class AccessGuard:
             ),
         )
         with self.store.reading() as session:
-            found = [
-                r
-                for row in session.conn.execute(query)
-                if row.content and (r := restrictions_of(orjson.loads(row.content)))
-            ]
-        self._consents[patient] = found
-        return found
+            return [orjson.loads(row.content) for row in session.conn.execute(query) if row.content]
 
     def restrictions(self, session: Any, resource_type: str) -> list[tuple[str, str]]:
         out = list(self.access.search_restrictions(resource_type))
