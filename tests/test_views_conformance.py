@@ -6,9 +6,7 @@ as the suite specifies: as a multiset (order-insensitive), numbers by value (5 =
 with ``expectColumns`` also compare the column order, and ``expectError`` cases must raise a
 :class:`~takamul.views.ViewError` (the definition is rejected, or its evaluation fails).
 
-A case that does not pass must be listed in ``KNOWN_GAPS`` with the reason; it is then marked
-``xfail(strict=True)``, so it is reported, and a gap that starts passing fails the run until
-it is removed from the list.
+Every case must pass: there is no list of tolerated gaps.
 """
 
 from __future__ import annotations
@@ -36,9 +34,6 @@ def suite_path() -> Path:
 
 SUITE = suite_path()
 
-# "file/title" -> why the case does not pass (deliberate gaps). None at present: all pass.
-KNOWN_GAPS: dict[str, str] = {}
-
 
 def _case_id(file: str, title: str) -> str:
     return f"{file}/{re.sub(r'[^A-Za-z0-9]+', '_', title).strip('_')}"
@@ -53,10 +48,7 @@ def _load_cases() -> list[Any]:
         suite = json.loads(path.read_text(encoding="utf-8"))
         for case in suite["tests"]:
             case_id = _case_id(path.stem, case["title"])
-            marks = []
-            if case_id in KNOWN_GAPS:
-                marks.append(pytest.mark.xfail(reason=KNOWN_GAPS[case_id], strict=True))
-            cases.append(pytest.param(suite["resources"], case, id=case_id, marks=marks))
+            cases.append(pytest.param(suite["resources"], case, id=case_id))
     return cases
 
 
@@ -83,7 +75,6 @@ def test_suite_is_all_here() -> None:
     assert len(files) >= 20
     total = sum(len(json.loads(f.read_text(encoding="utf-8"))["tests"]) for f in files)
     assert len(CASES) == total
-    assert set(KNOWN_GAPS) <= {c.id for c in CASES}, "a listed gap names no case"
 
 
 @pytest.mark.parametrize(("resources", "case"), CASES)
