@@ -885,6 +885,47 @@ def _session_vectors(
     return out
 
 
+def estimate_parameters(
+    fields: Sequence[ComparisonField],
+    m0: npt.NDArray[np.float64],
+    u0: npt.NDArray[np.float64],
+    sessions: Iterable[tuple[tuple[str, ...], npt.NDArray[np.int8]]],
+    vectors: npt.NDArray[np.int8],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, int, list[dict[str, Any]]]:
+    """m from the training sessions (each field's from the first session not blocking on it),
+    then u and λ by EM on every candidate pair with m fixed and u anchored to the random pairs'
+    ``u0``. Shared by the local and the Spark trainers, which differ only in how they get the
+    vectors. Returns m, u, λ, EM iterations and the sessions' log."""
+    m = m0.copy()
+    learnt = [False] * len(fields)
+    session_log: list[dict[str, Any]] = []
+    for session, sub in sessions:
+        if len(sub) == 0:
+            continue
+        sm, _, slam, its = em_train(sub, m0, u0, lambda_init=0.5)
+        took = []
+        for f, spec in enumerate(fields):
+            if not learnt[f] and spec.comparator not in session:
+                m[f] = sm[f]
+                learnt[f] = True
+                took.append(spec.name)
+        session_log.append(
+            {
+                "keys": list(session),
+                "pairs": len(sub),
+                "prior": slam,
+                "iterations": its,
+                "m_for": took,
+            }
+        )
+    if len(vectors) == 0:
+        return m, u0, 1e-6, 0, session_log
+    m, u, lam, its = em_train(
+        vectors, m, u0, fix_m=True, u_prior=u0, u_prior_weight=U_PRIOR_SHARE * len(vectors)
+    )
+    return m, u, lam, its, session_log
+
+
 def train_model(
     records: Sequence[RegistryRecord],
     pairs: npt.NDArray[np.int32],
@@ -933,35 +974,11 @@ def _train(
     # the number of pairs), so it is trained on every candidate pair: a sample would save
     # nothing here and would move m and u.
     m0, u0 = _initial_parameters(records, fields, _U_SAMPLE, seed, compare, random_vectors)
-    m = m0.copy()
-    learnt = [False] * len(fields)
-    session_log: list[dict[str, Any]] = []
-    for session in sessions:
-        sub = _session_vectors(records, pairs, vectors, session, fields, keys, compare)
-        if len(sub) == 0:
-            continue
-        sm, _, slam, its = em_train(sub, m0, u0, lambda_init=0.5)
-        took = []
-        for f, spec in enumerate(fields):
-            if not learnt[f] and spec.comparator not in session:
-                m[f] = sm[f]
-                learnt[f] = True
-                took.append(spec.name)
-        session_log.append(
-            {
-                "keys": list(session),
-                "pairs": len(sub),
-                "prior": slam,
-                "iterations": its,
-                "m_for": took,
-            }
-        )
-    if len(vectors) == 0:
-        u, lam, its = u0, 1e-6, 0
-    else:
-        m, u, lam, its = em_train(
-            vectors, m, u0, fix_m=True, u_prior=u0, u_prior_weight=U_PRIOR_SHARE * len(vectors)
-        )
+    by_session = (
+        (session, _session_vectors(records, pairs, vectors, session, fields, keys, compare))
+        for session in sessions
+    )
+    m, u, lam, its, session_log = estimate_parameters(fields, m0, u0, by_session, vectors)
     tf, chance = term_frequencies(records, fields, keys)
     return LinkageModel(
         fields=tuple(fields),

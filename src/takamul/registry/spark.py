@@ -55,12 +55,11 @@ from takamul.registry.linking import (
     DEFAULT_SESSIONS,
     DEFAULT_THRESHOLD,
     N_LEVELS,
-    U_PRIOR_SHARE,
     ComparisonField,
     LinkageModel,
     cluster_pairs,
     comparison_vectors,
-    em_train,
+    estimate_parameters,
 )
 from takamul.registry.record import RegistryRecord, from_patient
 
@@ -516,9 +515,6 @@ def _train(
     """
     n_fields = len(fields)
     m0, u0 = _initial_parameters(spark, records, n, fields, 20_000, seed)
-    m = m0.copy()
-    learnt = [False] * n_fields
-    session_log: list[dict[str, Any]] = []
     # One job for every EM input: the vectors of all candidate pairs (set -1) and those of
     # each session's pairs (set = its key set), looked up among the candidates' or, for a
     # session pair that is no candidate, compared now.
@@ -535,38 +531,11 @@ def _train(
         .unionByName(vectors.select(F.lit(-1).alias("set"), "v")),
         n_fields,
     )
-    for session, index in plan.sessions:
-        sub = counted.get(index, np.empty((0, n_fields), dtype=np.int8))
-        if len(sub) == 0:
-            continue
-        sm, _, slam, its = em_train(sub, m0, u0, lambda_init=0.5)
-        took = []
-        for f, spec in enumerate(fields):
-            if not learnt[f] and spec.comparator not in session:
-                m[f] = sm[f]
-                learnt[f] = True
-                took.append(spec.name)
-        session_log.append(
-            {
-                "keys": list(session),
-                "pairs": len(sub),
-                "prior": slam,
-                "iterations": its,
-                "m_for": took,
-            }
-        )
-    everything = counted.get(-1, np.empty((0, n_fields), dtype=np.int8))
-    if len(everything) == 0:
-        u, lam, its = u0, 1e-6, 0
-    else:
-        m, u, lam, its = em_train(
-            everything,
-            m,
-            u0,
-            fix_m=True,
-            u_prior=u0,
-            u_prior_weight=U_PRIOR_SHARE * len(everything),
-        )
+    empty = np.empty((0, n_fields), dtype=np.int8)
+    by_session = ((session, counted.get(index, empty)) for session, index in plan.sessions)
+    m, u, lam, its, session_log = estimate_parameters(
+        fields, m0, u0, by_session, counted.get(-1, empty)
+    )
     tf, chance = _term_frequencies(blocks, plan, n)
     return LinkageModel(
         fields=tuple(fields),
