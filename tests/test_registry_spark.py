@@ -174,3 +174,19 @@ def test_core_package_does_not_need_spark() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert "pip install 'takamul[spark]'" in done.stdout
+
+
+def test_the_link_command_runs_on_spark(
+    spark: SparkSession, population: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from takamul.cli import app
+
+    out = tmp_path / "links.csv"
+    args = ["mpi", "link", str(population / "Patient.ndjson"), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--spark", "local[2]"])
+    assert result.exit_code == 0, result.output
+    scores = compare_files(out, population / "truth" / "links.csv")
+    assert scores.precision >= 0.98 and scores.f1 >= 0.95, scores
+    assert spark.sparkContext._jsc is not None  # the test's session was left running

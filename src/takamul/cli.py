@@ -208,6 +208,10 @@ def mpi_link(
         float | None, typer.Option(help="Match probability for a link (default 0.95)")
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes")] = 2,
+    spark: Annotated[
+        str | None,
+        typer.Option(help="Run on Apache Spark at this master (e.g. local[*], spark://host:7077)"),
+    ] = None,
 ) -> None:
     """Link Patient records (block, compare, train Fellegi-Sunter by EM, cluster)."""
     if (input_path is None) == (db is None):
@@ -219,9 +223,11 @@ def mpi_link(
         raise typer.Exit(
             run_link_store(Settings.from_env(database_url=db), out, console, threshold)
         )
-    from takamul.registry.cli import run_link
+    from takamul.registry.cli import run_link, run_link_spark
 
     assert input_path is not None
+    if spark is not None:
+        raise typer.Exit(run_link_spark(input_path, out, console, spark, threshold))
     raise typer.Exit(run_link(input_path, out, console, model_out, threshold, workers))
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from takamul.registry.evaluate import EvaluationError, compare_files
 from takamul.registry.linking import link_records, read_records, write_links
 
-__all__ = ["run_evaluate", "run_link"]
+__all__ = ["run_evaluate", "run_link", "run_link_spark"]
 
 
 def run_link(
@@ -104,5 +104,46 @@ def run_evaluate(links: Path, truth: Path, console: Console) -> int:
             if scores.missing_in_links
             else ""
         )
+    )
+    return 0
+
+
+def run_link_spark(
+    input_path: Path, out: Path, console: Console, master: str, threshold: float | None = None
+) -> int:
+    """``takamul mpi link INPUT --spark MASTER``: the same linkage on Apache Spark (national
+    scale; ``local[*]`` runs it on this machine's cores)."""
+    import os
+    import sys
+
+    if not input_path.exists():
+        console.print(f"[red]mpi link: {input_path}: no such file[/]")
+        return 2
+    try:
+        from pyspark.sql import SparkSession
+
+        from takamul.registry.spark import link_records_spark
+    except ImportError:
+        console.print("[red]mpi link --spark needs PySpark: pip install 'takamul[spark]'[/]")
+        return 2
+    # executors run this interpreter, where takamul is importable
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    started = time.perf_counter()
+    existing = SparkSession.getActiveSession()  # a caller's session is left running
+    spark = (
+        SparkSession.builder.master(master)
+        .appName("takamul-mpi-link")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    try:
+        with console.status(f"linking on Spark ({master})"):
+            result = link_records_spark(spark, input_path, threshold=threshold)
+            result.write_csv(out)
+    finally:
+        if existing is None:
+            spark.stop()
+    console.print(
+        f"Linked on Spark ({master}) in {time.perf_counter() - started:.1f} s; wrote {out}"
     )
     return 0
