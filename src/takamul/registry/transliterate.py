@@ -73,7 +73,7 @@ def is_particle(token: str) -> bool:
 
 
 def _ascii_letters(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.lower())
+    decomposed = unicodedata.normalize("NFKD", text).lower()  # NFKD first: 𝗔 is A only after it
     # any whitespace (tab, line break) separates words as a space does, as fold_arabic has it
     return "".join(
         " " if ch.isspace() else ch
