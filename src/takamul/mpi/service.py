@@ -652,15 +652,9 @@ class ClientRegistry:
             keep, gone = self.member_of[a], self.member_of[b]
             moves = []
             for pid in sorted(self.persons.get(gone, set()) if gone != keep else {a, b}):
-                moves.append(
-                    {"patient": pid, "from": gone, "to": keep, "manual_before": pid in self.manual}
-                )
-                self._move(session, pid, gone, keep, 1.0, True, undo)
+                moves.append(self._reviewer_move(session, pid, gone, keep, undo))
             if a not in [m["patient"] for m in moves]:
-                moves.append(
-                    {"patient": a, "from": keep, "to": keep, "manual_before": a in self.manual}
-                )
-                self._move(session, a, keep, keep, 1.0, True, undo)
+                moves.append(self._reviewer_move(session, a, keep, keep, undo))
             self._write_persons(session, {keep, gone})
             return self._event(
                 session,
@@ -671,6 +665,15 @@ class ClientRegistry:
             )
 
         return self.store.write(work)
+
+    def _reviewer_move(
+        self, session: Session, pid: str, src: str, dst: str, undo: list[Callable[[], None]]
+    ) -> dict[str, Any]:
+        """Move a record where a reviewer put it (manual from now on); returns the event's
+        record of the move, with what ``revert`` needs to restore it."""
+        move = {"patient": pid, "from": src, "to": dst, "manual_before": pid in self.manual}
+        self._move(session, pid, src, dst, 1.0, True, undo)
+        return move
 
     def not_duplicate(self, a: str, b: str, reviewer: str, reason: str | None = None) -> int:
         """A reviewer says a and b are two people: if they share a person, b leaves it."""
@@ -685,10 +688,7 @@ class ClientRegistry:
             person = self.member_of[b]
             if self.member_of[a] == person:
                 new = str(uuid.uuid4())
-                moves.append(
-                    {"patient": b, "from": person, "to": new, "manual_before": b in self.manual}
-                )
-                self._move(session, b, person, new, 1.0, True, undo)
+                moves.append(self._reviewer_move(session, b, person, new, undo))
                 self._write_persons(session, {person, new})
             return self._event(
                 session,
@@ -720,10 +720,7 @@ class ClientRegistry:
                 added += a
                 retired += r
             new = str(uuid.uuid4())
-            moves = [
-                {"patient": pid, "from": person, "to": new, "manual_before": pid in self.manual}
-            ]
-            self._move(session, pid, person, new, 1.0, True, undo)
+            moves = [self._reviewer_move(session, pid, person, new, undo)]
             self._write_persons(session, {person, new})
             return self._event(
                 session,

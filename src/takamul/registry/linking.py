@@ -60,6 +60,7 @@ __all__ = [
     "ComparisonField",
     "LinkResult",
     "LinkageModel",
+    "StepClock",
     "cluster_pairs",
     "comparison_vectors",
     "em_train",
@@ -1136,6 +1137,23 @@ class LinkResult:
         return [f"person-{label:07d}" for label in self.labels.tolist()]
 
 
+class StepClock:
+    """Seconds per named step of a pipeline, each reported to ``on_step`` as it ends (the
+    local and the Spark linkers time their steps alike)."""
+
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = {}
+        self._on_step = on_step
+        self._last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+        if self._on_step is not None:
+            self._on_step(name)
+
+
 def link_records(
     records: Sequence[RegistryRecord],
     model: LinkageModel | None = None,
@@ -1146,17 +1164,8 @@ def link_records(
     on_step: Callable[[str], None] | None = None,
 ) -> LinkResult:
     """Block, compare, train (unless a trained ``model`` is given), score and cluster."""
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        seconds[name] = now - t
-        t = now
-        if on_step is not None:
-            on_step(name)
-
+    step = StepClock(on_step)
+    seconds = step.seconds
     if model is not None:
         rules, fields = model.blocking, model.fields
     with gc_paused(), _Comparer(records, fields, workers) as compare:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,6 +56,7 @@ from takamul.registry.linking import (
     N_LEVELS,
     ComparisonField,
     LinkageModel,
+    StepClock,
     cluster_pairs,
     comparison_vectors,
     estimate_parameters,
@@ -800,17 +800,8 @@ def link_records_spark(
     ``threshold`` overrides the model's (the given model is not modified). Each step is
     materialised before the next, so ``seconds`` tells what it cost.
     """
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def step(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        seconds[name] = now - t
-        t = now
-        if on_step is not None:
-            on_step(name)
-
+    step = StepClock(on_step)
+    seconds = step.seconds
     if model is not None:
         rules, fields = model.blocking, model.fields
     records = read_records_spark(spark, patients)

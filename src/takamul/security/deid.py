@@ -38,6 +38,7 @@ import orjson
 import typer
 from rich.console import Console
 
+from takamul.views.cli import InputsOption, SourceDbOption
 from takamul.views.evaluate import CompiledView, Row, compile_view
 from takamul.views.output import OutputFormat, write_rows
 from takamul.views.source import SourceError, iter_database, iter_ndjson
@@ -1059,23 +1060,8 @@ def run_command(
         typer.Option("--policy", "-p", help="De-identification policy (JSON or TOML)"),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file", show_default=False)],
-    inputs: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--input",
-            "-i",
-            help="NDJSON file, or folder of *.ndjson files; repeat for several",
-            show_default=False,
-        ),
-    ] = None,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            help="Read the shared record (sqlite:///... or postgresql://...) instead of files",
-            show_default=False,
-        ),
-    ] = None,
+    inputs: InputsOption = None,
+    db: SourceDbOption = None,
     k: Annotated[
         int | None,
         typer.Option("--k", help="Smallest class size allowed (default: the policy's, else 5)"),

@@ -51,27 +51,32 @@ def _views() -> None:
     # A callback keeps ``run`` a sub-command even while it is the only one.
 
 
+# The data a view reads, as every command over views takes it (views run, deid run).
+InputsOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--input",
+        "-i",
+        help="NDJSON file, or folder of *.ndjson files; repeat for several",
+        show_default=False,
+    ),
+]
+SourceDbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Read the current resources from the shared record (sqlite:///... or "
+        "postgresql://...) instead of files",
+        show_default=False,
+    ),
+]
+
+
 @views_app.command("run")
 def run_command(
     view: Annotated[Path, typer.Argument(help="ViewDefinition JSON file", show_default=False)],
-    inputs: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--input",
-            "-i",
-            help="NDJSON file, or folder of *.ndjson files; repeat for several",
-            show_default=False,
-        ),
-    ] = None,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            help="Read the current resources from the shared record (sqlite:///... or "
-            "postgresql://...) instead of files",
-            show_default=False,
-        ),
-    ] = None,
+    inputs: InputsOption = None,
+    db: SourceDbOption = None,
     fmt: Annotated[
         OutputFormat | None,
         typer.Option(
