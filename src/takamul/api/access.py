@@ -71,6 +71,10 @@ def check_route(access: AccessContext, method: str, path: str) -> None:
             )
         if not access.has("audit-review"):
             raise forbidden("Reading the audit log needs the audit-review capability")
+    segments = path.split("/")
+    if len(segments) > 4 and segments[4] == "AuditEvent" and not access.has("audit-review"):
+        # a compartment search of AuditEvent (Patient/p1/AuditEvent) reads audit data too
+        raise forbidden("Reading audit events needs the audit-review capability")
 
 
 def _audit_routes(app: FastAPI, audit: AuditLog, settings: Settings) -> None:
@@ -136,6 +140,9 @@ def interaction_of(method: str, path: str) -> tuple[str, str | None, str | None]
             (rtype),
             rid,
         )
+    if len(parts) >= 3 and parts[2][:1].isupper():
+        # compartment search: Patient/p1/Observation, or .../Observation/_search
+        return "search", parts[2], None
     if parts[-1] == "_search" or (rid is None and method == "GET"):
         return "search", rtype, None
     verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -144,6 +151,9 @@ def interaction_of(method: str, path: str) -> tuple[str, str | None, str | None]
 
 def _patients(request: Request, rtype: str | None, rid: str | None) -> tuple[str, ...]:
     found = [rid] if rtype == "Patient" and rid else []
+    parts = [p for p in request.url.path.split("/") if p]
+    if len(parts) >= 4 and parts[:2] == ["fhir", "Patient"] and parts[3][:1].isupper():
+        found.append(parts[2])  # a search in the patient's compartment
     for key in ("patient", "subject"):
         value = request.query_params.get(key)
         if value and "/" not in value.removeprefix("Patient/"):

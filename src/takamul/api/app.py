@@ -10,12 +10,16 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from takamul.api.access import add_access_control
@@ -26,7 +30,7 @@ from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
 from takamul.mpi.service import ClientRegistry
-from takamul.rest import bundles
+from takamul.rest import bundles, compartments
 from takamul.rest import interactions as ix
 from takamul.rest.capability import capability_statement
 from takamul.rest.interactions import RequestContext, Result
@@ -54,6 +58,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @app.exception_handler(FhirError)
     async def _fhir_error(_: Request, err: FhirError) -> Response:
         return _json(err.status, err.outcome())
+
+    @app.exception_handler(HTTPException)
+    async def _framework_error(request: Request, err: HTTPException) -> Response:
+        # the router's own answers (no such route, method not allowed) speak FHIR too
+        headers = dict(err.headers or {})
+        if err.status_code == 405:
+            # every method the path takes, not only those of the first route that matched it
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _json(err.status_code, _framework_outcome(err, headers), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, err: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors()
+        )
+        return _json(400, FhirError(400, f"The request is not valid: {problems}").outcome())
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> Response:
@@ -187,10 +207,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.post("/fhir/{rtype}/_search")
     async def search_post(rtype: str, request: Request) -> Response:
-        # application/x-www-form-urlencoded, parsed here rather than pulling in a multipart
-        # parser that search never needs.
-        raw = (await request.body()).decode("utf-8", errors="strict")
-        params = _query(request) + parse_qsl(raw, keep_blank_values=True)
+        params = _query(request) + await _form_params(request)
         c = ctx(request)
 
         def run() -> Result:
@@ -281,6 +298,38 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         with store.reading() as s:
             return _result(ix.everything(s, rid, _query(request), ctx(request), count))
 
+    @app.post("/fhir/Patient/{rid}/$everything")
+    async def everything_post(rid: str, request: Request) -> Response:
+        # R4 operations.html: every operation may be invoked with POST, its parameters in a
+        # Parameters body (or a form); fhir-kit-client and others POST by default
+        params = _query(request) + await _operation_params(request)
+        c = ctx(request)
+
+        def run() -> Result:
+            with store.reading() as s:
+                return ix.everything(s, rid, params, c, count)
+
+        return _result(await _thread(run))
+
+    # Compartment search, after every fixed /{type}/{id}/... route so that those match first.
+    @app.get("/fhir/{ctype}/{cid}/{rtype}")
+    def compartment_search(ctype: str, cid: str, rtype: str, request: Request) -> Response:
+        with store.reading() as s:
+            return _result(compartments.search(s, ctype, cid, rtype, _query(request), ctx(request)))
+
+    @app.post("/fhir/{ctype}/{cid}/{rtype}/_search")
+    async def compartment_search_post(
+        ctype: str, cid: str, rtype: str, request: Request
+    ) -> Response:
+        params = _query(request) + await _form_params(request)
+        c = ctx(request)
+
+        def run() -> Result:
+            with store.reading() as s:
+                return compartments.search(s, ctype, cid, rtype, params, c)
+
+        return _result(await _thread(run))
+
 
 async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
@@ -320,6 +369,36 @@ def _export_request(request: Request, kind: str, group_id: str | None) -> Export
     return ExportRequest(kind, str(request.url), types, since, group_id)
 
 
+async def _form_params(request: Request) -> list[tuple[str, str]]:
+    """The parameters of an application/x-www-form-urlencoded body, parsed here rather than
+    pulling in a multipart parser that search never needs."""
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        raise FhirError(400, "The form body is not UTF-8; percent-encode the parameters") from err
+    return parse_qsl(text, keep_blank_values=True)
+
+
+async def _operation_params(request: Request) -> list[tuple[str, str]]:
+    """The parameters of an operation invoked with POST: a Parameters resource (JSON), a form,
+    or nothing; anything else is a 400 that says what to send."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        return await _form_params(request)
+    raw = await request.body()
+    if not raw.strip():
+        return []
+    if kind and "json" not in kind:
+        raise FhirError(
+            415,
+            f"Content-Type '{kind}' is not supported; send a Parameters resource as "
+            "application/fhir+json",
+            "not-supported",
+        )
+    return ix.operation_parameters(ix.parse_json(raw))
+
+
 async def _json_body(request: Request) -> Any:
     """The JSON body of a write; XML and other formats are refused with 415."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -348,6 +427,29 @@ def _prefer(request: Request) -> dict[str, str]:
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type=FHIR_JSON)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
+
+
+def _framework_outcome(err: HTTPException, headers: dict[str, str]) -> dict[str, Any]:
+    """The OperationOutcome of an answer the web framework gives itself."""
+    code = {404: "not-found", 405: "not-supported"}.get(err.status_code, "processing")
+    text = str(err.detail)
+    if err.status_code == 404 and text == HTTPStatus.NOT_FOUND.phrase:
+        text = "No such endpoint; see /fhir/metadata for what this server supports"
+    elif err.status_code == 405 and text == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
+        allowed = headers.get("Allow") or "none"
+        text = f"This endpoint does not take that method; it takes {allowed}"
+    severity = "error" if err.status_code < 500 else "fatal"
+    return operation_outcome([OutcomeIssue(severity, code, text)])
 
 
 def _result(result: Result) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 
 from takamul import __version__
 from takamul.fhir.definitions import FHIR_VERSION, definitions
+from takamul.rest.compartments import compartment_canonicals
 from takamul.store.query import SUPPORTED_MODIFIERS
 
 TYPE_INTERACTIONS = [
@@ -21,7 +22,6 @@ TYPE_INTERACTIONS = [
     "search-type",
 ]
 SEARCHABLE_TYPES = frozenset(SUPPORTED_MODIFIERS)
-BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 PATIENT_EXPORT = f"{BULK}/patient-export"
 GROUP_EXPORT = f"{BULK}/group-export"
@@ -108,7 +108,9 @@ def _statement(base: str, now: str, resources: list[dict[str, Any]]) -> dict[str
                     "eq ne gt lt ge le sa eb ap on date, number and quantity. "
                     "Composite and special "
                     "parameters are not supported. _has one level; _include/_revinclude one "
-                    "level, :iterate one further level."
+                    "level, :iterate one further level. Compartment search "
+                    "([type]/[id]/[type], GET or POST _search) for every compartment listed. "
+                    "Operations take GET or POST (a Parameters resource or a form)."
                 ),
                 "resource": resources,
                 "interaction": [
@@ -117,6 +119,7 @@ def _statement(base: str, now: str, resources: list[dict[str, Any]]) -> dict[str
                     {"code": "history-system"},
                 ],
                 "operation": [{"name": "export", "definition": f"{BULK}/export"}],
+                "compartment": compartment_canonicals(),
             }
         ],
     }

@@ -200,6 +200,10 @@ def history(
     return Result(200, bundle)
 
 
+# Patient-everything's parameters that are implemented (start and end are not).
+EVERYTHING_PARAMS = frozenset({"_since", "_type", "_count", "_offset", "_format", "_pretty"})
+
+
 def everything(
     session: Session,
     patient_id: str,
@@ -208,8 +212,17 @@ def everything(
     default_count: int,
 ) -> Result:
     args = dict(params)
+    unknown = set(args) - EVERYTHING_PARAMS
+    if unknown and not ctx.lenient:
+        raise FhirError(
+            400,
+            f"Patient/$everything does not support {', '.join(sorted(unknown))}; it takes "
+            f"{', '.join(sorted(EVERYTHING_PARAMS - {'_format', '_pretty'}))}",
+            "not-supported",
+        )
     since = _instant_param("_since", args["_since"]) if "_since" in args else None
-    types = [t for t in args.get("_type", "").split(",") if t] or None
+    # _type may repeat (a Parameters body carries one type per parameter) or list types
+    types = [t for k, v in params if k == "_type" for t in v.split(",") if t] or None
     for t in types or []:
         if not session.defs.is_resource_type(t):
             raise FhirError(400, f"Unknown resource type '{t}' in _type")
@@ -239,6 +252,56 @@ def everything(
 
 
 # -- parsing helpers -----------------------------------------------------------------
+
+
+# The value[x] types a Parameters body of an operation may carry, as query-string text.
+PARAMETER_VALUES = (
+    "valueString",
+    "valueCode",
+    "valueUri",
+    "valueInstant",
+    "valueDateTime",
+    "valueDate",
+    "valueInteger",
+    "valuePositiveInt",
+    "valueUnsignedInt",
+    "valueId",
+)
+
+
+def operation_parameters(body: Any) -> list[tuple[str, str]]:
+    """(name, value) pairs of a Parameters resource with primitive values, as in a query."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise FhirError(
+            400,
+            "The body of an operation must be a Parameters resource "
+            '({"resourceType": "Parameters", "parameter": [...]})',
+        )
+    entries = body.get("parameter", [])
+    if not isinstance(entries, list):
+        raise FhirError(400, "Parameters.parameter must be an array", "structure")
+    out = []
+    for n, entry in enumerate(entries):
+        where = f"Parameters.parameter[{n}]"
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise FhirError(
+                400, OutcomeIssue("error", "required", "Each parameter needs a name", where)
+            )
+        values = [entry[k] for k in PARAMETER_VALUES if k in entry]
+        if len(values) != 1 or isinstance(values[0], (dict, list, bool)) or values[0] is None:
+            raise FhirError(
+                400,
+                OutcomeIssue(
+                    "error",
+                    "invalid",
+                    f"Parameter '{name}' needs exactly one primitive value "
+                    f"({', '.join(PARAMETER_VALUES)})",
+                    where,
+                ),
+            )
+        out.append((name, str(values[0])))
+    return out
 
 
 def check_type(body: Any, rtype: str) -> None:
