@@ -27,7 +27,7 @@ def wait_for_manifest(http: httpx.Client, location: str) -> dict[str, Any]:
 
 
 def download(http: httpx.Client, manifest: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for item in manifest["output"]:
         if item["type"] == rtype:
             r = http.get(item["url"])
@@ -77,6 +77,8 @@ def test_system_export(http: httpx.Client, family: dict[str, str]) -> None:
     r = http.get("/$export", params={"_type": "Patient,Organization"}, headers=ASYNC)
     assert r.status_code == 202, r.text
     manifest = wait_for_manifest(http, r.headers["Content-Location"])
+    # an open server (no access control) has no token to require; with access control on the
+    # files need the requester's token (tests/test_export_binding.py)
     assert manifest["requiresAccessToken"] is False
     assert manifest["transactionTime"]
     assert "_type=Patient" in manifest["request"]

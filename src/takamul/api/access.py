@@ -2,8 +2,9 @@
 access token or login session), its access context becomes the store guard of the request
 (so every read, search, include, history, compartment and write answers to the scopes,
 patient context and facility), and rules that are not about one resource type are checked here:
-registry review needs its capability, bulk export is for unscoped system clients, the audit log
-is append-only.
+registry review needs its capability, bulk export is for clients not bound to a facility (and a
+job, its status and its files are for its requester alone, see ``export_requester``), the audit
+log is append-only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from takamul.bulk.export import ExportRequester
 from takamul.fhir.outcome import FhirError, operation_outcome
 from takamul.security.audit import (
     AuditLog,
@@ -32,7 +34,7 @@ from takamul.settings import Settings
 from takamul.store.guard import guarded
 from takamul.store.repository import Store
 
-__all__ = ["PUBLIC_PATHS", "add_access_control"]
+__all__ = ["PUBLIC_PATHS", "add_access_control", "export_requester"]
 
 log = logging.getLogger("takamul.api")
 
@@ -75,6 +77,17 @@ def check_route(access: AccessContext, method: str, path: str) -> None:
     if len(segments) > 4 and segments[4] == "AuditEvent" and not access.has("audit-review"):
         # a compartment search of AuditEvent (Patient/p1/AuditEvent) reads audit data too
         raise forbidden("Reading audit events needs the audit-review capability")
+
+
+def export_requester(request: Request) -> ExportRequester | None:
+    """Who asks for, or about, an export job, with the grant it holds; None when access control
+    is off (there is no one to tell apart)."""
+    access: AccessContext | None = getattr(request.state, "access", None)
+    if access is None:
+        return None
+    return ExportRequester(
+        access.who, " ".join(sorted(str(access.scopes).split())), access.patient, access.facility
+    )
 
 
 def _audit_routes(app: FastAPI, audit: AuditLog, settings: Settings) -> None:

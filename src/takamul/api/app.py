@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from takamul.api.access import add_access_control
+from takamul.api.access import add_access_control, export_requester
 from takamul.api.equity import add_equity_routes
 from takamul.api.mpi import add_registry_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
@@ -145,7 +145,11 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
     app.state.exporter = exporter
 
     def kickoff(request: Request, kind: str, group_id: str | None = None) -> Response:
-        export = replace(_export_request(request, kind, group_id), guard=current_guard.get())
+        export = replace(
+            _export_request(request, kind, group_id),
+            guard=current_guard.get(),
+            requester=export_requester(request),
+        )
         job_id = exporter.start(export)
         location = f"{ctx(request).base}/$export-poll-status/{job_id}"
         return Response(None, 202, {"Content-Location": location})
@@ -164,7 +168,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.get("/fhir/$export-poll-status/{job_id}")
     def export_status(job_id: str, request: Request) -> Response:
-        status = exporter.status(job_id)
+        status = exporter.status(job_id, export_requester(request))
         if status.status == "failed":
             raise FhirError(500, f"The export failed: {status.error}", "exception")
         if status.status != "completed" or status.manifest is None:
@@ -179,13 +183,15 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         return Response(orjson.dumps(manifest), 200, media_type="application/json")
 
     @app.delete("/fhir/$export-poll-status/{job_id}")
-    def export_cancel(job_id: str) -> Response:
-        exporter.cancel(job_id)
+    def export_cancel(job_id: str, request: Request) -> Response:
+        exporter.cancel(job_id, export_requester(request))
         return Response(None, 202)
 
     @app.get("/fhir/$export-file/{job_id}/{name}")
-    def export_file(job_id: str, name: str) -> Response:
-        path = exporter.file_path(job_id, name)
+    def export_file(job_id: str, name: str, request: Request) -> Response:
+        # the files of a job are its requester's, like the job (with access control on, the
+        # request carries the token: the middleware refuses it without one)
+        path = exporter.file_path(job_id, name, export_requester(request))
         return FileResponse(path, media_type="application/fhir+ndjson")
 
     @app.get("/fhir/_history")

@@ -3,6 +3,10 @@
 A job streams the stored JSON of each resource straight into one NDJSON file per type, so an
 export costs little more than reading the rows. Job state lives in the store (``export_job``)
 so that any API worker can answer a poll, and cancelling deletes the files.
+
+A job is bound to who asked for it (``export_requester``): its files hold what that requester's
+grant let it read, so only the same requester with the same grant may poll, cancel or download
+it; anyone else is told the job does not exist.
 """
 
 from __future__ import annotations
@@ -17,7 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, false, or_, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    false,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
@@ -28,6 +45,35 @@ from takamul.store.schema import export_job, resource, sp_reference
 
 NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
 FLUSH_EVERY = 2000
+
+# Who asked for each job, in a table of its own rather than new columns of ``export_job``: the
+# schema is created with ``create_all``, which adds missing tables to an existing database (SQLite
+# or PostgreSQL) but never columns to an existing table.
+export_metadata = MetaData()
+export_requester = Table(
+    "export_requester",
+    export_metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("requester", Text, nullable=False),  # client:<id> or user:<login>
+    Column("scopes", Text, nullable=False),  # the granted scopes, sorted
+    Column("patient", String(64), nullable=True),  # the launch patient of patient/ scopes
+    Column("facility", String(64), nullable=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequester:
+    """Who asked for an export, with the grant its files were made under."""
+
+    requester: str
+    scopes: str
+    patient: str | None = None
+    facility: str | None = None
+
+
+def _not_found(job_id: str) -> FhirError:
+    # the same answer whether the job does not exist or is someone else's: it reveals nothing
+    return FhirError(404, f"No export job {job_id}; it may have been cancelled", "not-found")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +86,8 @@ class ExportRequest:
     # the requester's store guard: the job runs later, in its own thread, and must export
     # only what the requester may read (consent restrictions included)
     guard: Guard | None = None
+    # who asked (None on a server without access control): only they may see the job
+    requester: ExportRequester | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +107,7 @@ class Exporter:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="takamul-export")
         self.cancelled: set[str] = set()
         self.lock = threading.Lock()
+        export_metadata.create_all(store.writer)
         self._fail_interrupted()
 
     def _fail_interrupted(self) -> None:
@@ -76,46 +125,68 @@ class Exporter:
         now = round(time.time(), 6)
         if request.kind == "group":
             self._check_group(str(request.group_id))
-        self.store.write(
-            lambda s: s.conn.execute(
-                export_job.insert().values(
-                    job_id=job_id,
-                    status="accepted",
-                    request=request.request_url,
-                    kind=request.kind,
-                    group_id=request.group_id,
-                    types=",".join(request.types) if request.types else None,
-                    since=request.since,
-                    transaction_time=now,
-                )
-            )
+        job = export_job.insert().values(
+            job_id=job_id,
+            status="accepted",
+            request=request.request_url,
+            kind=request.kind,
+            group_id=request.group_id,
+            types=",".join(request.types) if request.types else None,
+            since=request.since,
+            transaction_time=now,
         )
+        owner = request.requester
+        self.store.write(lambda s: self._insert_job(s.conn, job, job_id, owner))
         self.pool.submit(self._run, job_id, request, now)
         return job_id
+
+    @staticmethod
+    def _insert_job(conn: Any, job: Any, job_id: str, owner: ExportRequester | None) -> None:
+        # the job and its requester in one transaction: never a job without its owner
+        conn.execute(job)
+        if owner is not None:
+            conn.execute(
+                insert(export_requester).values(
+                    job_id=job_id,
+                    requester=owner.requester,
+                    scopes=owner.scopes,
+                    patient=owner.patient,
+                    facility=owner.facility,
+                )
+            )
 
     def _check_group(self, group_id: str) -> None:
         with self.store.reading() as s:
             s.read("Group", group_id)
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, requester: ExportRequester | None = None) -> JobStatus:
+        """The job's state, for its requester; with access control off (``requester`` None)
+        for anyone."""
         with self.store.reading() as s:
             row = s.conn.execute(select(export_job).where(export_job.c.job_id == job_id)).first()
+            owner = s.conn.execute(
+                select(export_requester).where(export_requester.c.job_id == job_id)
+            ).first()
         if row is None or row.status == "cancelled":
-            raise FhirError(404, f"No export job {job_id}; it may have been cancelled", "not-found")
+            raise _not_found(job_id)
+        # a job with no recorded requester (made by an open server, or before jobs were bound)
+        # belongs to no one once access control is on
+        if requester is not None and (owner is None or _requester_of(owner) != requester):
+            raise _not_found(job_id)
         manifest = orjson.loads(row.manifest) if row.manifest else None
         return JobStatus(row.status, row.progress, manifest, row.error)
 
-    def cancel(self, job_id: str) -> None:
-        self.status(job_id)
+    def cancel(self, job_id: str, requester: ExportRequester | None = None) -> None:
+        self.status(job_id, requester)
         with self.lock:
             self.cancelled.add(job_id)
         self._set(job_id, status="cancelled")
         shutil.rmtree(self.export_dir / job_id, ignore_errors=True)
 
-    def file_path(self, job_id: str, name: str) -> Path:
+    def file_path(self, job_id: str, name: str, requester: ExportRequester | None = None) -> Path:
         if "/" in name or name.startswith(".") or not name.endswith(".ndjson"):
             raise FhirError(404, f"No export file {name}", "not-found")
-        if self.status(job_id).status != "completed":
+        if self.status(job_id, requester).status != "completed":
             raise FhirError(404, f"Export {job_id} has not completed", "not-found")
         path = self.export_dir / job_id / name
         if not path.exists():
@@ -152,7 +223,8 @@ class Exporter:
             manifest = {
                 "transactionTime": instant(transaction_time),
                 "request": request.request_url,
-                "requiresAccessToken": False,
+                # a job bound to its requester serves its files only with the token
+                "requiresAccessToken": request.requester is not None,
                 "output": outputs,
                 "error": [],
             }
@@ -232,6 +304,10 @@ class Exporter:
         if count == 0:
             path.unlink()
         return count
+
+
+def _requester_of(row: Any) -> ExportRequester:
+    return ExportRequester(row.requester, row.scopes, row.patient, row.facility)
 
 
 def _in_patient_compartment(rtype: str, patients: list[str] | None) -> ColumnElement[bool]:
