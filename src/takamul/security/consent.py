@@ -2,8 +2,10 @@
 
 Sensitive data is recognised by its security label (``meta.security``, v3
 ActInformationSensitivityPolicy: ``PSY`` mental health, ``HIV``, ``SEX`` sexual and
-reproductive health) or by its codes (ICD-10 chapters, SNOMED CT and LOINC codes in
-``SENSITIVE_CODES``), so data that arrives unlabelled is still protected.
+reproductive health), which the store adds on write from the cited value sets of
+``takamul.fhir.sensitivity`` (ICD-10 and ATC hierarchies, LOINC instruments and tests, SNOMED CT
+concepts); the codes are also read at check time, so data stored before a value set grew is
+still protected.
 
 A restriction is a FHIR ``Consent`` of the patient, ``status`` active, whose ``provision`` is a
 ``deny`` listing the categories as ``securityLabel`` and, nested, ``permit`` provisions whose
@@ -31,49 +33,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from takamul.fhir.sensitivity import ACT_CODE, LABELS, code_label, sensitivity
+
 __all__ = [
     "ACT_CODE",
     "LOGIN_SYSTEM",
-    "SENSITIVE_CODES",
     "Restriction",
     "authorises_caregiver",
     "restrictions_of",
     "sensitivity",
 ]
-
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-LABELS = ("PSY", "HIV", "SEX")
-
-# Codes that make a resource sensitive whatever its labels. ICD-10 by chapter prefix; SNOMED CT
-# and LOINC codes of what the record holds for these categories (the synthetic population's
-# depression, anxiety, PHQ-9, GAD-7, their medicines' ATC group).
-ICD10_PREFIXES: dict[str, tuple[str, ...]] = {
-    "PSY": ("F",),
-    "HIV": ("B20", "B21", "B22", "B23", "B24", "Z21"),
-    "SEX": ("O", "Z30", "Z31", "Z32", "Z33", "Z34", "Z35", "Z36", "Z37", "Z39", "N96", "N97"),
-}
-SENSITIVE_CODES: dict[tuple[str, str], str] = {
-    ("http://snomed.info/sct", "35489007"): "PSY",  # depressive disorder
-    ("http://snomed.info/sct", "197480006"): "PSY",  # anxiety disorder
-    ("http://snomed.info/sct", "74732009"): "PSY",  # mental disorder
-    ("http://snomed.info/sct", "86406008"): "HIV",  # HIV infection
-    ("http://snomed.info/sct", "77386006"): "SEX",  # pregnancy
-    ("http://loinc.org", "44261-6"): "PSY",  # PHQ-9 total
-    ("http://loinc.org", "70274-6"): "PSY",  # GAD-7 total
-    ("http://loinc.org", "75622-1"): "HIV",  # HIV 1 and 2 tests
-}
-ICD10_SYSTEMS = ("http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm")
-ATC = "http://www.whocc.no/atc"
-ATC_PREFIXES = {"PSY": ("N05", "N06"), "HIV": ("J05AR", "J05AF", "J05AG")}
-# where a resource says what it is about
-CODE_ELEMENTS = (
-    "code",
-    "category",
-    "reasonCode",
-    "type",
-    "medicationCodeableConcept",
-    "vaccineCode",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,41 +54,9 @@ class Restriction:
     permitted: frozenset[str]  # "Organization/x", "Practitioner/y", ...
 
 
-def _codings(resource: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
-    for element in CODE_ELEMENTS:
-        value = resource.get(element)
-        for concept in value if isinstance(value, list) else [value]:
-            if isinstance(concept, dict):
-                yield from (c for c in concept.get("coding") or () if isinstance(c, dict))
-
-
 def _label_of(coding: Mapping[str, Any]) -> str | None:
     system, code = coding.get("system"), coding.get("code")
-    if not isinstance(code, str):
-        return None
-    found = SENSITIVE_CODES.get((str(system), code))
-    if found:
-        return found
-    if system in ICD10_SYSTEMS:
-        for label, prefixes in ICD10_PREFIXES.items():
-            if code.upper().startswith(prefixes):
-                return label
-    if system == ATC:
-        for label, prefixes in ATC_PREFIXES.items():
-            if code.upper().startswith(prefixes):
-                return label
-    return None
-
-
-def sensitivity(resource: Mapping[str, Any]) -> frozenset[str]:
-    """The sensitive categories of a resource: its labels and what its codes say."""
-    labels = {
-        s.get("code")
-        for s in (resource.get("meta") or {}).get("security") or ()
-        if isinstance(s, dict) and s.get("code") in LABELS
-    }
-    labels.update(label for c in _codings(resource) if (label := _label_of(c)))
-    return frozenset(str(x) for x in labels)
+    return code_label(str(system), code) if isinstance(code, str) else None
 
 
 def restrictions_of(consent: Mapping[str, Any]) -> Restriction | None:

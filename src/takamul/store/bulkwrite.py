@@ -14,6 +14,7 @@ from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
+from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
 from takamul.store.indexing import VALUE_COLUMNS, index_tuples
 from takamul.store.records import instant
@@ -54,7 +55,7 @@ def prepare(
             raise FhirError(
                 400, [OutcomeIssue("error", i.code, i.diagnostics, i.expression) for i in problems]
             )
-    stamped = _stamp(body, 1, now, source)
+    stamped = _stamp(label_sensitive(body), 1, now, source)
     rows = index_tuples(indexer, str(rtype), stamped)
     return PreparedResource(str(rtype), rid, stamped, orjson.dumps(stamped), rows, now)
 

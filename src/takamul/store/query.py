@@ -58,17 +58,20 @@ class ParamFilter:
 
 @dataclass(frozen=True, slots=True)
 class ChainTarget:
-    """The inner filter of a chain, parsed once per possible target type."""
+    """The inner filters of a chain, parsed once per possible target type: the chained clause
+    first, then what the request's guard adds for that type (its resources answer to the same
+    rules as those a search returns)."""
 
-    inner: tuple[tuple[str, ParamFilter | SpecialFilter], ...]
+    inner: tuple[tuple[str, tuple[Filter, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class SpecialFilter:
-    """``_id`` and ``_lastUpdated``, answered from the resource table itself."""
+    """``_id`` and ``_lastUpdated``, answered from the resource table itself; internally also
+    ``_rid``, a set of row keys the guard checked one by one (never parsed from a request)."""
 
     resource_type: str
-    name: str  # _id | _lastUpdated
+    name: str  # _id | _lastUpdated | _rid
     modifier: str | None
     values: tuple[str, ...]
 
@@ -80,7 +83,8 @@ class HasFilter:
     target_type: str  # the type being searched, which the references must point to
     source_type: str
     reference_param: SearchParamDef
-    inner: ParamFilter | SpecialFilter
+    # the clause on the source type first, then what the request's guard adds for it
+    inner: tuple[Filter, ...]
 
 
 Filter = ParamFilter | SpecialFilter | HasFilter
@@ -340,7 +344,7 @@ class QueryParser:
                 raise _bad(
                     name, f"No target type of '{param.code}' has a search parameter '{rest}'"
                 )
-        inner = tuple((t, self._parse_filter(t, rest, value)) for t in targets)
+        inner = tuple((t, (self._parse_filter(t, rest, value),)) for t in targets)
         return ParamFilter(resource_type, param, None, (value,), ChainTarget(inner))
 
     def _parse_has(self, name: str, value: str) -> HasFilter:
@@ -356,7 +360,7 @@ class QueryParser:
         if rest.startswith("_has:"):
             raise FhirError(400, "Nested _has is not supported", "not-supported")
         inner = self._parse_filter(source, rest, value)
-        return HasFilter(self.resource_type, source, ref_param, inner)
+        return HasFilter(self.resource_type, source, ref_param, (inner,))
 
 
 def _bad(name: str, message: str) -> FhirError:

@@ -34,11 +34,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, not_found
 from takamul.fhir.search_values import SearchIndexer
+from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
 from takamul.store.engine import make_engines
 from takamul.store.guard import Guard, current_guard
 from takamul.store.indexing import index_rows
+from takamul.store.nested import guard_nested
 from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
 from takamul.store.schema import (
@@ -294,9 +296,12 @@ class Session:
         if guard is not None:
             guard.require(resource_type, "s")
             params = [*params, *guard.restrictions(self, resource_type)]
-        return QueryParser(
+        query = QueryParser(
             resource_type, lenient, settings.default_page_size, settings.max_page_size
         ).parse(params)
+        if guard is not None:
+            query.filters = guard_nested(self, guard, query.filters)
+        return query
 
     def search(self, query: SearchQuery) -> SearchPage:
         guard = current_guard.get()
@@ -744,6 +749,8 @@ class Session:
                     400,
                     [OutcomeIssue("error", i.code, i.diagnostics, i.expression) for i in problems],
                 )
+        # labelled before it is stored and indexed, so every path sees the label
+        body = label_sensitive(body)
         meta = dict(body.get("meta") or {})
         meta["versionId"] = str(version)
         meta["lastUpdated"] = instant(now)

@@ -94,7 +94,7 @@ def _driver(filters: list[Filter]) -> int | None:
 
 def _rank(f: Filter) -> int:
     if isinstance(f, SpecialFilter):
-        return 0 if f.name == "_id" and f.modifier is None else 99
+        return 0 if f.name in ("_id", "_rid") and f.modifier is None else 99
     if isinstance(f, HasFilter) or f.modifier in ("not", "missing"):
         return 99
     if f.chain is not None:
@@ -118,6 +118,8 @@ def _membership(
 
 
 def _special(f: SpecialFilter, res: Any) -> ColumnElement[bool]:
+    if f.name == "_rid":
+        return res.c.rid.in_([int(v) for v in f.values])
     if f.name == "_id":
         if f.modifier == "missing":
             return false() if f.values[0] == "true" else true()
@@ -300,7 +302,7 @@ def _chain(f: ParamFilter, res: Any, drive: bool) -> ColumnElement[bool]:
             and_(
                 target.c.res_type == target_type,
                 target.c.deleted == false(),
-                filter_condition(inner, target),
+                *(filter_condition(clause, target) for clause in inner),
             )
         )
         branches.append(and_(ref.c.target_type == target_type, ref.c.target_id.in_(targets)))
@@ -310,7 +312,7 @@ def _chain(f: ParamFilter, res: Any, drive: bool) -> ColumnElement[bool]:
 
 def _has(f: HasFilter, res: Any) -> ColumnElement[bool]:
     ref = sp_reference.alias()
-    inner_rids = matching_rids(f.source_type, [f.inner], resource.alias())
+    inner_rids = matching_rids(f.source_type, list(f.inner), resource.alias())
     refs = select(ref.c.target_id).where(
         and_(
             ref.c.res_type == f.source_type,
