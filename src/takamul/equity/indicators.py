@@ -30,9 +30,12 @@ Confidence intervals:
 
 Small cells: a cell whose denominator is below ``min_cell`` (10 by default) is suppressed: no
 population, numerator, estimate or interval is published. So that a suppressed cell cannot be
-recovered by subtracting its published siblings from their published total, each set of cells
-that adds up to a published total (the subgroups of one dimension; the row or column of a pair)
-with exactly one suppressed cell also loses its smallest other cell (secondary suppression).
+recovered by subtracting its published siblings from their published total (nor a suppressed
+total by adding up its published parts), each total together with the cells that add up to it
+(the subgroups of one dimension, all cells of a pair, the row or column of a pair) that has
+exactly one suppressed member also loses its smallest published part (secondary suppression).
+Suppression is deterministic: it depends on the cells' keys and denominators only, never on the
+order the engine returns them in (see :func:`suppress`).
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from takamul.registry.dates import HIJRI_YEARS, JALALI_YEARS, native_calendar_date
 from takamul.views.evaluate import CompiledView, compile_view
 from takamul.views.viewdef import ViewError
 
 __all__ = [
     "DATA_DIR",
     "DEFAULT_MIN_CELL",
+    "NATIVE_CALENDARS",
     "AgeGroup",
     "DefinitionError",
     "Definitions",
@@ -78,10 +83,12 @@ __all__ = [
     "insert_links",
     "load_definitions",
     "load_links",
+    "margins",
     "materialize_views",
     "mean_interval",
     "prepare",
     "prepare_spark",
+    "suppress",
     "t_quantile",
     "wilson_interval",
     "write_csv",
@@ -100,6 +107,20 @@ EARLIEST = date(1, 1, 1)
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _KINDS = ("proportion", "mean")
 FloatArray = npt.NDArray[np.float64]
+# Ages above this are keying errors (a Hijri year keyed as a Gregorian one), not ages.
+_MAX_AGE = 125
+# The calendar other than the Gregorian that a birth date may be keyed in, by the country of the
+# record's address (ISO 3166 alpha-2 or alpha-3): births in Saudi Arabia are registered in the
+# Umm al-Qura Hijri calendar, in Iran in the Solar Hijri (Jalali) one.
+NATIVE_CALENDARS: Mapping[str, str] = {
+    "SA": "hijri",
+    "SAU": "hijri",
+    "IR": "jalali",
+    "IRN": "jalali",
+}
+# A cell: (dimension, subgroup, dimension2, subgroup2); the national row is all None.
+CellKey = tuple[str | None, str | None, str | None, str | None]
+NATIONAL: CellKey = (None, None, None, None)
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -646,6 +667,10 @@ class Backend(Protocol):
 
     def nearest(self, people_sql: str, facilities_sql: str, table: str) -> None: ...
 
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """A table of text columns holding ``rows`` computed in Python."""
+        ...
+
 
 # days_between(a, b): whole days from the date of a to the date of b (FHIR date/dateTime text).
 _DUCKDB_MACROS = (
@@ -689,6 +714,15 @@ class DuckBackend:
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.con.execute(sql).fetchall()]
+
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        arrays = {c: np.array([r[i] for r in rows], dtype=object) for i, c in enumerate(columns)}
+        self.con.register("_rows_arrays", arrays)
+        try:
+            cast = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in columns)
+            self.create(name, f"SELECT {cast} FROM _rows_arrays")
+        finally:
+            self.con.unregister("_rows_arrays")
 
     def columns(self, sql: str) -> list[str]:
         return [d[0] for d in self.con.execute(f"SELECT * FROM ({sql}) q LIMIT 0").description]
@@ -758,6 +792,14 @@ class SparkBackend:
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.spark.sql(sql).collect()]
+
+    def table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        from pyspark.sql.types import StringType, StructField, StructType
+
+        schema = StructType([StructField(c, StringType()) for c in columns])
+        df = self.spark.createDataFrame([tuple(r) for r in rows], schema=schema).cache()
+        df.count()
+        df.createOrReplaceTempView(name)
 
     def columns(self, sql: str) -> list[str]:
         return list(self.spark.sql(sql).columns)  # analysed, not run
@@ -1049,6 +1091,51 @@ def _age_sql(end: date, groups: Sequence[AgeGroup]) -> tuple[str, str, str]:
     return years, months, f"CASE {cases} ELSE '{UNKNOWN}' END"
 
 
+def _native_reading(keyed: str, country: str, first: int, last: int) -> tuple[str, str] | None:
+    """(Gregorian date, calendar) of a birth date whose year is impossible as a Gregorian one
+    (between ``first`` and ``last``), read in the calendar of the record's country; for another
+    country or none, in the one calendar whose years include it (Hijri 1411-1450, Jalali
+    1300-1342; the years both calendars have stay unread)."""
+    try:
+        year = int(keyed[:4])
+    except ValueError:
+        return None
+    calendar = NATIVE_CALENDARS.get(country.strip().upper())
+    if calendar is None:
+        fits = [
+            c for c, years in (("hijri", HIJRI_YEARS), ("jalali", JALALI_YEARS)) if year in years
+        ]
+        if len(fits) != 1:
+            return None
+        calendar = fits[0]
+    reading = native_calendar_date(keyed, calendar)
+    if reading is None or not first <= int(reading[:4]) <= last:
+        return None
+    return reading, calendar
+
+
+def _birth_date_readings(b: Backend, period_end: date) -> str:
+    """The table ``birth_date_reading`` (keyed, country, gregorian, calendar): each full birth
+    date of the Patient records that is impossible as a Gregorian date, read in its native
+    calendar (a clerk keyed the Hijri date into the Gregorian field). Returns the SQL of the
+    record's country (NULL when the patient view has no ``country`` column)."""
+    p = SRC_PREFIX
+    country = "pt.country" if "country" in b.columns(f"SELECT * FROM {p}patient") else "NULL"
+    first, last = period_end.year - _MAX_AGE, period_end.year
+    keyed = b.query(
+        f"SELECT DISTINCT pt.birth_date, coalesce(CAST({country} AS STRING), '') FROM "
+        f"{p}patient pt WHERE length(pt.birth_date) >= 10 AND NOT coalesce(try_cast(substr("
+        f"pt.birth_date, 1, 4) AS INT) BETWEEN {first} AND {last}, false)"
+    )
+    rows = sorted(
+        (str(text), str(where), *reading)
+        for text, where in keyed
+        if (reading := _native_reading(str(text), str(where), first, last)) is not None
+    )
+    b.table("birth_date_reading", ("keyed", "country", "gregorian", "calendar"), rows)
+    return country
+
+
 def prepare(
     engine: Any, definitions: Definitions, period_end: date, backend: Backend | None = None
 ) -> Population:
@@ -1057,7 +1144,9 @@ def prepare(
     ``engine`` is a DuckDB connection (or pass ``backend``, e.g. a :class:`SparkBackend`).
     Persons come from golden-record ``Person`` links (and any links file); a Patient record
     without one is a person of its own. A person's attributes are those of their first record
-    (by key); persons with any record marked deceased are left out.
+    (by key), but the birth date, which is read in its calendar (:data:`NATIVE_CALENDARS`) and
+    taken from a record where it is plausible; persons with any record marked deceased are left
+    out.
     """
     b: Backend = backend or DuckBackend(engine)
     p = SRC_PREFIX
@@ -1067,26 +1156,39 @@ def prepare(
         f"FROM {p}patient pt LEFT JOIN {p}person_link l ON l.patient_key = pt.patient_key "
         f"WHERE pt.patient_key IS NOT NULL GROUP BY pt.patient_key",
     )
-    # A birth date keyed in another calendar (Hijri 1380 as if Gregorian) gives an impossible
-    # age; a person's record with a plausible birth year is preferred over their first record.
-    plausible = (
-        f"CASE WHEN try_cast(substr(pt.birth_date, 1, 4) AS INT) BETWEEN "
-        f"{period_end.year - 125} AND {period_end.year} THEN '0' ELSE '1' END || pt.patient_key"
+    country = _birth_date_readings(b, period_end)
+    # A birth date keyed in another calendar (Hijri 1390 as if Gregorian) is read in it
+    # (birth_date_reading); a person's birth date comes from a record keyed in the Gregorian
+    # calendar with a plausible year, else from one read in another calendar, else the first.
+    first, last = period_end.year - _MAX_AGE, period_end.year
+    preference = (
+        f"CASE WHEN try_cast(substr(pt.birth_date, 1, 4) AS INT) BETWEEN {first} AND {last} "
+        f"THEN '0' WHEN r.gregorian IS NOT NULL THEN '1' ELSE '2' END || pt.patient_key"
+    )
+    gregorian = "coalesce(r.gregorian, pt.birth_date)"
+    calendar = (
+        "CASE WHEN r.calendar IS NOT NULL THEN r.calendar "
+        "WHEN pt.birth_date IS NOT NULL THEN 'gregorian' END"
     )
     attrs = ", ".join(
-        f"min_by(pt.{a}, {plausible if a == 'birth_date' else 'pt.patient_key'}) AS {a}"
+        f"min_by({gregorian}, {preference}) AS {a}"
+        if a == "birth_date"
+        else f"min_by(pt.{a}, pt.patient_key) AS {a}"
         for a in _PATIENT_ATTRIBUTES
     )
     years, months, age_group = _age_sql(period_end, definitions.age_groups)
     b.create(
         "person_base",
         f"SELECT a.*, {age_group} AS age_group FROM (SELECT b.*, "
-        f"CASE WHEN ({years}) BETWEEN 0 AND 125 THEN {years} END AS age, "
-        f"CASE WHEN ({years}) BETWEEN 0 AND 125 THEN {months} END AS age_months FROM ("
+        f"CASE WHEN ({years}) BETWEEN 0 AND {_MAX_AGE} THEN {years} END AS age, "
+        f"CASE WHEN ({years}) BETWEEN 0 AND {_MAX_AGE} THEN {months} END AS age_months FROM ("
         f"SELECT m.person_key, min(pt.patient_key) AS patient_key, "
         f"min_by(pt.managing_org_key, pt.patient_key) AS home_org_key, {attrs}, "
+        f"min_by({calendar}, {preference}) AS birth_calendar, "
         f"count(*) AS records, max(CASE WHEN pt.deceased THEN 1 ELSE 0 END) AS deceased "
         f"FROM {p}patient pt JOIN patient_person m ON m.patient_key = pt.patient_key "
+        f"LEFT JOIN birth_date_reading r ON r.keyed = pt.birth_date "
+        f"AND r.country = coalesce({country}, '') "
         f"GROUP BY m.person_key) b WHERE b.deceased = 0) a",
     )
     people_sql = (
@@ -1180,7 +1282,7 @@ class Estimate:
     suppressed: str  # "" | "primary" (denominator < min_cell) | "secondary" (complementary)
 
     @property
-    def key(self) -> tuple[str | None, str | None, str | None, str | None]:
+    def key(self) -> CellKey:
         return (self.dimension, self.subgroup, self.dimension2, self.subgroup2)
 
 
@@ -1235,6 +1337,11 @@ class IndicatorResults:
         }
 
 
+# Values of a mean are summed as decimals with 9 places (exact and order-independent; values and
+# their squares up to 1e20 fit in 38 digits with room for a million terms).
+_EXACT = "DECIMAL(38, 9)"
+
+
 def _cell_sql(ind: Indicator, pop: Population, dims: Sequence[Dimension]) -> str:
     period = ind.period(pop.period_end)
     cols = ", ".join(f"p.{d.column}" for d in dims)
@@ -1245,7 +1352,8 @@ def _cell_sql(ind: Indicator, pop: Population, dims: Sequence[Dimension]) -> str
         num = ind.sql("numerator", period)
         return (
             f"SELECT {lead}, count(*) AS n, CAST(sum(CASE WHEN q.person_key IS NULL THEN 0 "
-            f"ELSE 1 END) AS BIGINT) AS x, CAST(NULL AS DOUBLE) AS s1, CAST(NULL AS DOUBLE) AS s2 "
+            f"ELSE 1 END) AS BIGINT) AS x, CAST(NULL AS {_EXACT}) AS s1, "
+            f"CAST(NULL AS {_EXACT}) AS s2 "
             f"FROM person p JOIN (SELECT DISTINCT person_key FROM ({den}) den_) d "
             f"ON d.person_key = p.person_key LEFT JOIN (SELECT DISTINCT person_key FROM ({num}) "
             f"num_) q ON q.person_key = p.person_key{group}"
@@ -1257,11 +1365,14 @@ def _cell_sql(ind: Indicator, pop: Population, dims: Sequence[Dimension]) -> str
         restrict = (
             f"JOIN (SELECT DISTINCT person_key FROM ({den}) den_) d ON d.person_key = p.person_key "
         )
+    # Sums of doubles depend on the order the engine's threads add them in (the last bits of a
+    # mean would change from run to run); fixed-point decimals add up exactly in any order.
     return (
-        f"SELECT {lead}, count(*) AS n, CAST(0 AS BIGINT) AS x, sum(v.value) AS s1, "
-        f"sum(v.value * v.value) AS s2 FROM person p {restrict}JOIN (SELECT person_key, "
-        f"avg(CAST(value AS DOUBLE)) AS value FROM ({value}) val_ WHERE value IS NOT NULL "
-        f"GROUP BY person_key) v ON v.person_key = p.person_key{group}"
+        f"SELECT {lead}, count(*) AS n, CAST(0 AS BIGINT) AS x, "
+        f"sum(CAST(v.value AS {_EXACT})) AS s1, sum(CAST(v.value * v.value AS {_EXACT})) AS s2 "
+        f"FROM person p {restrict}JOIN (SELECT person_key, "
+        f"CAST(avg(CAST(value AS {_EXACT})) AS DOUBLE) AS value FROM ({value}) val_ "
+        f"WHERE value IS NOT NULL GROUP BY person_key) v ON v.person_key = p.person_key{group}"
     )
 
 
@@ -1340,7 +1451,7 @@ def compute(
 
 @dataclass(slots=True)
 class _Cell:
-    key: tuple[str | None, str | None, str | None, str | None]
+    key: CellKey
     n: int
     x: int
     s1: float
@@ -1362,7 +1473,7 @@ def _estimates(
         present = [(d.id, v) for d, v in zip(dims, values, strict=True) if v is not None]
         if len(present) > 2:
             raise AssertionError("a grouping set has at most two dimensions")
-        key: tuple[str | None, str | None, str | None, str | None] = (None, None, None, None)
+        key: CellKey = NATIONAL
         if len(present) == 1:
             key = (present[0][0], str(present[0][1]), None, None)
         elif len(present) == 2:
@@ -1375,14 +1486,12 @@ def _estimates(
     order = {d.id: i for i, d in enumerate(dims)}
     for ind in inds:
         cells = by_indicator[ind.id]
-        if not any(c.key == (None, None, None, None) for c in cells):
+        if not any(c.key == NATIONAL for c in cells):
             # An empty denominator has no national row in GROUPING SETS: report it as 0 people.
-            cells.append(_Cell((None, None, None, None), 0, 0, 0.0, 0.0))
+            cells.append(_Cell(NATIONAL, 0, 0, 0.0, 0.0))
+        state = suppress({c.key: c.n for c in cells}, min_cell, secondary)
         for c in cells:
-            if c.n < min_cell or c.n == 0:
-                c.suppressed = "primary"
-        if secondary:
-            _suppress_complements(cells)
+            c.suppressed = state[c.key]
         cells.sort(
             key=lambda c: (
                 c.key[0] is not None,
@@ -1397,30 +1506,96 @@ def _estimates(
     return out
 
 
-def _suppress_complements(cells: list[_Cell]) -> None:
-    """Secondary suppression: every set of cells adding up to a published total keeps either no
-    suppressed cell or at least two, so none can be recovered by subtraction."""
-    groups: dict[tuple[Any, ...], list[_Cell]] = {}
-    for c in cells:
-        d1, v1, d2, v2 = c.key
-        if d1 is None:
+def suppress(
+    populations: Mapping[CellKey, int], min_cell: int, secondary: bool = True
+) -> dict[CellKey, str]:
+    """Which cells of one indicator to hide, by cell key: ``"primary"`` (denominator below
+    ``min_cell``, or empty), ``"secondary"`` (hidden so that a hidden cell cannot be recovered
+    from a published total), ``""`` (published).
+
+    The result depends only on the cells and their denominators: cells are visited in the
+    order of their keys and ties are broken by key, so byte-identical input gives the same
+    suppression on every run, whatever order the SQL engine returned the cells in (a cell that
+    is hidden in one run and published in the next is recovered by comparing the runs).
+    """
+    state = {key: "primary" if n < min_cell or n == 0 else "" for key, n in populations.items()}
+    if secondary:
+        _suppress_complements(state, populations)
+    return state
+
+
+def _key_order(key: CellKey) -> tuple[tuple[int, str], ...]:
+    """A total order on cell keys (the national key's Nones first)."""
+    return tuple((0, "") if v is None else (1, v) for v in key)
+
+
+def margins(keys: Iterable[CellKey]) -> list[tuple[CellKey, tuple[CellKey, ...]]]:
+    """Every total with the cells that add up to it, in a fixed order: the national total is
+    the sum of the subgroups of each dimension and of all cells of each pair of dimensions; a
+    subgroup's total is the sum of its row (or column) of each pair it is part of. Totals that
+    are not among ``keys`` are left out (nothing to subtract from)."""
+    present = set(keys)
+    parts: dict[tuple[CellKey, tuple[str, ...]], list[CellKey]] = {}
+    for key in sorted(present, key=_key_order):
+        d1, v1, d2, v2 = key
+        if d1 is None or v1 is None:
             continue
-        if d2 is None:
-            groups.setdefault(("single", d1), []).append(c)
-        else:
-            groups.setdefault(("row", d1, v1, d2), []).append(c)
-            groups.setdefault(("col", d1, d2, v2), []).append(c)
+        if d2 is None or v2 is None:
+            parts.setdefault((NATIONAL, (d1,)), []).append(key)
+            continue
+        parts.setdefault((NATIONAL, (d1, d2)), []).append(key)
+        parts.setdefault(((d1, v1, None, None), (d2,)), []).append(key)
+        parts.setdefault(((d2, v2, None, None), (d1,)), []).append(key)
+    ordered = sorted(parts.items(), key=lambda item: (_key_order(item[0][0]), item[0][1]))
+    return [(total, tuple(members)) for (total, _), members in ordered if total in present]
+
+
+def _suppress_complements(state: dict[CellKey, str], populations: Mapping[CellKey, int]) -> None:
+    """Secondary suppression: every total and the cells adding up to it keep either no hidden
+    member or at least two, so that no hidden cell (nor a hidden total) is the difference of
+    published ones. A margin with exactly one hidden member loses one more published part (the
+    total itself only when all its parts are hidden), repeated until no margin has one.
+
+    The part chosen is the smallest, but parts that are copies of a subgroup or of the national
+    total come last: a total with a single part (a dimension with one subgroup among these
+    people, such as the age group of the under-twos) is that part, so hiding the part hides the
+    total too, and with it the margins it is a part of. Ties are broken by key."""
+    relations = margins(state)
+    copies = _copies(state, relations)
+    margin = {copies[k] for k in state if k[2] is None}
+
+    def cost(k: CellKey) -> tuple[bool, int, tuple[tuple[int, str], ...]]:
+        return (copies[k] in margin, populations[k], _key_order(k))
+
     changed = True
     while changed:
         changed = False
-        for members in groups.values():
-            hidden = [c for c in members if c.suppressed]
-            if len(hidden) != 1 or len(members) < 2:
+        for total, parts in relations:
+            if sum(1 for k in (total, *parts) if state[k]) != 1:
                 continue
-            shown = [c for c in members if not c.suppressed]
-            smallest = min(shown, key=lambda c: (c.n, c.key[1] or "", c.key[3] or ""))
-            smallest.suppressed = "secondary"
+            shown = [k for k in parts if not state[k]]
+            state[min(shown, key=cost) if shown else total] = "secondary"
             changed = True
+
+
+def _copies(
+    keys: Iterable[CellKey], relations: Sequence[tuple[CellKey, tuple[CellKey, ...]]]
+) -> dict[CellKey, CellKey]:
+    """Each cell's class of cells that are the same number (a total with one part is that
+    part), named by its first key in key order (union-find)."""
+    parent = {k: k for k in keys}
+
+    def find(k: CellKey) -> CellKey:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for total, parts in relations:
+        if len(parts) == 1:
+            a, b = sorted((find(total), find(parts[0])), key=_key_order)
+            parent[b] = a
+    return {k: find(k) for k in parent}
 
 
 def _cell_estimates(ind: Indicator, cells: Sequence[_Cell], confidence: float) -> list[Estimate]:

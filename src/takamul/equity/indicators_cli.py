@@ -1,13 +1,14 @@
-"""``takamul indicators``: population indicators by equity dimension, and outreach worklists.
+"""``takamul equity indicators``: population indicators by equity dimension, and outreach
+worklists.
 
-The lead registers ``indicators_app`` in ``takamul.cli`` (``app.add_typer(indicators_app,
-name="indicators")``).
+``takamul.cli`` registers ``indicators_app`` under the equity command
+(``equity_app.add_typer(indicators_app, name="indicators")``).
 
 ```sh
-takamul indicators compute -i data/synth-sa --links data/synth-sa/truth/links.csv \\
+takamul equity indicators compute -i data/synth-sa --links data/synth-sa/truth/links.csv \\
     --out results.csv --heat heat-template.csv --json results.json
-takamul indicators outreach --indicator dm_screen -i data/synth-sa --quintile 1 --limit 200 \\
-    --out worklist-bundle.json
+takamul equity indicators outreach --indicator dm_screen -i data/synth-sa --quintile 1 \\
+    --limit 200 --out worklist-bundle.json
 ```
 """
 

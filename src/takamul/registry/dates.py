@@ -18,6 +18,7 @@ __all__ = [
     "candidate_years",
     "compare_birth_dates",
     "compare_birth_readings",
+    "native_calendar_date",
 ]
 
 # Year ranges that read as a native calendar rather than a Gregorian birth year. Umm al-Qura
@@ -47,6 +48,18 @@ def _from_jalali(y: int, m: int, d: int) -> str | None:
         return jdatetime.date(y, m, d).togregorian().isoformat()
     except (ValueError, OverflowError):
         return None
+
+
+def native_calendar_date(text: str, calendar: str) -> str | None:
+    """The Gregorian ISO date of a full date keyed in ``calendar``: ``"hijri"`` (Umm al-Qura)
+    or ``"jalali"`` (Solar Hijri); None when ``text`` is not a valid full date of it."""
+    converters = {"hijri": _from_hijri, "jalali": _from_jalali}
+    if calendar not in converters:
+        raise ValueError(f"unknown calendar {calendar!r}: use 'hijri' or 'jalali'")
+    m = _DATE.match(text or "")
+    if not m or m.group(2) is None or m.group(3) is None:
+        return None
+    return converters[calendar](int(m.group(1)), int(m.group(2)), int(m.group(3)))
 
 
 def _year_candidates(y: int) -> set[str]:
