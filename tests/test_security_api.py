@@ -276,28 +276,118 @@ def test_a_facility_sees_its_patients_and_not_anothers(
     outcome(http.get("/$export", headers={"Prefer": "respond-async"}), 403)
 
 
-def test_treating_a_patient_makes_them_the_facilitys(server: Server, world: dict[str, Any]) -> None:
+def test_a_facility_cannot_grant_itself_a_patient(server: Server, world: dict[str, Any]) -> None:
+    """Writing an Encounter that names itself as service provider does not make another
+    facility's patient its own (issue 11, finding 3): not by a create, an update-as-create, a
+    conditional create or a transaction entry. A referral by the patient's facility does; so
+    does breaking the glass, audited with its reason."""
     admin = world["admin"]
-    r = admin.post(
-        "/Patient",
-        json={
+
+    def patient_of_b() -> str:
+        body = {
             "resourceType": "Patient",
             "name": [{"family": "Referred"}],
             "managingOrganization": {"reference": "Organization/org-b"},
-        },
-    )
-    pid = r.json()["id"]
+        }
+        return str(admin.post("/Patient", json=body).json()["id"])
+
+    def encounter(pid: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Encounter",
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "serviceProvider": {"reference": "Organization/org-a"},
+        }
+
+    pid = patient_of_b()
     http = facility_client(server, "org-a")
     outcome(http.get(f"/Patient/{pid}"), 404)
-    encounter = {
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+    refused = outcome(http.post("/Encounter", json=encounter(pid)), 403)
+    assert "X-Break-Glass-Reason" in str(refused)
+    own_id = f"self-{pid[:8]}"
+    outcome(http.put(f"/Encounter/{own_id}", json={**encounter(pid), "id": own_id}), 403)
+    outcome(
+        http.post("/Encounter", json=encounter(pid), headers={"If-None-Exist": "status=finished"}),
+        403,
+    )
+    entry = {"resource": encounter(pid), "request": {"method": "POST", "url": "Encounter"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    assert http.post("", json=bundle).status_code == 403
+    for kind in ("ServiceRequest", "CareTeam", "EpisodeOfCare"):
+        assert admin.get(kind, params={"patient": pid}).json().get("total") == 0
+    assert admin.get("/Encounter", params={"patient": pid}).json()["total"] == 0
+    outcome(facility_client(server, "org-a").get(f"/Patient/{pid}"), 404)
+
+    # the patient's own facility refers them: evidence org-a could not write alone
+    referral = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
         "subject": {"reference": f"Patient/{pid}"},
-        "serviceProvider": {"reference": "Organization/org-a"},
+        "performer": [{"reference": "Organization/org-a"}],
     }
-    assert http.post("/Encounter", json=encounter).status_code == 201
+    assert (
+        facility_client(server, "org-b").post("/ServiceRequest", json=referral).status_code == 201
+    )
     assert facility_client(server, "org-a").get(f"/Patient/{pid}").status_code == 200
+
+    # self-declared: only by breaking the glass, with the reason in the audit log
+    other = patient_of_b()
+    cid, _ = server.client("system/*.cruds", facility="org-a", roles=("clinician",))
+    reason = "walked in with chest pain, no referral"
+    glass = server.http(server.token(cid, "system/*.cruds"), **{"X-Break-Glass-Reason": reason})
+    assert glass.post("/Encounter", json=encounter(other)).status_code == 201
+    assert facility_client(server, "org-a").get(f"/Patient/{other}").status_code == 200
+    time.sleep(0.3)  # the server writes its audit log within 50 ms
+    log = AuditLog.from_url(server.db)
+    try:
+        events = log.search(patient=other, count=100).events
+    finally:
+        log.close()
+    assert any(
+        c.get("code") == "ETREAT" and reason in str(e)
+        for e in events
+        for agent in e.get("agent", [])
+        for p in agent.get("purposeOfUse", [])
+        for c in p.get("coding", [])
+    ), events
+
+
+def test_deleted_resources_stay_gone_and_historic_for_who_may_read_them(
+    server: Server, world: dict[str, Any]
+) -> None:
+    """With access control on, a reader allowed the type and patient gets R4's 410 Gone and
+    the history of a deleted resource; anyone else still gets the 404 of what does not exist
+    (issue 11, finding 5)."""
+    admin = world["admin"]
+    body = {
+        "resourceType": "Patient",
+        "name": [{"family": "Deleted"}],
+        "managingOrganization": {"reference": "Organization/org-b"},
+    }
+    pid = admin.post("/Patient", json=body).json()["id"]
+    assert admin.delete(f"/Patient/{pid}").status_code in (200, 204)
+    outcome(admin.get(f"/Patient/{pid}"), 410)
+    history = admin.get(f"/Patient/{pid}/_history")
+    assert history.status_code == 200, history.text
+    entries = history.json()["entry"]
+    assert [e["request"]["method"] for e in entries] == ["DELETE", "POST"]
+    assert admin.get(f"/Patient/{pid}/_history/1").status_code == 200
+    outcome(admin.get(f"/Patient/{pid}/_history/2"), 410)
+    mine = facility_client(server, "org-b", "system/*.rs")
+    outcome(mine.get(f"/Patient/{pid}"), 410)
+    assert mine.get(f"/Patient/{pid}/_history").status_code == 200
+    # another facility, and a token without Patient, learn nothing
+    theirs = facility_client(server, "org-a", "system/*.rs")
+    nothing = outcome(theirs.get("/Patient/never-existed"), 404)
+    gone = outcome(theirs.get(f"/Patient/{pid}"), 404)
+    assert gone["issue"][0]["code"] == nothing["issue"][0]["code"]
+    outcome(theirs.get(f"/Patient/{pid}/_history"), 404)
+    outcome(theirs.get(f"/Patient/{pid}/_history/2"), 404)
+    system = theirs.get("/_history", params={"_count": 1000}).json()
+    assert pid not in {e.get("request", {}).get("url", "") for e in system.get("entry", [])}
+    assert not any(pid in e.get("fullUrl", "") for e in system.get("entry", []))
 
 
 def test_break_the_glass_needs_a_reason_and_is_flagged(

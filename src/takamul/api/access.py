@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -180,14 +180,18 @@ def _audit(
     access: AccessContext | None,
     status: int,
     outcome_text: str | None = None,
+    written: Iterable[str] = (),
 ) -> None:
+    """``written``: the patients whose data the request wrote (from the bodies, which the URL
+    does not show), so that a write, above all one made breaking the glass, is found by
+    patient when it is reviewed."""
     interaction, rtype, rid = interaction_of(request.method, request.url.path)
     fields = {
         "status": status,
         "resource_type": rtype,
         "resource_id": rid,
         "query": request.url.query or None,
-        "patient_ids": _patients(request, rtype, rid),
+        "patient_ids": tuple(dict.fromkeys((*_patients(request, rtype, rid), *written))),
         "address": request.client.host if request.client else None,
         "outcome_text": outcome_text,
     }
@@ -236,9 +240,10 @@ def add_access_control(app: FastAPI, store: Store, settings: Settings) -> Securi
             return _refusal(err)
         request.state.access = access
         # the guard rides the request's context into its worker thread
-        with guarded(AccessGuard(access, store)):
+        guard = AccessGuard(access, store)
+        with guarded(guard):
             response = await call_next(request)
-        _audit(audit, request, access, response.status_code)
+        _audit(audit, request, access, response.status_code, written=guard.written_patients)
         return response
 
     add_security_middleware(app, security)

@@ -5,8 +5,10 @@ include, history entry, compartment member and write (see ``takamul.store.guard`
 Facility scoping: a facility-scoped requester sees patient data only of its facility's
 patients — those a ``FACILITY_LINKS`` search ties to ``Organization/F`` (it manages their record,
 is their primary care, treated them, runs an episode of care, was referred them, is on their care
-team) — and a resource that itself carries such a link (a new Encounter of the facility, a new
-Patient it manages), so a facility can register its patients and record its care. Searches get
+team) — and a new Patient it registers, so a facility can register its patients and record their
+care. It cannot make someone else's patient its own by writing the link itself (an Encounter
+naming it as service provider): that takes a referral or care team recorded by those who already
+treat the patient, or breaking the glass, which is audited with its reason. Searches get
 the facility's patients as an SQL filter, so totals and ``_summary=count`` count only them.
 Break-the-glass lifts facility scoping (never the scopes); the audit log flags it.
 """
@@ -49,6 +51,8 @@ class AccessGuard:
         self._consents: dict[str, list[Restriction]] = {}
         self._any: bool | None = None
         self._caregiver: bool | None = None
+        # patients whose data this request was allowed to write (for the audit log)
+        self.written_patients: set[str] = set()
         self._facility = (
             f"Organization/{access.facility}"
             if access.facility and not access.facility.startswith("Organization/")
@@ -87,10 +91,14 @@ class AccessGuard:
         entries = self._entries(resource)
         patients = self._patients_in(resource_type, resource, entries)
         if self.access.facility_scoped and not (
-            self._links_facility(resource_type, entries) or patients & self._patients()
+            self._registers(resource_type, entries, patients) or patients & self._patients()
         ):
             return False
-        return self._consented(resource, patients)
+        if not self._consented(resource, patients):
+            return False
+        if interaction in ("c", "u", "d"):
+            self.written_patients.update(patients)
+        return True
 
     def exhaustive(self, resource_type: str) -> bool:
         """Searches of this type must be filtered row by row (and counted so): a patient has
@@ -176,6 +184,18 @@ class AccessGuard:
             return self.indexer.extract(resource)
         except ValueError:
             return {}
+
+    def _registers(self, resource_type: str, entries: dict[str, Any], patients: set[str]) -> bool:
+        """The resource itself ties the facility to it: a Patient the facility registers (or
+        manages), or facility data about no patient. An Encounter, referral or care team that
+        would tie an existing patient to the writing facility does not count: a facility could
+        otherwise grant itself a patient's whole record by writing one. A treating relationship
+        comes from what the patient's own facilities record (their referral to it, a care team
+        naming it) or, self-declared, by breaking the glass: audited with the reason, for
+        review."""
+        if resource_type != "Patient" and patients:
+            return False
+        return self._links_facility(resource_type, entries)
 
     def _links_facility(self, resource_type: str, entries: dict[str, Any]) -> bool:
         for link in FACILITY_LINKS:

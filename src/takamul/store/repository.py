@@ -198,11 +198,32 @@ class Session:
         if guard is not None:
             guard.require(resource_type, interaction)
             # a resource the requester may not see is answered as if it did not exist
-            if stored.deleted or not guard.visible(resource_type, stored.json(), interaction):
+            if not self._may_see(guard, stored, interaction):
                 raise not_found(resource_type, resource_id)
         if stored.deleted:
             raise FhirError(410, f"{resource_type}/{resource_id} was deleted", "deleted")
         return stored
+
+    def _may_see(self, guard: Guard, stored: StoredResource, interaction: str = "r") -> bool:
+        """The guard lets the requester see this version; a deletion is seen by whoever could
+        see the resource before it was deleted (its last live version), so that an authorised
+        reader gets 410 Gone and the history, and anyone else the 404 of what does not exist."""
+        if not stored.deleted:
+            return guard.visible(stored.resource_type, stored.json(), interaction)
+        row = self.conn.execute(
+            select(resource_version.c.content)
+            .where(
+                resource_version.c.res_type == stored.resource_type,
+                resource_version.c.res_id == stored.id,
+                resource_version.c.deleted == false(),
+                resource_version.c.version < stored.version,
+            )
+            .order_by(resource_version.c.version.desc())
+            .limit(1)
+        ).first()
+        if row is None or not row.content:
+            return False
+        return guard.visible(stored.resource_type, orjson.loads(row.content), interaction)
 
     def read_any(self, resource_type: str, resource_id: str) -> StoredResource:
         """The current version, deleted or not (for instance history)."""
@@ -213,7 +234,7 @@ class Session:
         guard = current_guard.get()
         if guard is not None:
             guard.require(resource_type, "r")
-            if stored.deleted or not guard.visible(resource_type, stored.json(), "r"):
+            if not self._may_see(guard, stored):
                 raise not_found(resource_type, resource_id)
         return stored
 
@@ -235,7 +256,7 @@ class Session:
         guard = current_guard.get()
         if guard is not None:
             guard.require(resource_type, "r")
-            if stored.deleted or not guard.visible(resource_type, stored.json(), "r"):
+            if not self._may_see(guard, stored):
                 raise not_found(resource_type, f"{resource_id}/_history/{version}")
         if stored.deleted:
             raise FhirError(
@@ -282,7 +303,7 @@ class Session:
             stored = _stored(row, method=row.method)
             if not _may(guard, stored.resource_type, "r"):
                 continue
-            if stored.deleted or guard.visible(stored.resource_type, stored.json(), "r"):
+            if self._may_see(guard, stored):
                 visible.append(stored)
         return visible[offset : offset + count], len(visible)
 
@@ -729,7 +750,9 @@ class Session:
             raise FhirError(
                 403,
                 f"The granted access does not allow writing this {resource_type}: it falls "
-                "outside the patients, facility or categories the token covers",
+                "outside the patients, facility or categories the token covers. A facility "
+                "starts treating another facility's patient through their referral or care "
+                "team, or by breaking the glass (header X-Break-Glass-Reason, audited)",
                 "forbidden",
             )
 
