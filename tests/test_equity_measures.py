@@ -16,6 +16,14 @@ Kirkby, Hosseinpoor; WHO 2024):
   (ACI of the ``OrderedSample`` data set, whose five rows are printed in full at
   https://whoequity.github.io/healthequal/reference/OrderedSample.html).
 
+and the reference pages of healthequal 1.0.1 (https://whoequity.github.io/healthequal/reference/,
+the examples of ``aci``, ``rci``, ``sii``, ``rii``, ``paf`` and ``parisk`` on ``OrderedSample``).
+
+Every one of these published values is in ``tests/data/equity/who_published_values.csv``, with
+the input of each published call in ``who_published_inputs.csv``;
+:func:`test_defaults_reproduce_every_published_value` checks them all against the command's
+defaults.
+
 healthequal reports some standard errors on another scale than the estimate (SII: proportion
 scale; RII: log scale; PAF: fraction; TI and MLD: not multiplied by 1000). Here every ``se`` is
 on the scale of its estimate, so the tests convert before comparing.
@@ -67,7 +75,9 @@ from takamul.equity.measures import (
 
 DATA = Path(__file__).parent / "data" / "equity" / "healthequal_samples.csv"
 Z = NormalDist().inv_cdf(0.975)
-HEALTHEQUAL = ComputeOptions(sii_weighting="healthequal")
+# The conventions that are not the WHO's defaults (see ComputeOptions).
+POPULATION_WEIGHTS = ComputeOptions(sii_weighting="population")
+BEST_SUBGROUP = ComputeOptions(impact_reference="best")
 # Few draws keep the simulated intervals cheap where only their presence matters.
 FAST = ComputeOptions(simulations=200)
 
@@ -80,6 +90,12 @@ def _groups() -> dict[str, DimensionData]:
 @pytest.fixture(scope="module")
 def samples() -> dict[str, DimensionData]:
     return _groups()
+
+
+def _without_reference(data: DimensionData) -> DimensionData:
+    """The same subgroups with no reference subgroup: healthequal's ``paf`` and ``parisk`` take
+    no reference argument, so their published calls are this input."""
+    return replace(data, subgroups=tuple(replace(s, is_reference=False) for s in data.subgroups))
 
 
 def dim(
@@ -114,6 +130,60 @@ def dim(
 
 
 # ---------------------------------------------------------------------------------------------
+# Every published value, through ``takamul equity measures`` with its defaults
+
+PUBLISHED_INPUTS = DATA.parent / "who_published_inputs.csv"
+PUBLISHED_VALUES = DATA.parent / "who_published_values.csv"
+
+
+def _as_reported(row: dict[str, str], ours: dict[str, str]) -> float:
+    """Our output on the scale the WHO published it (see ``reported_as`` in the values file):
+    healthequal gives some standard errors on another scale than the estimate, and builds the
+    intervals of PAF, TI and MLD from the estimate and that unscaled standard error."""
+    field, how = row["field"], row["reported_as"]
+    estimate, se = float(ours["estimate"]), float(ours["se"] or "nan")
+    if how == "value":
+        return float(ours[field])
+    if how == "se_per_100":
+        return se / 100
+    if how == "se_per_1000":
+        return se / 1000
+    if how == "se_of_log":
+        return se / estimate
+    sign = -1.0 if field == "ci_lb" else 1.0
+    if how == "ci_with_se_per_100":
+        return estimate + sign * Z * se / 100
+    if how == "ci_with_se_per_1000":
+        return estimate + sign * Z * se / 1000
+    raise AssertionError(f"unknown reported_as {how!r}")
+
+
+def test_defaults_reproduce_every_published_value(tmp_path: Path) -> None:
+    # The WHO's published test and example data (healthequal's test suite, reference pages and
+    # vignette), each call's input as a HEAT Plus template group, run through the command with
+    # no option: the defaults must give the WHO's numbers (issue 11, finding 6).
+    out = tmp_path / "measures.csv"
+    result = CliRunner().invoke(equity_app, ["measures", str(PUBLISHED_INPUTS), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open(encoding="utf-8") as handle:
+        ours = {(r["indicator_abbr"], r["measure"]): r for r in csv.DictReader(handle)}
+    with PUBLISHED_VALUES.open(encoding="utf-8") as handle:
+        published = list(csv.DictReader(handle))
+    assert len(published) == 77
+    wrong = []
+    for row in published:
+        key = (row["indicator_abbr"], row["measure"])
+        if key not in ours:
+            wrong.append(f"{key}: not computed")
+            continue
+        got = _as_reported(row, ours[key])
+        expected = float(row["published"])
+        if not math.isclose(got, expected, rel_tol=float(row["rel_tol"])):
+            wrong.append(f"{key} {row['field']}: {got:.8g}, published {expected:.8g}")
+    assert wrong == [], f"{len(wrong)} of {len(published)} published values differ: {wrong}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Published values: ordered dimension (healthequal tests, set.seed(123) data)
 
 
@@ -137,7 +207,7 @@ def test_rci_matches_healthequal_test(samples: dict[str, DimensionData]) -> None
 
 def test_sii_matches_healthequal_test(samples: dict[str, DimensionData]) -> None:
     # test-sii.R: 44.44502, se 0.02190822 (on the 0-1 scale), CI 40.15109 to 48.73895
-    r = compute(samples["ordered"], Measure.SII, HEALTHEQUAL)
+    r = compute(samples["ordered"], Measure.SII)
     assert r.estimate == pytest.approx(44.44502, rel=1e-6)
     assert r.se is not None
     assert r.se / 100 == pytest.approx(0.02190822, rel=1e-6)
@@ -147,7 +217,7 @@ def test_sii_matches_healthequal_test(samples: dict[str, DimensionData]) -> None
 
 def test_rii_matches_healthequal_test(samples: dict[str, DimensionData]) -> None:
     # test-rii.R: 3.159506, se 0.07644001 (of ln RII), CI 2.719902 to 3.67016
-    r = compute(samples["ordered"], Measure.RII, HEALTHEQUAL)
+    r = compute(samples["ordered"], Measure.RII)
     assert r.estimate == pytest.approx(3.159506, rel=1e-6)
     assert r.se is not None
     assert r.se / r.estimate == pytest.approx(0.07644001, rel=1e-6)
@@ -155,13 +225,40 @@ def test_rii_matches_healthequal_test(samples: dict[str, DimensionData]) -> None
     assert r.ci_ub == pytest.approx(3.67016, rel=1e-6)
 
 
-def test_sii_default_weights_each_person_once(samples: dict[str, DimensionData]) -> None:
-    # The default weights subgroups by population (not population², as healthequal 1.0 does),
-    # so it differs from the published value; both fit the same logistic model.
-    default = compute(samples["ordered"], Measure.SII)
-    published = compute(samples["ordered"], Measure.SII, HEALTHEQUAL)
-    assert default.estimate != pytest.approx(published.estimate, rel=1e-3)
-    assert 40 < default.estimate < 50
+def test_sii_population_weighting_is_an_option(samples: dict[str, DimensionData]) -> None:
+    # The option weights subgroups by population share (each person once, not population² as
+    # HEAT does): the values issue 11 found under the old default, 44.89 and 3.236.
+    sii = compute(samples["ordered"], Measure.SII, POPULATION_WEIGHTS)
+    rii = compute(samples["ordered"], Measure.RII, POPULATION_WEIGHTS)
+    assert sii.estimate == pytest.approx(44.8905, rel=1e-5)
+    assert rii.estimate == pytest.approx(3.23634, rel=1e-5)
+    # healthequal's name for HEAT's weighting is still accepted, and is the default.
+    alias = ComputeOptions(sii_weighting="healthequal")  # type: ignore[arg-type]
+    assert alias.sii_weighting == "heat"
+    assert compute(samples["ordered"], Measure.SII, alias) == compute(
+        samples["ordered"], Measure.SII
+    )
+    with pytest.raises(ValueError, match="sii_weighting"):
+        ComputeOptions(sii_weighting="people")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="impact_reference"):
+        ComputeOptions(impact_reference="worst")  # type: ignore[arg-type]
+
+
+def test_sii_heat_weighting_rounds_to_whole_people(samples: dict[str, DimensionData]) -> None:
+    # healthequal's OrderedSample has populations such as 2072.436: HEAT counts whole people
+    # (rounded up) for the ranks as well as for the trials, which is what gives the published
+    # 31.61763 (ranks on the unrounded shares would give 31.6192).
+    r = compute(samples["sba"], Measure.SII)
+    assert r.estimate == pytest.approx(31.61763, rel=1e-6)
+    # Shares are not people: HEAT's weighting refuses them rather than rounding 0.2 up to 1.
+    shares = dim([20.0, 30.0, 40.0], population=[0.2, 0.3, 0.5], ordered=True)
+    assert not_applicable_reason(Measure.SII, shares) == (
+        "HEAT's SII/RII weighting needs populations as numbers of people (at least 1); "
+        "for population shares use sii_weighting 'population'"
+    )
+    assert compute(shares, Measure.SII, POPULATION_WEIGHTS).estimate > 0
+    assert Measure.SII in all_measures(shares, replace(POPULATION_WEIGHTS, simulations=2))
+    assert Measure.SII not in all_measures(shares, ComputeOptions(simulations=2))
 
 
 def test_paf_par_ordered_match_healthequal_tests(samples: dict[str, DimensionData]) -> None:
@@ -211,8 +308,12 @@ def test_non_ordered_match_healthequal_tests(
     samples: dict[str, DimensionData], measure: Measure, published: float
 ) -> None:
     # healthequal's own tests accept 1e-4 relative error; the published MLD and TI differ from
-    # the formula in the 5th digit, everything else in the 7th.
-    r = compute(samples["nonordered"], measure, FAST)
+    # the formula in the 5th digit, everything else in the 7th. Only MDRU and MDRW were called
+    # with the reference subgroup.
+    data = samples["nonordered"]
+    if measure not in (Measure.MDRU, Measure.MDRW):
+        data = _without_reference(data)
+    r = compute(data, measure, FAST)
     assert r.estimate == pytest.approx(published, rel=2e-5)
 
 
@@ -229,7 +330,7 @@ def test_non_ordered_match_healthequal_tests(
 def test_non_ordered_se_match_healthequal_tests(
     samples: dict[str, DimensionData], measure: Measure, published_se: float, factor: float
 ) -> None:
-    r = compute(samples["nonordered"], measure)
+    r = compute(_without_reference(samples["nonordered"]), measure)
     assert r.se is not None
     assert r.se / factor == pytest.approx(published_se, rel=1e-4)
     assert r.ci_method is CIMethod.ANALYTIC
@@ -237,8 +338,62 @@ def test_non_ordered_se_match_healthequal_tests(
 
 def test_par_nonordered_ci_matches_healthequal(samples: dict[str, DimensionData]) -> None:
     # test-par-nonordered.R: CI 13.94224 to 18.644063
-    r = compute(samples["nonordered"], Measure.PAR)
+    r = compute(_without_reference(samples["nonordered"]), Measure.PAR)
     assert (r.ci_lb, r.ci_ub) == pytest.approx((13.94224, 18.644063), rel=1e-5)
+    # The same data with healthequal's ``ref`` as the reference subgroup (Region 14, 62%, below
+    # the mean): HEAT compares with the reference, which no subgroup needs to reach, so 0;
+    # the "best" option gives healthequal's value whatever the reference.
+    assert compute(samples["nonordered"], Measure.PAR).estimate == 0.0
+    best = compute(samples["nonordered"], Measure.PAR, BEST_SUBGROUP)
+    assert best.estimate == pytest.approx(16.293152, rel=2e-5)
+
+
+# The first rows of healthequal's NonorderedSample (births attended by skilled personnel by
+# Indonesian province), as its reference pages print them; Aceh is its reference subgroup and
+# 91.59669 the setting average. Without populations, μ is the setting average.
+NONORDERED_SAMPLE_HEAD = (
+    ("aceh", "95.11784", "1.5384434", "1"),
+    ("bali", "100", "0", "0"),
+    ("bangka balitung", "97.41001", "1.2676437", "0"),
+    ("banten", "80.35694", "3.5440531", "0"),
+    ("bengkulu", "94.25756", "2.7740061", "0"),
+    ("central java", "98.56168", "0.6476116", "0"),
+)
+
+
+def test_paf_par_non_ordered_use_the_reference_subgroup(tmp_path: Path) -> None:
+    # Issue 11, finding 6: HEAT's PAR with the reference subgroup is 95.11784 − 91.59669 =
+    # 3.52 (the HEAT technical notes' rule); against the best subgroup (Bali, 100%) it is 8.40.
+    rows = [
+        _row(
+            setting="Indonesia",
+            dimension="Subnational region",
+            subgroup=name,
+            estimate=estimate,
+            se=se,
+            population="",
+            setting_average="91.59669",
+            reference_subgroup=reference,
+        )
+        for name, estimate, se, reference in NONORDERED_SAMPLE_HEAD
+    ]
+    path = tmp_path / "nonordered-sample.csv"
+    path.write_text(_template(rows), encoding="utf-8")
+
+    def run(*options: str) -> dict[str, float]:
+        out = tmp_path / "out.csv"
+        result = CliRunner().invoke(
+            equity_app, ["measures", str(path), "--out", str(out), *options]
+        )
+        assert result.exit_code == 0, result.output
+        return {r["measure"]: float(r["estimate"]) for r in csv.DictReader(out.open())}
+
+    default = run()
+    assert default["par"] == pytest.approx(95.11784 - 91.59669, rel=1e-9)  # 3.52115
+    assert default["paf"] == pytest.approx(100 * 3.52115 / 91.59669, rel=1e-6)  # 3.844
+    best = run("--impact-reference", "best")
+    assert best["par"] == pytest.approx(100 - 91.59669, rel=1e-9)  # 8.40331
+    assert best["paf"] == pytest.approx(100 * 8.40331 / 91.59669, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +417,7 @@ def test_difference_and_ratio_by_hand_on_ordered_sample(samples: dict[str, Dimen
 
 
 SMALL = [10.0, 20.0, 30.0]
-SMALL_POP = [1.0, 1.0, 2.0]  # shares 0.25, 0.25, 0.5
+SMALL_POP = [100.0, 100.0, 200.0]  # shares 0.25, 0.25, 0.5
 
 
 def test_small_non_ordered_by_hand() -> None:
@@ -288,8 +443,16 @@ def test_small_non_ordered_by_hand() -> None:
     mld = -(0.25 * math.log(r[0]) + 0.25 * math.log(r[1]) + 0.5 * math.log(r[2]))
     assert got[Measure.TI] == pytest.approx(1000 * ti)  # 75.51
     assert got[Measure.MLD] == pytest.approx(1000 * mld)  # 88.34
-    assert got[Measure.PAR] == pytest.approx(30 - 22.5)
-    assert got[Measure.PAF] == pytest.approx(100 * 7.5 / 22.5)
+    # PAR and PAF compare the reference subgroup (20) with the mean: no improvement, so 0;
+    # against the best-performing subgroup (the "best" option) 30 − 22.5.
+    assert got[Measure.PAR] == 0.0
+    assert got[Measure.PAF] == 0.0
+    best = all_measures(data, replace(BEST_SUBGROUP, simulations=2))
+    assert best[Measure.PAR].estimate == pytest.approx(30 - 22.5)
+    assert best[Measure.PAF].estimate == pytest.approx(100 * 7.5 / 22.5)
+    # Without a reference subgroup both conventions take the best-performing subgroup.
+    no_reference = _without_reference(data)
+    assert compute(no_reference, Measure.PAR).estimate == pytest.approx(30 - 22.5)
 
 
 def test_small_ordered_aci_by_hand() -> None:
@@ -463,7 +626,7 @@ def test_paf_reference_in_ordered_dimension_is_most_advantaged() -> None:
 def test_sii_aci_sign_conventions() -> None:
     # The rank runs from the most disadvantaged (0) to the most advantaged (1) for any
     # indicator: positive SII/ACI = higher values among the advantaged.
-    pop = [1.0, 1.0, 1.0, 1.0, 1.0]
+    pop = [100.0, 100.0, 100.0, 100.0, 100.0]
     favourable = dim([20.0, 30.0, 40.0, 50.0, 60.0], population=pop, ordered=True)
     adverse = dim([60.0, 50.0, 40.0, 30.0, 20.0], population=pop, ordered=True, favourable=False)
     for m in (Measure.SII, Measure.ACI, Measure.RCI):
@@ -579,10 +742,12 @@ populations = st.floats(min_value=1.0, max_value=5000.0, allow_nan=False)
 @settings(max_examples=40, deadline=None)
 @given(value=st.floats(min_value=0.5, max_value=99.5), k=st.integers(3, 7), ordered=st.booleans())
 def test_equal_subgroups_mean_no_inequality(value: float, k: int, ordered: bool) -> None:
+    # Population weighting: HEAT's rounds each subgroup's events to whole people, so equal
+    # percentages of unequal small populations are not exactly equal proportions there.
     data = dim(
         [value] * k, se=[1.0] * k, population=[float(i + 1) for i in range(k)], ordered=ordered
     )
-    results = all_measures(data, FAST)
+    results = all_measures(data, replace(POPULATION_WEIGHTS, simulations=200))
     assert results[Measure.D].estimate == 0
     assert results[Measure.R].estimate == 1
     for m, r in results.items():
@@ -627,11 +792,13 @@ def test_non_ordered_identities(ys: list[float], data: st.DataObject) -> None:
 def test_population_counts_or_shares_give_the_same_measures(
     ys: list[float], data: st.DataObject, factor: float
 ) -> None:
+    # The population weighting of SII/RII; HEAT's counts whole people, so it is not invariant.
     pops = data.draw(st.lists(populations, min_size=len(ys), max_size=len(ys)))
+    options = replace(POPULATION_WEIGHTS, simulations=2)
     for ordered in (True, False):
-        a = all_measures(dim(ys, population=pops, ordered=ordered), ComputeOptions(simulations=2))
+        a = all_measures(dim(ys, population=pops, ordered=ordered), options)
         scaled = [p * factor for p in pops]
-        b = all_measures(dim(ys, population=scaled, ordered=ordered), ComputeOptions(simulations=2))
+        b = all_measures(dim(ys, population=scaled, ordered=ordered), options)
         assert set(a) == set(b)
         for m in a:
             assert b[m].estimate == pytest.approx(a[m].estimate, rel=1e-6, abs=1e-9), m
@@ -658,7 +825,7 @@ def test_favourable_sii_positive_when_rising_with_advantage(ys: list[float]) -> 
     rising = sorted({round(y, 1) for y in ys})
     if len(rising) < 3:
         return
-    d = dim(rising, population=[1.0] * len(rising), ordered=True)
+    d = dim(rising, population=[1000.0] * len(rising), ordered=True)
     assert compute(d, Measure.SII).estimate > 0
     assert compute(d, Measure.ACI).estimate > 0
     assert compute(d, Measure.D).estimate > 0

@@ -16,7 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from takamul.equity.heat import TemplateError, compute_rows, read_template, write_measures
-from takamul.equity.measures import DEFAULT_SEED, DEFAULT_SIMULATIONS, ComputeOptions, Measure
+from takamul.equity.measures import (
+    DEFAULT_SEED,
+    DEFAULT_SIMULATIONS,
+    IMPACT_REFERENCES,
+    SII_WEIGHTINGS,
+    ComputeOptions,
+    Measure,
+)
 
 __all__ = ["equity_app"]
 
@@ -52,12 +59,24 @@ def measures(
     sii_weighting: Annotated[
         str,
         typer.Option(
-            help="SII/RII regression weights: 'population' (each person once) or 'healthequal' "
-            "(as WHO's healthequal 1.0; populations must be counts)"
+            help="SII/RII regression weights: 'heat' (the default, as WHO HEAT and healthequal; "
+            "populations must be numbers of people; 'healthequal' is the same) or 'population' "
+            "(each person counts once; also for population shares)"
         ),
-    ] = "population",
+    ] = "heat",
+    impact_reference: Annotated[
+        str,
+        typer.Option(
+            help="PAF/PAR reference point: 'heat' (the default, as WHO HEAT: a non-ordered "
+            "dimension's reference subgroup when it has one) or 'best' (always the most "
+            "advantaged or best-performing subgroup, as healthequal's paf/parisk)"
+        ),
+    ] = "heat",
 ) -> None:
-    """Compute HEAT's summary measures (D, R, ACI, SII, BGV, …) with 95% confidence intervals."""
+    """Compute HEAT's summary measures (D, R, ACI, SII, BGV, …) with 95% confidence intervals.
+
+    The defaults reproduce the WHO's published values (docs/equity-measures.md, "Conventions").
+    """
     if not input_path.is_file():
         console.print(f"[red]equity measures: {escape(str(input_path))}: no such file[/]")
         raise typer.Exit(BAD_INPUT)
@@ -73,16 +92,24 @@ def measures(
         if len(err.issues) > MAX_ISSUES_SHOWN:
             console.print(f"[red]  … and {len(err.issues) - MAX_ISSUES_SHOWN} more[/]")
         raise typer.Exit(BAD_INPUT) from None
-    if sii_weighting not in ("population", "healthequal"):
+    weighting = "heat" if sii_weighting == "healthequal" else sii_weighting
+    if weighting not in SII_WEIGHTINGS:
         console.print(
-            f"[red]equity measures: --sii-weighting is 'population' or 'healthequal', "
+            f"[red]equity measures: --sii-weighting is {_choices(SII_WEIGHTINGS)}, "
             f"not {escape(sii_weighting)!r}[/]"
+        )
+        raise typer.Exit(BAD_INPUT)
+    if impact_reference not in IMPACT_REFERENCES:
+        console.print(
+            f"[red]equity measures: --impact-reference is {_choices(IMPACT_REFERENCES)}, "
+            f"not {escape(impact_reference)!r}[/]"
         )
         raise typer.Exit(BAD_INPUT)
     options = ComputeOptions(
         simulations=simulations,
         seed=seed,
-        sii_weighting="healthequal" if sii_weighting == "healthequal" else "population",
+        sii_weighting="heat" if weighting == "heat" else "population",
+        impact_reference="heat" if impact_reference == "heat" else "best",
     )
     rows = compute_rows(template, options)
     written = write_measures(out, rows)
@@ -99,5 +126,13 @@ def measures(
         ", ".join(f"{m.value} {per_measure[m]}" for m in Measure if per_measure[m]) or "none",
     )
     table.add_row("simulated intervals", f"{options.simulations:,} draws, seed {options.seed}")
+    table.add_row(
+        "conventions",
+        f"SII/RII weights {options.sii_weighting}, PAF/PAR reference {options.impact_reference}",
+    )
     table.add_row("output", escape(str(out)))
     console.print(table)
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return " or ".join(f"'{v}'" for v in values)

@@ -20,6 +20,9 @@ Sources, cited again in each function's docstring:
   of inequality*, R package 1.0 (WHO, 2024): its documentation and published test values fix the
   conventions the technical notes leave open (which subgroups D and R compare, the scaling of TI,
   MLD, COV, IDIS and PAF, the simulation draws).
+* WHO. *HEAT-Measures*, the R package that computes HEAT's measures (github.com/WHOequity/
+  HEAT-Measures, ``calc_sii``, ``calc_par``, ``calc_paf``): read for two conventions that the
+  defaults follow, the SII/RII regression weights and the PAF/PAR reference point.
 * Wagstaff A, Paci P, van Doorslaer E (1991), Kakwani N, Wagstaff A, van Doorslaer E (1997) and
   O'Donnell O, van Doorslaer E, Wagstaff A, Lindelow M (2008, ch. 8) for the concentration indices;
   Pamuk ER (1985) for SII and RII; Pearcy JN, Keppel KG (2002) for the index of disparity;
@@ -31,6 +34,9 @@ No code of HEAT or healthequal (AGPL) is used: everything here is written from t
 The v6 technical notes themselves (a PDF) could not be read when this module was written: where a
 docstring cites "HEAT technical notes", the definition was taken from the WHO publications above,
 which describe HEAT's measures, and checked against healthequal's published values.
+
+The defaults reproduce the WHO's published numbers (``tests/data/equity/who_published_values.csv``
+holds all of them); :class:`ComputeOptions` keeps the other conventions as documented choices.
 """
 
 from __future__ import annotations
@@ -49,19 +55,23 @@ __all__ = [
     "CI_METHOD",
     "DEFAULT_SEED",
     "DEFAULT_SIMULATIONS",
+    "IMPACT_REFERENCES",
     "NEEDS_MEAN",
     "NEEDS_POPULATION",
     "NEEDS_REFERENCE",
     "NON_ORDERED_ONLY",
     "ORDERED_ONLY",
     "RELATIVE",
+    "SII_WEIGHTINGS",
     "SIMULATED",
     "CIMethod",
     "ComputeOptions",
     "DimensionData",
+    "ImpactReference",
     "Measure",
     "MeasureResult",
     "NotApplicableError",
+    "SiiWeighting",
     "Subgroup",
     "all_measures",
     "applicable",
@@ -296,31 +306,68 @@ class MeasureResult:
     ci_method: CIMethod | None = None
 
 
+SiiWeighting = Literal["heat", "population"]
+ImpactReference = Literal["heat", "best"]
+SII_WEIGHTINGS: tuple[SiiWeighting, ...] = ("heat", "population")
+IMPACT_REFERENCES: tuple[ImpactReference, ...] = ("heat", "best")
+# healthequal 1.0 weights the SII/RII regression as HEAT does; its name stays accepted.
+_SII_WEIGHTING_ALIASES = {"healthequal": "heat"}
+
+
 @dataclass(frozen=True, slots=True)
 class ComputeOptions:
-    """Tuning of :func:`compute`.
+    """Tuning of :func:`compute`. The defaults reproduce the WHO's published values.
 
     ``simulations`` and ``seed`` drive the parametric bootstrap of the simulated measures (fixed
-    seed: the same data give the same interval). ``sii_weighting`` chooses the weights of the
-    SII/RII logistic regression: ``"population"`` (the default) weights each subgroup by its
-    population once (each person counts once, the "weighted sample of the whole population" of
-    the technical notes' wording; it works for populations given as shares too);
-    ``"healthequal"`` reproduces the WHO's published software, healthequal 1.0, which passes
-    the subgroup counts both as binomial trials and as prior weights (rounded counts, weights ∝
-    population²) — needed to reproduce its published SII/RII (44.45 instead of 44.89 on its
-    test data), and only meaningful when populations are counts.
+    seed: the same data give the same interval).
+
+    ``sii_weighting`` chooses the weights of the SII/RII logistic regression (see
+    :func:`_slope_fit`):
+
+    * ``"heat"`` (default): as HEAT (HEAT-Measures ``calc_sii``) and healthequal 1.0 ``sii``: the
+      populations, rounded up to whole people, are both the binomial trials and the prior
+      weights (effective weights ∝ N²), the events rounded to whole people, the ridit ranks taken
+      on the rounded populations. It reproduces the published SII 44.45 and RII 3.160 of
+      healthequal's tests and needs populations as numbers of people (each at least 1).
+      ``"healthequal"`` is accepted as another name for it.
+    * ``"population"``: each subgroup weighted by its population share once, so each person
+      counts once; it also works with populations given as shares, and gives SII 44.89 and RII
+      3.236 on the same data.
+
+    ``impact_reference`` chooses the reference point of PAF and PAR (see :func:`_impact`):
+
+    * ``"heat"`` (default): the HEAT technical notes' rule, as HEAT-Measures ``calc_par``: in a
+      non-ordered dimension with a reference subgroup (``reference_subgroup`` = 1), that
+      subgroup; otherwise the most advantaged subgroup (ordered) or the best-performing one
+      (non-ordered).
+    * ``"best"``: always the most advantaged (ordered) or best-performing (non-ordered)
+      subgroup, ignoring a reference subgroup, as healthequal 1.0's ``paf`` and ``parisk``,
+      which take no reference argument.
     """
 
     simulations: int = DEFAULT_SIMULATIONS
     seed: int = DEFAULT_SEED
     confidence: float = 0.95
-    sii_weighting: Literal["population", "healthequal"] = "population"
+    sii_weighting: SiiWeighting = "heat"
+    impact_reference: ImpactReference = "heat"
 
     def __post_init__(self) -> None:
         if self.simulations < 2:
             raise ValueError("simulations must be at least 2")
         if not 0.0 < self.confidence < 1.0:
             raise ValueError("confidence must be in (0, 1)")
+        weighting = _SII_WEIGHTING_ALIASES.get(self.sii_weighting, self.sii_weighting)
+        if weighting not in SII_WEIGHTINGS:
+            raise ValueError(
+                f"sii_weighting is one of {', '.join(SII_WEIGHTINGS)}, not {self.sii_weighting!r}"
+            )
+        # frozen: set the canonical name the way dataclasses do
+        object.__setattr__(self, "sii_weighting", weighting)
+        if self.impact_reference not in IMPACT_REFERENCES:
+            raise ValueError(
+                f"impact_reference is one of {', '.join(IMPACT_REFERENCES)}, "
+                f"not {self.impact_reference!r}"
+            )
 
     @property
     def z(self) -> float:
@@ -334,7 +381,9 @@ DEFAULT_OPTIONS = ComputeOptions()
 # Applicability
 
 
-def not_applicable_reason(measure: Measure, data: DimensionData) -> str | None:
+def not_applicable_reason(
+    measure: Measure, data: DimensionData, options: ComputeOptions = DEFAULT_OPTIONS
+) -> str | None:
     """Why HEAT does not calculate ``measure`` for ``data``; None when it applies.
 
     Rules (HEAT technical notes; HEAT Plus, Glob Health Action 2018, Table 2):
@@ -350,6 +399,8 @@ def not_applicable_reason(measure: Measure, data: DimensionData) -> str | None:
     * Relative measures (R, RCI, RII, COV, IDIS, MLD, TI, PAF) need non-negative estimates and a
       positive mean; MLD needs every estimate positive (it takes logarithms); R needs a positive
       denominator.
+    * SII and RII need a regression with a finite solution under ``options.sii_weighting``; the
+      HEAT weighting also needs populations as numbers of people (each at least 1).
     """
     subgroups = data.subgroups
     n = len(subgroups)
@@ -379,8 +430,13 @@ def not_applicable_reason(measure: Measure, data: DimensionData) -> str | None:
     if measure is Measure.R and _pair(data)[1].estimate <= 0:
         return "the ratio needs a positive denominator"
     if measure in (Measure.SII, Measure.RII):
+        if options.sii_weighting == "heat" and min(s.population or 0.0 for s in subgroups) < 1:
+            return (
+                "HEAT's SII/RII weighting needs populations as numbers of people (at least 1); "
+                "for population shares use sii_weighting 'population'"
+            )
         try:
-            fit = _slope_fit(data, DEFAULT_OPTIONS)
+            fit = _slope_fit(data, options)
         except _FitError as err:
             return str(err)
         if measure is Measure.RII and (fit.v0 <= 0 or fit.v1 <= 0):
@@ -388,9 +444,11 @@ def not_applicable_reason(measure: Measure, data: DimensionData) -> str | None:
     return None
 
 
-def applicable(measure: Measure, data: DimensionData) -> bool:
+def applicable(
+    measure: Measure, data: DimensionData, options: ComputeOptions = DEFAULT_OPTIONS
+) -> bool:
     """Whether HEAT calculates ``measure`` for ``data`` (see :func:`not_applicable_reason`)."""
-    return not_applicable_reason(measure, data) is None
+    return not_applicable_reason(measure, data, options) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,23 +462,19 @@ def compute(
 
     Raises :class:`NotApplicableError` when HEAT's rules exclude the measure for this dimension.
     """
-    reason = not_applicable_reason(measure, data)
+    reason = not_applicable_reason(measure, data, options)
     if reason is not None:
         raise NotApplicableError(f"{measure.value}: {reason}")
     if measure in SIMULATED:
         return _simulated(measure, data, options)
-    try:
-        return _ANALYTIC[measure](data, options)
-    except _FitError as err:
-        # Only reachable with non-default regression weights, which applicability does not try.
-        raise NotApplicableError(f"{measure.value}: {err}") from err
+    return _ANALYTIC[measure](data, options)
 
 
 def all_measures(
     data: DimensionData, options: ComputeOptions = DEFAULT_OPTIONS
 ) -> dict[Measure, MeasureResult]:
     """Every applicable measure, in HEAT's order (the order of :class:`Measure`)."""
-    return {m: compute(data, m, options) for m in Measure if applicable(m, data)}
+    return {m: compute(data, m, options) for m in Measure if applicable(m, data, options)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,15 +549,21 @@ def _order(s: Subgroup) -> int:
     return s.order if s.order is not None else 0
 
 
-def _ordered_arrays(data: DimensionData) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _ordered_arrays(
+    data: DimensionData, whole_people: bool = False
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(estimates, population, ridit rank) sorted from most disadvantaged to most advantaged.
 
     The rank of subgroup j is the cumulative population share below it plus half its own share,
     i.e. the mid-point of its range in the population ranked from 0 (most disadvantaged) to 1.
+    ``whole_people`` rounds each population up to a whole number of people first, as HEAT's
+    SII/RII do (HEAT-Measures ``calc_sii``; healthequal ``sii``).
     """
     ordered = sorted(data.subgroups, key=_order)
     est = np.array([s.estimate for s in ordered], dtype=np.float64)
     pop = np.array([s.population for s in ordered], dtype=np.float64)
+    if whole_people:
+        pop = np.ceil(pop)
     share = pop / pop.sum()
     rank = np.cumsum(share) - share / 2.0
     return est, pop, rank
@@ -628,16 +688,25 @@ def _slope_fit(data: DimensionData, options: ComputeOptions) -> _SlopeFit:
     [0, scale], modelled as proportions y_j/scale (quasi-binomial) — and a weighted linear
     regression otherwise (our fallback for unbounded indicators such as mean values).
     The covariance of the coefficients is the HC1 heteroskedasticity-consistent sandwich
-    (White 1980; MacKinnon & White 1985), the estimator healthequal uses, with T − 2 degrees of
-    freedom for T subgroups.
+    (White 1980; MacKinnon & White 1985), the estimator HEAT and healthequal use, with T − 2
+    degrees of freedom for T subgroups.
+
+    Weights (``options.sii_weighting``): with ``"heat"`` (the default) the populations are
+    rounded up to whole people N_j, the events to round(y_j/scale · N_j), and each subgroup is a
+    binomial observation of N_j trials that is also given the prior weight N_j — HEAT's
+    ``glm(cbind(events, non-events) ~ rank, weights = N)`` (HEAT-Measures ``calc_sii``;
+    healthequal 1.0 ``sii``), effective weights ∝ N_j²; the ranks are those of the rounded
+    populations. With ``"population"`` each subgroup has the weight of its population share,
+    each person counting once.
     """
-    est, pop, rank = _ordered_arrays(data)
+    heat = options.sii_weighting == "heat"
+    est, pop, rank = _ordered_arrays(data, whole_people=heat)
     scale = data.scale
     x = np.column_stack([np.ones_like(rank), rank])
     n = len(est)
     if est.min() >= 0 and est.max() <= scale:
-        if options.sii_weighting == "healthequal":
-            trials = np.ceil(pop)
+        if heat:
+            trials = pop  # already whole people
             proportion = np.round(est / scale * trials) / trials
             prior = trials * trials
         else:
@@ -694,13 +763,19 @@ def _logistic_irls(
         return float(2 * prior @ (t1 + t2))
 
     current = deviance(beta)
+    # The deviance grows with the prior weights (N² under HEAT's weighting): a tolerance in
+    # proportion to their total makes the iterations the same whatever the scale of the weights.
+    tolerance = 1e-12 * 0.1 * float(prior.sum())
     for _ in range(200):
         m = _expit(x @ beta)
         w = prior * m * (1 - m)
         if not np.all(np.isfinite(w)) or w.max() <= 0:
             raise _FitError("the logistic regression did not converge")
         info = x.T @ (x * w[:, None])
-        step = np.linalg.solve(info, x.T @ (prior * (proportion - m)))
+        try:
+            step = np.linalg.solve(info, x.T @ (prior * (proportion - m)))
+        except np.linalg.LinAlgError as err:
+            raise _FitError("the logistic regression did not converge") from err
         factor = 1.0
         while True:
             candidate = beta + factor * step
@@ -709,7 +784,7 @@ def _logistic_irls(
                 break
             factor /= 2
         beta = candidate.astype(np.float64)
-        converged = abs(current - new) <= 1e-12 * (abs(new) + 0.1)
+        converged = abs(current - new) <= 1e-12 * abs(new) + tolerance
         current = new
         if converged:
             break
@@ -827,14 +902,20 @@ def _theil(data: DimensionData, options: ComputeOptions) -> MeasureResult:
 # Impact measures
 
 
-def _impact(data: DimensionData) -> tuple[Subgroup, float]:
+def _impact(data: DimensionData, options: ComputeOptions) -> tuple[Subgroup, float]:
     """The reference point of PAF/PAR and the setting mean μ.
 
-    Reference: the most-advantaged subgroup of an ordered dimension, the best-performing
-    subgroup of a non-ordered one (highest estimate if favourable, lowest if adverse) — HEAT
-    technical notes; healthequal ``paf``/``parisk`` documentation.
+    Reference (HEAT technical notes; HEAT-Measures ``calc_par``/``calc_paf``): the reference
+    subgroup of a non-ordered dimension that has one (``options.impact_reference`` "heat", the
+    default), else the most-advantaged subgroup of an ordered dimension and the best-performing
+    subgroup of a non-ordered one (highest estimate if favourable, lowest if adverse). With
+    ``impact_reference`` "best" a reference subgroup is ignored, as healthequal 1.0's
+    ``paf``/``parisk`` do (they take no reference argument).
     """
-    if data.ordered:
+    reference = data.reference
+    if not data.ordered and reference is not None and options.impact_reference == "heat":
+        ref = reference
+    elif data.ordered:
         ref = max(data.subgroups, key=_order)
     elif data.favourable:
         ref = max(data.subgroups, key=lambda s: s.estimate)
@@ -888,9 +969,11 @@ def _capped(value: float, se: float | None, favourable: bool, z: float) -> Measu
 def _paf(data: DimensionData, options: ComputeOptions) -> MeasureResult:
     """Population attributable fraction PAF = 100 · (y_ref − μ) / μ (HEAT technical notes;
     Schlotheuber & Hosseinpoor 2022, §3.2.3), set to 0 when negative for a favourable indicator
-    or positive for an adverse one. se = 100 · se_Walter (see :func:`_walter_se`).
+    or positive for an adverse one. y_ref is the reference point of :func:`_impact` (a
+    non-ordered dimension's reference subgroup by default). se = 100 · se_Walter (see
+    :func:`_walter_se`).
     """
-    ref, mean = _impact(data)
+    ref, mean = _impact(data, options)
     se = _walter_se(data, ref, mean)
     return _capped(
         PERCENT * (ref.estimate - mean) / mean,
@@ -905,7 +988,7 @@ def _par(data: DimensionData, options: ComputeOptions) -> MeasureResult:
 
     PAR = μ · PAF/100, so se(PAR) = μ · se_Walter (healthequal's published values agree).
     """
-    ref, mean = _impact(data)
+    ref, mean = _impact(data, options)
     se = _walter_se(data, ref, mean)
     return _capped(
         ref.estimate - mean,

@@ -2,16 +2,19 @@
 results as JSON for dashboards.
 
 It answers "who is being left behind, where, and by how much?": per indicator an equiplot (each
-dimension a line, each subgroup a dot on it, as HEAT draws them), the summary measures of
-inequality, a map of spatial access to care, and findings in plain language generated from
-the numbers. Charts are inline SVG; text runs in either direction (`dir="auto"`), so Arabic and
-Persian labels display right to left.
+dimension a line, each subgroup a dot on it, as HEAT draws them, with a legend naming every dot),
+a trend chart with its axis and values, the summary measures of inequality, a map of spatial
+access to care, and findings in plain language generated from the numbers. Each chart reads
+without the tables. Charts are inline SVG; text runs in either direction (`dir="auto"`), so Arabic
+and Persian labels display right to left.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +24,32 @@ import numpy as np
 
 from takamul.equity.access import AccessReport, Demand
 from takamul.equity.heat import MeasureRow, compute_rows, read_template
-from takamul.equity.indicators import IndicatorResults, heat_rows, result_dicts
+from takamul.equity.indicators import UNKNOWN, IndicatorResults, heat_rows, result_dicts
 from takamul.equity.measures import ComputeOptions, Measure
 
-__all__ = ["EquityReport", "build_report", "render_html"]
+__all__ = ["EquityReport", "build_report", "gap_findings", "is_unknown", "render_html"]
 
-# Subgroup colours of the equiplots: ordered dimensions go from warm (disadvantaged) to cool.
+# Map colours (access terciles, worst first) and the ends of the ordered-dimension ramp.
 PALETTE = ["#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac", "#5e3c99", "#1b7837"]
+# Ordered dimensions go from warm (most disadvantaged) to cool (most advantaged), as in HEAT.
+ORDERED_RAMP = ("#b2182b", "#ef8a62", "#f6d55c", "#67a9cf", "#08519c")
+# Non-ordered dimensions: the Okabe-Ito colours, told apart with colour-vision deficiency too;
+# past eight subgroups the marker shape changes, so no two subgroups of a dimension look alike.
+QUALITATIVE = (
+    "#e69f00",
+    "#56b4e9",
+    "#009e73",
+    "#f0e442",
+    "#0072b2",
+    "#d55e00",
+    "#cc79a7",
+    "#000000",
+)
+SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down")
+UNKNOWN_COLOUR = "#888888"
 SHOWN_MEASURES = ("d", "r", "sii", "rii", "aci", "rci", "bgv", "paf", "par", "idisw", "mld", "ti")
+# Labels that mean "not recorded" whatever the dimension's own wording.
+_UNKNOWN_LABELS = frozenset({"", UNKNOWN, "missing", "not recorded", "not stated", "not known"})
 
 
 @dataclass
@@ -93,6 +114,7 @@ def _indicator_entries(results: IndicatorResults) -> list[dict[str, Any]]:
                     "ciHigh": e.ci_ub,
                     "population": e.population,
                     "suppressed": e.suppressed or None,
+                    "unknown": is_unknown(value, dim.label(value)),
                 }
                 for value, e in _ordered(results.by(ind.id, dim.id), dim)
             ]
@@ -138,16 +160,33 @@ def _measure_entries(rows: Sequence[MeasureRow]) -> list[dict[str, Any]]:
     ]
 
 
-def _findings(indicators: list[dict[str, Any]], measures: list[dict[str, Any]]) -> list[str]:
+def is_unknown(value: str | None, label: str | None = None) -> bool:
+    """Whether a subgroup stands for people whose value was not recorded (the views' 'unknown'):
+    they are shown, but are nobody's comparison in a finding."""
+    if value is None or value.strip().lower() in _UNKNOWN_LABELS:
+        return True
+    return label is not None and label.strip().lower() in _UNKNOWN_LABELS
+
+
+def _known(subgroup: dict[str, Any]) -> bool:
+    # Reports built before subgroups carried the flag: fall back on the label.
+    return not subgroup.get("unknown", is_unknown(subgroup["subgroup"]))
+
+
+def gap_findings(indicators: list[dict[str, Any]], measures: list[dict[str, Any]]) -> list[str]:
     """Plain-language sentences: for each indicator, the dimension with the widest gap between
-    its best and worst subgroup, and whether the gap's interval excludes no difference."""
+    its best and worst subgroup, and whether the gap's interval excludes no difference.
+
+    Only subgroups with a published estimate and a known value take part: "unknown" (not
+    recorded) is not a group of people one can be behind or ahead of.
+    """
     diffs = {(m["indicator"], m["dimension"]): m for m in measures if m["measure"] == "d"}
     out = []
     for ind in indicators:
         unit = "%" if ind["scale"] == 100 else ""
         widest: tuple[float, dict[str, Any], dict[str, Any], dict[str, Any]] | None = None
         for dim in ind["dimensions"]:
-            shown = [s for s in dim["subgroups"] if s["estimate"] is not None]
+            shown = [s for s in dim["subgroups"] if s["estimate"] is not None and _known(s)]
             if len(shown) < 2:
                 continue
             low = min(shown, key=lambda s: s["estimate"])
@@ -255,7 +294,7 @@ def build_report(
         min_cell=results.min_cell,
         indicators=indicators,
         measures=measures,
-        findings=_findings(indicators, measures),
+        findings=gap_findings(indicators, measures),
         access=_access_entries(access, demand),
         trends=trend_entries([*history, results]) if history else [],
     )
@@ -268,9 +307,104 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
+# Text in the SVGs is 11px; its width is estimated at 0.6 em a character (a little wider than
+# the average of system sans-serif faces, Arabic included), so estimated boxes err on the safe side.
+FONT_PX = 11
+CHAR_PX = 0.6 * FONT_PX
+LINE_PX = 14
+LABEL_CHARS = 26  # dimension labels wrap at this many characters
+
+
+def text_width(text: str, font_px: float = FONT_PX) -> float:
+    """The estimated width of ``text`` in the report's SVGs (layout and its tests use it)."""
+    return len(text) * 0.6 * font_px
+
+
+def _fmt(value: float, unit: str = "") -> str:
+    return f"{value:.1f}{unit}"
+
+
+def _nice_ticks(hi: float, count: int = 5) -> list[float]:
+    """Round tick values from 0 to at least ``hi`` (1, 2, 2.5 or 5 times a power of ten)."""
+    hi = hi if hi > 0 else 1.0  # all zero: still an axis with its ticks
+    raw = hi / (count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    return [i * step for i in range(math.ceil(hi / step - 1e-9) + 1)]
+
+
+def _tick_label(value: float) -> str:
+    return f"{value:g}"
+
+
+def _marker(shape: str, cx: float, cy: float, r: float, fill: str, stroke: str) -> str:
+    """One marker of the equiplots; a dark outline keeps the light colours visible."""
+    common = f'fill="{fill}" stroke="{stroke}" stroke-width="1"'
+    if shape == "square":
+        side = r * 1.7
+        return (
+            f'<rect x="{cx - side / 2:.1f}" y="{cy - side / 2:.1f}" width="{side:.1f}" '
+            f'height="{side:.1f}" {common}/>'
+        )
+    if shape in ("triangle", "triangle-down", "diamond"):
+        if shape == "triangle":
+            pts = [(cx, cy - r * 1.2), (cx + r * 1.1, cy + r * 0.8), (cx - r * 1.1, cy + r * 0.8)]
+        elif shape == "triangle-down":
+            pts = [(cx, cy + r * 1.2), (cx + r * 1.1, cy - r * 0.8), (cx - r * 1.1, cy - r * 0.8)]
+        else:
+            pts = [(cx, cy - r * 1.2), (cx + r * 1.2, cy), (cx, cy + r * 1.2), (cx - r * 1.2, cy)]
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        return f'<polygon points="{points}" {common}/>'
+    return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" {common}/>'
+
+
+def _ramp(position: float) -> str:
+    """The colour at ``position`` (0 = most disadvantaged, 1 = most advantaged) of the ramp."""
+    where = position * (len(ORDERED_RAMP) - 1)
+    i = min(int(where), len(ORDERED_RAMP) - 2)
+    t = where - i
+    a, b = ORDERED_RAMP[i], ORDERED_RAMP[i + 1]
+    rgb = [round(int(a[k : k + 2], 16) * (1 - t) + int(b[k : k + 2], 16) * t) for k in (1, 3, 5)]
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
+def subgroup_styles(dim: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(colour, shape, hollow) of each subgroup of a dimension, in its order: no two known
+    subgroups of a dimension share colour and shape; unknown ones are hollow grey circles."""
+    known = [s for s in dim["subgroups"] if _known(s)]
+    styles = []
+    j = 0
+    for s in dim["subgroups"]:
+        if not _known(s):
+            styles.append((UNKNOWN_COLOUR, "circle", True))
+            continue
+        if dim.get("ordered"):
+            colour = _ramp(j / (len(known) - 1)) if len(known) > 1 else ORDERED_RAMP[0]
+            shape = "circle"
+        else:
+            colour = QUALITATIVE[j % len(QUALITATIVE)]
+            shape = SHAPES[(j // len(QUALITATIVE)) % len(SHAPES)]
+        styles.append((colour, shape, False))
+        j += 1
+    return styles
+
+
+def _wrap(text: str, chars: int = LABEL_CHARS) -> list[str]:
+    return textwrap.wrap(text, chars, break_long_words=True) or [""]
+
+
+def _legend_text(s: dict[str, Any], unit: str) -> str:
+    name = s["subgroup"] if _known(s) else f"{s['subgroup'] or UNKNOWN} (not recorded)"
+    if s["estimate"] is None:
+        return f"{name}: suppressed"
+    return f"{name}: {_fmt(s['estimate'], unit)}"
+
+
 def _equiplot(ind: dict[str, Any]) -> str:
-    """Each dimension a row: a grey line from lowest to highest subgroup, a dot per subgroup."""
-    scale = float(ind["scale"] or 100) if ind["scale"] == 100 else None
+    """Each dimension a row: its name on the left (wrapped, the margin fitted to the longest
+    line), a grey line from the lowest to the highest known subgroup, a marker per subgroup, and
+    under it a legend naming each marker with its value."""
+    unit = "%" if ind["scale"] == 100 else ""
     values = [
         s["estimate"]
         for d in ind["dimensions"]
@@ -279,69 +413,190 @@ def _equiplot(ind: dict[str, Any]) -> str:
     ]
     if not values:
         return "<p>All cells suppressed.</p>"
-    hi = scale if scale else max(values) * 1.1 or 1.0
-    width, left, row = 640, 170, 34
-    height = row * len(ind["dimensions"]) + 30
+    ticks = [0.0, 25.0, 50.0, 75.0, 100.0] if ind["scale"] == 100 else _nice_ticks(max(values))
+    hi = ticks[-1] or 1.0
+    width, right, gap = 760, 24, 16
+    wrapped = {d["dimension"]: _wrap(d["dimension"]) for d in ind["dimensions"]}
+    longest = max(text_width(line) for lines in wrapped.values() for line in lines)
+    left = math.ceil(longest + gap)
+    plot = width - left - right
 
     def x(v: float) -> float:
-        return left + (width - left - 20) * max(0.0, min(v / hi, 1.0))
+        return left + plot * max(0.0, min(v / hi, 1.0))
 
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" class="equiplot">']
-    for i, dim in enumerate(ind["dimensions"]):
-        y = 20 + i * row
-        shown = [s for s in dim["subgroups"] if s["estimate"] is not None]
-        parts.append(
-            f'<text x="{left - 8}" y="{y + 4}" text-anchor="end">{_e(dim["dimension"])}</text>'
+    body: list[str] = []
+    y = 22
+    for dim in ind["dimensions"]:
+        styles = subgroup_styles(dim)
+        lines = wrapped[dim["dimension"]]
+        first = y - (len(lines) - 1) * LINE_PX / 2 + 4
+        tspans = "".join(
+            f'<tspan x="{left - gap / 2}" y="{first + k * LINE_PX:.1f}">{_e(line)}</tspan>'
+            for k, line in enumerate(lines)
         )
-        if len(shown) >= 2:
-            lo_v = min(s["estimate"] for s in shown)
-            hi_v = max(s["estimate"] for s in shown)
-            parts.append(
+        body.append(f'<text class="dimension" text-anchor="end">{tspans}</text>')
+        known = [s for s in dim["subgroups"] if s["estimate"] is not None and _known(s)]
+        if len(known) >= 2:
+            lo_v = min(s["estimate"] for s in known)
+            hi_v = max(s["estimate"] for s in known)
+            body.append(
                 f'<line x1="{x(lo_v):.1f}" x2="{x(hi_v):.1f}" y1="{y}" y2="{y}" class="span"/>'
             )
-        for j, s in enumerate(shown):
-            colour = PALETTE[j % len(PALETTE)]
-            label = f"{s['subgroup']}: {s['estimate']:.1f}"
-            parts.append(
-                f'<circle cx="{x(s["estimate"]):.1f}" cy="{y}" r="6" fill="{colour}">'
-                f"<title>{_e(label)}</title></circle>"
+        for s, (colour, shape, hollow) in zip(dim["subgroups"], styles, strict=True):
+            if s["estimate"] is None:
+                continue
+            fill, stroke = ("#ffffff", colour) if hollow else (colour, "#333333")
+            body.append(
+                f'<g class="dot">{_marker(shape, x(s["estimate"]), y, 6, fill, stroke)}'
+                f"<title>{_e(_legend_text(s, unit))}</title></g>"
             )
-    axis_y = height - 8
-    for tick in np.linspace(0, hi, 5):
-        parts.append(f'<text x="{x(tick):.1f}" y="{axis_y}" class="tick">{tick:.0f}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        # The legend: entries flow left to right under the row, wrapping at the right edge.
+        ly = y + max(20, (len(lines) + 1) * LINE_PX / 2 + 6)
+        lx = float(left)
+        entries = []
+        for s, (colour, shape, hollow) in zip(dim["subgroups"], styles, strict=True):
+            label = _fit(_legend_text(s, unit), plot - 14)
+            needed = 14 + text_width(label)
+            if lx > left and lx + needed > width - right:
+                lx, ly = float(left), ly + LINE_PX + 2
+            fill, stroke = ("#ffffff", colour) if hollow else (colour, "#333333")
+            mark = (
+                "" if s["estimate"] is None else _marker(shape, lx + 5, ly - 4, 4.5, fill, stroke)
+            )
+            entries.append(
+                f'<g class="legend-entry" data-subgroup="{_e(s["subgroup"])}">{mark}'
+                f'<text x="{lx + 14:.1f}" y="{ly:.1f}">{_e(label)}</text></g>'
+            )
+            lx += needed + 14
+        body.append(
+            f'<g class="legend" data-dimension="{_e(dim["dimension"])}">{"".join(entries)}</g>'
+        )
+        y = math.ceil(max(ly + 10, y + (len(lines) - 1) * LINE_PX / 2 + 10)) + 24
+    axis_y = y - 6
+    line_y = axis_y - 14
+    axis = [f'<line x1="{left}" x2="{left + plot}" y1="{line_y}" y2="{line_y}" class="axis"/>']
+    for tick in ticks:
+        axis.append(
+            f'<text x="{x(tick):.1f}" y="{axis_y}" text-anchor="middle" class="tick">'
+            f"{_tick_label(tick)}</text>"
+        )
+    axis_title = f"{ind['name']} ({'%' if unit else 'value'})"
+    axis.append(
+        f'<text x="{left + plot / 2:.1f}" y="{axis_y + LINE_PX + 2}" text-anchor="middle" '
+        f'class="axis-title">{_e(_fit(axis_title, plot))}</text>'
+    )
+    height = axis_y + LINE_PX + 10
+    title = f"Equiplot: {ind['name']} by dimension of inequality"
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'class="equiplot"><title>{_e(title)}</title>{"".join(body)}{"".join(axis)}</svg>'
+    )
 
 
-TREND_LINES = (("national", "#444"), ("poorest", PALETTE[0]), ("richest", PALETTE[5]))
+def _fit(text: str, room: float) -> str:
+    """``text`` shortened with an ellipsis to fit ``room`` pixels (by the width estimate)."""
+    most = int(room / CHAR_PX)
+    return text if len(text) <= most else text[: max(most - 1, 1)] + "…"
+
+
+TREND_LINES = (
+    ("national", "National", "#444444"),
+    ("poorest", "Poorest quintile", ORDERED_RAMP[0]),
+    ("richest", "Richest quintile", ORDERED_RAMP[-1]),
+)
 
 
 def _trend_chart(trend: dict[str, Any]) -> str:
-    """National, poorest and richest quintile over the period ends: is the gap closing?"""
+    """National, poorest and richest quintile over the period ends: is the gap closing? A y axis
+    with ticks, the value at every point, the years under the points and a legend."""
     points = trend["points"]
-    values = [p[k] for p in points for k, _ in TREND_LINES if p[k] is not None]
+    values = [p[k] for p in points for k, _, _ in TREND_LINES if p[k] is not None]
     if len(points) < 2 or not values:
         return ""
-    width, height, pad = 420, 160, 30
-    hi = float(trend["scale"]) if trend["scale"] == 100 else max(values) * 1.1 or 1.0
+    percent = trend["scale"] == 100
+    unit = "%" if percent else ""
+    ticks = _nice_ticks(max(values))
+    if percent:
+        ticks = [t for t in ticks if t <= 100] or [0.0, 100.0]
+    hi = ticks[-1] or 1.0
+    width, height = 640, 280
+    left = math.ceil(max(text_width(_tick_label(t)) for t in ticks) + 14)
+    top, bottom, inner = 30, 64, 34
+    plot_h = height - top - bottom
+    x0, x1 = left + inner, width - 20 - inner
 
-    def xy(i: int, v: float) -> str:
-        x = pad + (width - 2 * pad) * i / (len(points) - 1)
-        y = height - pad - (height - 2 * pad) * min(v / hi, 1.0)
-        return f"{x:.1f},{y:.1f}"
+    def px(i: int) -> float:
+        return x0 + (x1 - x0) * i / (len(points) - 1)
 
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" class="trend">']
-    for key, colour in TREND_LINES:
-        line = [xy(i, p[key]) for i, p in enumerate(points) if p[key] is not None]
+    def py(v: float) -> float:
+        return top + plot_h * (1 - max(0.0, min(v / hi, 1.0)))
+
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'class="trend"><title>{_e("Trend: " + trend["name"])}</title>',
+        f'<text x="{left}" y="{top - 14}" class="axis-title">'
+        f"{'Per cent of people' if percent else 'Value'}</text>",
+    ]
+    for tick in ticks:
+        y = py(tick)
+        parts.append(
+            f'<line x1="{left}" x2="{width - 20}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="ytick">'
+            f"{_tick_label(tick)}</text>"
+        )
+    parts.append(
+        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" class="axis"/>'
+        f'<line x1="{left}" x2="{width - 20}" y1="{top + plot_h}" y2="{top + plot_h}" '
+        'class="axis"/>'
+    )
+    for key, name, colour in TREND_LINES:
+        line = [(px(i), py(p[key])) for i, p in enumerate(points) if p[key] is not None]
         if len(line) >= 2:
+            coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in line)
             parts.append(
-                f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" '
-                f'stroke-width="2"><title>{key}</title></polyline>'
+                f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2">'
+                f"<title>{_e(name)}</title></polyline>"
             )
     for i, p in enumerate(points):
-        x = pad + (width - 2 * pad) * i / (len(points) - 1)
-        parts.append(f'<text x="{x:.1f}" y="{height - 8}" class="tick">{p["periodEnd"][:4]}</text>')
-    parts.append("</svg>")
+        # Each value in its line's colour beside its point (left of the last points, right of
+        # the others), stacked at least a line apart and kept inside the plot.
+        present = sorted(
+            (
+                (py(p[key]), p[key], key, colour)
+                for key, _, colour in TREND_LINES
+                if p[key] is not None
+            ),
+            key=lambda t: t[0],
+        )
+        label_ys: list[float] = []
+        for cy, *_ in present:
+            label_ys.append(max(cy + 4, label_ys[-1] + 12) if label_ys else max(cy + 4, top + 8))
+        overflow = label_ys[-1] - (top + plot_h - 3) if label_ys else 0
+        if overflow > 0:
+            label_ys = [y - overflow for y in label_ys]
+        last = i == len(points) - 1
+        for (cy, v, key, colour), ly in zip(present, label_ys, strict=True):
+            cx = px(i)
+            lx, anchor = (cx - 8, "end") if last else (cx + 8, "start")
+            parts.append(
+                f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{colour}" class="point"/>'
+                f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" fill="{colour}" '
+                f'class="value" data-series="{key}">{_fmt(v, unit)}</text>'
+            )
+        parts.append(
+            f'<text x="{px(i):.1f}" y="{top + plot_h + 18}" text-anchor="middle" class="xtick">'
+            f"{_e(p['periodEnd'][:4])}</text>"
+        )
+    lx, ly = float(left), height - 12
+    legend = []
+    for key, name, colour in TREND_LINES:
+        legend.append(
+            f'<g class="legend-entry" data-series="{key}">'
+            f'<line x1="{lx:.1f}" x2="{lx + 18:.1f}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" '
+            f'stroke-width="2"/><text x="{lx + 22:.1f}" y="{ly}">{_e(name)}</text></g>'
+        )
+        lx += 22 + text_width(name) + 18
+    parts.append(f'<g class="legend">{"".join(legend)}</g></svg>')
     return "".join(parts)
 
 
@@ -381,8 +636,11 @@ body{font-family:system-ui,'Noto Sans Arabic','Vazirmatn',sans-serif;margin:2rem
 body{color:#222}h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;font-size:.9rem}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:start}
-.equiplot text,.map text,.trend text{font-size:11px}.trend .tick{text-anchor:middle}
-.equiplot .tick{fill:#777;text-anchor:middle}
+svg.equiplot,svg.trend,svg.map{max-width:100%;height:auto;display:block;margin:.5rem 0}
+.equiplot text,.map text,.trend text{font-size:11px}
+.equiplot .tick,.trend .xtick,.trend .ytick{fill:#555}
+.axis-title{fill:#555}.trend .value{font-size:10px;paint-order:stroke;stroke:#fff;stroke-width:3px}
+.axis{stroke:#999;stroke-width:1}.grid{stroke:#e4e4e4;stroke-width:1}
 .span{stroke:#999;stroke-width:3}.finding{margin:.3rem 0}.muted{color:#666;font-size:.85rem}
 """
 
@@ -415,7 +673,7 @@ def render_html(report: EquityReport) -> str:
         trend = next((t for t in report.trends if t["id"] == ind["id"]), None)
         if trend is not None and (chart := _trend_chart(trend)):
             out += [
-                "<p>Trend: national (grey), poorest quintile (red), richest quintile (blue).</p>",
+                "<p>Trend at each period end: national, poorest and richest income quintile.</p>",
                 chart,
             ]
         rows = [m for m in report.measures if m["indicator"] == ind["abbr"]]
