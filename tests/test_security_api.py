@@ -637,3 +637,32 @@ def test_consent_holds_in_bulk_export(server: Server, consented: dict[str, Any])
     assert status.status_code == 200, status.text
     exported = b"".join(http.get(item["url"]).content for item in status.json()["output"]).decode()
     assert consented["asthma"] in exported and consented["depression"] not in exported
+
+
+def test_conditional_interactions_do_not_match_what_is_hidden(
+    server: Server, consented: dict[str, Any]
+) -> None:
+    """If-None-Exist, conditional update and conditional delete match only what the requester
+    may see: a hidden match neither comes back nor blocks, and a request without criteria of
+    its own is still refused (the guard's restrictions are not criteria)."""
+    pid, hidden = consented["patient"], consented["depression"]
+    cid, _ = server.client("system/*.cruds")
+    http = server.http(server.token(cid, "system/*.cruds"))  # the ministry: not the treating team
+    asthma = {
+        "resourceType": "Condition",
+        "code": {"coding": [{"system": SNOMED, "code": "195967001"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    created = http.post("/Condition", json=asthma, headers={"If-None-Exist": f"_id={hidden}"})
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] != hidden and "35489007" not in created.text
+    deleted = http.delete("/Condition", params={"_id": hidden})
+    assert deleted.status_code in (200, 204), deleted.text
+    assert world_admin_reads(server, f"/Condition/{hidden}") == 200  # still there
+    facility = facility_client(server, "org-a")
+    outcome(facility.put("/Patient", json={"resourceType": "Patient"}), 412)
+
+
+def world_admin_reads(server: Server, path: str) -> int:
+    """Status of a read by the treating team (who may see restricted data)."""
+    return facility_client(server, "mh-clinic", "system/*.rs").get(path).status_code

@@ -385,17 +385,29 @@ class Session:
 
     def find(self, resource_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
         """All current resources matching search parameters (for conditional interactions)."""
-        query = self.parse_search(resource_type, params)
-        if not query.filters:
+        # the requester's own criteria, before the guard adds its restrictions
+        if not QueryParser(resource_type, False, 1, 1).parse(params).filters:
             raise FhirError(
                 412, "A conditional request needs at least one search criterion", "invalid"
             )
-        rows = self.conn.execute(
-            select(resource)
-            .where(resource.c.rid.in_(matching_rids(resource_type, query.filters)))
-            .limit(2)
-        ).all()
-        return [_stored(r) for r in rows]
+        query = self.parse_search(resource_type, params)
+        stmt = select(resource).where(
+            resource.c.rid.in_(matching_rids(resource_type, query.filters))
+        )
+        guard = current_guard.get()
+        if guard is None:
+            return [_stored(r) for r in self.conn.execute(stmt.limit(2))]
+        # a match the requester may not see is not a match: neither its existence nor its
+        # content may come back through If-None-Exist, a conditional update or delete, or a
+        # conditional reference (the row-by-row check covers consent, which SQL cannot)
+        found: list[StoredResource] = []
+        for row in self.conn.execute(stmt):
+            stored = _stored(row)
+            if guard.visible(resource_type, stored.json(), "r"):
+                found.append(stored)
+                if len(found) == 2:
+                    break
+        return found
 
     def _includes(
         self, query: SearchQuery, rids: list[int], matches: list[StoredResource]
