@@ -226,6 +226,20 @@ def test_reference_forms_and_chain(world: World) -> None:
     assert world.ids_of("Patient", {"organization.name": "مركز"}) == {ahmad}
 
 
+def test_a_reference_clause_with_thousands_of_values(world: World) -> None:
+    """A facility's patients become one clause of thousands of references (its search
+    restriction); SQLite refuses an OR deeper than 1000 terms, so they must be grouped."""
+    ahmad = world.ids["ahmad"]
+    many = [f"Patient/nobody-{i}" for i in range(3000)] + [f"Patient/{ahmad}"]
+    r = world.http.post(
+        "/Observation/_search",
+        data={"subject": ",".join(many), "_tag": f"urn:test:world|{world.tag}"},
+    )
+    assert r.status_code == 200, r.text
+    found = {e["resource"]["id"] for e in r.json().get("entry", [])}
+    assert found == {world.ids["hba1c-a"], world.ids["hba1c-a2"]}
+
+
 def test_has(world: World) -> None:
     assert world.ids_of("Patient", {"_has:Observation:subject:code": "39156-5"}) == {
         world.ids["maryam"]

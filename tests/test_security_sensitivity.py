@@ -195,3 +195,46 @@ def test_labelled_on_write_through_bulk_load(store: Store, tmp_path: Path) -> No
         assert labels(session.read("Observation", "phq9").json()) == {"PSY"}
         assert labels(session.read("MedicationRequest", "ssri").json()) == {"PSY"}
         assert labels(session.read("Patient", "p1").json()) == set()
+
+
+def test_data_stored_unlabelled_by_an_earlier_version_is_labelled_at_start_up(
+    store: Store,
+) -> None:
+    """A database written before labels were added on write: at the next start-up every
+    sensitive resource is labelled in place, once, so consent can be enforced in SQL."""
+    from sqlalchemy import delete, update
+
+    from takamul.store.labels import LABELS_SETTING
+    from takamul.store.schema import INDEX_TABLES, resource, resource_version, store_setting
+
+    def seed(session: Any) -> None:
+        session.update("Patient", "p1", {"resourceType": "Patient", "id": "p1"})
+        session.update("Observation", "phq9", {**phq9_panel("p1"), "id": "phq9"})
+
+    store.write(seed)
+    unlabelled = orjson.dumps({**phq9_panel("p1"), "id": "phq9"})
+
+    def forget(session: Any) -> None:  # what an earlier version would have left
+        conn = session.conn
+        conn.execute(update(resource).where(resource.c.res_id == "phq9").values(content=unlabelled))
+        conn.execute(
+            update(resource_version)
+            .where(resource_version.c.res_id == "phq9")
+            .values(content=unlabelled)
+        )
+        token = INDEX_TABLES["token"]
+        conn.execute(delete(token).where(token.c.param == "_security"))
+        conn.execute(delete(store_setting).where(store_setting.c.key == LABELS_SETTING))
+
+    store.write(forget)
+    url = store.settings.database_url
+    store.close()
+    reopened = Store(Settings(database_url=url))
+    try:
+        with reopened.reading() as session:
+            assert labels(session.read("Observation", "phq9").json()) == {"PSY"}
+            query = session.parse_search("Observation", [("_security", "PSY")])
+            assert [r.id for r in session.search(query).matches] == ["phq9"]
+            assert labels(session.vread("Observation", "phq9", "1").json()) == {"PSY"}
+    finally:
+        reopened.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
@@ -31,6 +31,7 @@ from takamul.security.consent import (
 )
 from takamul.security.context import AccessContext
 from takamul.security.roles import FACILITY_LINKS, FacilityLink
+from takamul.store.query import RestrictedFilter
 from takamul.store.repository import Store
 from takamul.store.schema import resource, sp_reference
 
@@ -51,6 +52,7 @@ class AccessGuard:
         self._consents: dict[str, list[Restriction]] = {}
         self._any: bool | None = None
         self._caregiver: bool | None = None
+        self._withheld_cache: dict[str, tuple[str, ...]] | None = None
         # patients whose data this request was allowed to write (for the audit log)
         self.written_patients: set[str] = set()
         self._facility = (
@@ -88,37 +90,67 @@ class AccessGuard:
             return False
         if not _patient_data(resource_type):
             return True
+        writing = interaction in ("c", "u", "d")
+        labels = sensitivity(resource) if self._consent_applies() else frozenset()
+        if not (self.access.facility_scoped or labels or writing):
+            # nothing left to check needs the resource's patients: searches that check every
+            # match (consent) skip the extraction of its search index for most resources
+            return True
         entries = self._entries(resource)
         patients = self._patients_in(resource_type, resource, entries)
         if self.access.facility_scoped and not (
             self._registers(resource_type, entries, patients) or patients & self._patients()
         ):
             return False
-        if not self._consented(resource, patients):
+        if labels and not self._consented(labels, patients):
             return False
-        if interaction in ("c", "u", "d"):
+        if writing:
             self.written_patients.update(patients)
         return True
 
     def exhaustive(self, resource_type: str) -> bool:
-        """Searches of this type must be filtered row by row (and counted so): a patient has
-        restricted part of their record, and restrictions follow codes SQL does not see."""
+        """Searches of this type must be filtered row by row (and counted so): only while the
+        database holds data stored unlabelled by an earlier version (consent is otherwise an
+        SQL filter on the labels, ``filters``)."""
         return (
-            _patient_data(resource_type)
-            and self.access.break_glass is None
-            and self._any_restriction()
+            not getattr(self.store, "labels_complete", False)
+            and _patient_data(resource_type)
+            and self._consent_applies()
         )
+
+    def filters(self, session: Any, resource_type: str) -> list[Any]:
+        """Consent as SQL: per sensitivity label, the patients whose consent withholds it from
+        this requester; their resources carrying the label are left out (labels are added on
+        write, so unlabelled sensitive data does not exist)."""
+        if not _patient_data(resource_type) or not self._consent_applies():
+            return []
+        if resource_type == "Patient":
+            params: tuple[str, ...] = ("_id",)
+        else:
+            params = tuple(definitions().patient_compartment().get(resource_type, ()))
+        return [
+            RestrictedFilter(resource_type, label, patients, params)
+            for label, patients in sorted(self._withheld().items())
+        ]
+
+    def _withheld(self) -> dict[str, tuple[str, ...]]:
+        if self._withheld_cache is None:
+            out: dict[str, set[str]] = {}
+            for patient, restriction in _all_restrictions(self.store):
+                if not self._permitted(restriction):
+                    for label in restriction.labels:
+                        out.setdefault(label, set()).add(patient)
+            self._withheld_cache = {k: tuple(sorted(v)) for k, v in out.items()}
+        return self._withheld_cache
 
     # -- consent ----------------------------------------------------------------------------
 
-    def _consented(self, resource: dict[str, Any], patients: set[str]) -> bool:
+    def _consent_applies(self) -> bool:
+        return self.access.break_glass is None and self._any_restriction()
+
+    def _consented(self, labels: frozenset[str], patients: set[str]) -> bool:
         """Sensitive data of a patient who restricted it: only for the treating team named in
         the Consent (break-the-glass excepted, audited)."""
-        if self.access.break_glass is not None or not patients or not self._any_restriction():
-            return True
-        labels = sensitivity(resource)
-        if not labels:
-            return True
         for patient in patients:
             for restriction in self._restrictions(patient):
                 if restriction.labels & labels and not self._permitted(restriction):
@@ -268,3 +300,35 @@ def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: str) -> Any:
 
 def _patient_data(resource_type: str) -> bool:
     return resource_type == "Patient" or resource_type in definitions().patient_compartment()
+
+
+# Every active restriction in the record, per process, refreshed when a Consent changes (the
+# count and newest change of Consent rows are its key).
+_RESTRICTIONS: dict[int, tuple[tuple[int, float], list[tuple[str, Restriction]]]] = {}
+
+
+def _all_restrictions(store: Store) -> list[tuple[str, Restriction]]:
+    with store.reading() as session:
+        state = session.conn.execute(
+            select(func.count(), func.max(resource.c.last_updated)).where(
+                resource.c.res_type == "Consent"
+            )
+        ).one()
+        key = (int(state[0]), float(state[1] or 0.0))
+        cached = _RESTRICTIONS.get(id(store))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rows = session.conn.execute(
+            select(resource.c.content).where(
+                resource.c.res_type == "Consent", resource.c.deleted.is_(False)
+            )
+        )
+        found = []
+        for row in rows:
+            consent = orjson.loads(row.content) if row.content else {}
+            restriction = restrictions_of(consent)
+            reference = str((consent.get("patient") or {}).get("reference") or "")
+            if restriction is not None and reference.startswith("Patient/"):
+                found.append((reference.removeprefix("Patient/"), restriction))
+    _RESTRICTIONS[id(store)] = (key, found)
+    return found

@@ -31,6 +31,10 @@ class Guard(Protocol):
     def restrictions(self, session: Any, resource_type: str) -> list[tuple[str, str]]:
         """Search parameters ANDed into every search of the type (403 if none is allowed)."""
 
+    def filters(self, session: Any, resource_type: str) -> list[Any]:
+        """Internal filters (``store.query.Filter``) ANDed into every search of the type: the
+        rules that search parameters cannot say (consent, by label and patient)."""
+
     def exhaustive(self, resource_type: str) -> bool:
         """Searches of the type must check every match with ``visible`` (and count only
         those): some rule cannot be an SQL filter (consent, which follows codes)."""

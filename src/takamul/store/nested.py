@@ -12,8 +12,10 @@ clause is narrowed exactly as a search of its type would be:
   are dropped, and a 403 follows only when none is left;
 - the guard's restrictions for the type (granular scopes, patient context, facility) are ANDed
   into the nested query as SQL;
-- where the guard must check resources one by one (consent follows codes), the nested matches
-  are checked with ``visible`` and only those it lets through take part, as row keys.
+- the guard's internal filters (consent, by label and patient) likewise;
+- where the guard must check resources one by one (a database whose data is not yet labelled),
+  the nested matches are checked with ``visible`` and only those it lets through take part, as
+  row keys.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def _scoped(
     if restrictions:
         parser = QueryParser(resource_type, False, 1, 1)
         inner = (*inner, *parser.parse(restrictions).filters)
+    inner = (*inner, *guard.filters(session, resource_type))
     if not guard.exhaustive(resource_type):
         return inner
     return (_visible_rows(session, guard, resource_type, inner),)

@@ -87,7 +87,20 @@ class HasFilter:
     inner: tuple[Filter, ...]
 
 
-Filter = ParamFilter | SpecialFilter | HasFilter
+@dataclass(frozen=True, slots=True)
+class RestrictedFilter:
+    """Internal (never parsed from a request): leaves out resources labelled ``label``
+    (``meta.security``) about any of ``patients``: their consent withholds that category from
+    the requester. ``params``: the Patient-compartment parameters of the type (``_id`` for
+    Patient itself)."""
+
+    resource_type: str
+    label: str
+    patients: tuple[str, ...]
+    params: tuple[str, ...]
+
+
+Filter = ParamFilter | SpecialFilter | HasFilter | RestrictedFilter
 
 
 @dataclass(frozen=True, slots=True)

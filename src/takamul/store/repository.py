@@ -40,6 +40,7 @@ from takamul.settings import Settings
 from takamul.store.engine import make_engines
 from takamul.store.guard import Guard, current_guard
 from takamul.store.indexing import index_rows
+from takamul.store.labels import ensure_labelled
 from takamul.store.nested import guard_nested
 from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
@@ -104,6 +105,9 @@ class Store:
         self.indexer = SearchIndexer()
         self.defs = definitions()
         self.write_hooks: list[WriteHook] = []
+        ensure_labelled(self)
+        # every stored patient resource carries its sensitivity labels: consent is SQL
+        self.labels_complete = True
 
     @property
     def dialect(self) -> str:
@@ -322,6 +326,7 @@ class Session:
         ).parse(params)
         if guard is not None:
             query.filters = guard_nested(self, guard, query.filters)
+            query.filters += guard.filters(self, resource_type)
         return query
 
     def search(self, query: SearchQuery) -> SearchPage:
@@ -794,6 +799,11 @@ class Session:
         out = {"resourceType": resource_type, "id": resource_id, "meta": meta}
         out.update({k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")})
         return out
+
+    def reindex(self, rid: int, resource_type: str, body: dict[str, Any]) -> None:
+        """Replace a resource's index rows (a migration that changed its content in place)."""
+        self._drop_index(rid)
+        self._write_index(rid, resource_type, body)
 
     def _write_index(self, rid: int, resource_type: str, body: dict[str, Any]) -> None:
         for kind, rows in index_rows(self.store.indexer, rid, resource_type, body).items():

@@ -61,6 +61,14 @@ resource_version = Table(
     Index("ix_version_type_updated", "res_type", "last_updated"),
 )
 
+# Facts about the store itself, such as which one-time migrations have run.
+store_setting = Table(
+    "store_setting",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
 # A conditional create claims its criteria here inside the same transaction as the insert: the
 # unique key makes concurrent creates with the same criteria collide in the database itself.
 conditional_claim = Table(

@@ -30,6 +30,7 @@ from takamul.store.query import (
     Filter,
     HasFilter,
     ParamFilter,
+    RestrictedFilter,
     SortKey,
     SpecialFilter,
     split_escaped,
@@ -55,6 +56,8 @@ def filter_condition(f: Filter, res: Any = resource, drive: bool = True) -> Colu
         return _special(f, res)
     if isinstance(f, HasFilter):
         return _has(f, res)
+    if isinstance(f, RestrictedFilter):
+        return _restricted(f, res)
     return _param_filter(f, res, drive)
 
 
@@ -95,7 +98,7 @@ def _driver(filters: list[Filter]) -> int | None:
 def _rank(f: Filter) -> int:
     if isinstance(f, SpecialFilter):
         return 0 if f.name in ("_id", "_rid") and f.modifier is None else 99
-    if isinstance(f, HasFilter) or f.modifier in ("not", "missing"):
+    if isinstance(f, (HasFilter, RestrictedFilter)) or f.modifier in ("not", "missing"):
         return 99
     if f.chain is not None:
         return 7
@@ -149,9 +152,33 @@ def _param_filter(f: ParamFilter, res: Any, drive: bool) -> ColumnElement[bool]:
     if f.modifier == "missing":
         present = _membership(res, table, scope, drive)
         return not_(present) if f.values[0] == "true" else present
-    value_cond = or_(*(_value_predicate(f, table, v) for v in f.values))
+    value_cond = _values_predicate(f, table)
     inside = _membership(res, table, and_(scope, value_cond), drive)
     return not_(inside) if f.modifier == "not" else inside
+
+
+def _values_predicate(f: ParamFilter, table: Any) -> ColumnElement[bool]:
+    """The OR of a clause's values. Plain ``Type/id`` references are grouped into one
+    ``target_id IN (...)`` per type: a facility's patients as a restriction are thousands of
+    values, and an OR of that many terms passes SQLite's expression depth limit of 1000."""
+    values = list(f.values)
+    grouped: dict[str, list[str]] = {}
+    if f.param.type == "reference" and f.modifier is None:
+        rest = []
+        for value in values:
+            parts = value.split("/")
+            plain = len(parts) == 2 and parts[1] and "\\" not in value
+            if plain and definitions().is_resource_type(parts[0]):
+                grouped.setdefault(parts[0], []).append(parts[1])
+            else:
+                rest.append(value)
+        values = rest
+    terms = [
+        and_(table.c.target_type == rtype, table.c.target_id.in_(ids))
+        for rtype, ids in grouped.items()
+    ]
+    terms.extend(_value_predicate(f, table, v) for v in values)
+    return or_(*terms)
 
 
 def _value_predicate(f: ParamFilter, table: Any, value: str) -> ColumnElement[bool]:
@@ -322,6 +349,33 @@ def _has(f: HasFilter, res: Any) -> ColumnElement[bool]:
         )
     )
     return res.c.res_id.in_(refs)
+
+
+def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
+    """NOT (labelled ``f.label`` AND about one of ``f.patients``), each an indexed lookup."""
+    label = INDEX_TABLES["token"].alias()
+    labelled = exists().where(
+        and_(
+            label.c.rid == res.c.rid,
+            label.c.res_type == f.resource_type,
+            label.c.param == "_security",
+            label.c.code == f.label,
+        )
+    )
+    if f.params == ("_id",):
+        about: ColumnElement[bool] = res.c.res_id.in_(list(f.patients))
+    else:
+        ref = sp_reference.alias()
+        about = exists().where(
+            and_(
+                ref.c.rid == res.c.rid,
+                ref.c.res_type == f.resource_type,
+                ref.c.param.in_(list(f.params)),
+                ref.c.target_type == "Patient",
+                ref.c.target_id.in_(list(f.patients)),
+            )
+        )
+    return not_(and_(labelled, about))
 
 
 # -- sorting -------------------------------------------------------------------------
