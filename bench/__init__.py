@@ -1,0 +1,1 @@
+"""Benchmarks and evaluation data generators (run from the repository root)."""
