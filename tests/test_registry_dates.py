@@ -43,7 +43,11 @@ def test_year_only_and_levels() -> None:
     assert compare_birth_dates("1985-03-07", "1985") == Level.SIMILAR
     assert compare_birth_dates("1985-03-07", "1985-03-07") == Level.EXACT
     assert compare_birth_dates("1985-03-07", "1985-07-03") == Level.EQUIVALENT
-    assert compare_birth_dates("1985-03-07", "1986-03-07") == Level.DIFFERENT
+    # one keyed digit (1948 / 1908) is a clerk's slip; two are another date
+    assert compare_birth_dates("1948-03-07", "1908-03-07") == Level.SIMILAR
+    assert compare_birth_dates("1985-03-07", "1986-03-07") == Level.SIMILAR
+    assert compare_birth_dates("1985-03-07", "1986-04-07") == Level.DIFFERENT
+    assert compare_birth_dates("1985-03-07", "1958-03-07") == Level.DIFFERENT
     assert compare_birth_dates(None, "1985") == Level.MISSING
     assert compare_birth_dates("unknown", "1985") == Level.MISSING
 

@@ -137,22 +137,24 @@ def test_febrl4_blocking_finds_the_true_pairs(febrl4: Linked) -> None:
 
 def test_febrl4_linkage(febrl4: Linked) -> None:
     _, _, result, scores = febrl4
-    # measured: P 0.9976, R 0.9844, F1 0.9909 (B-cubed 0.9994 / 0.9922 / 0.9958): recall is
-    # blocking's ceiling (4,922 of 5,000 true pairs are candidates); ~0.99 F1 is the known
-    # ceiling on FEBRL4. Before u was anchored to random pairs: R 0.7996, F1 0.8880.
+    # measured: P 1.0000, R 0.9614, F1 0.9803 (B-cubed 1.0000 / 0.9807 / 0.9903); blocking's
+    # ceiling is 4,922 of 5,000 true pairs. With u re-estimated on the candidate pairs (before
+    # issue 12): P 0.9976, R 0.9844, F1 0.9909, but F1 0.879 on independently written
+    # Arabic registrations, where EM on the candidates swapped its classes; u is now that of
+    # random pairs and λ the share of all pairs (docs/registry.md), 0.991 there.
     assert scores.missing_in_links == 0 and result.refused_edges == 0
     assert scores.precision >= 0.995, scores
-    assert scores.recall >= 0.98, scores
-    assert scores.f1 >= 0.99, scores
+    assert scores.recall >= 0.955, scores
+    assert scores.f1 >= 0.975, scores
 
 
 def test_febrl3_linkage(febrl3: Linked) -> None:
     records, truth, _, scores = febrl3
     assert len(records) == 5_000 and len(set(truth.values())) == 2_000
-    # measured: P 1.0000, R 0.9755, F1 0.9876 (B-cubed 1.0000 / 0.9853 / 0.9926)
+    # measured: P 1.0000, R 0.9491, F1 0.9739 (before issue 12: R 0.9755, F1 0.9876)
     assert scores.precision >= 0.995, scores
-    assert scores.recall >= 0.97, scores
-    assert scores.f1 >= 0.985, scores
+    assert scores.recall >= 0.94, scores
+    assert scores.f1 >= 0.97, scores
 
 
 def test_written_files_evaluate_like_the_api(febrl3: Linked, tmp_path: Path) -> None:

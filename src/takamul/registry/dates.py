@@ -139,6 +139,12 @@ def compare_birth_readings(
         return Level.EXACT
     if full and readings_a & readings_b:
         return Level.EQUIVALENT
-    if years_a & years_b:
+    if years_a & years_b or (full and _one_keyed_digit(a.strip()[:10], b.strip()[:10])):
         return Level.SIMILAR
     return Level.DIFFERENT
+
+
+def _one_keyed_digit(a: str, b: str) -> bool:
+    """Two dates that differ in one digit as keyed (1948 / 1908, 12 / 17): a clerk's slip,
+    not another person's date."""
+    return sum(x != y for x, y in zip(a, b, strict=False)) == 1

@@ -125,10 +125,26 @@ def national_id(identifiers: Sequence[Mapping[str, Any]] | None) -> NationalId |
         system = ident.get("system")
         if isinstance(system, str) and system in _SYSTEMS:
             continue  # configured, and without digits (seen above)
-        nid = _national_id(raw, system if isinstance(system, str) else None, None)
+        nid = _national_id(raw, system if isinstance(system, str) else None, _format_of(raw))
         if nid is not None:
             return nid
     return None
+
+
+@lru_cache(maxsize=100_000)
+def _format_of(raw: str) -> str | None:
+    """The national format an NI-typed value of a system we were not told about follows, by
+    its check digit (every facility names its systems its own way: a national ID must not lose
+    its validity, and so its weight as a conflict between two people, for that). A value that
+    passes no known check is read as the format its shape says (a keying error), if any."""
+    value = _digits(raw)
+    if valid_saudi_id(value):
+        return "sa"
+    if valid_iran_national_code(value):
+        return "ir"
+    if len(value) == 10 and value[0] in "12":
+        return "sa"
+    return "ir" if 8 <= len(value) <= 10 else None
 
 
 def compare_ids(a: str | None, b: str | None) -> Level:

@@ -15,9 +15,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from takamul.registry.blocking import record_keys
 from takamul.registry.levels import Level
-from takamul.registry.linking import COMPARATORS, LinkageModel
+from takamul.registry.linking import COMPARATORS, LinkageModel, another_owner_of_the_id
 from takamul.registry.record import RegistryRecord
 
 __all__ = ["CandidateIndex", "FieldEvidence", "ScoredCandidate", "score_pair"]
@@ -57,8 +59,12 @@ def score_pair(model: LinkageModel, a: RegistryRecord, b: RegistryRecord) -> Sco
     weights = model.weights
     total = model.prior_weight
     evidence = []
+    levels = np.array(
+        [[COMPARATORS[spec.comparator](a, b) for spec in model.fields]], dtype=np.int8
+    )
+    levels = another_owner_of_the_id(levels, [spec.comparator for spec in model.fields])
     for f, spec in enumerate(model.fields):
-        level = COMPARATORS[spec.comparator](a, b)
+        level = int(levels[0, f])
         bits = float(weights[f][int(level) + 1])
         values = _NAME_VALUES.get(spec.comparator)
         if spec.tf and values is not None and level >= Level.EQUIVALENT and spec.name in model.tf:

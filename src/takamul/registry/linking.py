@@ -457,6 +457,7 @@ class _Comparer:
         self.columnar = tuple(_COLUMNAR.get(c) for c in self.comparators)
         self.fast = [f for f, spec in enumerate(self.columnar) if spec is not None]
         self.slow = [f for f, spec in enumerate(self.columnar) if spec is None]
+        self.names = tuple(f.comparator for f in fields)
         self.workers = workers if "fork" in multiprocessing.get_all_start_methods() else 1
         self.pool: Pool | None = None
         self._columns: dict[int, _ValueColumn] = {}
@@ -512,7 +513,7 @@ class _Comparer:
                         out[:, f] = _columnar_levels(self.column(spec), spec, pairs)
         if self.slow:
             out[:, self.slow] = self._per_pair(pairs)
-        return out
+        return another_owner_of_the_id(out, self.names)
 
     def _columnar_forked(
         self, pairs: npt.NDArray[np.int32]
@@ -560,6 +561,30 @@ def comparison_vectors(
         return compare(pairs)
 
 
+def another_owner_of_the_id(
+    vectors: npt.NDArray[np.int8], comparators: Sequence[str]
+) -> npt.NDArray[np.int8]:
+    """A shared national ID is no evidence of one person when the birth dates do not agree
+    and the given name or the sex disagrees too: it is an ID used for someone else (an infant
+    registered under a parent's ID, siblings born the same year under it). Its level becomes
+    MISSING for the pair. The same person with a mistyped date keeps the ID weight (the name
+    and sex agree), and so does one whose name was keyed badly (the date agrees).
+    Batch, Spark and real-time scoring all
+    apply this (``index.score_pair`` too)."""
+    if "national_id" not in comparators or "birth_date" not in comparators:
+        return vectors
+    nid, dob = comparators.index("national_id"), comparators.index("birth_date")
+    # the dates disagree or are merely close (same year, one digit) and the given name or the
+    # sex disagrees: a parent and the infant under their ID, or siblings born the same year
+    other = np.zeros(len(vectors), dtype=bool)
+    for name in ("given", "sex"):
+        if name in comparators:
+            other |= vectors[:, comparators.index(name)] == Level.DIFFERENT
+    other &= (vectors[:, nid] == Level.EXACT) & (vectors[:, dob] <= Level.SIMILAR)
+    vectors[other, nid] = Level.MISSING
+    return vectors
+
+
 # -- the Fellegi-Sunter model ----------------------------------------------------------------
 
 
@@ -595,6 +620,7 @@ def em_train(
     tolerance: float = 1e-6,
     pseudo_count: float = 0.5,
     fix_m: bool = False,
+    fix_u: bool = False,
     u_prior: npt.NDArray[np.float64] | None = None,
     u_prior_weight: float = 0.0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, int]:
@@ -604,8 +630,9 @@ def em_train(
     M step: λ = mean g; m[f, l] = Σ g·[γ_f = l] / Σ g·[γ_f ≠ missing]; u likewise with 1-g.
     Runs on the distinct vectors with their counts (a few thousand, whatever the pairs).
     ``pseudo_count`` keeps every probability above zero; ``fix_m`` keeps m as given (only u
-    and λ are estimated). ``u_prior`` (level shares) with ``u_prior_weight`` pseudo-pairs is a
-    Dirichlet prior on u (maximum a posteriori EM). Returns m, u, λ, iterations.
+    and λ are estimated), ``fix_u`` likewise u. ``u_prior`` (level shares) with
+    ``u_prior_weight`` pseudo-pairs is a Dirichlet prior on u (maximum a posteriori EM).
+    Returns m, u, λ, iterations.
     """
     patterns, pattern_counts = distinct_vectors(vectors)
     counts = pattern_counts.astype(np.float64)
@@ -626,7 +653,9 @@ def em_train(
         new_lam = float(gm.sum() / counts.sum())
         new_m = m if fix_m else _normalise(np.einsum("p,pfl->fl", gm, onehot) + pseudo_count)
         prior = 0.0 if u_prior is None else u_prior_weight * u_prior
-        new_u = _normalise(np.einsum("p,pfl->fl", gu, onehot) + pseudo_count + prior)
+        new_u = (
+            u if fix_u else _normalise(np.einsum("p,pfl->fl", gu, onehot) + pseudo_count + prior)
+        )
         change = max(
             float(np.abs(new_m - m).max()), float(np.abs(new_u - u).max()), abs(new_lam - lam)
         )
@@ -814,6 +843,14 @@ def term_frequencies(
 _U_SAMPLE = 20_000
 
 
+def u_sample_size(n_records: int) -> int:
+    """Random pairs u is counted on: more for more records, so that agreements as rare as a
+    shared birth date keep an estimate (a few hundred in the sample) rather than the
+    pseudo-count's floor; capped (the Spark trainer brings the sampled records to the
+    driver)."""
+    return max(_U_SAMPLE, min(500_000, 2 * n_records))
+
+
 def _random_pairs(n: int, sample: int, seed: int) -> npt.NDArray[np.int32]:
     rng = np.random.default_rng(seed)
     i = rng.integers(0, n, sample)
@@ -892,6 +929,7 @@ def estimate_parameters(
     u0: npt.NDArray[np.float64],
     sessions: Iterable[tuple[tuple[str, ...], npt.NDArray[np.int8]]],
     vectors: npt.NDArray[np.int8],
+    n_records: int = 0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, int, list[dict[str, Any]]]:
     """m from the training sessions (each field's from the first session not blocking on it),
     then u and λ by EM on every candidate pair with m fixed and u anchored to the random pairs'
@@ -903,7 +941,7 @@ def estimate_parameters(
     for session, sub in sessions:
         if len(sub) == 0:
             continue
-        sm, _, slam, its = em_train(sub, m0, u0, lambda_init=0.5)
+        sm, _, slam, its = em_train(sub, m0, u0, lambda_init=0.5, fix_u=True)
         took = []
         for f, spec in enumerate(fields):
             if not learnt[f] and spec.comparator not in session:
@@ -921,10 +959,11 @@ def estimate_parameters(
         )
     if len(vectors) == 0:
         return m, u0, 1e-6, 0, session_log
-    m, u, lam, its = em_train(
-        vectors, m, u0, fix_m=True, u_prior=u0, u_prior_weight=U_PRIOR_SHARE * len(vectors)
-    )
-    return m, u, lam, its, session_log
+    # λ among the candidate pairs (m and u fixed), then as the share of all pairs that match:
+    # u is that of random pairs, so the prior must be too
+    _, _, lam, its = em_train(vectors, m, u0, fix_m=True, fix_u=True)
+    total = max(n_records * (n_records - 1) / 2, float(len(vectors)))
+    return m, u0, min(lam * len(vectors) / total, 0.5), its, session_log
 
 
 def train_model(
@@ -974,12 +1013,16 @@ def _train(
     # EM runs on the distinct comparison vectors with their counts (a few thousand, whatever
     # the number of pairs), so it is trained on every candidate pair: a sample would save
     # nothing here and would move m and u.
-    m0, u0 = _initial_parameters(records, fields, _U_SAMPLE, seed, compare, random_vectors)
+    m0, u0 = _initial_parameters(
+        records, fields, u_sample_size(len(records)), seed, compare, random_vectors
+    )
     by_session = (
         (session, _session_vectors(records, pairs, vectors, session, fields, keys, compare))
         for session in sessions
     )
-    m, u, lam, its, session_log = estimate_parameters(fields, m0, u0, by_session, vectors)
+    m, u, lam, its, session_log = estimate_parameters(
+        fields, m0, u0, by_session, vectors, n_records=len(records)
+    )
     tf, chance = term_frequencies(records, fields, keys)
     return LinkageModel(
         fields=tuple(fields),
@@ -1174,7 +1217,7 @@ def link_records(
         step("blocking")
         # The random pairs u starts from are compared with the candidate pairs, in one go.
         extra = (
-            _random_pairs(len(records), _U_SAMPLE, 0)
+            _random_pairs(len(records), u_sample_size(len(records)), 0)
             if model is None and len(records) >= 2
             else np.empty((0, 2), dtype=np.int32)
         )

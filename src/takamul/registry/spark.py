@@ -60,6 +60,7 @@ from takamul.registry.linking import (
     cluster_pairs,
     comparison_vectors,
     estimate_parameters,
+    u_sample_size,
 )
 from takamul.registry.record import RegistryRecord, from_patient
 
@@ -514,7 +515,7 @@ def _train(
     iterations over a few thousand distinct vectors: cheap, but sequential.)
     """
     n_fields = len(fields)
-    m0, u0 = _initial_parameters(spark, records, n, fields, 20_000, seed)
+    m0, u0 = _initial_parameters(spark, records, n, fields, u_sample_size(n), seed)
     # One job for every EM input: the vectors of all candidate pairs (set -1) and those of
     # each session's pairs (set = its key set), looked up among the candidates' or, for a
     # session pair that is no candidate, compared now.
@@ -534,7 +535,7 @@ def _train(
     empty = np.empty((0, n_fields), dtype=np.int8)
     by_session = ((session, counted.get(index, empty)) for session, index in plan.sessions)
     m, u, lam, its, session_log = estimate_parameters(
-        fields, m0, u0, by_session, counted.get(-1, empty)
+        fields, m0, u0, by_session, counted.get(-1, empty), n_records=n
     )
     tf, chance = _term_frequencies(blocks, plan, n)
     return LinkageModel(
