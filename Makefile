@@ -8,7 +8,7 @@ PORT ?= 8080
 DB ?= sqlite:///data/takamul.sqlite
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck unit serve definitions clean bench
+.PHONY: demo test lint typecheck unit serve definitions clean bench bench-registry
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,8 @@ clean:
 SCALE ?= 10000
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --scale $(SCALE)
+
+# The client registry on independently written registrations, next to Splink (issue 12).
+bench-registry: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python bench/registry_accuracy.py
