@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from takamul.fhir.validation import validate_resource
+from takamul.mpi.service import REVIEW_FLOOR
 
 GOLDEN = "https://takamul.health/fhir/CodeSystem/client-registry|golden-record"
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -243,7 +244,7 @@ def test_uncertain_pairs_are_queued_with_evidence_and_a_reviewer_links_them(
     b = create(http, patient("Khalid", family_b, D["1962-08-09"]))
     assert person_of(api, a)["person"] != person_of(api, b)["person"]
     item = _queued(api, a, b)
-    assert item["status"] == "open" and 0.5 <= item["probability"] < 0.95
+    assert item["status"] == "open" and REVIEW_FLOOR <= item["probability"] < 0.95
     assert item["evidence"]["family"]["level"] == "different"
     assert item["evidence"]["given"]["level"] == "exact"
     assert item["a"]["resource"]["resourceType"] == "Patient"

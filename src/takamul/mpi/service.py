@@ -68,6 +68,12 @@ def default_model() -> LinkageModel:
     return LinkageModel.from_json(data)
 
 
+# Pairs at or above this probability, below the threshold, go to a reviewer. λ is the share of
+# all pairs of records that match (u is that of random pairs), so probabilities are those of a
+# whole population: a pair at 0.2 is the same person one time in five, worth a look.
+REVIEW_FLOOR = 0.2
+
+
 @dataclass(frozen=True, slots=True)
 class MatchResult:
     patient_id: str
@@ -94,7 +100,7 @@ class ClientRegistry:
         self,
         store: Store,
         model: LinkageModel | None = None,
-        review_floor: float = 0.5,
+        review_floor: float = REVIEW_FLOOR,
         probable: float = 0.8,
     ) -> None:
         self.store = store

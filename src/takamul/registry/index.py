@@ -189,3 +189,16 @@ class CandidateIndex:
                 table = {s: c / n for s, c in counts.items()}
                 self.model.tf[spec.name] = table
                 self.model.tf_chance[spec.name] = sum(x * x for x in table.values()) or 1.0 / n
+            self._scale_prior(n)
+
+    def _scale_prior(self, n: int) -> None:
+        """λ is the share of all pairs of records that match (u is that of random pairs): a
+        record has as many duplicates whatever the population, so λ shrinks as 1/(n - 1) when
+        the indexed population outgrows the one the model was trained on. (Never raised for a
+        smaller one: a new registry grows.)"""
+        trained = int(self.model.training.get("records") or 0)
+        base = float(self.model.training.setdefault("prior_trained", self.model.prior))
+        if trained > 1 and n > trained:
+            self.model.prior = base * (trained - 1) / (n - 1)
+        else:
+            self.model.prior = base
