@@ -75,11 +75,6 @@ log = logging.getLogger(__name__)
 # A false merge (two persons' records in one) is worse than a missed link: only pairs the
 # model is at least this sure of become edges. Chosen on tuning seeds 1-10 (docs/registry.md).
 DEFAULT_THRESHOLD = 0.95
-# The final EM anchors u to what random pairs look like, with as many pseudo-pairs as this
-# share of the candidates: when nearly every candidate is a match (FEBRL4: 4,922 of 4,932),
-# the non-match class otherwise absorbs the matches with corrupted names (λ 0.888 instead of
-# 0.998, recall 0.80). Tuned on FEBRL and the synthetic tuning seeds 1-2 (docs/registry.md).
-U_PRIOR_SHARE = 0.1
 N_LEVELS = 4  # DIFFERENT 0 .. EXACT 3; MISSING (-1) carries no evidence (weight 0)
 
 RecordComparator = Callable[[RegistryRecord, RegistryRecord], Level]
