@@ -36,10 +36,9 @@ from bench.run import (  # noqa: E402
     bulk_load,
     machine,
     ndjson_files,
+    postgres_database,
     synthesize,
 )
-from tests.server import postgres_database  # noqa: E402
-
 from takamul.security.service import Security  # noqa: E402
 
 LOINC = "http://loinc.org"
