@@ -66,7 +66,7 @@ def run_link(
     table.add_row(f"links (p ≥ {result.model.threshold:.2f})", f"{result.edges:,}")
     table.add_row("links refused (ID conflict)", f"{result.refused_edges:,}")
     table.add_row("persons (clusters)", f"{result.clusters:,}")
-    table.add_row("match prior λ (candidates)", f"{result.model.prior:.3f}")
+    table.add_row("match prior λ (all pairs)", f"{result.model.prior:.3g}")
     for rule, n in result.blocking.capped_blocks.items():
         table.add_row(f"capped blocks {rule}", f"{n:,}")
     table.add_row(
