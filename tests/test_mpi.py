@@ -372,3 +372,22 @@ def test_no_patient_is_in_two_persons(http: httpx.Client) -> None:
                 seen[ref] = person["id"]
         url = next((x["url"] for x in bundle.get("link", []) if x["relation"] == "next"), None)
     assert seen
+
+
+def test_a_registration_that_bridges_two_persons_makes_them_one(
+    http: httpx.Client, api: httpx.Client
+) -> None:
+    """As batch clustering follows a chain of certain links, so does real time: a record with
+    the ID and the name in Latin, another with the name in Arabic and the birth date, and a
+    third with all of them are one person once the third arrives."""
+    latin, arabic = _family()
+    nid, born = _luhn_id(), D["bridge"]
+    first = patient("Khalid", latin, born, nid=nid)
+    del first["birthDate"]
+    a = create(http, first)
+    b = create(http, patient("خالد", arabic, born))
+    assert person_of(api, a)["person"] != person_of(api, b)["person"]
+    c = create(http, patient("Khalid", latin, born, nid=nid))
+    assert person_of(api, a)["person"] == person_of(api, b)["person"] == person_of(api, c)["person"]
+    merges = [e for e in api.get("/mpi/events", params={"patient": b}).json()["events"]]
+    assert any(e["kind"] == "merge" for e in merges), merges

@@ -360,6 +360,7 @@ class ClientRegistry:
             # person it was in any more, and it starts a person of its own
             alone = old is not None and len(self.persons.get(old, ())) == 1
             target = old if old is not None and alone else str(uuid.uuid4())
+        joined = self._joined_persons(record, target, old, scored)
         if target != old:
             self._move(session, pid, old, target, probability, False, undo)
             self._event(
@@ -374,7 +375,58 @@ class ClientRegistry:
             self._write_persons(session, {target} | ({old} if old else set()))
         else:
             self._write_persons(session, {target})
+        if joined:
+            self._merge(session, target, joined, undo)
         self._queue_reviews(session, record, target, scored)
+
+    def _joined_persons(
+        self,
+        record: RegistryRecord,
+        target: str,
+        old: str | None,
+        scored: list[ScoredCandidate],
+    ) -> dict[str, float]:
+        """Other persons the new record certainly matches too: the record is the link between
+        them that the batch run would follow (a record with the ID, another with the name in
+        Latin, the third with both), so they become one, as in batch clustering, unless a
+        reviewer decided about one of their members or their national IDs differ."""
+        out: dict[str, float] = {}
+        if record.patient_id in self.manual:
+            return out
+        for s in scored:
+            if s.probability < self.threshold:
+                break
+            person = self.member_of.get(s.patient_id)
+            if person is None or person in (target, old) or person in out:
+                continue
+            members = self.persons.get(person, set())
+            if members & self.manual or any(
+                self._conflicts(other, target) or self._conflicts(other, person)
+                for other in self._records(members)
+            ):
+                continue
+            if self._conflicts(record, person):
+                continue
+            out[person] = s.probability
+        return out
+
+    def _records(self, members: Iterable[str]) -> list[RegistryRecord]:
+        return [r for pid in members if (r := self.index.get(pid)) is not None]
+
+    def _merge(
+        self,
+        session: Session,
+        target: str,
+        joined: dict[str, float],
+        undo: list[Callable[[], None]],
+    ) -> None:
+        moves = []
+        for person, probability in joined.items():
+            for member in sorted(self.persons.get(person, ())):
+                self._move(session, member, person, target, probability, False, undo)
+                moves.append({"patient": member, "from": person, "to": target, "p": probability})
+        self._event(session, "merge", AUTOMATIC, None, {"moves": moves})
+        self._write_persons(session, {target, *joined})
 
     def _move(
         self,
