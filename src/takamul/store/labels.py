@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import and_, insert, select, update
@@ -21,9 +21,6 @@ from sqlalchemy import and_, insert, select, update
 from takamul.fhir.definitions import definitions
 from takamul.fhir.sensitivity import label_sensitive
 from takamul.store.schema import resource, resource_version, store_setting
-
-if TYPE_CHECKING:
-    from takamul.store.repository import Session, Store
 
 __all__ = ["LABELS_SETTING", "ensure_labelled", "labels_complete"]
 
@@ -33,16 +30,17 @@ LABELS_SETTING = "sensitivity-labels"
 _BATCH = 2000
 
 
-def labels_complete(session: Session) -> bool:
+def labels_complete(session: Any) -> bool:
     row = session.conn.execute(
         select(store_setting.c.value).where(store_setting.c.key == LABELS_SETTING)
     ).first()
     return row is not None
 
 
-def ensure_labelled(store: Store) -> int:
+def ensure_labelled(store: Any) -> int:
     """Label what an earlier version stored unlabelled (once per database); the number of
-    resources that gained a label."""
+    resources that gained a label. ``store``: the ``Store`` being opened (typed loosely: the
+    repository imports this module, and imports flow one way)."""
     with store.reading() as session:
         if labels_complete(session):
             return 0
@@ -59,7 +57,7 @@ def ensure_labelled(store: Store) -> int:
     return labelled
 
 
-def _label_batch(session: Session, *, types: list[str], after: int) -> tuple[int, int]:
+def _label_batch(session: Any, *, types: list[str], after: int) -> tuple[int, int]:
     rows = session.conn.execute(
         select(resource.c.rid, resource.c.res_type, resource.c.version, resource.c.content)
         .where(
@@ -77,7 +75,7 @@ def _label_batch(session: Session, *, types: list[str], after: int) -> tuple[int
     return count, (rows[-1].rid if len(rows) == _BATCH else -1)
 
 
-def _relabel(session: Session, row: Any) -> bool:
+def _relabel(session: Any, row: Any) -> bool:
     body = orjson.loads(row.content)
     labelled = label_sensitive(body)
     if labelled is body:
@@ -93,6 +91,6 @@ def _relabel(session: Session, row: Any) -> bool:
     return True
 
 
-def _record_done(session: Session) -> None:
+def _record_done(session: Any) -> None:
     if not labels_complete(session):
         session.conn.execute(insert(store_setting).values(key=LABELS_SETTING, value="1"))
