@@ -155,6 +155,8 @@ _NAMES = st.sampled_from([n for group in SAME for n in group])
 @given(st.one_of(_NAMES, st.text(max_size=20)))
 @example("A\rB")  # found by Hypothesis: any whitespace separates words
 @example("\U0001d5d4")  # found by Hypothesis: mathematical bold A is A (NFKD before lower)
+@example("\U0001ee00")  # found by Hypothesis: Arabic mathematical alef is Arabic
+@example("A\u0610")  # found by Hypothesis: a stray Arabic mark does not make a Latin name Arabic
 def test_skeleton_of_folded_equals_skeleton(text: str) -> None:
     before = str(text)
     assert skeleton(fold_arabic(text)) == skeleton(text)

@@ -54,7 +54,15 @@ _REMOVE = [
 ]
 _MAP.update(dict.fromkeys(_REMOVE, ""))
 
-ARABIC_LETTERS = re.compile(r"[\u0600-\u06FF\u0750-\u077F\u08A0-\u08FF\uFB50-\uFDFF\uFE70-\uFEFF]")
+# Letters only: the Arabic blocks without their combining marks (U+0610-061A, 064B-065F, 0670,
+# 06D6-06ED, 08CA-08FF), tatweel and digits, so that a Latin name with a stray mark is not read
+# as Arabic; with the presentation forms and the Arabic Mathematical Alphabetic Symbols
+# (U+1EE00-1EEFF), which NFKC folds into letters (both found by Hypothesis).
+ARABIC_LETTERS = re.compile(
+    "[\u0620-\u063F\u0641-\u064A\u066E\u066F\u0671-\u06D3\u06D5\u06EE\u06EF"
+    "\u06FA-\u06FC\u06FF\u0750-\u077F\u08A0-\u08C9\uFB50-\uFDFF\uFE70-\uFEFF"
+    "\U0001EE00-\U0001EEFF]"
+)
 
 # Compounds written with or without a space: عبد الله / عبدالله, ابو بكر / ابوبكر, and the
 # article or theophoric second half standing alone (نور الدين, حبيب الله, ال قحطاني).

@@ -19,7 +19,12 @@ import numpy as np
 
 from takamul.registry.blocking import record_keys
 from takamul.registry.levels import Level
-from takamul.registry.linking import COMPARATORS, LinkageModel, another_owner_of_the_id
+from takamul.registry.linking import (
+    COMPARATORS,
+    LinkageModel,
+    another_owner_of_the_id,
+    names_in_either_order,
+)
 from takamul.registry.record import RegistryRecord
 
 __all__ = ["CandidateIndex", "FieldEvidence", "ScoredCandidate", "score_pair"]
@@ -62,7 +67,9 @@ def score_pair(model: LinkageModel, a: RegistryRecord, b: RegistryRecord) -> Sco
     levels = np.array(
         [[COMPARATORS[spec.comparator](a, b) for spec in model.fields]], dtype=np.int8
     )
-    levels = another_owner_of_the_id(levels, [spec.comparator for spec in model.fields])
+    comparators = [spec.comparator for spec in model.fields]
+    levels = names_in_either_order([a, b], np.array([[0, 1]], dtype=np.int32), levels, comparators)
+    levels = another_owner_of_the_id(levels, comparators)
     for f, spec in enumerate(model.fields):
         level = int(levels[0, f])
         bits = float(weights[f][int(level) + 1])

@@ -508,6 +508,7 @@ class _Comparer:
                         out[:, f] = _columnar_levels(self.column(spec), spec, pairs)
         if self.slow:
             out[:, self.slow] = self._per_pair(pairs)
+        out = names_in_either_order(self.records, pairs, out, self.names)
         return another_owner_of_the_id(out, self.names)
 
     def _columnar_forked(
@@ -554,6 +555,43 @@ def comparison_vectors(
     """
     with _Comparer(records, fields, workers) as compare:
         return compare(pairs)
+
+
+def names_in_either_order(
+    records: Sequence[RegistryRecord],
+    pairs: npt.NDArray[np.int32],
+    vectors: npt.NDArray[np.int8],
+    comparators: Sequence[str],
+) -> npt.NDArray[np.int8]:
+    """Name order is not evidence of a person: clerks key the family name first or into the
+    given field (``family: "Rahaf", given: ["ALDOSARI"]``). Where given and family names both
+    disagree, the chains are compared crosswise — given against family and family against
+    given *of the same two chains*, so that a given name agreeing here and a family name
+    there cannot add up — and the crosswise levels replace both when each is at least
+    EQUIVALENT. Only pairs whose names both disagree are looked at (a few in a hundred)."""
+    if "given" not in comparators or "family" not in comparators or not len(vectors):
+        return vectors
+    gi, fi = comparators.index("given"), comparators.index("family")
+    g, f = vectors[:, gi], vectors[:, fi]
+    look = np.nonzero((g >= 0) & (g <= Level.SIMILAR) & (f >= 0) & (f <= Level.SIMILAR))[0]
+    for k in look.tolist():
+        level = _crosswise(records[int(pairs[k, 0])], records[int(pairs[k, 1])])
+        if level >= Level.EQUIVALENT:
+            vectors[k, gi] = vectors[k, fi] = level
+    return vectors
+
+
+def _crosswise(a: RegistryRecord, b: RegistryRecord) -> Level:
+    best = Level.MISSING
+    for x in a.names:
+        if x.given is None or x.family is None:
+            continue
+        for y in b.names:
+            if y.given is None or y.family is None:
+                continue
+            level = min(token_level(x.given, y.family), token_level(x.family, y.given))
+            best = max(best, level)
+    return Level(best)
 
 
 def another_owner_of_the_id(
