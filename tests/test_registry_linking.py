@@ -40,6 +40,7 @@ from takamul.registry.linking import (
     distinct_vectors,
     em_train,
     link_records,
+    names_in_either_order,
     read_records,
     write_links,
 )
@@ -211,8 +212,10 @@ def test_columnar_comparisons_equal_record_comparators(
             assert spec is not None
             columnar[:, f] = _columnar_levels(compare.column(spec), spec, pairs)
     assert (columnar == expected).all()
-    # whole vectors also void an ID that another person carries (another_owner_of_the_id)
-    expected = another_owner_of_the_id(expected, [f.comparator for f in DEFAULT_FIELDS])
+    # whole vectors also compare names crosswise and void an ID another person carries
+    names = [f.comparator for f in DEFAULT_FIELDS]
+    expected = names_in_either_order(records, pairs, expected, names)
+    expected = another_owner_of_the_id(expected, names)
     assert (per_pair == expected[:100]).all()
     monkeypatch.setattr(linking, "_PARALLEL_MIN", 1000)  # these pairs count as many
     assert (comparison_vectors(records, pairs, workers=2) == expected).all()  # forked
@@ -286,6 +289,27 @@ def test_a_comparator_without_columnar_form_runs_per_pair(
          for i, j in pairs.tolist()],
         dtype=np.int8,
     )  # fmt: skip
-    expected = another_owner_of_the_id(expected, [f.comparator for f in fields])
+    names = [f.comparator for f in fields]
+    expected = another_owner_of_the_id(
+        names_in_either_order(records, pairs, expected, names), names
+    )
     assert (comparison_vectors(records, pairs, fields, workers=2) == expected).all()
     assert (expected[:, -1] == Level.EXACT).any()
+
+
+def test_names_keyed_family_first_compare_crosswise() -> None:
+    """``family: "Rahaf", given: ["ALDOSARI"]`` against رهف الدوسري: both names agree
+    crosswise, so both count; one name agreeing crosswise alone changes nothing."""
+    records = [
+        from_patient(_patient("a", "رهف", "الدوسري", "1990-02-03", None)),
+        from_patient(_patient("b", "ALDOSARI", "Rahaf", "1990-02-03", None)),
+        from_patient(_patient("c", "Aldosari", "Hamad", "1990-02-03", None)),
+    ]
+    pairs = np.array([[0, 1], [0, 2]], dtype=np.int32)
+    vectors = comparison_vectors(records, pairs)
+    given, family = (
+        [f.name for f in DEFAULT_FIELDS].index("given"),
+        [f.name for f in DEFAULT_FIELDS].index("family"),
+    )
+    assert vectors[0, given] >= Level.EQUIVALENT and vectors[0, family] >= Level.EQUIVALENT
+    assert vectors[1, given] == Level.DIFFERENT and vectors[1, family] == Level.DIFFERENT
