@@ -188,7 +188,7 @@ def report(rows: list[tuple[str, int, int, list[Outcome]]], seed: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sets", default="SA:3000,IR:3000,mixed:3000,SA:200000")
+    parser.add_argument("--sets", default="SA:3000,IR:3000,mixed:3000,SA:200000,SA:210000")
     parser.add_argument("--seed", type=int, default=1001)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-splink", action="store_true")
