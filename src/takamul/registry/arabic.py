@@ -59,9 +59,9 @@ _MAP.update(dict.fromkeys(_REMOVE, ""))
 # as Arabic; with the presentation forms and the Arabic Mathematical Alphabetic Symbols
 # (U+1EE00-1EEFF), which NFKC folds into letters (both found by Hypothesis).
 ARABIC_LETTERS = re.compile(
-    "[\u0620-\u063F\u0641-\u064A\u066E\u066F\u0671-\u06D3\u06D5\u06EE\u06EF"
-    "\u06FA-\u06FC\u06FF\u0750-\u077F\u08A0-\u08C9\uFB50-\uFDFF\uFE70-\uFEFF"
-    "\U0001EE00-\U0001EEFF]"
+    "[\u0620-\u063f\u0641-\u064a\u066e\u066f\u0671-\u06d3\u06d5\u06ee\u06ef"
+    "\u06fa-\u06fc\u06ff\u0750-\u077f\u08a0-\u08c9\ufb50-\ufdff\ufe70-\ufeff"
+    "\U0001ee00-\U0001eeff]"
 )
 
 # Compounds written with or without a space: عبد الله / عبدالله, ابو بكر / ابوبكر, and the
