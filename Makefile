@@ -8,13 +8,25 @@ PORT ?= 8080
 DB ?= sqlite:///data/takamul.sqlite
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck unit serve definitions clean bench bench-registry
+.PHONY: demo test lint typecheck unit serve definitions clean bench bench-registry browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip==25.3
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
+CHROMIUM ?= /usr/bin/chromium
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q --no-install-recommends chromium >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null); \
+	else \
+	  echo "Chromium is missing: run 'sudo apt-get install chromium' (Debian) or set CHROMIUM=" >&2; exit 1; \
+	fi
 
 DEMO_PERSONS ?= 1000
 DEMO_DATA := data/demo-population-$(DEMO_PERSONS)
@@ -30,7 +42,7 @@ demo: $(STAMP)
 	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/Patient?_count=3"
 	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(CHROMIUM) lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -50,7 +62,7 @@ definitions: $(STAMP)
 	$(BIN)/python scripts/derive_definitions.py .cache/hl7.fhir.r4.examples/package
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache data/
+	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache data/
 
 SCALE ?= 10000
 bench: $(STAMP)

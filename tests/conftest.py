@@ -40,3 +40,7 @@ def http(fhir_base: str) -> Iterator[httpx.Client]:
 def fhir(fhir_base: str) -> SyncFHIRClient:
     """An independent FHIR client library (fhirpy) pointed at the server."""
     return SyncFHIRClient(fhir_base, extra_headers={"Accept": "application/fhir+json"})
+
+
+# the web application's server, world and browser, shared by the tests/test_web_*.py modules
+from tests.web_world import chromium, web_site  # noqa: E402, F401

@@ -37,6 +37,7 @@ from takamul.rest.interactions import RequestContext, Result
 from takamul.settings import Settings
 from takamul.store.guard import current_guard
 from takamul.store.repository import Store
+from takamul.web import add_web_app
 
 FHIR_JSON = "application/fhir+json"
 log = logging.getLogger("takamul.api")
@@ -92,7 +93,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
 
     if settings.auth:
-        add_access_control(app, store, settings)
+        security = add_access_control(app, store, settings)
     elif os.environ.get("TAKAMUL_PRODUCTION", "").lower() in ("1", "true", "yes"):
         raise RuntimeError("TAKAMUL_AUTH=false (an open server) is refused in production; unset it")
     if settings.mpi:
@@ -103,6 +104,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.registry = registry
         add_registry_routes(app, registry, lambda r: _base(settings, r))
     add_equity_routes(app, store)
+    if settings.auth:
+        # the people's web application: its sign-in uses the logins of access control
+        add_web_app(app, store, security, app.state.audit, getattr(app.state, "registry", None))
     _routes(app, store, settings)
     return app
 
