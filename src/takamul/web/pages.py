@@ -13,15 +13,15 @@ _NO_STORE = {"Cache-Control": "no-store"}  # pages of patient data stay out of c
 
 
 def page(
-    web: WebServices, viewer: Viewer, template: str, status: int = 200, **ctx: object
+    web: WebServices, viewer: Viewer, template: str, http_status: int = 200, **ctx: object
 ) -> HTMLResponse:
     """A whole page in the frame (navigation of the screens this viewer may use)."""
     screens = [s for s in web.screens if s.allowed(viewer)]
     html = render(template, viewer.prefs, viewer=viewer, screens=screens, **ctx)
-    return HTMLResponse(html, status, headers=_NO_STORE)
+    return HTMLResponse(html, http_status, headers=_NO_STORE)
 
 
-def fragment(viewer: Viewer, template: str, status: int = 200, **ctx: object) -> HTMLResponse:
+def fragment(viewer: Viewer, template: str, http_status: int = 200, **ctx: object) -> HTMLResponse:
     """A part of a page, for an htmx swap."""
     html = render(template, viewer.prefs, viewer=viewer, **ctx)
-    return HTMLResponse(html, status, headers=_NO_STORE)
+    return HTMLResponse(html, http_status, headers=_NO_STORE)
