@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from takamul.fhir.validation import validate_resource
-from takamul.mpi.service import REVIEW_FLOOR
+from takamul.mpi.service import REVIEW_FLOOR, default_model
+from takamul.registry.index import CandidateIndex
+from takamul.registry.record import from_patient
 
 GOLDEN = "https://takamul.health/fhir/CodeSystem/client-registry|golden-record"
 MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
@@ -391,3 +393,88 @@ def test_a_registration_that_bridges_two_persons_makes_them_one(
     assert person_of(api, a)["person"] == person_of(api, b)["person"] == person_of(api, c)["person"]
     merges = [e for e in api.get("/mpi/events", params={"patient": b}).json()["events"]]
     assert any(e["kind"] == "merge" for e in merges), merges
+
+
+def _recent_date(first_year: int, last_year: int) -> str:
+    """A birth date between the years given that no other test uses (children's dates: the
+    others lie between 1930 and 2005)."""
+    while True:
+        d = f"{random.randint(first_year, last_year)}-{random.randint(1, 12):02d}-"
+        d += f"{random.randint(1, 28):02d}"
+        if d not in _USED:
+            _USED.add(d)
+            return d
+
+
+def _phone() -> str:
+    return "+9665" + "".join(random.choices(string.digits, k=8))
+
+
+def _with_phone(body: dict[str, Any], phone: str) -> dict[str, Any]:
+    body["telecom"] = [{"system": "phone", "value": phone, "use": "mobile"}]
+    return body
+
+
+@pytest.mark.parametrize("parent_first", [True, False], ids=["parent-first", "parent-last"])
+def test_an_infant_under_a_parents_id_is_one_person_with_its_own_id(
+    http: httpx.Client, api: httpx.Client, parent_first: bool
+) -> None:
+    """An infant registered under a parent's national ID and again under its own is one
+    person, as batch clustering makes it: an ID carried by records born a generation apart is
+    nobody's proof of identity, so the differing IDs are no conflict. When the parent is
+    registered after the infant, its arrival is what shows the ID shared, and the infant's
+    registrations kept apart until then are merged."""
+    latin, _ = _family()
+    parent_id, own_id, phone = _luhn_id("2"), _luhn_id("2"), _phone()
+    born = _recent_date(2021, 2025)
+    parent = _with_phone(patient("Saad", latin, D[f"parent-{parent_first}"], nid=parent_id), phone)
+    under_parent = _with_phone(patient("Lama", latin, born, nid=parent_id, gender="female"), phone)
+    own = _with_phone(patient("Lama", latin, born, nid=own_id, gender="female"), phone)
+    p = create(http, parent) if parent_first else None
+    a = create(http, under_parent)
+    b = create(http, own)
+    if p is None:
+        # the guard cannot know yet that the parent's ID is not the infant's own
+        assert person_of(api, a)["person"] != person_of(api, b)["person"]
+        p = create(http, parent)
+        events = api.get("/mpi/events", params={"patient": b}).json()["events"]
+        assert any(e["kind"] == "merge" for e in events), events
+    assert person_of(api, a)["person"] == person_of(api, b)["person"]
+    assert person_of(api, p)["person"] != person_of(api, a)["person"]
+
+
+def test_father_and_son_with_their_own_ids_stay_two_people(
+    http: httpx.Client, api: httpx.Client
+) -> None:
+    """A registration without an ID that certainly matches a father (his birth date) and
+    nearly as certainly his namesake son (same names and phone) does not merge them: their
+    valid IDs differ, and being born a generation apart is no excuse (batch refuses the same
+    merge)."""
+    latin, _ = _family()
+    phone = _phone()
+
+    def talal(born: str, nid: str | None) -> dict[str, Any]:
+        body = _with_phone(patient("Talal", latin, born, nid=nid), phone)
+        body["name"][0]["given"] = ["Talal", "Nasser"]
+        return body
+
+    father_born = D["father-of-namesake"]
+    father = create(http, talal(father_born, _luhn_id()))
+    son = create(http, talal(_recent_date(2008, 2016), _luhn_id()))
+    assert person_of(api, father)["person"] != person_of(api, son)["person"]
+    bridge = create(http, talal(father_born, None))
+    assert person_of(api, bridge)["person"] == person_of(api, father)["person"]
+    assert person_of(api, son)["person"] != person_of(api, father)["person"]
+
+
+def test_the_index_knows_an_id_shared_across_generations_while_both_holders_are_in_it() -> None:
+    """The guard's knowledge follows the index: a holder removed (a deleted Patient, or a
+    write rolled back) takes its evidence with it."""
+    nid = _luhn_id()
+    index = CandidateIndex(default_model())
+    index.add(from_patient(patient("Lama", "Al-Harbi", "2024-03-11", nid=nid, pid="infant")))
+    assert not index.shared_across_generations(nid)
+    index.add(from_patient(patient("Saad", "Al-Harbi", "1990-04-02", nid=nid, pid="parent")))
+    assert index.shared_across_generations(nid) and index.holders_of(nid) == {"infant", "parent"}
+    index.remove("parent")
+    assert not index.shared_across_generations(nid) and index.holders_of(nid) == {"infant"}

@@ -11,7 +11,8 @@ shows a change the database does not have.
 Rules, in order of precedence:
 1. A reviewer's decision: records a reviewer placed (``manual``) are never moved by automatic
    linking; a 'not-duplicate' pair is never linked automatically.
-2. A person holding a different valid national ID than the record is not joined automatically.
+2. A person holding a different valid national ID than the record is not joined automatically
+   (an ID seen on records born a generation apart is nobody's proof, as in batch clustering).
 3. The most probable candidate at or above the model's threshold decides the person.
 Candidates between the review floor and the threshold in another person go to the review
 queue with the evidence per field.
@@ -316,21 +317,57 @@ class ClientRegistry:
         members = self.persons.get(person, set())
         if self.cannot.get(record.patient_id, set()) & members:
             return True
-        if not (record.national_id and record.national_id_valid):
+        if not self._proves_identity(record):
             return False
         for pid in members:
             other = self.index.get(pid)
             if (
                 other is not None
-                and other.national_id
-                and other.national_id_valid
+                and self._proves_identity(other)
                 and other.national_id != record.national_id
-                and not _generations_apart(record, other)
             ):
                 return True
         return False
 
+    def _proves_identity(self, record: RegistryRecord) -> bool:
+        """The record's national ID is one person's: valid, and not seen on records born a
+        generation apart (an infant registered under a parent's ID carries someone else's ID,
+        so a differing ID on another registration of the infant is no conflict). The same
+        rule as batch clustering's guard (``linking.cluster_pairs``)."""
+        nid = record.national_id
+        return bool(nid and record.national_id_valid) and not (
+            self.index.shared_across_generations(nid or "")
+        )
+
     def _link(self, session: Session, record: RegistryRecord) -> None:
+        nid = record.national_id
+        shared_before = bool(nid) and self.index.shared_across_generations(nid or "")
+        self._place(session, record)
+        if nid and not shared_before and self.index.shared_across_generations(nid):
+            self._join_holders(session, record, nid)
+
+    def _join_holders(self, session: Session, record: RegistryRecord, national_id: str) -> None:
+        """``record`` shows its national ID used across generations (a parent registered
+        after the infant who was registered under the parent's ID). Until now the guard took
+        the ID for its holders' own and kept their other registrations, under another ID,
+        apart; batch clustering, which sees the whole population at once, would have joined
+        them. So each other holder's persons it certainly matches are merged into its person
+        now, by the same rules as at arrival."""
+        undo = self._begin(session)
+        for pid in sorted(self.index.holders_of(national_id) - {record.patient_id}):
+            holder, person = self.index.get(pid), self.member_of.get(pid)
+            if holder is None or person is None or pid in self.manual:
+                continue
+            refused = self.cannot.get(pid, set())
+            scored = [
+                s for s in self.index.score(holder, self.threshold) if s.patient_id not in refused
+            ]
+            joined = self._joined_persons(holder, person, person, scored)
+            if joined:
+                self._merge(session, person, joined, undo)
+
+    def _place(self, session: Session, record: RegistryRecord) -> None:
+        """Index the record and put it in its person (the rules of the module docstring)."""
         undo = self._begin(session)
         pid = record.patient_id
         self._index(record, undo)
@@ -906,13 +943,6 @@ class ClientRegistry:
 
     def score(self, a: RegistryRecord, b: RegistryRecord) -> ScoredCandidate:
         return score_pair(self.model, a, b)
-
-
-def _generations_apart(a: RegistryRecord, b: RegistryRecord) -> bool:
-    """An infant under a parent's ID: birth years at least 12 apart."""
-    if not a.birth_years or not b.birth_years:
-        return False
-    return min(abs(x - y) for x in a.birth_years for y in b.birth_years) >= 12
 
 
 def _without_meta(body: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from takamul.registry.blocking import record_keys
+from takamul.registry.identifiers import ids_shared_across_generations
 from takamul.registry.levels import Level
 from takamul.registry.linking import (
     COMPARATORS,
@@ -97,6 +98,10 @@ class CandidateIndex:
         # key -> patient id, or a set of them: most keys hold one record, and a bare string
         # costs a fraction of a set at millions of keys.
         self._blocks: dict[tuple[str, ...], str | set[str]] = {}
+        # national ID -> the birth years of each record carrying it, by patient id: batch
+        # clustering ignores an ID the population shows used across generations (an infant
+        # under a parent's ID), and real time must know the same of the records it holds.
+        self._id_holders: dict[str, dict[str, frozenset[int]]] = {}
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -122,6 +127,9 @@ class CandidateIndex:
         with self._lock:
             self.remove(record.patient_id)
             self._records[record.patient_id] = record
+            if record.national_id:
+                holders = self._id_holders.setdefault(record.national_id, {})
+                holders[record.patient_id] = record.birth_years
             for key in self._keys(record):
                 held = self._blocks.get(key)
                 if held is None:
@@ -144,6 +152,11 @@ class CandidateIndex:
             record = self._records.pop(patient_id, None)
             if record is None:
                 return
+            if record.national_id:
+                holders = self._id_holders.get(record.national_id, {})
+                holders.pop(patient_id, None)
+                if not holders:
+                    self._id_holders.pop(record.national_id, None)
             for key in self._keys(record):
                 held = self._blocks.get(key)
                 if held == patient_id:
@@ -152,6 +165,23 @@ class CandidateIndex:
                     held.discard(patient_id)
                     if len(held) == 1:
                         self._blocks[key] = next(iter(held))
+
+    def holders_of(self, national_id: str) -> set[str]:
+        """Patient ids of the indexed records carrying ``national_id``."""
+        with self._lock:
+            return set(self._id_holders.get(national_id, ()))
+
+    def shared_across_generations(self, national_id: str) -> bool:
+        """Whether indexed records carrying ``national_id`` are born a generation apart
+        (``identifiers.ids_shared_across_generations``, the test batch clustering applies to
+        the whole population): the ID is then nobody's proof of identity, and two records
+        whose IDs differ are not two people because of it."""
+        with self._lock:
+            holders = self._id_holders.get(national_id)
+            if holders is None or len(holders) < 2:
+                return False
+            years = [(national_id, ys) for ys in holders.values()]
+        return national_id in ids_shared_across_generations(years)
 
     def candidates(self, record: RegistryRecord) -> set[str]:
         """Patient ids sharing a block key of any rule with ``record`` (never itself)."""
