@@ -26,6 +26,8 @@ WEB = Path(__file__).resolve().parents[1] / "src" / "takamul" / "web"
 LANGS = ("ar", "fa")
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
 FRAME_PY = ("app.py", "context.py", "render.py", "pages.py", "calendars.py", "prefs.py")
+# modules of takamul.web that belong to one screen (their messages go to its .po)
+SCREEN_PY = {"patients": ("record.py", "charts.py")}
 
 
 def parts() -> dict[str, list[tuple[str, Path]]]:
@@ -38,6 +40,8 @@ def parts() -> dict[str, list[tuple[str, Path]]]:
             )
     for name in FRAME_PY:
         found["frame"].append(("python", WEB / name))
+    for part, names in SCREEN_PY.items():
+        found.setdefault(part, []).extend(("python", WEB / n) for n in names)
     for module in sorted((WEB / "screens").glob("*.py")):
         if module.stem != "__init__":
             found.setdefault(module.stem, []).append(("python", module))
@@ -46,7 +50,12 @@ def parts() -> dict[str, list[tuple[str, Path]]]:
 
 def messages(sources: list[tuple[str, Path]]) -> dict[str, str]:
     """msgid -> where it was first seen."""
-    found: dict[str, str] = {}
+    return {k: where for k, (_, where) in full_messages(sources).items()}
+
+
+def full_messages(sources: list[tuple[str, Path]]) -> dict[str, tuple[str | tuple[str, str], str]]:
+    """msgid -> (the id as gettext keeps it: (singular, plural) for plurals, where seen)."""
+    found: dict[str, tuple[str | tuple[str, str], str]] = {}
     for method, path in sources:
         options = {"extensions": "jinja2.ext.i18n"} if method == "jinja2" else {}
         extractor = "jinja2.ext:babel_extract" if method == "jinja2" else "python"
@@ -54,8 +63,9 @@ def messages(sources: list[tuple[str, Path]]) -> dict[str, str]:
             extractor, str(path), keywords=KEYWORDS, options=options
         ):
             msgid = message[0] if isinstance(message, tuple) else message
+            full = (message[0], message[1]) if isinstance(message, tuple) else message
             if msgid:
-                found.setdefault(msgid, f"{path.relative_to(WEB)}:{lineno}")
+                found.setdefault(msgid, (full, f"{path.relative_to(WEB)}:{lineno}"))
     return found
 
 
@@ -90,10 +100,11 @@ def update() -> None:
             if path.exists():
                 with path.open("rb") as fh:
                     catalog = read_po(fh, locale=lang)
-            for msgid, where in messages(sources).items():
+            for msgid, (full, where) in full_messages(sources).items():
                 if msgid not in catalog:
                     file, _, line = where.rpartition(":")
-                    catalog.add(msgid, "", locations=[(file, int(line))])
+                    empty = ("",) * catalog.num_plurals if isinstance(full, tuple) else ""
+                    catalog.add(full, empty, locations=[(file, int(line))])
             with path.open("wb") as fh:
                 write_po(fh, catalog, width=100, omit_header=False, include_lineno=False)
 
@@ -105,10 +116,12 @@ def fill(lang: str, part: str, table_file: str) -> None:
     with path.open("rb") as fh:
         catalog = read_po(fh, locale=lang)
     for msgid, text in table.items():
+        # a list gives the plural forms (Arabic has six, Persian two)
+        value = tuple(text) if isinstance(text, list) else text
         if msgid in catalog:
-            catalog[msgid].string = text
+            catalog[msgid].string = value
         else:
-            catalog.add(msgid, text)
+            catalog.add(msgid, value)
     with path.open("wb") as fh:
         write_po(fh, catalog, width=100, include_lineno=False)
 

@@ -1,0 +1,135 @@
+"""Finding people by name as typed: in any script or spelling, for search boxes.
+
+The linker compares whole records; a search box has a few words, often half typed. Every name
+word of every registration is kept under its cross-script skeleton (``names.name_token``:
+``سلمى``, ``Salma`` and ``Salmaa`` share ``SLM``), so each typed word narrows the set to the
+registrations having a name word of that skeleton, whatever the script, order or field; the
+last word may be unfinished and matches skeletons it begins.
+
+It answers with patient ids only: who may see which of them is the store's guard's business,
+asked by the caller (the web search runs a guarded ``Patient?_id=`` search on the ids).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable
+
+from takamul.registry.names import NameToken, name_token, token_similarity
+from takamul.registry.record import RegistryRecord
+
+__all__ = ["NameFinder"]
+
+# A search for an unfinished word of one or two letters matches much of a country: the union
+# of its postings stops growing here, and the caller is told to type more.
+_MAX_PREFIX_UNION = 20_000
+# Ranking compares each typed word with the candidate's words; beyond this many candidates
+# the order is by skeletons only (the caller shows a first page and says there are more).
+_MAX_RANKED = 5_000
+
+
+class NameFinder:
+    """Patient ids by the skeletons of their name words; thread-safe."""
+
+    def __init__(self) -> None:
+        self._postings: dict[str, set[str]] = {}
+        self._of: dict[str, frozenset[str]] = {}  # patient id -> its skeletons
+        self._tokens: dict[str, tuple[NameToken, ...]] = {}  # patient id -> its name words
+        self._sorted: list[str] = []  # distinct skeletons, for prefix ranges
+        self._dirty = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._of)
+
+    def add(self, record: RegistryRecord) -> None:
+        """Index (or re-index) one registration's name words."""
+        tokens = tuple(dict.fromkeys(t for c in record.names for t in c.tokens if t.skel))
+        skeletons = frozenset(t.skel for t in tokens)
+        with self._lock:
+            self._drop(record.patient_id)
+            self._of[record.patient_id] = skeletons
+            self._tokens[record.patient_id] = tokens
+            for skel in skeletons:
+                held = self._postings.get(skel)
+                if held is None:
+                    self._postings[skel] = {record.patient_id}
+                    self._dirty = True
+                else:
+                    held.add(record.patient_id)
+
+    def add_many(self, records: Iterable[RegistryRecord]) -> None:
+        for record in records:
+            self.add(record)
+
+    def remove(self, patient_id: str) -> None:
+        with self._lock:
+            self._drop(patient_id)
+
+    def _drop(self, patient_id: str) -> None:
+        self._tokens.pop(patient_id, None)
+        for skel in self._of.pop(patient_id, ()):
+            held = self._postings.get(skel)
+            if held is not None:
+                held.discard(patient_id)
+                if not held:
+                    del self._postings[skel]
+                    self._dirty = True
+
+    def find(self, text: str, limit: int = 500, prefix: bool = True) -> list[str]:
+        """Patient ids having a name word for every word of ``text`` (the last one may be
+        unfinished when ``prefix``); those whose words match most closely as written come
+        first. At most ``limit`` ids; [] when ``text`` has no name word."""
+        words = [w for w in text.split() if name_token(w) is not None]
+        if not words:
+            return []
+        with self._lock:
+            found = self._narrow(words, prefix)
+            if not found:
+                return []
+            return self._rank(found, words, limit)
+
+    def _narrow(self, words: list[str], prefix: bool) -> set[str]:
+        exact = [name_token(w) for w in (words[:-1] if prefix else words)]
+        sets = sorted((self._postings.get(t.skel, set()) for t in exact if t is not None), key=len)
+        found: set[str] | None = set(sets[0]) if sets else None
+        for other in sets[1:]:
+            assert found is not None
+            found &= other
+        if prefix:
+            last = name_token(words[-1])
+            if last is not None:
+                found = self._with_prefix(found, last.skel)
+        return found or set()
+
+    def _with_prefix(self, found: set[str] | None, start: str) -> set[str]:
+        if found is not None:
+            # few left: check each one's own skeletons rather than union many postings
+            return {pid for pid in found if any(s.startswith(start) for s in self._of[pid])}
+        if self._dirty:
+            self._sorted = sorted(self._postings)
+            self._dirty = False
+        at = bisect.bisect_left(self._sorted, start)
+        union: set[str] = set()
+        while at < len(self._sorted) and self._sorted[at].startswith(start):
+            union |= self._postings[self._sorted[at]]
+            if len(union) >= _MAX_PREFIX_UNION:
+                break
+            at += 1
+        return union
+
+    def _rank(self, found: set[str], words: list[str], limit: int) -> list[str]:
+        """Closest spelling first: per typed word, its best similarity (the registry's own
+        comparator, across scripts) with the candidate's words; then fewer name words (the
+        words typed are more of the name), then a stable order."""
+        typed = [t for w in words if (t := name_token(w)) is not None]
+        pool = sorted(found, key=lambda pid: (len(self._of[pid]), pid))
+        ranked = pool[:_MAX_RANKED]
+
+        def closeness(pid: str) -> float:
+            own = self._tokens.get(pid, ())
+            return sum(max((token_similarity(t, o) for o in own), default=0.0) for t in typed)
+
+        ranked.sort(key=lambda pid: (-round(closeness(pid), 3), len(self._of[pid]), pid))
+        return (ranked + pool[_MAX_RANKED:])[:limit]
