@@ -730,6 +730,7 @@ class AuditQuery:
     entity: str | None = None  # "Type/id" or "Type"
     count: int = 50
     offset: int = 0
+    break_glass: bool = False  # only emergency accesses (purpose ETREAT), for their review
 
 
 @dataclass(frozen=True, slots=True)
@@ -1071,6 +1072,8 @@ class AuditLog:
             conds.append(audit_log.c.outcome.in_(query.outcome))
         if query.interaction:
             conds.append(audit_log.c.interaction.in_(query.interaction))
+        if query.break_glass:
+            conds.append(audit_log.c.break_glass.is_(True))
         if query.entity:
             etype, _, eid = query.entity.partition("/")
             conds.append(audit_log.c.entity_type == etype)

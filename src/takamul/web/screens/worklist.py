@@ -1,0 +1,520 @@
+"""The community health worker's worklist: the outreach Tasks of the viewer's facility
+(``takamul.equity.outreach`` makes them), most pressing first, and the outcome of each contact
+recorded in one tap as an update of the Task, through the FHIR update interaction under the
+viewer's guard.
+
+Outcomes as FHIR R4 Task states (docs/web.md, "Worklist"): *reached* → ``in-progress``, *booked*
+→ ``completed``, *unreachable* → ``failed``, *declined* → ``cancelled``; each with
+``businessStatus`` and ``output`` coded in ``OUTCOME_SYSTEM``, ``lastModified``, the execution
+period, and a note of who recorded it when. The last outcome can be undone: the Task's earlier
+version comes back as a new version (history keeps both).
+
+Facility: R4's Patient compartment has no Task, so the guard does not scope Tasks by facility
+itself; every search and write here goes through a chain on ``Task.for`` (``patient._id``), and
+the guard narrows chains to the facility's patients, so another facility's Task is neither
+listed nor changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from takamul.equity.outreach import OUTREACH_SYSTEM
+from takamul.fhir.outcome import FhirError
+from takamul.rest import interactions as ix
+from takamul.rest.interactions import RequestContext
+from takamul.security.audit import USER_SYSTEM
+from takamul.store.repository import Session
+from takamul.web.context import Screen, Viewer, WebServices, read_form
+from takamul.web.i18n import N_
+from takamul.web.pages import fragment, page
+
+__all__ = [
+    "OUTCOMES",
+    "OUTCOME_SYSTEM",
+    "SCREEN",
+    "Outcome",
+    "WorkItem",
+    "apply_outcome",
+    "register",
+    "undo_outcome",
+]
+
+SCREEN = Screen(
+    "worklist",
+    "/worklist",
+    N_("Outreach worklist"),
+    allowed=lambda viewer: bool(
+        {"community-health-worker", "care-coordinator"} & viewer.access.roles
+    ),
+)
+
+OUTCOME_SYSTEM = "https://takamul.health/fhir/CodeSystem/outreach-outcome"
+SOURCE = "urn:takamul:web:worklist"
+MAX_TASKS = 500  # one facility's open outreach at a time; more waits for the next run
+PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
+OPEN = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
+DONE = ("completed", "failed", "cancelled", "rejected")
+SHOWS = {"open": OPEN, "done": DONE, "all": OPEN + DONE}
+# only Tasks whose ``for`` is a Patient the viewer may see: the guard narrows the chain
+VISIBLE_PATIENT = ("patient._id:missing", "false")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a contact came to, and the Task state that records it."""
+
+    code: str
+    label: str  # msgid: the button and the status shown
+    status: str  # Task.status
+    display: str  # the coding's display (stored data, English)
+    reason: str | None  # Task.statusReason, when the Task ends without its aim
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+
+OUTCOMES: dict[str, Outcome] = {
+    o.code: o
+    for o in (
+        Outcome("reached", N_("Reached"), "in-progress", "Reached", None),
+        Outcome("booked", N_("Booked"), "completed", "Visit booked", None),
+        Outcome(
+            "unreachable",
+            N_("Unreachable"),
+            "failed",
+            "Could not be reached",
+            "Not reachable by the recorded phone or address",
+        ),
+        Outcome("declined", N_("Declined"), "cancelled", "Declined", "The person declined"),
+    )
+}
+STATUS_LABELS = {
+    "draft": N_("Draft"),
+    "requested": N_("To do"),
+    "received": N_("To do"),
+    "accepted": N_("To do"),
+    "ready": N_("To do"),
+    "in-progress": N_("In progress"),
+    "on-hold": N_("On hold"),
+    "completed": N_("Completed"),
+    "failed": N_("Not reached"),
+    "cancelled": N_("Cancelled"),
+    "rejected": N_("Rejected"),
+    "entered-in-error": N_("Entered in error"),
+}
+PRIORITY_LABELS = {
+    "stat": N_("Immediate"),
+    "asap": N_("As soon as possible"),
+    "urgent": N_("Urgent"),
+    "routine": N_("Routine"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One row of the worklist: a Task and the person it is for."""
+
+    task_id: str
+    version: int
+    status: str
+    outcome: Outcome | None  # the last outcome recorded (businessStatus)
+    priority: str
+    action: str  # what to do (Task.code.text)
+    reason: str  # why (Task.reasonCode.text)
+    description: str
+    due: str | None
+    authored: str | None
+    patient_id: str
+    name: str
+    birth_date: str | None
+    age: int | None
+    phone: str | None
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS.get(self.status, N_("Unknown"))
+
+    @property
+    def priority_label(self) -> str:
+        return PRIORITY_LABELS.get(self.priority, N_("Routine"))
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+    def order(self) -> tuple[int, str, str, str]:
+        """Priority (stat first), then the due date, then when it was asked (oldest first)."""
+        return (
+            PRIORITY_RANK.get(self.priority, len(PRIORITY_RANK)),
+            self.due or "9999",
+            self.authored or "9999",
+            self.task_id,
+        )
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def worklist(session: Session, show: str) -> list[WorkItem]:
+    """The outreach Tasks the session's guard lets through, in worklist order."""
+    params = [
+        ("code", f"{OUTREACH_SYSTEM}|"),
+        VISIBLE_PATIENT,
+        ("status", ",".join(SHOWS[show])),
+        ("_include", "Task:patient"),
+        ("_count", str(MAX_TASKS)),
+    ]
+    found = session.search(session.parse_search("Task", params))
+    patients = {p.id: p.json() for p in found.included if p.resource_type == "Patient"}
+    items = [_item(t.json(), t.version, patients) for t in found.matches]
+    return sorted((i for i in items if i is not None), key=WorkItem.order)
+
+
+def _item(task: dict[str, Any], version: int, patients: dict[str, Any]) -> WorkItem | None:
+    patient_id = _patient_id(task)
+    patient = patients.get(patient_id or "")
+    if patient_id is None or patient is None:
+        return None  # a person the guard hides: not this facility's
+    born = patient.get("birthDate")
+    return WorkItem(
+        task_id=str(task["id"]),
+        version=version,
+        status=str(task.get("status", "")),
+        outcome=_outcome_of(task),
+        priority=str(task.get("priority", "routine")),
+        action=str((task.get("code") or {}).get("text") or _first_display(task.get("code"))),
+        reason=str((task.get("reasonCode") or {}).get("text") or ""),
+        description=str(task.get("description") or ""),
+        due=((task.get("restriction") or {}).get("period") or {}).get("end"),
+        authored=task.get("authoredOn"),
+        patient_id=patient_id,
+        name=person_name(patient),
+        birth_date=born,
+        age=age_on(born, date.today()),
+        phone=_phone(patient),
+    )
+
+
+def _patient_id(task: dict[str, Any]) -> str | None:
+    ref = str((task.get("for") or {}).get("reference") or "")
+    return ref.removeprefix("Patient/") if ref.startswith("Patient/") else None
+
+
+def _first_display(concept: Any) -> str:
+    for coding in (concept or {}).get("coding") or ():
+        if coding.get("display"):
+            return str(coding["display"])
+    return ""
+
+
+def _outcome_of(task: dict[str, Any]) -> Outcome | None:
+    for coding in (task.get("businessStatus") or {}).get("coding") or ():
+        if coding.get("system") == OUTCOME_SYSTEM and coding.get("code") in OUTCOMES:
+            return OUTCOMES[coding["code"]]
+    return None
+
+
+def person_name(patient: dict[str, Any]) -> str:
+    """The name to call someone by: the official (else first) name, given names then family."""
+    names = patient.get("name") or []
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    if name.get("text"):
+        return str(name["text"])
+    return " ".join([*name.get("given", []), name.get("family", "")]).strip()
+
+
+def age_on(birth_date: str | None, today: date) -> int | None:
+    """Whole years at ``today``; None for a missing or partial (year-only) birth date."""
+    try:
+        born = date.fromisoformat(birth_date or "")
+    except ValueError:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def _phone(patient: dict[str, Any]) -> str | None:
+    phones = [t for t in patient.get("telecom") or () if t.get("system") == "phone"]
+    phones.sort(key=lambda t: (t.get("use") != "mobile", t.get("rank", 99)))
+    return str(phones[0]["value"]) if phones and phones[0].get("value") else None
+
+
+# -- recording an outcome -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recorder:
+    """Who records an outcome, as the Task will name them."""
+
+    username: str
+    display: str
+    practitioner: str | None  # "Practitioner/x" when the login has a Practitioner record
+
+    def author(self) -> dict[str, Any]:
+        if self.practitioner:
+            return {"authorReference": {"reference": self.practitioner, "display": self.display}}
+        return {"authorString": self.display}
+
+
+def apply_outcome(task: dict[str, Any], outcome: Outcome, by: Recorder, now: str) -> dict[str, Any]:
+    """The Task with ``outcome`` recorded (a new dict; ``task`` is left as it was)."""
+    out = copy.deepcopy(task)
+    coding = {"system": OUTCOME_SYSTEM, "code": outcome.code, "display": outcome.display}
+    out["status"] = outcome.status
+    out["businessStatus"] = {"coding": [coding], "text": outcome.display}
+    if outcome.reason:
+        out["statusReason"] = {"coding": [coding], "text": outcome.reason}
+    else:
+        out.pop("statusReason", None)
+    out["output"] = [
+        {
+            "type": {
+                "coding": [{"system": OUTCOME_SYSTEM, "code": "outcome", "display": "Outcome"}],
+                "text": "Outreach outcome",
+            },
+            "valueCodeableConcept": {"coding": [coding], "text": outcome.display},
+        }
+    ]
+    out["lastModified"] = now
+    period = dict(out.get("executionPeriod") or {})
+    period.setdefault("start", now)
+    if outcome.done:
+        period["end"] = now
+    else:
+        period.pop("end", None)
+    out["executionPeriod"] = period
+    if by.practitioner:
+        out["owner"] = {"reference": by.practitioner, "display": by.display}
+    note = {**by.author(), "time": now, "text": f"Outreach outcome: {outcome.display}"}
+    out["note"] = [*out.get("note", []), note]
+    return out
+
+
+# What an outcome changes, and so what an undo puts back.
+_OUTCOME_FIELDS = (
+    "status",
+    "businessStatus",
+    "statusReason",
+    "output",
+    "executionPeriod",
+    "owner",
+)
+
+
+def undo_outcome(
+    current: dict[str, Any], before: dict[str, Any], by: Recorder, now: str
+) -> dict[str, Any]:
+    """``current`` with the outcome fields of ``before`` back, its notes kept and one added."""
+    out = copy.deepcopy(current)
+    for name in _OUTCOME_FIELDS:
+        if name in before:
+            out[name] = copy.deepcopy(before[name])
+        else:
+            out.pop(name, None)
+    undone = _outcome_of(current)
+    what = undone.display if undone else "outcome"
+    out["lastModified"] = now
+    note = {**by.author(), "time": now, "text": f"Outreach outcome undone: {what}"}
+    out["note"] = [*out.get("note", []), note]
+    return out
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _recorder(session: Session, viewer: Viewer) -> Recorder:
+    """The viewer, with their Practitioner record when one carries their login's identifier."""
+    display = viewer.access.display_name or viewer.username
+    practitioner = None
+    if viewer.access.allows("Practitioner", "s"):
+        query = session.parse_search(
+            "Practitioner", [("identifier", f"{USER_SYSTEM}|{viewer.username}"), ("_count", "1")]
+        )
+        found = session.search(query).matches
+        practitioner = found[0].reference if found else None
+    return Recorder(viewer.username, display, practitioner)
+
+
+def _visible_task(session: Session, task_id: str) -> tuple[dict[str, Any], int, str]:
+    """The Task (content, version, patient id) if it is an outreach Task of a person the viewer
+    may see; the same 404 otherwise, whether it is missing or another facility's."""
+    query = session.parse_search("Task", [("_id", task_id), VISIBLE_PATIENT])
+    found = session.search(query).matches
+    if not found:
+        raise FhirError(404, f"Task/{task_id} is not known", "not-found")
+    task = found[0].json()
+    patient = _patient_id(task)
+    assert patient is not None  # the chain matched a Patient
+    return task, found[0].version, patient
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An outcome recorded (or undone): the row as it now is."""
+
+    item: WorkItem
+    outcome: Outcome | None
+    undone: bool
+
+
+def record(web: WebServices, viewer: Viewer, base: str, task_id: str, outcome: Outcome) -> Change:
+    """Record ``outcome`` on the Task, as the FHIR update interaction does, under the guard."""
+    with web.guarded(viewer):
+
+        def work(session: Session) -> Any:
+            task, version, _ = _visible_task(session, task_id)
+            changed = apply_outcome(task, outcome, _recorder(session, viewer), _now())
+            ctx = RequestContext(base, source=SOURCE)
+            return ix.update(session, "Task", task_id, changed, ctx, f'W/"{version}"')
+
+        web.store.write(work)
+        return Change(_reread(web, task_id), outcome, undone=False)
+
+
+def undo(web: WebServices, viewer: Viewer, base: str, task_id: str, version: int) -> Change:
+    """Put back the Task as it was before the outcome recorded as ``version`` (refused with a
+    409 when the Task changed since, so nobody's later work is undone)."""
+    with web.guarded(viewer):
+
+        def work(session: Session) -> Any:
+            task, current, _ = _visible_task(session, task_id)
+            if current != version or _outcome_of(task) is None or version < 2:
+                raise FhirError(409, "The Task changed since; nothing was undone", "conflict")
+            before = session.vread("Task", task_id, str(version - 1)).json()
+            restored = undo_outcome(task, before, _recorder(session, viewer), _now())
+            ctx = RequestContext(base, source=SOURCE)
+            return ix.update(session, "Task", task_id, restored, ctx, f'W/"{version}"')
+
+        web.store.write(work)
+        return Change(_reread(web, task_id), None, undone=True)
+
+
+def _reread(web: WebServices, task_id: str) -> WorkItem:
+    with web.store.reading() as session:
+        query = session.parse_search(
+            "Task", [("_id", task_id), VISIBLE_PATIENT, ("_include", "Task:patient")]
+        )
+        found = session.search(query)
+    patients = {p.id: p.json() for p in found.included if p.resource_type == "Patient"}
+    item = _item(found.matches[0].json(), found.matches[0].version, patients)
+    assert item is not None
+    return item
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+def register(router: APIRouter, web: WebServices) -> None:
+    @router.get("/worklist")
+    def show_worklist(request: Request) -> Response:
+        viewer = web.viewer(request)
+        if not SCREEN.allowed(viewer):
+            return _refused(web, viewer)
+        show = request.query_params.get("show", "open")
+        show = show if show in SHOWS else "open"
+        with web.guarded(viewer), web.store.reading() as session:
+            items = worklist(session, show)
+        web.audit_page(
+            request,
+            viewer,
+            "search",
+            resource_type="Task",
+            query=f"code={OUTREACH_SYSTEM}|&show={show}",
+            patient_ids=_patients(items),
+        )
+        return page(
+            web,
+            viewer,
+            "worklist/list.html",
+            active=SCREEN.key,
+            back=f"/app/worklist?show={show}",
+            items=items,
+            show=show,
+            outcomes=OUTCOMES.values(),
+        )
+
+    @router.post("/worklist/{task_id}/outcome")
+    async def post_outcome(task_id: str, request: Request) -> Response:
+        viewer = web.viewer(request)
+        form = await read_form(request)
+        web.check_csrf(request, viewer, form)
+        outcome = OUTCOMES.get(form.get("outcome", ""))
+        if not SCREEN.allowed(viewer) or outcome is None:
+            return _refused(web, viewer, 400 if outcome is None else 403)
+        base = web.security.fhir_base(str(request.base_url))
+        return await _change(
+            request, web, viewer, task_id, lambda: record(web, viewer, base, task_id, outcome)
+        )
+
+    @router.post("/worklist/{task_id}/undo")
+    async def post_undo(task_id: str, request: Request) -> Response:
+        viewer = web.viewer(request)
+        form = await read_form(request)
+        web.check_csrf(request, viewer, form)
+        version = form.get("version", "")
+        if not SCREEN.allowed(viewer) or not version.isdigit():
+            return _refused(web, viewer, 400 if SCREEN.allowed(viewer) else 403)
+        base = web.security.fhir_base(str(request.base_url))
+        return await _change(
+            request, web, viewer, task_id, lambda: undo(web, viewer, base, task_id, int(version))
+        )
+
+
+async def _change(
+    request: Request, web: WebServices, viewer: Viewer, task_id: str, do: Any
+) -> Response:
+    try:
+        change: Change = await run_in_threadpool(do)
+    except FhirError as err:
+        web.audit_page(
+            request,
+            viewer,
+            "update",
+            status=err.status,
+            resource_type="Task",
+            resource_id=task_id,
+            outcome_text=str(err),
+        )
+        if err.status == 404:
+            message = N_("This task is not on your worklist.")
+            return page(web, viewer, "frame/error.html", 404, status=404, message=message)
+        message = N_("The task changed meanwhile; reload the worklist and try again.")
+        return page(web, viewer, "frame/error.html", 409, status=409, message=message)
+    web.audit_page(
+        request,
+        viewer,
+        "update",
+        resource_type="Task",
+        resource_id=task_id,
+        patient_ids=(change.item.patient_id,),
+    )
+    if request.headers.get("hx-request") != "true":
+        return RedirectResponse("/app/worklist", 303)
+    return fragment(
+        viewer,
+        "worklist/_changed.html",
+        item=change.item,
+        change=change,
+        outcomes=OUTCOMES.values(),
+    )
+
+
+def _refused(web: WebServices, viewer: Viewer, status: int = 403) -> Response:
+    message = N_("The outreach worklist is for community health workers and care coordinators.")
+    if status == 400:
+        message = N_("That outcome is not one the worklist knows.")
+    return page(web, viewer, "frame/error.html", status, status=status, message=message)
+
+
+def _patients(items: Iterable[WorkItem]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(i.patient_id for i in items))
