@@ -9,11 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from takamul.web.prefs import Preferences
+from takamul.web.render import render
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
 REVIEWER = "review-screen-reviewer"  # this module's own login: its preferences are its own
@@ -246,6 +249,7 @@ def test_not_a_duplicate_takes_the_pair_out_of_the_queue(
     assert page.get_by_role("status").is_visible()
     assert pair["review"] not in _open_reviews(web_site)
     assert _person(web_site, pair["a"]) != _person(web_site, pair["b"])
+    assert axe_violations(page) == [], "after not a duplicate (fa)"
     page.goto(web_site.url("/app/review"))
     assert page.locator("tr", has_text="جواهر القرني").count() == 0
     with _mpi(web_site) as api:
@@ -273,6 +277,13 @@ def test_a_reviewer_unlinks_a_record_from_its_person(
     assert page.get_by_text("The two records belong to different persons.").is_visible()
     assert _person(web_site, pair["a"]) != _person(web_site, pair["b"])
     assert _audited(web_site, pair["b"], "registry-unlink")
+    # later, from the pair's own page: its last decision can be undone
+    page.goto(web_site.url(f"/app/review/{pair['review']}"))
+    assert axe_violations(page) == [], "unlinked pair (en)"
+    page.get_by_role("button", name="Undo this decision").click()
+    page.wait_for_url(f"**/app/review/{pair['review']}?*")
+    assert _person(web_site, pair["a"]) == _person(web_site, pair["b"])
+    assert page.get_by_text("The two records belong to one person.").is_visible()
     page.context.close()
 
 
@@ -292,4 +303,24 @@ def test_decisions_need_the_sessions_csrf_token(web_site: WebSite, pairs: Pairs)
         assert r.status_code == 403
         assert client.get("/app/review/999999999").status_code == 404
         assert client.get("/app/review/not-a-number").status_code == 404
+        past_the_end = client.get("/app/review", params={"page": "999"})  # the last page
+        assert past_the_end.status_code == 200
+        assert 'class="review-queue"' in past_the_end.text  # not an empty page
     assert pair["review"] in _open_reviews(web_site)
+
+
+@pytest.mark.parametrize(
+    ("lang", "says"),
+    [
+        ("ar", "سجل المرضى الرئيسي معطّل"),
+        ("fa", "ثبت مرکزی بیماران روی این سرور خاموش است"),
+        ("en", "The client registry is turned off"),
+    ],
+)
+def test_without_a_registry_the_screen_says_so(lang: str, says: str) -> None:
+    viewer = SimpleNamespace(
+        csrf="t", username="r", access=SimpleNamespace(display_name="R", break_glass=None)
+    )
+    prefs = Preferences(lang, "gregorian", "latin")
+    html = render("review/queue.html", prefs, viewer=viewer, screens=[], off=True, action=None)
+    assert says in html

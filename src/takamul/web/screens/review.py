@@ -377,13 +377,12 @@ def register(router: APIRouter, web: WebServices) -> None:
             return page(
                 web, viewer, "review/queue.html", active=SCREEN.key, back=BACK, off=True, **notice
             )
-        number = _row_id(request.query_params.get("page") or "1") or 1
-        items, total = registry.reviews("open", PAGE_SIZE, (number - 1) * PAGE_SIZE)
+        wanted = _row_id(request.query_params.get("page") or "1") or 1
+        items, total, number, pages = _queue_page(registry, wanted)
         with web.guarded(viewer), web.store.reading() as session:
             pairs = [(item["id"], pair_of(session, registry, item)) for item in items]
         shown = tuple(r.patient_id for _, p in pairs if p for r in (p.a, p.b))
         web.audit_page(request, viewer, "search", resource_type="Patient", patient_ids=shown)
-        pages = max(1, -(-total // PAGE_SIZE))
         return page(
             web,
             viewer,
@@ -393,7 +392,7 @@ def register(router: APIRouter, web: WebServices) -> None:
             off=False,
             pairs=pairs,
             total=total,
-            number=min(number, pages),
+            number=number,
             pages=pages,
             gregorian=_formatters(viewer)[1],
             done_labels=DONE_LABELS,
@@ -555,6 +554,17 @@ def register(router: APIRouter, web: WebServices) -> None:
         )
         back = _row_id(form.get("review") or "")
         return _after(f"{BACK}/{back}" if back else BACK, "revert", event, back)
+
+
+def _queue_page(
+    registry: ClientRegistry, wanted: int
+) -> tuple[list[dict[str, Any]], int, int, int]:
+    """(items, total, page number, pages) of the open queue; a page past the end is the last."""
+    items, total = registry.reviews("open", PAGE_SIZE, (wanted - 1) * PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    if wanted > pages:
+        items, total = registry.reviews("open", PAGE_SIZE, (pages - 1) * PAGE_SIZE)
+    return items, total, min(wanted, pages), pages
 
 
 def _visible_pair(
