@@ -36,8 +36,13 @@ demo: $(STAMP)
 	  $(BIN)/takamul synth --country SA --patients $(DEMO_PERSONS) --seed 1 --out $(DEMO_DATA)
 	$(BIN)/takamul load $(DEMO_DATA)/*.ndjson --db $(DB) --errors data/demo-load-errors.ndjson
 	$(BIN)/takamul load-demo --db $(DB)
+	# what the web app's equity dashboard and worklists show: a published report, outreach Tasks
+	$(BIN)/takamul equity report -i $(DEMO_DATA) --db $(DB) --publish --out data/equity-report.html
+	$(BIN)/takamul equity indicators outreach --indicator dm_screen --db $(DB) --limit 200
 	$(BIN)/takamul demo-credentials --db $(DB)
-	@echo "Takamul demo: FHIR R4 API at http://$(HOST):$(PORT)/fhir (Ctrl-C to stop). A token:"
+	@echo "Takamul demo (Ctrl-C to stop):"
+	@echo "  web application: http://$(HOST):$(PORT)/app/  (sign in with a DEMO login above: one per role)"
+	@echo "  FHIR R4 API:     http://$(HOST):$(PORT)/fhir  A token:"
 	@echo "  TOKEN=\$$($(BIN)/takamul token --db $(DB) --client demo-ministry --scope 'system/*.rs' --lifetime 3600 --base-url http://$(HOST):$(PORT)/fhir)"
 	@echo "  curl -H \"Authorization: Bearer \$$TOKEN\" http://$(HOST):$(PORT)/fhir/Patient?_count=3"
 	$(BIN)/takamul serve --db $(DB) --host $(HOST) --port $(PORT)
