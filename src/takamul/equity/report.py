@@ -27,7 +27,14 @@ from takamul.equity.heat import MeasureRow, compute_rows, read_template
 from takamul.equity.indicators import UNKNOWN, IndicatorResults, heat_rows, result_dicts
 from takamul.equity.measures import ComputeOptions, Measure
 
-__all__ = ["EquityReport", "build_report", "gap_findings", "is_unknown", "render_html"]
+__all__ = [
+    "EquityReport",
+    "build_report",
+    "gap_findings",
+    "intersection_entries",
+    "is_unknown",
+    "render_html",
+]
 
 # Map colours (access terciles, worst first) and the ends of the ordered-dimension ramp.
 PALETTE = ["#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac", "#5e3c99", "#1b7837"]
@@ -65,6 +72,8 @@ class EquityReport:
     findings: list[str]
     access: list[dict[str, Any]]
     trends: list[dict[str, Any]] = field(default_factory=list)
+    # Each indicator by each pair of dimensions (only when the results were computed with pairs)
+    intersections: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +86,7 @@ class EquityReport:
             "findings": self.findings,
             "access": self.access,
             "trends": self.trends,
+            "intersections": self.intersections,
         }
 
 
@@ -137,6 +147,52 @@ def _indicator_entries(results: IndicatorResults) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def intersection_entries(results: IndicatorResults) -> list[dict[str, Any]]:
+    """Per indicator and pair of dimensions, every cell of the intersection (first dimension's
+    subgroup, then the second's, each in its dimension's order), suppressed cells included with
+    the reason ("primary" or "secondary"). Empty when the results have no pairs."""
+    dims = {d.id: d for d in results.dimensions}
+    rank = {d.id: i for i, d in enumerate(results.dimensions)}
+    grouped: dict[tuple[str, str, str], list[tuple[str, str, Any]]] = {}
+    for e in results.estimates:
+        if e.dimension is None or e.dimension2 is None:
+            continue
+        pair = [(e.dimension, str(e.subgroup)), (e.dimension2, str(e.subgroup2))]
+        (da, va), (db, vb) = sorted(pair, key=lambda dv: rank[dv[0]])
+        grouped.setdefault((e.indicator, da, db), []).append((va, vb, e))
+    out = []
+    for (indicator, da, db), cells in grouped.items():
+        a, b = dims[da], dims[db]
+        cells.sort(key=lambda c: (_rank_in(a, c[0]), c[0], _rank_in(b, c[1]), c[1]))
+        out.append(
+            {
+                "indicator": indicator,
+                "dimension": a.name,
+                "dimension2": b.name,
+                "cells": [
+                    {
+                        "subgroup": a.label(va),
+                        "subgroup2": b.label(vb),
+                        "estimate": e.estimate,
+                        "ciLow": e.ci_lb,
+                        "ciHigh": e.ci_ub,
+                        "population": e.population,
+                        "suppressed": e.suppressed or None,
+                        "unknown": is_unknown(va, a.label(va)) or is_unknown(vb, b.label(vb)),
+                    }
+                    for va, vb, e in cells
+                ],
+            }
+        )
+    return out
+
+
+def _rank_in(dim: Any, value: str) -> int:
+    """A subgroup's place in its dimension: its order for an ordered dimension, else 0 (then
+    sorted by value)."""
+    return dim.order.index(value) if dim.ordered and value in dim.order else len(dim.order or ())
 
 
 def _ordered(by: dict[str, Any], dim: Any) -> list[tuple[str, Any]]:
@@ -297,6 +353,7 @@ def build_report(
         findings=gap_findings(indicators, measures),
         access=_access_entries(access, demand),
         trends=trend_entries([*history, results]) if history else [],
+        intersections=intersection_entries(results),
     )
 
 
@@ -713,3 +770,172 @@ def render_html(report: EquityReport) -> str:
 
 def measure_codes() -> list[str]:
     return [m.value for m in Measure]
+
+
+# -- charts for dashboards -------------------------------------------------------------------
+# The web dashboard draws its own SVG from these layouts (its template writes the text, in the
+# viewer's language and digits); the geometry, colours, markers and text estimates are the
+# report's, so both read the same way.
+
+
+@dataclass(frozen=True, slots=True)
+class ChartText:
+    """A line of text at (x, y); ``anchor`` as for left-to-right text: "start" puts its left
+    edge at x, "end" its right edge."""
+
+    text: str
+    x: float
+    y: float
+    anchor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChartDot:
+    series: int  # the legend entry it belongs to
+    row: int
+    value: float
+    marker: str  # SVG of the marker (shape, colour; no text)
+
+
+@dataclass(frozen=True, slots=True)
+class ChartSeries:
+    """A legend entry: a subgroup and how its markers look."""
+
+    name: str
+    swatch: str  # SVG of a small marker, for a 14x14 legend icon
+    unknown: bool
+
+
+@dataclass
+class DotChart:
+    """An equiplot: each row a line of dots on a common value axis."""
+
+    width: int
+    height: int
+    rows: list[str]  # row labels
+    labels: list[ChartText]  # row labels, wrapped
+    spans: list[tuple[float, float, float]]  # (x1, x2, y): lowest to highest known dot of a row
+    dots: list[ChartDot]
+    series: list[ChartSeries]
+    ticks: list[tuple[float, float]]  # (value, x)
+    axis: tuple[float, float, float]  # (x1, x2, y)
+    tick_y: float
+    title_lines: list[ChartText]  # the axis title under the ticks
+    reference: tuple[float, float, float] | None  # national value: (x, y1, y2)
+
+
+def dot_chart(
+    rows: Sequence[tuple[str, Sequence[tuple[int, float]]]],
+    series: Sequence[dict[str, Any]],
+    scale: float,
+    axis_title: str,
+    ordered: bool,
+    reference: float | None = None,
+    labels_at_end: bool = False,
+    width: int = 720,
+) -> DotChart:
+    """The layout of an equiplot: ``rows`` are (label, [(series index, value)]); ``series`` are
+    the subgroups dots belong to (report subgroup dicts: "subgroup", "unknown"), styled as the
+    report styles a dimension's subgroups. Row labels sit before the plot (``labels_at_end``:
+    after it, for right-to-left pages); every text is placed inside the width by the report's
+    width estimate."""
+    styles = subgroup_styles({"ordered": ordered, "subgroups": list(series)})
+    values = [v for _, dots in rows for _, v in dots] + ([reference] if reference else [])
+    ticks = (
+        [0.0, 25.0, 50.0, 75.0, 100.0] if scale == 100 else _nice_ticks(max(values, default=1.0))
+    )
+    hi = ticks[-1] or 1.0
+    wrapped = [_wrap(label) for label, _ in rows]
+    label_room = max((text_width(line) for lines in wrapped for line in lines), default=0.0) + 16
+    edge = 24.0  # room for half a tick label past the plot's ends
+    x0, x1 = (edge, width - label_room) if labels_at_end else (label_room, width - edge)
+
+    def x(v: float) -> float:
+        return x0 + (x1 - x0) * max(0.0, min(v / hi, 1.0))
+
+    labels: list[ChartText] = []
+    spans: list[tuple[float, float, float]] = []
+    dots: list[ChartDot] = []
+    y = 12.0
+    for r, ((_, row_dots), lines) in enumerate(zip(rows, wrapped, strict=True)):
+        height = max(30.0, len(lines) * LINE_PX + 12)
+        centre = y + height / 2
+        first = centre - (len(lines) - 1) * LINE_PX / 2 + 4
+        lx, anchor = (x1 + 8, "start") if labels_at_end else (x0 - 8, "end")
+        labels += [ChartText(line, lx, first + k * LINE_PX, anchor) for k, line in enumerate(lines)]
+        known = [v for i, v in row_dots if not series[i].get("unknown")]
+        if len(known) >= 2:
+            spans.append((x(min(known)), x(max(known)), centre))
+        for i, v in row_dots:
+            colour, shape, hollow = styles[i]
+            fill, stroke = ("#ffffff", colour) if hollow else (colour, "#333333")
+            dots.append(ChartDot(i, r, v, _marker(shape, x(v), centre, 6, fill, stroke)))
+        y += height
+    axis_y = y + 6
+    tick_y = axis_y + LINE_PX + 2
+    title_lines = [
+        ChartText(line, (x0 + x1) / 2, tick_y + (k + 1) * LINE_PX + 4, "middle")
+        for k, line in enumerate(_wrap(axis_title, max(int((x1 - x0) / CHAR_PX), 10)))
+    ]
+    legend = []
+    for s, (colour, shape, hollow) in zip(series, styles, strict=True):
+        fill, stroke = ("#ffffff", colour) if hollow else (colour, "#333333")
+        legend.append(
+            ChartSeries(str(s["subgroup"]), _marker(shape, 7, 7, 5, fill, stroke), not _known(s))
+        )
+    return DotChart(
+        width=width,
+        height=math.ceil(title_lines[-1].y + 8),
+        rows=[label for label, _ in rows],
+        labels=labels,
+        spans=spans,
+        dots=dots,
+        series=legend,
+        ticks=[(t, x(t)) for t in ticks],
+        axis=(x0, x1, axis_y),
+        tick_y=tick_y,
+        title_lines=title_lines,
+        reference=(x(reference), 8.0, axis_y) if reference is not None else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MapArea:
+    """An area of the access map: its centre, a radius by population, its access tercile."""
+
+    area: dict[str, Any]
+    x: float
+    y: float
+    radius: float
+    tercile: int  # 0 least access, 1 middle, 2 most access
+    colour: str
+
+
+ACCESS_TERCILE_COLOURS = (PALETTE[0], PALETTE[1], PALETTE[5])
+
+
+def access_map_areas(
+    access: Sequence[dict[str, Any]], width: int = 640, height: int = 420, pad: int = 30
+) -> list[MapArea]:
+    """The report's access map as positions (the same projection, sizes and terciles as its
+    HTML map), for a dashboard to draw."""
+    placed = [a for a in access if a.get("lat") is not None and a.get("lon") is not None]
+    if not placed:
+        return []
+    lats = [a["lat"] for a in placed]
+    lons = [a["lon"] for a in placed]
+    scores = [a["score"] for a in placed]
+    lo_lat, hi_lat, lo_lon, hi_lon = min(lats), max(lats), min(lons), max(lons)
+    lo_s, hi_s = min(scores), max(scores)
+    biggest = max(p["population"] for p in placed) or 1
+    out = []
+    for a in placed:
+        px = pad + (width - 2 * pad) * ((a["lon"] - lo_lon) / ((hi_lon - lo_lon) or 1))
+        py = height - pad - (height - 2 * pad) * ((a["lat"] - lo_lat) / ((hi_lat - lo_lat) or 1))
+        t = (a["score"] - lo_s) / ((hi_s - lo_s) or 1)
+        if a["method"] == "nearest":
+            t = 1 - t  # longer distance is worse
+        tercile = 0 if t < 0.33 else 1 if t < 0.66 else 2
+        radius = 4 + 10 * (a["population"] / biggest) ** 0.5
+        out.append(MapArea(a, px, py, radius, tercile, ACCESS_TERCILE_COLOURS[tercile]))
+    return out

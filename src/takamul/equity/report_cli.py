@@ -55,6 +55,13 @@ def report_command(
     trend_years: Annotated[
         int, typer.Option(min=0, help="Earlier yearly periods for the trend charts")
     ] = 2,
+    pairs: Annotated[
+        bool,
+        typer.Option(
+            help="Also each pair of dimensions (intersections, for dashboards); more cells are "
+            "then hidden: the complements of a small intersection too"
+        ),
+    ] = False,
 ) -> None:
     """Who is being left behind, where, and by how much: one HTML page (no network needed)."""
     with _errors():
@@ -65,7 +72,7 @@ def report_command(
         _con, pop = load_population(load_definitions(definitions), inputs, db, links, period_end, 1)
         defs = load_definitions(definitions)
         with console.status("indicators by every dimension"):
-            results = compute(pop, pairs=False)
+            results = compute(pop, pairs=pairs)
         history = []
         for years in range(trend_years, 0, -1):
             # the same views, an earlier period end: the person table is rebuilt for it
