@@ -276,6 +276,46 @@ def test_a_facility_sees_its_patients_and_not_anothers(
     outcome(http.get("/$export", headers={"Prefer": "respond-async"}), 403)
 
 
+def test_a_task_is_guarded_as_data_of_the_patient_it_is_for(
+    server: Server, world: dict[str, Any]
+) -> None:
+    """R4 leaves Task out of the Patient compartment; a facility must still not list, read,
+    count, include or change the Tasks about another facility's patients (found by the web
+    worklist's tests: every facility saw every outreach Task)."""
+    admin = world["admin"]
+    tasks = {}
+    for org in ("org-a", "org-b"):
+        r = admin.post(
+            "/Task",
+            json={
+                "resourceType": "Task",
+                "status": "requested",
+                "intent": "plan",
+                "description": f"outreach for the patient of {org}",
+                "for": {"reference": f"Patient/{world[org]}"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        tasks[org] = r.json()["id"]
+    http = facility_client(server, "org-a")
+    listed = {
+        e["resource"]["id"]
+        for e in http.get("/Task", params={"_count": 500}).json().get("entry", [])
+    }
+    assert tasks["org-a"] in listed and tasks["org-b"] not in listed
+    total = http.get("/Task", params={"_summary": "count"}).json()["total"]
+    assert total == len(listed)
+    outcome(http.get(f"/Task/{tasks['org-b']}"), 404)
+    outcome(http.get(f"/Task/{tasks['org-b']}/_history"), 404)
+    theirs = admin.get(f"/Task/{tasks['org-b']}").json()
+    outcome(http.put(f"/Task/{tasks['org-b']}", json={**theirs, "status": "cancelled"}), 404)
+    assert admin.get(f"/Task/{tasks['org-b']}").json()["status"] == "requested"
+    by_chain = http.get("/Task", params={"patient.name": "Patient of org-b"}).json()
+    assert not by_chain.get("entry")
+    has = http.get("/Patient", params={"_has:Task:patient:status": "requested"}).json()
+    assert world["org-b"] not in {e["resource"]["id"] for e in has.get("entry", [])}
+
+
 def test_a_facility_cannot_grant_itself_a_patient(server: Server, world: dict[str, Any]) -> None:
     """Writing an Encounter that names itself as service provider does not make another
     facility's patient its own (issue 11, finding 3): not by a create, an update-as-create, a

@@ -254,7 +254,7 @@ class Exporter:
         if request.kind == "system":
             allowed = sorted(defs.resource_types)
         else:
-            allowed = sorted({"Patient", *defs.patient_compartment()})
+            allowed = sorted({"Patient", *defs.patient_data()})
         if request.types is None:
             return allowed
         return [t for t in request.types if t in allowed]
@@ -314,7 +314,7 @@ def _in_patient_compartment(rtype: str, patients: list[str] | None) -> ColumnEle
     """Resources in the compartment of any patient (or of the listed patients)."""
     if rtype == "Patient":
         return resource.c.res_id.in_(patients) if patients is not None else resource.c.rid > 0
-    params = definitions().patient_compartment().get(rtype, [])
+    params = definitions().patient_data().get(rtype, [])
     conds = [
         sp_reference.c.res_type == rtype,
         sp_reference.c.param.in_(params),

@@ -177,6 +177,20 @@ class Definitions:
         """Resource type -> the parameters that place a resource in a Patient's compartment."""
         return {k: v for k, v in self.compartments["Patient"].items() if v}
 
+    def patient_data(self) -> dict[str, list[str]]:
+        """Resource type -> the parameters that make a resource data about a patient: the
+        Patient compartment and the types R4 leaves out of it although they name the patient
+        they are about (``PATIENT_DATA_BEYOND_COMPARTMENT``). Access control, consent labels
+        and exports go by this, so that a Task about a patient is guarded as that patient's."""
+        return {**self.patient_compartment(), **PATIENT_DATA_BEYOND_COMPARTMENT}
+
+
+# R4's CompartmentDefinition for Patient has no Task, yet Task.for names the patient a task is
+# about (outreach, referrals, follow-up): its ``patient`` search parameter is
+# ``Task.for.where(resolve() is Patient)``. Left out, a facility's Tasks would be open to every
+# facility (found by an outside check of the worklist, issue 13).
+PATIENT_DATA_BEYOND_COMPARTMENT: dict[str, list[str]] = {"Task": ["patient"]}
+
 
 @cache
 def definitions() -> Definitions:

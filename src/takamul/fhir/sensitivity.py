@@ -154,7 +154,7 @@ def label_sensitive(resource: dict[str, Any]) -> dict[str, Any]:
     fall in (labels it already carries are kept as sent; nothing else changes). Only data about
     a patient (the Patient compartment) is labelled: a Questionnaire defining the PHQ-9 is not
     anyone's mental health data."""
-    if str(resource.get("resourceType")) not in definitions().patient_compartment():
+    if str(resource.get("resourceType")) not in definitions().patient_data():
         return resource
     found = sensitivity(resource)
     if not found:

@@ -143,7 +143,7 @@ class AccessContext:
         rtype = resource.get("resourceType")
         if rtype == "Patient":
             return resource.get("id") == self.patient
-        params = definitions().patient_compartment().get(str(rtype))
+        params = definitions().patient_data().get(str(rtype))
         if not params:
             return False
         try:
@@ -174,7 +174,7 @@ class AccessContext:
             return (("_id", self.patient),)
         if resource_type in PATIENT_CONTEXT_REFERENCE_TYPES:
             return ()
-        params = definitions().patient_compartment().get(resource_type)
+        params = definitions().patient_data().get(resource_type)
         if not params:
             return None
         param = next((p for p in ("patient", "subject") if p in params), params[0])
@@ -182,7 +182,7 @@ class AccessContext:
 
 
 def _in_compartment_types(resource_type: str) -> bool:
-    return resource_type == "Patient" or resource_type in definitions().patient_compartment()
+    return resource_type == "Patient" or resource_type in definitions().patient_data()
 
 
 def context_for_token(token: AccessToken) -> AccessContext:

@@ -127,7 +127,7 @@ class AccessGuard:
         if resource_type == "Patient":
             params: tuple[str, ...] = ("_id",)
         else:
-            params = tuple(definitions().patient_compartment().get(resource_type, ()))
+            params = tuple(definitions().patient_data().get(resource_type, ()))
         return [
             RestrictedFilter(resource_type, label, patients, params)
             for label, patients in sorted(self._withheld().items())
@@ -204,7 +204,7 @@ class AccessGuard:
         if resource_type == "Patient":
             out.append(("_id", ",".join(ids)))
         else:
-            params = definitions().patient_compartment().get(resource_type, [])
+            params = definitions().patient_data().get(resource_type, [])
             param = next((p for p in ("patient", "subject") if p in params), params[0])
             out.append((param, ",".join(f"Patient/{i}" for i in ids)))
         return out
@@ -246,7 +246,7 @@ class AccessGuard:
     ) -> set[str]:
         if resource_type == "Patient":
             return {str(resource.get("id"))}
-        params = definitions().patient_compartment().get(resource_type, [])
+        params = definitions().patient_data().get(resource_type, [])
         return {
             e.target_id
             for p in params
@@ -299,7 +299,7 @@ def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: str) -> Any:
 
 
 def _patient_data(resource_type: str) -> bool:
-    return resource_type == "Patient" or resource_type in definitions().patient_compartment()
+    return resource_type == "Patient" or resource_type in definitions().patient_data()
 
 
 # Every active restriction in the record, per process, refreshed when a Consent changes (the

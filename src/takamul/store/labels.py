@@ -44,7 +44,7 @@ def ensure_labelled(store: Any) -> int:
     with store.reading() as session:
         if labels_complete(session):
             return 0
-    types = sorted(definitions().patient_compartment())
+    types = sorted(definitions().patient_data())
     labelled, after = 0, 0
     while True:
         batch, after = store.write(partial(_label_batch, types=types, after=after))
