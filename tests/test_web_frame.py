@@ -5,6 +5,7 @@ Content-Security-Policy, page weight, and axe-core on the frame's pages in all t
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -38,17 +39,25 @@ def test_sign_in_page_speaks_each_language_in_its_direction(
 def test_a_login_starts_in_its_facility_countrys_language_and_calendar(
     web_site: WebSite, chromium: Any
 ) -> None:
-    riyadh = signed_in(chromium, web_site, "chw")
+    # new logins: the shared ones carry whatever preferences other test modules chose
+    fresh = f"fresh-{uuid.uuid4().hex[:6]}"
+    for suffix, role, facility in (
+        ("riyadh", "community-health-worker", "org-riyadh"),
+        ("tehran", "clinician", "org-tehran"),
+        ("nowhere", "registry-reviewer", None),
+    ):
+        web_site.security.users.add(f"{fresh}-{suffix}", PASSWORD, [role], facility)
+    riyadh = signed_in(chromium, web_site, f"{fresh}-riyadh")
     assert riyadh.locator("html").get_attribute("dir") == "rtl"
     assert riyadh.locator("html").get_attribute("lang") == "ar"
     assert riyadh.get_by_role("combobox", name="التقويم").input_value() == "hijri"
-    tehran = signed_in(chromium, web_site, "clinician-tehran")
+    tehran = signed_in(chromium, web_site, f"{fresh}-tehran")
     assert tehran.locator("html").get_attribute("lang") == "fa"
     assert tehran.get_by_role("combobox", name="تقویم").input_value() == "jalali"
     # no facility: English, Gregorian
-    admin = signed_in(chromium, web_site, "reviewer")
-    assert admin.locator("html").get_attribute("lang") == "en"
-    for p in (riyadh, tehran, admin):
+    nowhere = signed_in(chromium, web_site, f"{fresh}-nowhere")
+    assert nowhere.locator("html").get_attribute("lang") == "en"
+    for p in (riyadh, tehran, nowhere):
         p.context.close()
 
 

@@ -16,7 +16,7 @@ from markupsafe import Markup, escape
 __all__ = ["LineChart", "line_chart"]
 
 WIDTH, HEIGHT = 560, 240
-PAD_START, PAD_END, PAD_TOP, PAD_BOTTOM = 56, 16, 16, 64
+PAD_START, PAD_END, PAD_TOP, PAD_BOTTOM = 56, 16, 30, 64
 COLOURS = ("#0b5c8e", "#a1122b", "#17603a", "#6b3fa0")  # contrast ≥ 4.5:1 on white
 DASHES = ("", "6 4", "2 3", "8 3 2 3")
 
@@ -77,7 +77,7 @@ def line_chart(chart: LineChart, chart_id: str, label_date: object, label_num: o
         )
     if chart.unit:
         parts.append(
-            f'<text x="4" y="{PAD_TOP - 4 + 10}" font-size="11" fill="#1c2430">'
+            f'<text x="4" y="14" font-size="11" fill="#1c2430">'
             f"{escape(chart.unit)}</text>"
         )
     legend_y = HEIGHT - 18
