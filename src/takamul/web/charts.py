@@ -77,8 +77,7 @@ def line_chart(chart: LineChart, chart_id: str, label_date: object, label_num: o
         )
     if chart.unit:
         parts.append(
-            f'<text x="4" y="14" font-size="11" fill="#1c2430">'
-            f"{escape(chart.unit)}</text>"
+            f'<text x="4" y="14" font-size="11" fill="#1c2430">{escape(chart.unit)}</text>'
         )
     legend_y = HEIGHT - 18
     for n, (name, series) in enumerate(chart.series.items()):
