@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 from takamul.registry.names import NameToken, name_token, token_similarity
 from takamul.registry.record import RegistryRecord
@@ -77,15 +78,24 @@ class NameFinder:
                     del self._postings[skel]
                     self._dirty = True
 
-    def find(self, text: str, limit: int = 500, prefix: bool = True) -> list[str]:
+    def find(
+        self,
+        text: str,
+        limit: int = 500,
+        prefix: bool = True,
+        within: AbstractSet[str] | None = None,
+    ) -> list[str]:
         """Patient ids having a name word for every word of ``text`` (the last one may be
         unfinished when ``prefix``); those whose words match most closely as written come
-        first. At most ``limit`` ids; [] when ``text`` has no name word."""
+        first. At most ``limit`` ids; [] when ``text`` has no name word. ``within``: only
+        these patients (a facility's, say), applied before ranking."""
         words = [w for w in text.split() if name_token(w) is not None]
         if not words:
             return []
         with self._lock:
             found = self._narrow(words, prefix)
+            if within is not None:
+                found &= within
             if not found:
                 return []
             return self._rank(found, words, limit)

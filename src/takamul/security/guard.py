@@ -254,6 +254,14 @@ class AccessGuard:
             if isinstance(e, ReferenceEntry) and e.target_type == "Patient" and e.target_id
         }
 
+    def patients_in_scope(self) -> frozenset[str] | None:
+        """The patients a facility-scoped requester may reach (before consent), or None when
+        facility scoping does not apply. Lets a caller narrow its own candidates (the web
+        app's name finder) before the guarded search that decides."""
+        if not self.access.facility_scoped:
+            return None
+        return self._patients()
+
     def _patients(self) -> frozenset[str]:
         """The facility's patients, found once per request through the reference index (on
         a reading connection: what is committed)."""

@@ -38,7 +38,7 @@ SCREEN = Screen(
     "patients", "/patients", N_("Patients"), allowed=lambda v: v.access.allows("Patient", "s")
 )
 RESULTS = 25  # people on one page of results
-CANDIDATES = 1000  # patient ids the name finder proposes to the guarded search
+CANDIDATES = 200  # patient ids the name finder proposes to the guarded search
 GLASS_MINUTES = 60  # a broken glass stays open this long for that patient and session
 
 _meta = MetaData()
@@ -163,11 +163,13 @@ def _search(web: WebServices, finder: NameFinder, viewer: Viewer, query: dict[st
             return Results([], 0, N_("The birth date is not a date of your calendar"))
         params.append(("birthdate", iso))
     digits = _digits(text)
-    with web.guarded(viewer), web.store.reading() as session:
+    with web.guarded(viewer) as guard, web.store.reading() as session:
         if text and len(digits) >= 6 and len(digits) >= len(text.replace(" ", "")) - 1:
             found = _by_number(session, digits, params)
         elif text:
-            found = _by_name(session, finder, text, params)
+            # a facility's own patients first narrow the names (the guarded search decides)
+            scope = guard.patients_in_scope()
+            found = _by_name(session, finder, text, params, scope)
         else:
             found, _, _ = guarded_search(session, "Patient", [*params, ("_count", "1000")])
         results = _group(web, found)
@@ -208,13 +210,17 @@ def _by_number(
 
 
 def _by_name(
-    session: Session, finder: NameFinder, text: str, params: list[tuple[str, str]]
+    session: Session,
+    finder: NameFinder,
+    text: str,
+    params: list[tuple[str, str]],
+    scope: frozenset[str] | None,
 ) -> list[dict[str, Any]]:
     if len(finder) == 0:
         # no registry in this server: the FHIR name search (prefix, same script only)
         matches, _, _ = guarded_search(session, "Patient", [("name", text), *params])
         return matches
-    ids = finder.find(text, limit=CANDIDATES)
+    ids = finder.find(text, limit=CANDIDATES, within=scope)
     if not ids:
         return []
     order = {pid: n for n, pid in enumerate(ids)}
