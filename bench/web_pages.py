@@ -113,15 +113,18 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def database(kind: str, persons: int) -> str:
+def database(kind: str, persons: int, reuse: bool = False) -> str:
     if kind == "sqlite":
         path = WORK / f"web-{persons}.sqlite"
         for p in WORK.glob(f"web-{persons}.sqlite*"):
-            p.unlink()
+            if not reuse:
+                p.unlink()
         return f"sqlite:///{path}"
     import psycopg
 
     name = f"takamul_bench_web_{persons}"
+    if reuse:
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         c.execute(f'CREATE DATABASE "{name}"')
@@ -135,6 +138,9 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--resources", type=int, default=1000)
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure on the store a previous run loaded"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str] = {}
@@ -150,22 +156,24 @@ def main() -> None:
         )
     )
     heavy = heavy_patient(population, org, args.resources)
-    db = database(args.db, args.persons)
+    db = database(args.db, args.persons, args.reuse)
     t = time.perf_counter()
     files = [population / "Organization.ndjson", population / "Patient.ndjson", heavy]
-    subprocess.run(
-        [sys.executable, "-m", "takamul.cli", "load", *map(str, files), "--db", db,
-         "--errors", str(WORK / "web-load-errors.ndjson")],
-        check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    figures["bulk load (s)"] = f"{time.perf_counter() - t:.0f}"
+    if not args.reuse:
+        subprocess.run(
+            [sys.executable, "-m", "takamul.cli", "load", *map(str, files), "--db", db,
+             "--errors", str(WORK / "web-load-errors.ndjson")],
+            check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        figures["bulk load (s)"] = f"{time.perf_counter() - t:.0f}"
     figures["Patients stored"] = f"{len(names) + 1:,}"
 
     sys.path.insert(0, str(ROOT / "src"))
     from takamul.security.service import Security
 
     security = Security.open(db)
-    security.users.add("bench-clinician", PASSWORD, ["clinician"], org, "Bench clinician")
+    if security.users.get("bench-clinician") is None:
+        security.users.add("bench-clinician", PASSWORD, ["clinician"], org, "Bench clinician")
     port = free_port()
     env = {**os.environ, "TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "0"}
     t = time.perf_counter()
