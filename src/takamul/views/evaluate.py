@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from takamul.views.columns import Row, column_kind, row_coercer
 from takamul.views.fhirpath import Collection, Env, FhirPathEvalError, FPQuantity
 from takamul.views.viewdef import (
     Column,
@@ -26,7 +27,6 @@ from takamul.views.viewdef import (
 
 __all__ = ["CompiledView", "Row", "compile_view", "evaluate", "evaluate_spark"]
 
-Row = tuple[Any, ...]
 Process = Callable[[Any, Env, int], list[Row]]
 
 
@@ -239,8 +239,6 @@ def _partition_runner(raw: Mapping[str, Any]) -> Callable[[Iterable[str]], Itera
     def run(lines: Iterable[str]) -> Iterator[Row]:
         import orjson
 
-        from takamul.views.output import row_coercer
-
         view = compile_view(raw)  # once per partition, on the executor
         coerce = row_coercer(view.columns, complex_as_text=True)
         rows = view.rows
@@ -287,7 +285,6 @@ def evaluate_spark(
         raise ImportError(
             "evaluate_spark needs Apache Spark (pyspark): pip install 'takamul[spark]'"
         ) from err
-    from takamul.views.output import column_kind
 
     compiled = compile_view(view)  # validate on the driver, before any job starts
     base = {
