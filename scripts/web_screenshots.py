@@ -132,7 +132,9 @@ def shoot(root: str, out: Path) -> None:
                     if name == "review" and page.locator("main table a").count():
                         page.locator("main table a").first.click()
                     page.wait_for_load_state("networkidle")
-                    page.screenshot(path=str(out / f"{name}-{lang}.png"))
+                    # the record and the dashboard are read as a whole: the full page
+                    whole = name in ("patients-record", "equity")
+                    page.screenshot(path=str(out / f"{name}-{lang}.png"), full_page=whole)
             ctx.close()
         browser.close()
 
