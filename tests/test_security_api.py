@@ -276,6 +276,32 @@ def test_a_facility_sees_its_patients_and_not_anothers(
     outcome(http.get("/$export", headers={"Prefer": "respond-async"}), 403)
 
 
+def test_naming_patients_in_a_search_never_widens_the_facility(
+    server: Server, world: dict[str, Any]
+) -> None:
+    """A search that names only the facility's own patients is answered without ANDing the
+    facility's whole patient list (it cannot widen anything); one that names another
+    facility's patient, alone or beside its own, gets the facility's restriction."""
+    http = facility_client(server, "org-a")
+    mine, theirs = world["org-a"], world["org-b"]
+
+    def ids(rtype: str, **params: str) -> set[str]:
+        bundle = http.get(f"/{rtype}", params=params).json()
+        return {e["resource"]["id"] for e in bundle.get("entry", [])}
+
+    assert ids("Patient", _id=mine) == {mine}
+    assert ids("Patient", _id=theirs) == set()
+    assert ids("Patient", _id=f"{mine},{theirs}") == {mine}
+    own_obs = ids("Observation", patient=f"Patient/{mine}")
+    assert own_obs and world["org-a-laboratory"] in own_obs
+    assert ids("Observation", patient=f"Patient/{theirs}") == set()
+    assert ids("Observation", subject=f"Patient/{theirs}") == set()
+    assert ids("Observation", patient=theirs) == set()
+    both = ids("Observation", patient=f"Patient/{mine},Patient/{theirs}")
+    assert both == own_obs
+    assert ids("Observation", **{"subject:Patient": theirs}) == set()
+
+
 def test_a_task_is_guarded_as_data_of_the_patient_it_is_for(
     server: Server, world: dict[str, Any]
 ) -> None:

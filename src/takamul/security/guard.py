@@ -15,6 +15,7 @@ Break-the-glass lifts facility scoping (never the scopes); the audit log flags i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -196,18 +197,45 @@ class AccessGuard:
         with self.store.reading() as session:
             return [orjson.loads(row.content) for row in session.conn.execute(query) if row.content]
 
-    def restrictions(self, session: Any, resource_type: str) -> list[tuple[str, str]]:
+    def restrictions(
+        self, session: Any, resource_type: str, params: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
         out = list(self.access.search_restrictions(resource_type))
         if not self.access.facility_scoped or not _patient_data(resource_type):
+            return out
+        if self._names_only_reachable(resource_type, params):
+            # The search already keeps to patients the facility reaches (a record page's
+            # searches, the web search's candidates): ANDing the facility's whole list of
+            # patients could only repeat it, at the cost of thousands of bound values.
             return out
         ids = sorted(self._patients()) or [NOBODY]
         if resource_type == "Patient":
             out.append(("_id", ",".join(ids)))
         else:
-            params = definitions().patient_data().get(resource_type, [])
-            param = next((p for p in ("patient", "subject") if p in params), params[0])
+            links = definitions().patient_data().get(resource_type, [])
+            param = next((p for p in ("patient", "subject") if p in links), links[0])
             out.append((param, ",".join(f"Patient/{i}" for i in ids)))
         return out
+
+    def _names_only_reachable(self, resource_type: str, params: Sequence[tuple[str, str]]) -> bool:
+        """A plain clause of ``params`` names patients (``_id`` of Patients, ``patient`` or
+        ``subject`` references of other types), every one of them the facility's."""
+        defs = definitions()
+        if resource_type == "Patient":
+            keys = {"_id"}
+        else:
+            # ``patient`` is by definition a reference to a Patient; ``subject`` places the
+            # resource in the patient's compartment where the compartment says so
+            keys = {"patient"} & set(defs.search_params_for(resource_type))
+            keys |= {"subject"} & set(defs.patient_data().get(resource_type, ()))
+        reachable = self._patients()
+        for key, value in params:
+            if key not in keys or not value:
+                continue
+            ids = [_patient_id(v, bare=key != "subject") for v in value.split(",")]
+            if all(i is not None and i in reachable for i in ids):
+                return True
+        return False
 
     # -- facility ---------------------------------------------------------------------------
 
@@ -304,6 +332,15 @@ def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: str) -> Any:
         org.c.target_type == org_type,
         org.c.target_id == org_id,
     )
+
+
+def _patient_id(value: str, bare: bool) -> str | None:
+    """The id of ``Patient/<id>`` (or of a bare id where the parameter means Patients)."""
+    if value.startswith("Patient/") and value.count("/") == 1:
+        return value.split("/", 1)[1] or None
+    if bare and value and "/" not in value and ":" not in value and "|" not in value:
+        return value
+    return None
 
 
 def _patient_data(resource_type: str) -> bool:

@@ -11,7 +11,7 @@ work (the client registry writing golden records, bulk jobs) runs without one or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -28,7 +28,9 @@ class Guard(Protocol):
         """The requester may do ``interaction`` on this resource (scopes with their granular
         restrictions, patient context, facility)."""
 
-    def restrictions(self, session: Any, resource_type: str) -> list[tuple[str, str]]:
+    def restrictions(
+        self, session: Any, resource_type: str, params: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
         """Search parameters ANDed into every search of the type (403 if none is allowed)."""
 
     def filters(self, session: Any, resource_type: str) -> list[Any]:

@@ -320,7 +320,7 @@ class Session:
         guard = current_guard.get()
         if guard is not None:
             guard.require(resource_type, "s")
-            params = [*params, *guard.restrictions(self, resource_type)]
+            params = [*params, *guard.restrictions(self, resource_type, params)]
         query = QueryParser(
             resource_type, lenient, settings.default_page_size, settings.max_page_size
         ).parse(params)
