@@ -93,20 +93,20 @@ class NameFinder:
         if not words:
             return []
         with self._lock:
-            found = self._narrow(words, prefix)
-            if within is not None:
-                found &= within
+            found = self._narrow(words, prefix, within)
             if not found:
                 return []
             return self._rank(found, words, limit)
 
-    def _narrow(self, words: list[str], prefix: bool) -> set[str]:
+    def _narrow(self, words: list[str], prefix: bool, within: AbstractSet[str] | None) -> set[str]:
+        # A scope (a facility's patients) starts the narrowing: an unfinished word is then
+        # checked against those few rather than against the country's postings.
+        found: set[str] | None = None if within is None else {p for p in within if p in self._of}
         exact = [name_token(w) for w in (words[:-1] if prefix else words)]
-        sets = sorted((self._postings.get(t.skel, set()) for t in exact if t is not None), key=len)
-        found: set[str] | None = set(sets[0]) if sets else None
-        for other in sets[1:]:
-            assert found is not None
-            found &= other
+        for postings in sorted(
+            (self._postings.get(t.skel, set()) for t in exact if t is not None), key=len
+        ):
+            found = set(postings) if found is None else found & postings
         if prefix:
             last = name_token(words[-1])
             if last is not None:
