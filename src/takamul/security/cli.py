@@ -401,6 +401,10 @@ def keys_retire(
 DEMO_USERS = (
     ("demo-clinician", "clinician", "phc-riyadh-olaya", None, "Dr Huda Al-Harbi (DEMO)"),
     ("demo-chw", "community-health-worker", "rhh-fars-1", None, "Zahra Karimi (DEMO)"),
+    # the synthetic population's first primary-care centre (takamul synth, SA), where
+    # `make demo` puts outreach Tasks: a worklist and patients for the web app's screens
+    ("demo-chw-phc", "community-health-worker", "org-phc-00001", None, "Noura (DEMO)"),
+    ("demo-clinician-phc", "clinician", "org-phc-00001", None, "Dr Saad (DEMO)"),
     ("demo-coordinator", "care-coordinator", "hosp-king-fahad", None, "Care coordinator (DEMO)"),
     ("demo-analyst", "analyst", None, None, "Equity analyst (DEMO)"),
     ("demo-reviewer", "registry-reviewer", None, None, "Registry reviewer (DEMO)"),
