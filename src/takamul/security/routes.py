@@ -20,8 +20,15 @@ from takamul.security.context import SESSION_COOKIE, SESSION_COOKIE_HTTPS, sessi
 from takamul.security.errors import AuthError, OAuthError
 from takamul.security.middleware import RateLimit, SecurityHeaders
 from takamul.security.service import Security
+from takamul.security.users import Session
 
-__all__ = ["Security", "add_security_middleware", "add_security_routes"]
+__all__ = [
+    "Security",
+    "add_security_middleware",
+    "add_security_routes",
+    "clear_session_cookies",
+    "set_session_cookie",
+]
 
 FHIR_JSON = "application/fhir+json"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -83,16 +90,7 @@ def add_security_routes(app: FastAPI, security: Security) -> None:
             "expires": int(session.expires),
         }
         response = Response(orjson.dumps(body), 200, _NO_STORE, media_type="application/json")
-        https = security.https(request)
-        response.set_cookie(
-            SESSION_COOKIE_HTTPS if https else SESSION_COOKIE,
-            session.token,
-            max_age=int(session.expires - session.created),
-            path="/",
-            secure=https,
-            httponly=True,
-            samesite="strict",
-        )
+        set_session_cookie(response, session, security.https(request))
         return response
 
     @app.post("/auth/logout", tags=["security"])
@@ -101,10 +99,7 @@ def add_security_routes(app: FastAPI, security: Security) -> None:
         if token:
             security.users.logout(token)
         response = Response(None, 204, _NO_STORE)
-        for name in (SESSION_COOKIE, SESSION_COOKIE_HTTPS):
-            response.delete_cookie(
-                name, path="/", secure=name == SESSION_COOKIE_HTTPS, httponly=True
-            )
+        clear_session_cookies(response)
         return response
 
     @app.get("/auth/me", tags=["security"])
@@ -122,6 +117,26 @@ def add_security_routes(app: FastAPI, security: Security) -> None:
             "capabilities": sorted(ctx.capabilities),
         }
         return Response(orjson.dumps(body), 200, _NO_STORE, media_type="application/json")
+
+
+def set_session_cookie(response: Response, session: Session, https: bool) -> None:
+    """The session's cookie, for the API's login and the web app's sign-in alike: HttpOnly,
+    SameSite=Strict, and over https ``__Host-`` and Secure."""
+    response.set_cookie(
+        SESSION_COOKIE_HTTPS if https else SESSION_COOKIE,
+        session.token,
+        max_age=int(session.expires - session.created),
+        path="/",
+        secure=https,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def clear_session_cookies(response: Response) -> None:
+    """Both cookie names removed (a browser may hold either)."""
+    for name in (SESSION_COOKIE, SESSION_COOKIE_HTTPS):
+        response.delete_cookie(name, path="/", secure=name == SESSION_COOKIE_HTTPS, httponly=True)
 
 
 def add_security_middleware(app: FastAPI, security: Security) -> None:

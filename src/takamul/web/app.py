@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from takamul.mpi.service import ClientRegistry
 from takamul.security.audit import AuditLog, AuditRecord
-from takamul.security.context import SESSION_COOKIE, SESSION_COOKIE_HTTPS
 from takamul.security.errors import AuthError
+from takamul.security.routes import clear_session_cookies, set_session_cookie
 from takamul.security.service import Security
 from takamul.store.repository import Store
 from takamul.web.context import CsrfRefused, Screen, SignInNeeded, WebServices, read_form
@@ -171,16 +171,7 @@ def _frame_routes(router: APIRouter, web: WebServices, screens: list[Screen]) ->
             return HTMLResponse(html, 401)
         web.audit.record(AuditRecord("login", status=200, user=session.user.username))
         response = RedirectResponse(nxt, 303)
-        https = web.security.https(request)
-        response.set_cookie(
-            SESSION_COOKIE_HTTPS if https else SESSION_COOKIE,
-            session.token,
-            max_age=int(session.expires - session.created),
-            path="/",
-            secure=https,
-            httponly=True,
-            samesite="strict",
-        )
+        set_session_cookie(response, session, web.security.https(request))
         return response
 
     @router.post("/logout")
@@ -189,10 +180,7 @@ def _frame_routes(router: APIRouter, web: WebServices, screens: list[Screen]) ->
         web.check_csrf(request, viewer, await read_form(request))
         web.security.users.logout(viewer.session)
         response = RedirectResponse("/app/login", 303)
-        for name in (SESSION_COOKIE, SESSION_COOKIE_HTTPS):
-            response.delete_cookie(
-                name, path="/", secure=name == SESSION_COOKIE_HTTPS, httponly=True
-            )
+        clear_session_cookies(response)
         return response
 
     @router.post("/preferences")

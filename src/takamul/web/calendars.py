@@ -20,6 +20,7 @@ __all__ = [
     "NUMERALS",
     "ShownDate",
     "digits",
+    "latin_digits",
     "parse_date",
     "show_date",
 ]
@@ -87,6 +88,11 @@ class ShownDate:
     fell_back: bool = False  # the wanted calendar does not cover the date
 
 
+def latin_digits(text: str) -> str:
+    """``text`` with Arabic-Indic and Persian digits read as Western ones (typed input)."""
+    return text.translate(_TO_LATIN)
+
+
 def digits(text: str, numerals: str) -> str:
     """``text`` with its Western digits written in ``numerals``."""
     if numerals not in _DIGITS or numerals == "latin":
@@ -133,7 +139,7 @@ def show_date(value: str | None, calendar: str, lang: str, numerals: str) -> Sho
 def parse_date(text: str, calendar: str) -> str | None:
     """The Gregorian ISO date of a date typed in ``calendar`` (year-month-day or day/month/year,
     any digits); None when it is not a valid date of that calendar."""
-    m = _TYPED.match((text or "").translate(_TO_LATIN))
+    m = _TYPED.match(latin_digits(text or ""))
     if not m:
         return None
     a, b, c = m.group(1), m.group(2), m.group(3)

@@ -16,7 +16,14 @@ from takamul.fhir.outcome import FhirError
 from takamul.store.repository import Session
 from takamul.web.i18n import N_
 
-__all__ = ["TRENDS", "PatientRecord", "Trend", "guarded_search", "load_record"]
+__all__ = [
+    "TRENDS",
+    "PatientRecord",
+    "Trend",
+    "guarded_search",
+    "load_record",
+    "organization_names",
+]
 
 LOINC = "http://loinc.org"
 
@@ -112,7 +119,7 @@ def load_record(
     _clinical(session, record, refs)
     _encounters(session, record, refs)
     _trends(session, record, refs)
-    _organizations(session, record)
+    record.organizations = organization_names(session, (*record.registrations, *record.encounters))
     return record
 
 
@@ -199,10 +206,12 @@ def _values(obs: dict[str, Any], spec: TrendSpec) -> list[tuple[str, float]]:
     return [(spec.label, float(value))] if isinstance(value, int | float) else []
 
 
-def _organizations(session: Session, record: PatientRecord) -> None:
+def organization_names(session: Session, resources: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """ "Organization/x" -> name, for the facilities the resources name (managing or serving)
+    that the viewer may see; one guarded search."""
     refs = {
         ref
-        for r in (*record.registrations, *record.encounters)
+        for r in resources
         for ref in (
             (r.get("serviceProvider") or {}).get("reference"),
             (r.get("managingOrganization") or {}).get("reference"),
@@ -210,10 +219,10 @@ def _organizations(session: Session, record: PatientRecord) -> None:
         if ref and ref.startswith("Organization/")
     }
     if not refs:
-        return
+        return {}
     ids = ",".join(sorted(ref.split("/", 1)[1] for ref in refs))
     try:
         found, _, _ = guarded_search(session, "Organization", [("_id", ids), ("_count", "1000")])
-    except FhirError:
-        return
-    record.organizations = {f"Organization/{o['id']}": o.get("name") or o["id"] for o in found}
+    except FhirError:  # a role without directory reads: names stay references
+        return {}
+    return {f"Organization/{o['id']}": o.get("name") or o["id"] for o in found}

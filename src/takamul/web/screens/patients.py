@@ -24,12 +24,12 @@ from takamul.registry.record import from_patient
 from takamul.security.context import MAX_REASON, MIN_REASON
 from takamul.security.errors import AuthError
 from takamul.store.repository import Session
-from takamul.web.calendars import parse_date
+from takamul.web.calendars import latin_digits, parse_date
 from takamul.web.charts import LineChart, line_chart
 from takamul.web.context import Screen, Viewer, WebServices, read_form
 from takamul.web.i18n import N_, translations
 from takamul.web.pages import fragment, page
-from takamul.web.record import PatientRecord, guarded_search, load_record
+from takamul.web.record import PatientRecord, guarded_search, load_record, organization_names
 from takamul.web.render import Formatter
 
 __all__ = ["SCREEN", "register"]
@@ -146,10 +146,7 @@ def _query(request: Request) -> dict[str, str]:
 
 
 def _digits(text: str) -> str:
-    return "".join(ch for ch in text.translate(_TO_LATIN) if ch.isdigit())
-
-
-_TO_LATIN = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "01234567890123456789")
+    return "".join(ch for ch in latin_digits(text) if ch.isdigit())
 
 
 def _search(web: WebServices, finder: NameFinder, viewer: Viewer, query: dict[str, str]) -> Results:
@@ -173,26 +170,10 @@ def _search(web: WebServices, finder: NameFinder, viewer: Viewer, query: dict[st
         else:
             found, _, _ = guarded_search(session, "Patient", [*params, ("_count", "1000")])
         results = _group(web, found)
-        results.organizations = _organization_names(session, results)
+        results.organizations = organization_names(
+            session, (r for p in results.people for r in p.registrations)
+        )
     return results
-
-
-def _organization_names(session: Session, results: Results) -> dict[str, str]:
-    refs = {
-        ref
-        for p in results.people
-        for r in p.registrations
-        if (ref := (r.get("managingOrganization") or {}).get("reference", ""))
-        and ref.startswith("Organization/")
-    }
-    if not refs:
-        return {}
-    ids = ",".join(sorted(r.split("/", 1)[1] for r in refs))
-    try:
-        found, _, _ = guarded_search(session, "Organization", [("_id", ids), ("_count", "1000")])
-    except (FhirError, AuthError):
-        return {}
-    return {f"Organization/{o['id']}": o.get("name") or o["id"] for o in found}
 
 
 def _by_number(
