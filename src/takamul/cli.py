@@ -260,6 +260,7 @@ def _register_subcommands() -> None:
     from takamul.equity.cli import equity_app
     from takamul.equity.indicators_cli import indicators_app
     from takamul.equity.report_cli import report_app
+    from takamul.programmes.cli import programmes_app
     from takamul.security.audit_cli import audit_app
     from takamul.security.cli import clients_app, demo, keys_app, token, users_app
     from takamul.security.deid import deid_app
@@ -277,6 +278,7 @@ def _register_subcommands() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(deid_app, name="deid")
     app.add_typer(views_app, name="views")
+    app.add_typer(programmes_app, name="programmes")
 
 
 _register_subcommands()

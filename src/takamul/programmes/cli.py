@@ -1,0 +1,159 @@
+"""``takamul programmes``: registry statuses, the care facts they read, and HEARTS indicators."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from takamul.programmes.definitions import DefinitionError, load_catalog
+from takamul.programmes.facts import CareFacts
+from takamul.programmes.status import PersonStatus, statuses
+from takamul.settings import Settings
+from takamul.store.repository import Store
+
+__all__ = ["STATUS_COLUMNS", "programmes_app", "write_status_csv"]
+
+programmes_app = typer.Typer(
+    help="Care programmes: registry statuses, overdue lists and indicators.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+STATUS_COLUMNS = (
+    "person_id",
+    "patient_ids",
+    "programme",
+    "facility",
+    "status",
+    "registered_on",
+    "last_visit",
+    "last_measurement_date",
+    "last_systolic",
+    "last_diastolic",
+    "last_glucose_test",
+    "last_glucose_value",
+    "risk",
+    "overdue_days",
+)
+
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: TAKAMUL_DATABASE_URL)")
+]
+ProgrammesFile = Annotated[
+    Path | None,
+    typer.Option("--programmes", help="A programme file of your own (default: the packaged one)"),
+]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ";".join(str(v) for v in value)
+    return str(value)
+
+
+def write_status_csv(rows: list[PersonStatus], out: Path) -> None:
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(STATUS_COLUMNS)
+        for r in rows:
+            writer.writerow(_cell(getattr(r, c)) for c in STATUS_COLUMNS)
+
+
+def _as_of(text: str | None) -> date:
+    if text is None:
+        return date.today()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        console.print(f"[red]--as-of must be a date YYYY-MM-DD, not {text!r}[/]")
+        raise typer.Exit(2) from None
+
+
+def _catch_up(facts: CareFacts) -> None:
+    """Extract the care facts of resources stored since the last pass, with a progress bar."""
+    if not facts.behind():
+        return
+    with Progress(
+        TextColumn("reading care facts from the record"),
+        BarColumn(),
+        TextColumn("{task.completed:,} versions"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("facts", total=None)
+        facts.catch_up(lambda n: bar.update(task, completed=n))
+
+
+@programmes_app.command("status")
+def status(
+    db: DbOption = None,
+    programme: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--programme", help="hypertension, diabetes, ckd, asthma-copd (repeat; default all)"
+        ),
+    ] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today)")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="CSV, one row per person and programme")
+    ] = Path("status.csv"),
+    programmes_file: ProgrammesFile = None,
+) -> None:
+    """Each registered person's status on a date (controlled, uncontrolled, missed visit, ...)."""
+    day = _as_of(as_of)
+    try:
+        catalog = load_catalog(programmes_file)
+        chosen = [catalog.programme(p).id for p in programme or ()]
+    except DefinitionError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        facts = CareFacts(store, catalog)
+        _catch_up(facts)
+        started = time.perf_counter()
+        rows = statuses(store, catalog, day, chosen or None)
+        write_status_csv(rows, out)
+        counts = Counter((r.programme, r.status) for r in rows)
+        for (prog, st), n in sorted(counts.items()):
+            console.print(f"  {prog:<14} {st:<24} {n:>9,}")
+        console.print(
+            f"{len(rows):,} statuses as of {day} in "
+            f"{time.perf_counter() - started:.1f} s; wrote {out}"
+        )
+    finally:
+        store.close()
+
+
+@programmes_app.command("index")
+def index(
+    db: DbOption = None,
+    rebuild: Annotated[
+        bool, typer.Option(help="Extract every resource again (after changing the codes)")
+    ] = False,
+    programmes_file: ProgrammesFile = None,
+) -> None:
+    """Bring the care facts up to date with the record (the server does this at start-up)."""
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        facts = CareFacts(store, load_catalog(programmes_file))
+        if rebuild:
+            facts.forget()
+        started = time.perf_counter()
+        _catch_up(facts)
+        console.print(f"care facts up to date in {time.perf_counter() - started:.1f} s")
+    finally:
+        store.close()

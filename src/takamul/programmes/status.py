@@ -1,0 +1,397 @@
+"""Registry statuses: where each person in a chronic-disease programme stands on a date.
+
+The rules are HEARTS's and Simple's (docs/programmes.md): a person registered less than 3
+months before the date is ``registered-recently``; with no visit in 12 months,
+``lost-to-follow-up``; otherwise the last measurement of the programme's kind in the 3 months
+before the date says ``controlled`` or ``uncontrolled``, and without one the person is
+``visited-no-measurement`` or ``missed-visit``. The person is the golden record: every
+Patient record linked to one person (``mpi_member``) counts, whichever facility made it.
+
+One grouped query per call reads the care facts of every registered person's records
+(:mod:`takamul.programmes.facts`); the few values each status needs are packed into numbers
+so that "the values of the last reading" is a ``MAX`` on both SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from dateutil.relativedelta import relativedelta
+from sqlalchemy import text
+
+from takamul.programmes.definitions import Catalog, Programme
+from takamul.programmes.facts import (
+    BP,
+    DEATH,
+    DIAGNOSIS,
+    ENROLMENT,
+    GLUCOSE,
+    PATIENT,
+    VISIT_KINDS,
+    CareFacts,
+    day_number,
+    from_day,
+)
+from takamul.store.repository import Store
+
+__all__ = [
+    "STATUSES",
+    "PersonStatus",
+    "Readings",
+    "classify",
+    "statuses",
+]
+
+STATUSES = (
+    "controlled",
+    "uncontrolled",
+    "visited-no-measurement",
+    "missed-visit",
+    "visited",
+    "lost-to-follow-up",
+    "registered-recently",
+)
+# ties on one day: HbA1c says more than a fasting glucose, which says more than a random one
+GLUCOSE_RANK = {"random-glucose": 1, "fasting-glucose": 2, "hba1c": 3}
+RANK_GLUCOSE = {v: k for k, v in GLUCOSE_RANK.items()}
+_BP_PACK = 1_000_000  # day * 10^6 + systolic * 10^3 + diastolic
+_GLUCOSE_PACK = 10_000_000  # day * 10^7 + rank * 10^6 + round(value * 10)
+
+
+@dataclass(slots=True)
+class Readings:
+    """What the care facts say about one person (all dates on or before the as-of date)."""
+
+    registered: dict[str, int] = field(default_factory=dict)  # programme id -> day
+    prior: set[str] = field(default_factory=set)  # condition keys diagnosed (heart-attack, ...)
+    last_visit: int | None = None
+    last_bp: tuple[int, float, float] | None = None  # day, systolic, diastolic
+    last_glucose: tuple[int, str, float] | None = None  # day, test, value
+    dead: bool = False
+    facility: str | None = None
+    facility_day: int = -1
+    patient_ids: list[str] = field(default_factory=list)
+    birth: int | None = None
+    sex: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonStatus:
+    """One row of ``takamul programmes status``."""
+
+    person_id: str
+    patient_ids: tuple[str, ...]
+    programme: str
+    facility: str | None
+    status: str
+    registered_on: date
+    last_visit: date | None
+    last_measurement_date: date | None
+    last_systolic: float | None
+    last_diastolic: float | None
+    last_glucose_test: str | None
+    last_glucose_value: float | None
+    risk: str  # high | normal
+    overdue_days: int
+    birth_date: date | None = None
+    sex: str | None = None
+
+    @property
+    def in_control_denominator(self) -> bool:
+        return self.status not in ("registered-recently",)
+
+
+def _months_before(day: date, months: int) -> int:
+    return (day - relativedelta(months=months)).toordinal() - date(1970, 1, 1).toordinal()
+
+
+def _glucose_uncontrolled(programme: Programme, g: tuple[int, str, float] | None) -> bool:
+    control = programme.control
+    if g is None or control is None or control.measure != "glucose":
+        return False
+    return not control.glucose_controlled(g[1], g[2])
+
+
+def _measurement(programme: Programme, r: Readings) -> tuple[int, bool] | None:
+    """The last measurement of the programme's kind: (day, controlled)."""
+    control = programme.control
+    if control is None:
+        return None
+    if control.measure == "blood-pressure":
+        if r.last_bp is None:
+            return None
+        return r.last_bp[0], control.bp_controlled(r.last_bp[1], r.last_bp[2])
+    if r.last_glucose is None:
+        return None
+    day, test, value = r.last_glucose
+    return day, control.glucose_controlled(test, value)
+
+
+def classify(
+    programme: Programme, r: Readings, as_of: date, person_id: str = ""
+) -> PersonStatus | None:
+    """The person's status in ``programme`` on ``as_of``, or None when not in the registry."""
+    registered = r.registered.get(programme.id)
+    if registered is None or r.dead:
+        return None
+    d = day_number(as_of.isoformat())
+    assert d is not None
+    three, twelve = _months_before(as_of, 3), _months_before(as_of, 12)
+    measured = _measurement(programme, r)
+    visited_recently = r.last_visit is not None and r.last_visit > three
+    if registered > three:
+        status = "registered-recently"
+    elif r.last_visit is None or r.last_visit <= twelve:
+        status = "lost-to-follow-up"
+    elif programme.control is None:
+        status = "visited" if visited_recently else "missed-visit"
+    elif measured is not None and measured[0] > three:
+        status = "controlled" if measured[1] else "uncontrolled"
+    else:
+        status = "visited-no-measurement" if visited_recently else "missed-visit"
+    uncontrolled = measured is not None and not measured[1]
+    due = (r.last_visit if r.last_visit is not None else registered) + programme.follow_up_days(
+        uncontrolled
+    )
+    overdue = max(0, d - due)
+    bp = r.last_bp  # blood pressure matters in every chronic programme (the risk rule)
+    glucose = r.last_glucose if _measures_glucose(programme) else None
+    return PersonStatus(
+        person_id=person_id,
+        patient_ids=tuple(sorted(r.patient_ids)),
+        programme=programme.id,
+        facility=r.facility,
+        status=status,
+        registered_on=from_day(registered) or as_of,
+        last_visit=from_day(r.last_visit),
+        last_measurement_date=from_day(measured[0]) if measured else None,
+        last_systolic=bp[1] if bp else None,
+        last_diastolic=bp[2] if bp else None,
+        last_glucose_test=glucose[1] if glucose else None,
+        last_glucose_value=glucose[2] if glucose else None,
+        risk="high" if _high_risk(programme, r, overdue) else "normal",
+        overdue_days=overdue,
+        birth_date=from_day(r.birth),
+        sex=r.sex,
+    )
+
+
+def _high_risk(programme: Programme, r: Readings, overdue: int) -> bool:
+    rule = programme.high_risk
+    if rule is None or overdue < rule.overdue_days:
+        return False
+    bp = r.last_bp
+    if bp is not None and (bp[1] >= rule.systolic_at_least or bp[2] >= rule.diastolic_at_least):
+        return True
+    if (
+        bp is not None
+        and r.prior & set(rule.prior_events)
+        and (
+            bp[1] >= rule.prior_event_systolic_at_least
+            or bp[2] >= rule.prior_event_diastolic_at_least
+        )
+    ):
+        return True
+    return (
+        rule.uncontrolled_glucose
+        and _measures_glucose(programme)
+        and _glucose_uncontrolled(programme, r.last_glucose)
+    )
+
+
+def _measures_glucose(programme: Programme) -> bool:
+    return programme.control is not None and programme.control.measure == "glucose"
+
+
+# -- reading the care facts -----------------------------------------------------------------
+
+_QUERY = """
+WITH reg AS (
+  SELECT DISTINCT COALESCE(m.person_id, '~' || f.patient_id) AS person
+  FROM care_fact f LEFT JOIN mpi_member m ON m.patient_id = f.patient_id
+  WHERE f.kind IN ('{dx}', '{enrol}') AND f.code IN ({codes}) AND f.day <= :d {where}
+),
+pats AS (
+  SELECT m.patient_id, m.person_id AS person FROM mpi_member m JOIN reg ON reg.person = m.person_id
+  UNION ALL
+  SELECT substr(reg.person, 2), reg.person FROM reg WHERE substr(reg.person, 1, 1) = '~'
+)
+SELECT pats.person, f.patient_id,
+  {per_code}
+  MAX(CASE WHEN f.kind IN ({visits}) AND f.day <= :d THEN f.day END) AS last_visit,
+  MAX(CASE WHEN f.kind = '{bp}' AND f.day <= :d
+      THEN CAST(f.day AS BIGINT) * {bp_pack} + CAST(ROUND(LEAST_(f.v1, 999)) AS BIGINT) * 1000
+           + CAST(ROUND(LEAST_(f.v2, 999)) AS BIGINT) END) AS last_bp,
+  MAX(CASE WHEN f.kind = '{glucose}' AND f.day <= :d
+      THEN CAST(f.day AS BIGINT) * {glucose_pack}
+           + (CASE f.code WHEN 'hba1c' THEN 3 WHEN 'fasting-glucose' THEN 2 ELSE 1 END) * 1000000
+           + CAST(ROUND(LEAST_(f.v1, 99999.9) * 10) AS BIGINT) END) AS last_glucose,
+  MAX(CASE WHEN f.kind = '{death}' AND f.day <= :d THEN 1 END) AS dead,
+  MAX(CASE WHEN f.kind = '{patient}' THEN f.org END) AS home,
+  MAX(CASE WHEN f.kind = '{patient}' THEN f.day END) AS birth,
+  MAX(CASE WHEN f.kind = '{patient}' THEN f.code END) AS sex
+FROM pats JOIN care_fact f ON f.patient_id = pats.patient_id
+GROUP BY pats.person, f.patient_id
+"""
+
+
+def _sql(
+    store: Store, catalog: Catalog, programmes: Sequence[Programme], where: str
+) -> tuple[str, list[str]]:
+    keys = sorted(
+        {p.condition for p in programmes}
+        | {p.id for p in programmes}
+        | {e for p in programmes if p.high_risk for e in p.high_risk.prior_events}
+    )
+    codes = ", ".join(
+        f"'{k}'" for k in {p.condition for p in programmes} | {p.id for p in programmes}
+    )
+    per_code = "".join(
+        f"MIN(CASE WHEN f.kind IN ('{DIAGNOSIS}', '{ENROLMENT}') AND f.code = '{k}' "
+        f"AND f.day <= :d THEN f.day END) AS c_{i},\n  "
+        for i, k in enumerate(keys)
+    )
+    least = "LEAST" if store.dialect == "postgresql" else "MIN"
+    sql = _QUERY.format(
+        dx=DIAGNOSIS,
+        enrol=ENROLMENT,
+        codes=codes,
+        where=where,
+        per_code=per_code,
+        visits=", ".join(f"'{k}'" for k in VISIT_KINDS),
+        bp=BP,
+        glucose=GLUCOSE,
+        death=DEATH,
+        patient=PATIENT,
+        bp_pack=_BP_PACK,
+        glucose_pack=_GLUCOSE_PACK,
+    )
+    return sql.replace("LEAST_", least), keys
+
+
+def _merge(r: Readings, row: object, keys: list[str], as_of_day: int) -> None:
+    get = row._mapping  # type: ignore[attr-defined]
+    r.patient_ids.append(get["patient_id"])
+    for i, key in enumerate(keys):
+        day = get[f"c_{i}"]
+        if day is not None:
+            r.registered[key] = min(day, r.registered.get(key, day))
+    last_visit = get["last_visit"]
+    if last_visit is not None and (r.last_visit is None or last_visit > r.last_visit):
+        r.last_visit = last_visit
+    if last_visit is not None and last_visit > r.facility_day and get["home"]:
+        r.facility, r.facility_day = get["home"], last_visit
+    elif r.facility is None and get["home"]:
+        r.facility = get["home"]
+    packed = get["last_bp"]
+    if packed is not None:
+        packed = int(packed)
+        day, rest = divmod(packed, _BP_PACK)
+        if r.last_bp is None or packed > _pack_bp(r.last_bp):
+            r.last_bp = (day, float(rest // 1000), float(rest % 1000))
+    packed = get["last_glucose"]
+    if packed is not None:
+        packed = int(packed)
+        day, rest = divmod(packed, _GLUCOSE_PACK)
+        rank, value = divmod(rest, 1_000_000)
+        if r.last_glucose is None or packed > _pack_glucose(r.last_glucose):
+            r.last_glucose = (day, RANK_GLUCOSE[rank], value / 10)
+    if get["dead"]:
+        r.dead = True
+    if get["birth"] is not None and r.birth is None:
+        r.birth = get["birth"]
+    if get["sex"] and r.sex is None:
+        r.sex = get["sex"]
+
+
+def _pack_bp(bp: tuple[int, float, float]) -> int:
+    return bp[0] * _BP_PACK + int(bp[1]) * 1000 + int(bp[2])
+
+
+def _pack_glucose(g: tuple[int, str, float]) -> int:
+    return g[0] * _GLUCOSE_PACK + GLUCOSE_RANK[g[1]] * 1_000_000 + round(g[2] * 10)
+
+
+def readings(
+    store: Store,
+    catalog: Catalog,
+    programmes: Sequence[Programme],
+    as_of: date,
+    patient_ids: Iterable[str] | None = None,
+) -> dict[str, Readings]:
+    """Per person (``Person`` id, or ``~patient`` for a record not linked yet), the readings
+    of every person registered in one of ``programmes`` by ``as_of``; only the persons of
+    ``patient_ids`` when given."""
+    where = ""
+    params: dict[str, object] = {"d": day_number(as_of.isoformat())}
+    if patient_ids is not None:
+        wanted = sorted(set(patient_ids))
+        if not wanted:
+            return {}
+        names = []
+        for i, pid in enumerate(wanted):
+            params[f"p{i}"] = pid
+            names.append(f":p{i}")
+        # the persons of these records: the filter goes on the person, so that all of a
+        # person's records are read even when only one of them was named
+        where = (
+            "AND COALESCE(m.person_id, '~' || f.patient_id) IN ("
+            "SELECT COALESCE(m2.person_id, '~' || p.pid) FROM (SELECT "
+            + " UNION ALL SELECT ".join(f"{n} AS pid" for n in names)
+            + ") p LEFT JOIN mpi_member m2 ON m2.patient_id = p.pid)"
+        )
+    sql, keys = _sql(store, catalog, programmes, where)
+    found: dict[str, Readings] = {}
+    as_of_day = params["d"]
+    assert isinstance(as_of_day, int)
+    with store.reader.connect() as conn:
+        for row in conn.execute(text(sql), params):
+            person = row.person
+            r = found.get(person)
+            if r is None:
+                r = found[person] = Readings()
+            _merge(r, row, keys, as_of_day)
+    for r in found.values():
+        for key in ("heart-attack", "stroke"):
+            if key in r.registered:
+                r.prior.add(key)
+        # a programme's registration is its condition's diagnosis or its own enrolment
+        for p in programmes:
+            days = [r.registered[k] for k in (p.condition, p.id) if k in r.registered]
+            if days:
+                r.registered[p.id] = min(days)
+    return found
+
+
+def statuses(
+    store: Store,
+    catalog: Catalog,
+    as_of: date,
+    programme_ids: Sequence[str] | None = None,
+    patient_ids: Iterable[str] | None = None,
+    facts: CareFacts | None = None,
+) -> list[PersonStatus]:
+    """Every registered person's status in each programme on ``as_of`` (one row per person
+    and programme), in person order. ``facts`` is caught up first when given, so statuses
+    include what was bulk-loaded since the last pass."""
+    if facts is not None:
+        facts.catch_up()
+    chosen = (
+        [catalog.programme(p) for p in programme_ids] if programme_ids else list(catalog.programmes)
+    )
+    found = readings(store, catalog, chosen, as_of, patient_ids)
+    rows: list[PersonStatus] = []
+    for person in sorted(found):
+        r = found[person]
+        pid = person[1:] if person.startswith("~") else person
+        for p in chosen:
+            if p.min_age and r.birth is not None:
+                age = relativedelta(as_of, from_day(r.birth)).years
+                if age < p.min_age:
+                    continue
+            status = classify(p, r, as_of, "" if person.startswith("~") else pid)
+            if status is not None:
+                rows.append(status)
+    return rows
