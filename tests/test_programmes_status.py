@@ -18,7 +18,7 @@ from takamul.cli import app
 from takamul.mpi.schema import mpi_member
 from takamul.programmes.definitions import load_catalog
 from takamul.programmes.facts import CareFacts
-from takamul.programmes.status import PersonStatus, statuses
+from takamul.programmes.status import PersonStatus, person_statuses, statuses
 from takamul.settings import Settings
 from takamul.store.repository import Store
 from tests.server import postgres_database
@@ -467,3 +467,18 @@ def test_the_cli_writes_one_row_per_person_and_programme(store: Store, tmp_path:
         app, ["programmes", "status", "--db", url, "--programme", "gout", "--out", str(out)]
     )
     assert bad.exit_code == 2 and "No programme 'gout'" in bad.output
+
+
+def test_one_person_read_by_index_agrees_with_the_grouped_query(
+    store: Store, result: dict[tuple[str, str], PersonStatus]
+) -> None:
+    catalog = load_catalog()
+    for person in [*WORLD, "split-a"]:
+        _, rows = person_statuses(store, catalog, [person], AS_OF)
+        for row in rows:
+            key = row.person_id or row.patient_ids[0]
+            assert result[(key, row.programme)] == row, person
+        expected = {
+            k for k in result if k[0] in (person, "person-split" if person == "split-a" else "")
+        }
+        assert {(r.person_id or r.patient_ids[0], r.programme) for r in rows} == expected

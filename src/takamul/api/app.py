@@ -30,6 +30,7 @@ from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
 from takamul.mpi.service import ClientRegistry
+from takamul.programmes.service import Programmes
 from takamul.rest import bundles, compartments
 from takamul.rest import interactions as ix
 from takamul.rest.capability import capability_statement
@@ -104,9 +105,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.registry = registry
         add_registry_routes(app, registry, lambda r: _base(settings, r))
     add_equity_routes(app, store)
+    programmes = Programmes(store)
+    extracted = programmes.attach()
+    if extracted:
+        log.info("care programmes: read care facts from %d stored versions", extracted)
+    app.state.programmes = programmes
     if settings.auth:
         # the people's web application: its sign-in uses the logins of access control
-        add_web_app(app, store, security, app.state.audit, getattr(app.state, "registry", None))
+        add_web_app(
+            app,
+            store,
+            security,
+            app.state.audit,
+            getattr(app.state, "registry", None),
+            programmes,
+        )
     _routes(app, store, settings)
     return app
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+from takamul.mpi.schema import mpi_member
 from takamul.programmes.definitions import Catalog, Programme
 from takamul.programmes.facts import (
     BP,
@@ -31,6 +32,8 @@ from takamul.programmes.facts import (
     PATIENT,
     VISIT_KINDS,
     CareFacts,
+    Fact,
+    care_fact,
     day_number,
     from_day,
 )
@@ -41,6 +44,8 @@ __all__ = [
     "PersonStatus",
     "Readings",
     "classify",
+    "person_statuses",
+    "readings_from_facts",
     "statuses",
 ]
 
@@ -71,7 +76,7 @@ class Readings:
     last_glucose: tuple[int, str, float] | None = None  # day, test, value
     dead: bool = False
     facility: str | None = None
-    facility_day: int = -1
+    facility_key: tuple[int, str] = (-1, "")
     patient_ids: list[str] = field(default_factory=list)
     birth: int | None = None
     sex: str | None = None
@@ -281,10 +286,11 @@ def _merge(r: Readings, row: object, keys: list[str], as_of_day: int) -> None:
     last_visit = get["last_visit"]
     if last_visit is not None and (r.last_visit is None or last_visit > r.last_visit):
         r.last_visit = last_visit
-    if last_visit is not None and last_visit > r.facility_day and get["home"]:
-        r.facility, r.facility_day = get["home"], last_visit
-    elif r.facility is None and get["home"]:
-        r.facility = get["home"]
+    if get["home"]:
+        # the responsible facility: the home of the record seen last (ties: the larger id)
+        seen = (last_visit if last_visit is not None else -1, get["patient_id"])
+        if r.facility is None or seen > r.facility_key:
+            r.facility, r.facility_key = get["home"], seen
     packed = get["last_bp"]
     if packed is not None:
         packed = int(packed)
@@ -395,3 +401,112 @@ def statuses(
             if status is not None:
                 rows.append(status)
     return rows
+
+
+# -- one person, for the care gaps, decision support and the record page ----------------------
+
+
+def person_records(store: Store, patient_ids: Iterable[str]) -> dict[str, str]:
+    """Every Patient record of the persons of ``patient_ids``: record id -> person key."""
+    ids = sorted(set(patient_ids))
+    if not ids:
+        return {}
+    with store.reader.connect() as conn:
+        linked = {
+            r.patient_id: r.person_id
+            for r in conn.execute(
+                select(mpi_member.c.patient_id, mpi_member.c.person_id).where(
+                    mpi_member.c.patient_id.in_(ids)
+                )
+            )
+        }
+        persons = sorted(set(linked.values()))
+        found = {pid: "~" + pid for pid in ids if pid not in linked}
+        if persons:
+            for r in conn.execute(
+                select(mpi_member.c.patient_id, mpi_member.c.person_id).where(
+                    mpi_member.c.person_id.in_(persons)
+                )
+            ):
+                found[r.patient_id] = r.person_id
+    return found
+
+
+def person_facts(store: Store, patient_ids: Iterable[str]) -> list[Fact]:
+    """The care facts of the given Patient records (one indexed lookup)."""
+    ids = sorted(set(patient_ids))
+    if not ids:
+        return []
+    with store.reader.connect() as conn:
+        rows = conn.execute(select(care_fact).where(care_fact.c.patient_id.in_(ids))).all()
+    return [Fact(r.patient_id, r.kind, r.code, r.day, r.v1, r.v2, r.org) for r in rows]
+
+
+def readings_from_facts(facts: Iterable[Fact], as_of: date) -> Readings:
+    """One person's readings from their facts: the same values the grouped query packs."""
+    d = day_number(as_of.isoformat())
+    assert d is not None
+    r = Readings()
+    seen: set[str] = set()
+    last_by_patient: dict[str, int] = {}
+    homes: dict[str, str] = {}
+    for f in facts:
+        if f.patient_id not in seen:
+            seen.add(f.patient_id)
+            r.patient_ids.append(f.patient_id)
+        if f.kind == PATIENT:
+            if f.org:
+                homes[f.patient_id] = f.org
+            r.birth = r.birth if r.birth is not None else f.day
+            r.sex = r.sex or f.code
+            continue
+        if f.day is None or f.day > d:
+            continue
+        if f.kind == DEATH:
+            r.dead = True
+        elif f.kind in (DIAGNOSIS, ENROLMENT) and f.code:
+            r.registered[f.code] = min(f.day, r.registered.get(f.code, f.day))
+        if f.kind in VISIT_KINDS:
+            r.last_visit = f.day if r.last_visit is None else max(r.last_visit, f.day)
+            last_by_patient[f.patient_id] = max(f.day, last_by_patient.get(f.patient_id, f.day))
+        if f.kind == BP and f.v1 is not None and f.v2 is not None:
+            reading = (f.day, float(round(min(f.v1, 999))), float(round(min(f.v2, 999))))
+            if r.last_bp is None or _pack_bp(reading) > _pack_bp(r.last_bp):
+                r.last_bp = reading
+        if f.kind == GLUCOSE and f.v1 is not None and f.code in GLUCOSE_RANK:
+            test = (f.day, f.code, round(min(f.v1, 99999.9) * 10) / 10)
+            if r.last_glucose is None or _pack_glucose(test) > _pack_glucose(r.last_glucose):
+                r.last_glucose = test
+    ordered = sorted(homes, key=lambda p: (last_by_patient.get(p, -1), p))
+    if ordered:
+        latest = ordered[-1]
+        r.facility = homes[latest]
+    for key in ("heart-attack", "stroke"):
+        if key in r.registered:
+            r.prior.add(key)
+    return r
+
+
+def person_statuses(
+    store: Store,
+    catalog: Catalog,
+    patient_ids: Iterable[str],
+    as_of: date,
+) -> tuple[Readings, list[PersonStatus]]:
+    """The statuses of one person (all their records) in every programme, read by index."""
+    records = person_records(store, patient_ids)
+    r = readings_from_facts(person_facts(store, records), as_of)
+    person = next(iter(records.values()), "")
+    rows = []
+    for p in catalog.programmes:
+        days = [r.registered[k] for k in (p.condition, p.id) if k in r.registered]
+        if not days:
+            continue
+        r.registered[p.id] = min(days)
+        too_young = p.min_age and r.birth is not None
+        if too_young and relativedelta(as_of, from_day(r.birth)).years < p.min_age:
+            continue
+        status = classify(p, r, as_of, "" if person.startswith("~") else person)
+        if status is not None:
+            rows.append(status)
+    return r, rows

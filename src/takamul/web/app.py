@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from takamul.mpi.service import ClientRegistry
+from takamul.programmes.service import Programmes
 from takamul.security.audit import AuditLog, AuditRecord
 from takamul.security.errors import AuthError
 from takamul.security.routes import clear_session_cookies, set_session_cookie
@@ -72,9 +73,11 @@ def add_web_app(
     security: Security,
     audit: AuditLog,
     registry: ClientRegistry | None = None,
+    programmes: Programmes | None = None,
 ) -> WebServices:
     prefs = PreferenceStore(store.writer, store.reader)
     web = WebServices(store, security, audit, prefs, registry)
+    web.programmes = programmes
     screens = _screens()
     web.screens = screens
     router = APIRouter(prefix="/app", include_in_schema=False)

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, quote
 from fastapi import Request
 
 from takamul.mpi.service import ClientRegistry
+from takamul.programmes.service import Programmes
 from takamul.security.audit import AuditLog, AuditRecord
 from takamul.security.context import BREAK_GLASS_HEADER, AccessContext, session_cookie
 from takamul.security.errors import AuthError
@@ -114,6 +115,7 @@ class WebServices:
     prefs: PreferenceStore
     registry: ClientRegistry | None = None  # the client registry, when it runs (TAKAMUL_MPI)
     screens: list[Screen] = field(default_factory=list)
+    programmes: Programmes | None = None  # the care programmes (statuses, gaps)
 
     def viewer(self, request: Request, break_glass: str | None = None) -> Viewer:
         """The signed-in person of ``request``; ``SignInNeeded`` without a live session.
