@@ -482,3 +482,13 @@ def test_one_person_read_by_index_agrees_with_the_grouped_query(
             k for k in result if k[0] in (person, "person-split" if person == "split-a" else "")
         }
         assert {(r.person_id or r.patient_ids[0], r.programme) for r in rows} == expected
+
+
+def test_a_facility_registry_holds_the_persons_it_is_responsible_for(store: Store) -> None:
+    catalog = load_catalog()
+    everyone = statuses(store, catalog, AS_OF, ["hypertension"])
+    at_b = statuses(store, catalog, AS_OF, ["hypertension"], facility="org-b")
+    assert [r.person_id for r in at_b] == ["person-split"]
+    at_a = statuses(store, catalog, AS_OF, ["hypertension"], facility="org-a")
+    assert len(at_a) + len(at_b) == len(everyone)
+    assert all(r.facility == "org-a" for r in at_a)

@@ -61,6 +61,7 @@ care_fact = Table(
     Index("ix_care_fact_patient", "patient_id", "kind"),
     Index("ix_care_fact_source", "source"),
     Index("ix_care_fact_kind", "kind", "code", "day"),
+    Index("ix_care_fact_org", "org", "kind"),
 )
 
 care_fact_state = Table(

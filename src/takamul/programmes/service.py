@@ -32,11 +32,12 @@ class Programmes:
         as_of: date,
         programme_ids: Sequence[str] | None = None,
         patient_ids: Iterable[str] | None = None,
+        facility: str | None = None,
     ) -> list[PersonStatus]:
         """Statuses of every registered person (or the persons of ``patient_ids``); resources
         bulk-loaded while the server runs are caught up first."""
         return statuses(
-            self.store, self.catalog, as_of, programme_ids, patient_ids, facts=self.facts
+            self.store, self.catalog, as_of, programme_ids, patient_ids, self.facts, facility
         )
 
     def person(self, patient_ids: Iterable[str], as_of: date) -> list[PersonStatus]:

@@ -326,12 +326,21 @@ def readings(
     programmes: Sequence[Programme],
     as_of: date,
     patient_ids: Iterable[str] | None = None,
+    facility: str | None = None,
 ) -> dict[str, Readings]:
     """Per person (``Person`` id, or ``~patient`` for a record not linked yet), the readings
     of every person registered in one of ``programmes`` by ``as_of``; only the persons of
-    ``patient_ids`` when given."""
+    ``patient_ids`` when given, only persons with a record at ``facility`` when given."""
     where = ""
     params: dict[str, object] = {"d": day_number(as_of.isoformat())}
+    if facility is not None:
+        params["org"] = facility
+        where += (
+            " AND COALESCE(m.person_id, '~' || f.patient_id) IN ("
+            "SELECT COALESCE(m3.person_id, '~' || h.patient_id) FROM care_fact h "
+            "LEFT JOIN mpi_member m3 ON m3.patient_id = h.patient_id "
+            f"WHERE h.org = :org AND h.kind = '{PATIENT}')"
+        )
     if patient_ids is not None:
         wanted = sorted(set(patient_ids))
         if not wanted:
@@ -342,8 +351,8 @@ def readings(
             names.append(f":p{i}")
         # the persons of these records: the filter goes on the person, so that all of a
         # person's records are read even when only one of them was named
-        where = (
-            "AND COALESCE(m.person_id, '~' || f.patient_id) IN ("
+        where += (
+            " AND COALESCE(m.person_id, '~' || f.patient_id) IN ("
             "SELECT COALESCE(m2.person_id, '~' || p.pid) FROM (SELECT "
             + " UNION ALL SELECT ".join(f"{n} AS pid" for n in names)
             + ") p LEFT JOIN mpi_member m2 ON m2.patient_id = p.pid)"
@@ -378,19 +387,23 @@ def statuses(
     programme_ids: Sequence[str] | None = None,
     patient_ids: Iterable[str] | None = None,
     facts: CareFacts | None = None,
+    facility: str | None = None,
 ) -> list[PersonStatus]:
     """Every registered person's status in each programme on ``as_of`` (one row per person
     and programme), in person order. ``facts`` is caught up first when given, so statuses
-    include what was bulk-loaded since the last pass."""
+    include what was bulk-loaded since the last pass. ``facility``: only the persons whose
+    responsible facility (the home of the record they were seen with last) it is."""
     if facts is not None:
         facts.catch_up()
     chosen = (
         [catalog.programme(p) for p in programme_ids] if programme_ids else list(catalog.programmes)
     )
-    found = readings(store, catalog, chosen, as_of, patient_ids)
+    found = readings(store, catalog, chosen, as_of, patient_ids, facility)
     rows: list[PersonStatus] = []
     for person in sorted(found):
         r = found[person]
+        if facility is not None and r.facility != facility:
+            continue
         pid = person[1:] if person.startswith("~") else person
         for p in chosen:
             if p.min_age and r.birth is not None:
