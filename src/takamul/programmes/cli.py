@@ -157,3 +157,54 @@ def index(
         console.print(f"care facts up to date in {time.perf_counter() - started:.1f} s")
     finally:
         store.close()
+
+
+@programmes_app.command("overdue")
+def overdue_command(
+    db: DbOption = None,
+    programme: Annotated[
+        list[str] | None,
+        typer.Option("--programme", help="hypertension, diabetes, ... (repeat; default all)"),
+    ] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today)")] = None,
+    facility: Annotated[
+        str | None, typer.Option("--facility", help="Only this Organization id's registry")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="At most this many new Tasks per facility")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the overdue list as CSV instead of storing Tasks"),
+    ] = None,
+    programmes_file: ProgrammesFile = None,
+) -> None:
+    """The overdue list, high risk first, as follow-up Tasks on each responsible facility's
+    worklist (or as CSV with --out). Tasks of persons who came back are completed."""
+    from takamul.programmes.overdue import overdue, store_overdue
+
+    day = _as_of(as_of)
+    try:
+        catalog = load_catalog(programmes_file)
+        chosen = [catalog.programme(p).id for p in programme or ()] or [
+            p.id for p in catalog.programmes
+        ]
+    except DefinitionError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        facts = CareFacts(store, catalog)
+        _catch_up(facts)
+        rows = statuses(store, catalog, day, chosen, facility=facility)
+        if out is not None:
+            write_status_csv(overdue(rows), out)
+            console.print(f"{len(overdue(rows)):,} overdue persons; wrote {out}")
+            return
+        run = store_overdue(store, catalog, rows, day, chosen, limit)
+        console.print(
+            f"follow-up Tasks: {run.created:,} new, {run.existing:,} already open, "
+            f"{run.closed:,} completed (no longer overdue)"
+        )
+    finally:
+        store.close()

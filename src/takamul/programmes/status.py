@@ -102,6 +102,7 @@ class PersonStatus:
     overdue_days: int
     birth_date: date | None = None
     sex: str | None = None
+    record_id: str | None = None  # the person's record at the responsible facility
 
     @property
     def in_control_denominator(self) -> bool:
@@ -180,6 +181,7 @@ def classify(
         overdue_days=overdue,
         birth_date=from_day(r.birth),
         sex=r.sex,
+        record_id=r.facility_key[1] or None,
     )
 
 
@@ -494,6 +496,7 @@ def readings_from_facts(facts: Iterable[Fact], as_of: date) -> Readings:
     if ordered:
         latest = ordered[-1]
         r.facility = homes[latest]
+        r.facility_key = (last_by_patient.get(latest, -1), latest)
     for key in ("heart-attack", "stroke"):
         if key in r.registered:
             r.prior.add(key)
