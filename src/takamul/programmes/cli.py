@@ -208,3 +208,88 @@ def overdue_command(
         )
     finally:
         store.close()
+
+
+@programmes_app.command("indicators")
+def indicators_command(
+    db: DbOption = None,
+    programme: Annotated[str, typer.Option("--programme", help="hypertension, diabetes, ...")] = (
+        "hypertension"
+    ),
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="The last month's end (default today)")
+    ] = None,
+    months: Annotated[int, typer.Option(help="Months of indicators, ending with --as-of")] = 12,
+    quarters: Annotated[int, typer.Option(help="Quarterly registration cohorts")] = 4,
+    country: Annotated[
+        str | None, typer.Option(help="SA or IR: the estimated prevalence for coverage")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="CSV of the indicators")] = Path(
+        "indicators.csv"
+    ),
+    reports: Annotated[
+        Path | None, typer.Option(help="Also write the MeasureReports (NDJSON) here")
+    ] = None,
+    equity: Annotated[
+        Path | None,
+        typer.Option(help="Also write control by equity dimension (JSON) for the last month"),
+    ] = None,
+    programmes_file: ProgrammesFile = None,
+) -> None:
+    """HEARTS indicators (controlled, uncontrolled, missed visits, lost to follow-up, coverage)
+    per facility, region and month; registration cohorts; control by equity dimension."""
+    import json
+
+    import orjson
+
+    from takamul.programmes.indicators import (
+        by_dimension,
+        cohorts,
+        indicator_rows,
+        measure_report,
+        month_ends,
+    )
+
+    day = _as_of(as_of)
+    try:
+        catalog = load_catalog(programmes_file, country)
+        prog = catalog.programme(programme)
+    except DefinitionError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    if months < 1 or quarters < 0:
+        console.print("[red]--months must be at least 1 and --quarters at least 0[/]")
+        raise typer.Exit(2)
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        _catch_up(CareFacts(store, catalog))
+        ends = month_ends(day, months)
+        with console.status(f"indicators for {len(ends)} months"):
+            rows = indicator_rows(store, catalog, prog.id, ends, country)
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(
+                ["programme", "period_end", "level", "unit", "indicator", "numerator",
+                 "denominator", "value"]
+            )  # fmt: skip
+            for r in rows:
+                writer.writerow(
+                    [r.programme, r.period_end, r.level, r.unit, r.indicator, r.numerator,
+                     r.denominator, "" if r.value is None else f"{r.value:g}"]
+                )  # fmt: skip
+        national = [r for r in rows if r.level == "country" and r.period_end == ends[-1]]
+        for r in national:
+            console.print(f"  {r.indicator:<24} {r.numerator:>8,} / {r.denominator:<8,} {r.value}%")
+        for c in cohorts(store, catalog, prog.id, quarters, day):
+            console.print(f"  cohort {c.quarter} ({c.registered:,} registered): {c.outcomes}")
+        if reports is not None:
+            units = sorted({(r.level, r.unit, r.period_end) for r in rows})
+            with reports.open("wb") as handle:
+                for level, unit, end in units:
+                    handle.write(orjson.dumps(measure_report(prog, rows, level, unit, end)) + b"\n")
+        if equity is not None:
+            found = by_dimension(store, statuses(store, catalog, ends[-1], [prog.id]))
+            equity.write_text(json.dumps(found, indent=2, ensure_ascii=False), encoding="utf-8")
+        console.print(f"{len(rows):,} indicator values; wrote {out}")
+    finally:
+        store.close()
