@@ -149,8 +149,8 @@ def test_the_cli_writes_indicators_reports_and_equity(store: Store, tmp_path: Pa
     out, reports, equity = tmp_path / "ind.csv", tmp_path / "reports.ndjson", tmp_path / "eq.json"
     run = CliRunner().invoke(
         app,
-        ["programmes", "indicators", "--db", url, "--programme", "hypertension", "--as-of", "2025-06-30",
-         "--months", "2", "--country", "SA", "--out", str(out), "--reports", str(reports),
+        ["programmes", "indicators", "--db", url, "--programme", "hypertension",
+         "--as-of", "2025-06-30", "--months", "2", "--country", "SA", "--out", str(out), "--reports", str(reports),
          "--equity", str(equity)],
     )  # fmt: skip
     assert run.exit_code == 0, run.output
