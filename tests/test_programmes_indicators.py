@@ -150,8 +150,8 @@ def test_the_cli_writes_indicators_reports_and_equity(store: Store, tmp_path: Pa
     run = CliRunner().invoke(
         app,
         ["programmes", "indicators", "--db", url, "--programme", "hypertension",
-         "--as-of", "2025-06-30", "--months", "2", "--country", "SA", "--out", str(out), "--reports", str(reports),
-         "--equity", str(equity)],
+         "--as-of", "2025-06-30", "--months", "2", "--country", "SA", "--out", str(out),
+         "--reports", str(reports), "--equity", str(equity)],
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     lines = out.read_text(encoding="utf-8").splitlines()
