@@ -30,6 +30,7 @@ $(CHROMIUM):
 
 DEMO_PERSONS ?= 1000
 DEMO_DATA := data/demo-population-$(DEMO_PERSONS)
+DEMO_AS_OF ?= 2024-12-31
 
 demo: $(STAMP)
 	test -f $(DEMO_DATA)/Patient.ndjson || \
@@ -39,6 +40,8 @@ demo: $(STAMP)
 	# what the web app's equity dashboard and worklists show: a published report, outreach Tasks
 	$(BIN)/takamul equity report -i $(DEMO_DATA) --db $(DB) --publish --out data/equity-report.html
 	$(BIN)/takamul equity indicators outreach --indicator dm_screen --db $(DB) --limit 200
+	# the care programmes' overdue lists on the day the synthetic history ends
+	$(BIN)/takamul programmes overdue --db $(DB) --as-of $(DEMO_AS_OF) --limit 100
 	$(BIN)/takamul demo-credentials --db $(DB)
 	@echo "Takamul demo (Ctrl-C to stop):"
 	@echo "  web application: http://$(HOST):$(PORT)/app/  (sign in with a DEMO login above: one per role)"

@@ -28,6 +28,7 @@ from takamul.programmes.facts import (
     DEATH,
     DIAGNOSIS,
     ENROLMENT,
+    EVIDENCE,
     GLUCOSE,
     PATIENT,
     VISIT_KINDS,
@@ -240,6 +241,7 @@ SELECT pats.person, f.patient_id,
   MAX(CASE WHEN f.kind = '{patient}' THEN f.day END) AS birth,
   MAX(CASE WHEN f.kind = '{patient}' THEN f.code END) AS sex
 FROM pats JOIN care_fact f ON f.patient_id = pats.patient_id
+WHERE f.kind <> '{evidence}'
 GROUP BY pats.person, f.patient_id
 """
 
@@ -272,6 +274,7 @@ def _sql(
         glucose=GLUCOSE,
         death=DEATH,
         patient=PATIENT,
+        evidence=EVIDENCE,
         bp_pack=_BP_PACK,
         glucose_pack=_GLUCOSE_PACK,
     )
