@@ -72,15 +72,18 @@ def base_facts(folder: Path) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
     return rows, links
 
 
-def database(kind: str, persons: int) -> str:
+def database(kind: str, persons: int, reuse: bool) -> str:
     if kind == "sqlite":
         path = WORK / f"programmes-{persons}.sqlite"
         for p in WORK.glob(f"programmes-{persons}.sqlite*"):
-            p.unlink()
+            if not reuse:
+                p.unlink()
         return f"sqlite:///{path}"
     import psycopg
 
     name = f"takamul_bench_programmes_{persons}"
+    if reuse:
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         c.execute(f'CREATE DATABASE "{name}"')
@@ -130,6 +133,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true", help="measure the store filled before")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -137,12 +141,13 @@ def main() -> None:
     t_synth = time.perf_counter() - t0
     facts, links = base_facts(folder)
     persons = len(set(links.values())) * args.replicas
-    url = database(args.db, persons)
+    url = database(args.db, persons, args.reuse)
     store = Store(Settings(database_url=url, export_dir=WORK / "exports"))
     catalog = load_catalog()
     CareFacts(store, catalog)  # creates the tables
     t0 = time.perf_counter()
-    fill(store, facts, links, args.replicas)
+    if not args.reuse:
+        fill(store, facts, links, args.replicas)
     t_fill = time.perf_counter() - t0
     times = []
     rows: list[Any] = []
