@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from takamul.api.access import add_access_control, export_requester
 from takamul.api.equity import add_equity_routes
 from takamul.api.mpi import add_registry_routes
+from takamul.api.programmes import add_programme_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if extracted:
         log.info("care programmes: read care facts from %d stored versions", extracted)
     app.state.programmes = programmes
+    add_programme_routes(app, programmes, lambda r: _base(settings, r))
     if settings.auth:
         # the people's web application: its sign-in uses the logins of access control
         add_web_app(

@@ -25,6 +25,7 @@ SEARCHABLE_TYPES = frozenset(SUPPORTED_MODIFIERS)
 BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 PATIENT_EXPORT = f"{BULK}/patient-export"
 GROUP_EXPORT = f"{BULK}/group-export"
+DEQM_CARE_GAPS = "http://hl7.org/fhir/us/davinci-deqm/OperationDefinition/care-gaps"
 
 
 def capability_statement(base: str, now: str) -> dict[str, Any]:
@@ -82,6 +83,8 @@ def _resource_entries() -> list[dict[str, Any]]:
             ]
         if rtype == "Group":
             entry["operation"] = [{"name": "export", "definition": f"{BULK}/group-export"}]
+        if rtype == "Measure":
+            entry["operation"] = [{"name": "care-gaps", "definition": DEQM_CARE_GAPS}]
         resources.append(entry)
     return resources
 
