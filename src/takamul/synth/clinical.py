@@ -30,6 +30,7 @@ from takamul.synth.fhir import (
     ext,
     ref,
 )
+from takamul.synth.followup import Plan, draw_plan, minus_months
 from takamul.synth.people import Person
 from takamul.synth.registrations import Record
 from takamul.synth.sampling import poisson
@@ -49,6 +50,8 @@ _CHRONIC = (
     "anxiety",
     "dementia",
 )
+_POSITIVE = ("10828004", "Positive")
+_NEGATIVE = ("260385009", "Negative")
 _CHILD_RELATION = {"female": ("MTH", "mother"), "male": ("FTH", "father")}
 
 
@@ -65,13 +68,29 @@ class Clinic:
         self.tz = "+03:30" if table["code"] == "IR" else "+03:00"
         self.lang = table["language"]
         self.fertility = table["fertility_by_age"]
+        self.schedule: list[dict[str, Any]] = table["screening_schedule"]
+        self.stream = f"{config['seed']}/{config['country']}"
 
     # -- the per-person pass --------------------------------------------------------------
 
+    def plan(self, p: Person, household: list[Person]) -> Plan | None:
+        """The care-programme plan of a registered person, drawn before the Patient records are
+        written because a death shows on every one of them."""
+        plan = draw_plan(self.config, self.start, p, household)
+        if plan is not None and plan.died is not None:
+            p.died = plan.died
+        return plan
+
     def history(
-        self, rng: Random, p: Person, records: list[Record], household: list[Person], emit: Emit
+        self,
+        rng: Random,
+        p: Person,
+        records: list[Record],
+        household: list[Person],
+        emit: Emit,
+        plan: Plan | None = None,
     ) -> Outcome:
-        h = _History(self, rng, p, records, emit)
+        h = _History(self, rng, p, records, emit, plan)
         return h.run(household)
 
 
@@ -79,9 +98,19 @@ class _History:
     """One person's history; holds the id counter and the records to write against."""
 
     def __init__(
-        self, clinic: Clinic, rng: Random, p: Person, records: list[Record], emit: Emit
+        self,
+        clinic: Clinic,
+        rng: Random,
+        p: Person,
+        records: list[Record],
+        emit: Emit,
+        plan: Plan | None = None,
     ) -> None:
-        self.c, self.rng, self.p, self.emit = clinic, rng, p, emit
+        self.c, self.rng, self.p = clinic, rng, p
+        self.plan = plan
+        self.muted = False  # a dead person's screening truth is blank, so none is written
+        self._write = emit
+        self.emit: Emit = self._gated if plan is not None else emit
         self.records = records
         self.home = records[0]
         self.n = 0
@@ -90,6 +119,12 @@ class _History:
         self.controlled = True
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _gated(self, rtype: str, body: dict[str, Any]) -> None:
+        """A registered person's resources pass their plan (which keeps the books) first."""
+        assert self.plan is not None
+        if not self.muted and self.plan.accept(rtype, body):
+            self._write(rtype, body)
 
     def _id(self, prefix: str) -> str:
         self.n += 1
@@ -190,6 +225,9 @@ class _History:
         chronic = [k for k in _CHRONIC if k in p.conditions]
         for name in list(p.conditions):
             self._condition(name)
+        if self.plan is not None:
+            for event, onset in self.plan.prior.items():
+                self._condition(event, onset)
         if "obesity" in p.conditions:
             pass  # recorded with the other conditions; BMI values follow it
         diabetic = "diabetes" in p.conditions
@@ -198,7 +236,10 @@ class _History:
             self.controlled = rng.random() < c.ineq["diabetes_control"]["base"] * rr
             self.out["diabetes_controlled"] = "1" if self.controlled else "0"
         self._visits(chronic)
+        if self.plan is not None:
+            self._programme_visits(self.plan)
         self._screening(diabetic)
+        self._cancer_screening()
         self._treatments(chronic)
         self._pregnancies(household)
         self._admissions(chronic)
@@ -306,8 +347,15 @@ class _History:
         )
 
     def _condition(self, name: str, onset: date | None = None, abated: date | None = None) -> str:
-        spec = self.c.codes["pregnancy" if name.startswith("pregnancy") else "conditions"]
-        spec = spec if name.startswith("pregnancy") else spec[name]
+        codes = self.c.codes
+        if name.startswith("pregnancy"):
+            spec = codes["pregnancy"]
+        else:
+            spec = (
+                codes["prior_events"][name]
+                if name in codes["prior_events"]
+                else codes["conditions"][name]
+            )
         onset = onset or self.p.conditions[name]
         recorded = max(onset, self.c.start)
         cid = self._id("cond")
@@ -390,6 +438,10 @@ class _History:
         g = self.rng.gauss
         sys_ = round(g(145, 14) if hypertensive else g(120, 10))
         dia = round(g(92, 9) if hypertensive else g(77, 7))
+        if hypertensive and self.plan is not None and "hypertension" in self.plan.programmes:
+            # A registered hypertensive's readings follow their control state (drawn from the
+            # programme stream, so the block's stream is consumed as before).
+            sys_, dia = self.plan.bp(day)
         syscode, sysd = self.c.codes["observations"]["systolic"]
         diacode, diad = self.c.codes["observations"]["diastolic"]
 
@@ -411,6 +463,122 @@ class _History:
         # Controlled means below 7% (53 mmol/mol), the usual treatment target.
         value = 6.0 + rng.random() * 0.9 if self.controlled else 7.1 + rng.random() * 4.5
         self.lab(rec, enc, day, "hba1c", round(value, 1), "%")
+
+    # -- care programmes (issue 14) ------------------------------------------------------------
+
+    def _programme_visits(self, plan: Plan) -> None:
+        """Follow-up visits of a registered person, every one to five months, at their different
+        registrations, most with a blood pressure and for diabetics often a glucose test."""
+        p, c = self.p, self.c
+        s = plan.settings
+        main, self.rng = self.rng, plan.rng  # every helper draws from the programme stream
+        try:
+            rng = self.rng
+            first = max(min(p.conditions[k] for k in plan.programmes), c.start)
+            stop = min(c.end, plan.died or c.end, plan.last_contact or c.end)
+            m3 = minus_months(c.end, 3)
+            days: list[date] = []
+            day = first + timedelta(days=int(rng.random() * plan.interval))
+            while day <= stop:
+                days.append(day)
+                day += timedelta(days=int(plan.interval * (0.6 + 0.8 * rng.random())))
+            if plan.engagement == "active" and plan.died is None and (not days or days[-1] <= m3):
+                # an active person has been seen in the last three months
+                days.append(self._day(max(m3 + timedelta(days=1), first), c.end))
+            others = [
+                r
+                for r in self.records[1:]
+                if r.facility.kind in ("phc", "health_house", "hospital", "specialist")
+            ]
+            dm_onset = p.conditions.get("diabetes")
+            for i, day in enumerate(days):
+                rec = self.home
+                if others and rng.random() < s["other_record_visit"]:
+                    rec = others[int(rng.random() * len(others))]
+                enc = self.encounter(rec, day, "390906007", "Follow-up encounter")
+                last = i == len(days) - 1 and day > m3
+                if "hypertension" in plan.programmes and (last or rng.random() < s["bp_at_visit"]):
+                    self._bp(rec, enc, day, True)
+                glucose_p = 0.85 if last else s["glucose_at_visit"]
+                if dm_onset is not None and day >= dm_onset and rng.random() < glucose_p:
+                    self._glucose(plan, rec, enc, day)
+        finally:
+            self.rng = main
+
+    def _glucose(self, plan: Plan, rec: Record, enc: str, day: date) -> None:
+        kinds = plan.settings["glucose_kinds"]
+        u, kind = plan.rng.random(), "hba1c"
+        for name, share in kinds.items():
+            kind = name
+            if u < share:
+                break
+            u -= share
+        value = plan.glucose_value(kind, self.controlled)
+        self.lab(rec, enc, day, kind, value, "%" if kind == "hba1c" else "mg/dL")
+
+    def _cancer_screening(self) -> None:
+        """Mammography, cervical screening and faecal immunochemical tests by the national
+        schedule (data/SA.json, data/IR.json), with the configured screening inequities."""
+        p, c = self.p, self.c
+        end_age = p.age
+        start_age = (c.start - p.birth).days // 365 if p.birth < c.start else 0
+        due = [
+            sched
+            for sched in c.schedule
+            if sched["sex"] in ("any", p.sex)
+            and end_age >= sched["min_age"]
+            and start_age <= sched["max_age"]
+        ]
+        if not due:
+            return
+        ineq = c.ineq["screening"]
+        factor = ineq["income_rr"][p.quintile - 1]
+        factor *= 1.0 if p.urban else ineq["rural_rr"]
+        factor *= 1.0 if p.group == "citizen" else ineq["non_citizen_rr"]
+        adherence = c.config["programmes"]["cancer_screening_round_adherence"]
+        main = self.rng
+        self.rng = rng = Random(f"{c.stream}/{p.index}/screening")
+        try:
+            for sched in due:
+                if rng.random() >= sched["uptake"] * factor:
+                    continue
+                step = 365.25 * sched["interval_years"]
+                day = c.start + timedelta(days=int(rng.random() * step))
+                while day <= c.end:
+                    age = _age_on(p.birth, day)
+                    if sched["min_age"] <= age <= sched["max_age"] and rng.random() < adherence:
+                        self._screening_test(sched, day)
+                    day += timedelta(days=int(step + rng.random() * 45))
+        finally:
+            self.rng = main
+
+    def _screening_test(self, sched: dict[str, Any], day: date) -> None:
+        rec = self._at(sched["setting"])
+        if sched["resource"] == "Observation":
+            positive = self.rng.random() < sched.get("positive", 0.0)
+            self.observation(
+                rec,
+                None,
+                day,
+                "fit",
+                "laboratory",
+                valueCodeableConcept=cc(SNOMED, *(_POSITIVE if positive else _NEGATIVE)),
+            )
+            return
+        enc = self.encounter(rec, day, "185349003", "Encounter for check up")
+        self.emit(
+            "Procedure",
+            {
+                "resourceType": "Procedure",
+                "id": self._id("proc"),
+                "status": "completed",
+                "category": cc(SNOMED, "103693007", "Diagnostic procedure"),
+                "code": cc(SNOMED, sched["code"], sched["display"]),
+                "subject": self._subject(rec),
+                "encounter": ref("Encounter", enc),
+                "performedDateTime": self._dt(day),
+            },
+        )
 
     def _lipids(self, rec: Record, enc: str, day: date) -> None:
         g = self.rng.gauss
@@ -488,9 +656,22 @@ class _History:
             prob *= s["non_citizen_rr"]
         screened = rng.random() < prob
         self.out["screened"] = "1" if screened else "0"
+        plan = self.plan
+        if plan is not None and plan.died is not None:
+            # The dead leave the screening denominator; the draws are kept so the block's stream
+            # is not shifted, but nothing is written.
+            self.out["screened"] = ""
+            self.muted = True
         if not screened:
+            self.muted = False
             return
-        day = self._day(c.end - timedelta(days=int(365.25 * s["window_years"])), c.end)
+        lo = c.end - timedelta(days=int(365.25 * s["window_years"]))
+        day = self._day(lo, c.end)
+        if plan is not None and plan.last_contact is not None and day > plan.last_contact:
+            # A person who stopped coming was screened while still coming: the same draw,
+            # squeezed into the part of the window before their last contact.
+            last = plan.last_contact
+            day = lo + (day - lo) * (last - lo).days // (c.end - lo).days if last > lo else last
         rec = self.home
         enc = self.encounter(rec, day, "185349003", "Encounter for check up")
         self.emit(
@@ -507,6 +688,7 @@ class _History:
             },
         )
         self.lab(rec, enc, day, "hba1c", round(4.8 + rng.random() * 1.6, 1), "%")
+        self.muted = False
 
     def _medication(self, rec: Record, cond: str, day: date, which: int = 0) -> str:
         atc, name, dose = self.c.codes["medications"][cond][which]
@@ -688,3 +870,8 @@ class _History:
             self.encounter(
                 hosp, day, "32485007", "Hospital admission", "IMP", days=1 + int(rng.random() * 6)
             )
+
+
+def _age_on(birth: date, day: date) -> int:
+    """Completed years of age on ``day``."""
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))

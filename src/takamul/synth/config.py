@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from takamul.synth import tables
+
 __all__ = ["COUNTRIES", "Config", "ConfigError", "default_config", "load_config"]
 
 Config = dict[str, Any]
@@ -61,7 +63,22 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         _merge(config, _read_file(path), "")
     _merge(config, {k: v for k, v in overrides.items() if v is not None}, "")
     _check(config)
+    _country_defaults(config)
     return config
+
+
+def _country_defaults(config: Config) -> None:
+    """Fill a null ``base`` of a control inequity from the country's published control rate.
+
+    The published rate (``programme_control`` in data/SA.json, data/IR.json) is a population
+    mean; the base is the top quintile's rate, so it is the mean over the income ratios.
+    """
+    published = tables.country(config["country"])["programme_control"]
+    for programme in ("diabetes", "hypertension"):
+        spec = config["inequities"][f"{programme}_control"]
+        if spec["base"] is None:
+            mean_rr = sum(spec["income_rr"]) / len(spec["income_rr"])
+            spec["base"] = round(published[programme] / mean_rr, 3)
 
 
 def _check(config: Config) -> None:

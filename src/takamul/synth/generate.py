@@ -64,8 +64,11 @@ class BlockGenerator:
         while index < last:
             members = factory.household(rng, f"H{block:05d}-{hh:04d}", index)[: last - index]
             for person in members:
+                plan = self.clinic.plan(person, members)
                 records = self.registrar.register(rng, person, out.emit)
-                outcome = self.clinic.history(rng, person, records, members, out.emit)
+                outcome = self.clinic.history(rng, person, records, members, out.emit, plan)
+                if plan is not None:
+                    out.programmes.extend(plan.rows(person.pid))
                 out.persons.append(_person_row(person, records, outcome))
                 out.registrations.extend(
                     [r.patient_id, person.pid, r.facility.fid, r.facility.kind, r.script,
@@ -86,7 +89,7 @@ def _person_row(p: Person, records: list[Record], outcome: dict[str, str]) -> li
         p.mother.pid if p.mother else "", p.father.pid if p.father else "", p.home.fid,
         str(p.travel_km), ";".join(sorted(p.conditions)), outcome["screened"],
         outcome["diabetes_controlled"], outcome["mh_treated"], outcome.get("caregiver", ""),
-        str(len(records)),
+        str(len(records)), p.died.isoformat() if p.died else "",
     ]  # fmt: skip
 
 

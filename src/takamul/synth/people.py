@@ -58,6 +58,7 @@ class Person:
     father: Person | None = None
     spouse: Person | None = None
     conditions: dict[str, date] = field(default_factory=dict)
+    died: date | None = None  # set by the care-programme plan (synth.followup) before registration
 
     @property
     def pid(self) -> str:

@@ -89,7 +89,10 @@ class Registrar:
         records = []
         for n, facility in enumerate(self.facilities(rng, p), start=1):
             record = Record(f"pat-{p.index:07d}-{n}", facility, self.script.pick(rng))
-            emit("Patient", self._patient(rng, p, record))
+            body = self._patient(rng, p, record)
+            if p.died is not None:
+                body["deceasedDateTime"] = p.died.isoformat()  # every registration hears of it
+            emit("Patient", body)
             records.append(record)
         return records
 

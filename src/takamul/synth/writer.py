@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import orjson
 
+from takamul.synth.followup import STATUS_COLUMNS
+
 __all__ = ["PERSON_COLUMNS", "REGISTRATION_COLUMNS", "BlockOutput", "OutputWriter"]
 
 PERSON_COLUMNS = [
@@ -19,7 +21,7 @@ PERSON_COLUMNS = [
     "region_code", "region", "urban", "remote", "latitude", "longitude", "income_quintile",
     "education", "insurance", "disability", "national_id", "mother", "father", "home_facility",
     "travel_km", "conditions", "screened", "diabetes_controlled", "mh_treated", "caregiver",
-    "records",
+    "records", "died",
 ]  # fmt: skip
 REGISTRATION_COLUMNS = ["patient_id", "person", "facility", "facility_kind", "script", "variants"]
 LINK_COLUMNS = ["patient_id", "person"]
@@ -32,6 +34,7 @@ class BlockOutput:
     resources: dict[str, list[bytes]] = field(default_factory=dict)
     persons: list[list[str]] = field(default_factory=list)
     registrations: list[list[str]] = field(default_factory=list)
+    programmes: list[list[str]] = field(default_factory=list)  # truth/programme_status.csv
 
     def emit(self, rtype: str, body: dict[str, Any]) -> None:
         self.resources.setdefault(rtype, []).append(orjson.dumps(body))
@@ -54,6 +57,7 @@ class OutputWriter:
             ("persons", PERSON_COLUMNS),
             ("registrations", REGISTRATION_COLUMNS),
             ("links", LINK_COLUMNS),
+            ("programme_status", STATUS_COLUMNS),
         ):
             handle = (out_dir / "truth" / f"{name}.csv").open("w", newline="", encoding="utf-8")
             w = csv.writer(handle, lineterminator="\n")
@@ -77,6 +81,7 @@ class OutputWriter:
         self.truth["persons"][1].writerows(block.persons)
         self.truth["registrations"][1].writerows(block.registrations)
         self.truth["links"][1].writerows([r[0], r[1]] for r in block.registrations)
+        self.truth["programme_status"][1].writerows(block.programmes)
 
     def write_json(self, relative: str, value: Any) -> None:
         opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
