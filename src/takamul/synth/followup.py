@@ -35,6 +35,8 @@ STATUS_COLUMNS = [
     "last_diastolic",
 ]
 PROGRAMMES = ("diabetes", "hypertension")
+# HEARTS registers adults with hypertension; children with diabetes are followed as well (ISPAD)
+MIN_AGE = {"diabetes": 0, "hypertension": 18}
 
 # LOINC codes the rules read. Glucose kinds rank HbA1c over fasting over random on one day.
 BP_PANEL = "85354-9"
@@ -94,6 +96,7 @@ class Plan:
     last_contact: date | None = None  # lost or missed: no visit-making resource after it
     unmeasured: bool = False  # no programme measurement in the last 3 months
     prior: dict[str, date] = field(default_factory=dict)  # heart_attack / stroke -> onset
+    birth: date | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     # the books
     diagnosed: dict[str, str] = field(default_factory=dict)
@@ -227,7 +230,7 @@ class Plan:
         rows = []
         for programme in self.programmes:
             registered = self.diagnosed.get(programme)
-            if registered is None or registered > end:
+            if registered is None or registered > end or self._younger(programme):
                 continue
             if registered > m3:
                 status = "registered-recently"
@@ -249,6 +252,14 @@ class Plan:
                 ]
             )
         return rows
+
+    def _younger(self, programme: str) -> bool:
+        """Younger on end_date than the programme's minimum age."""
+        if self.birth is None:
+            return False
+        b, e = self.birth, self.end
+        age = e.year - b.year - ((e.month, e.day) < (b.month, b.day))
+        return age < MIN_AGE[programme]
 
     def _control(self, programme: str, m3: str, end: str) -> str | None:
         if programme == "hypertension":
@@ -329,5 +340,6 @@ def draw_plan(
         last_contact=last_contact,
         unmeasured=unmeasured,
         prior=prior,
+        birth=p.birth,
         settings=s,
     )
