@@ -26,6 +26,8 @@ class LineChart:
     title: str
     unit: str
     series: dict[str, list[tuple[str, float]]]  # name -> (ISO date, value), oldest first
+    # horizontal reference lines (a control target: 140 and 90 mmHg), each with its label
+    targets: tuple[tuple[str, float], ...] = ()
 
 
 def _ticks(low: float, high: float, n: int = 4) -> list[float]:
@@ -42,7 +44,7 @@ def line_chart(chart: LineChart, chart_id: str, label_date: object, label_num: o
     if not points:
         return Markup("")
     days = [date.fromisoformat(d).toordinal() for d, _ in points]
-    values = [v for _, v in points]
+    values = [v for _, v in points] + [v for _, v in chart.targets]
     d0, d1 = min(days), max(days)
     v0, v1 = min(values), max(values)
     margin = (v1 - v0) * 0.1 or 1.0
@@ -74,6 +76,14 @@ def line_chart(chart: LineChart, chart_id: str, label_date: object, label_num: o
         parts.append(
             f'<text x="{x(day):.1f}" y="{HEIGHT - PAD_BOTTOM + 16}" text-anchor="{anchor}" '
             f'font-size="11" fill="#1c2430">{escape(label_date(iso))}</text>'  # type: ignore[operator]
+        )
+    for label, value in chart.targets:
+        # dashed and labelled at the inline end, so a target is not read as a series
+        parts.append(
+            f'<line x1="{PAD_START}" x2="{WIDTH - PAD_END}" y1="{y(value):.1f}" '
+            f'y2="{y(value):.1f}" stroke="#5b6470" stroke-width="1.5" stroke-dasharray="3 3"/>'
+            f'<text x="{WIDTH - PAD_END - 2}" y="{y(value) - 4:.1f}" text-anchor="end" '
+            f'font-size="11" fill="#1c2430">{escape(label)}</text>'
         )
     if chart.unit:
         parts.append(

@@ -10,19 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
+from dateutil.relativedelta import relativedelta
+
 from takamul.fhir.outcome import FhirError
+from takamul.programmes.gaps import Gap
+from takamul.programmes.service import Programmes
+from takamul.programmes.status import PersonStatus
 from takamul.store.repository import Session
 from takamul.web.i18n import N_
 
 __all__ = [
+    "ACTOR_LABELS",
+    "GAP_STATUS_LABELS",
+    "GAP_TITLES",
+    "PROGRAMME_TITLES",
+    "STATUS_LABELS",
     "TRENDS",
     "PatientRecord",
+    "ProgrammeSection",
     "Trend",
     "guarded_search",
     "load_record",
+    "may_see_programmes",
     "organization_names",
+    "programme_section",
 ]
 
 LOINC = "http://loinc.org"
@@ -226,3 +240,72 @@ def organization_names(session: Session, resources: Iterable[dict[str, Any]]) ->
     except FhirError:  # a role without directory reads: names stay references
         return {}
     return {f"Organization/{o['id']}": o.get("name") or o["id"] for o in found}
+
+
+# -- care programmes (issue 14) ----------------------------------------------------------------
+# The catalog's titles are English data (a ministry may replace the file); the packaged ones
+# have msgids here, so they are translated when they match and shown as written otherwise.
+PROGRAMME_TITLES = {
+    "hypertension": N_("Hypertension"),
+    "diabetes": N_("Diabetes"),
+    "ckd": N_("Chronic kidney disease"),
+    "asthma-copd": N_("Asthma and COPD"),
+}
+GAP_TITLES = (
+    N_("Breast cancer screening (mammography)"),
+    N_("Cervical cancer screening"),
+    N_("Colorectal cancer screening (faecal immunochemical test)"),
+    N_("Diabetes screening (HbA1c or fasting glucose)"),
+    N_("Measles-containing vaccine, two doses by age 2"),
+    N_("Hypertension control"),
+    N_("Diabetes control"),
+    N_("Chronic kidney disease control"),
+)
+STATUS_LABELS = {
+    "controlled": N_("Controlled"),
+    "uncontrolled": N_("Uncontrolled"),
+    "visited-no-measurement": N_("Visited, no measurement"),
+    "missed-visit": N_("Missed visit"),
+    "visited": N_("Visited"),
+    "lost-to-follow-up": N_("Lost to follow-up"),
+    "registered-recently": N_("Registered recently"),
+}
+GAP_STATUS_LABELS = {
+    "open-gap": N_("Open gap"),
+    "prospective-gap": N_("Due within the year"),
+    "closed-gap": N_("Closed"),
+}
+ACTOR_LABELS = {
+    "chw": N_("Community health worker"),
+    "gp": N_("General practitioner"),
+    "specialist": N_("Specialist"),
+}
+
+
+@dataclass(frozen=True)
+class ProgrammeSection:
+    """A person's programme statuses and the gaps still to close (open or due within the
+    period), for the record page."""
+
+    statuses: list[PersonStatus]
+    gaps: list[Gap]
+    period_end: date
+
+
+def may_see_programmes(can_read: Any) -> bool:
+    """Statuses and gaps are made of diagnoses and measurements: only for a viewer whose role
+    reads both (a registry reviewer reads Patients but no clinical data)."""
+    return bool(can_read("Condition", "r") and can_read("Observation", "r"))
+
+
+def programme_section(programmes: Programmes, patient_id: str, today: date) -> ProgrammeSection:
+    """The statuses on ``today`` and the gaps over the coming year of the person behind
+    ``patient_id``. The caller has read that Patient under the viewer's guard first; the
+    statuses and gaps are the person's (every record counts, as the programme rules say)."""
+    end = today + relativedelta(years=1)
+    statuses = programmes.person([patient_id], today)
+    gaps = programmes.gaps([patient_id], period_start=today, period_end=end, as_of=today)
+    still = [g for g in gaps.gaps if g.status != "closed-gap"]
+    # open first, then those falling due, each soonest due first
+    still.sort(key=lambda g: (g.status != "open-gap", g.due or date.max, g.measure))
+    return ProgrammeSection(statuses, still, end)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -29,7 +30,19 @@ from takamul.web.charts import LineChart, line_chart
 from takamul.web.context import Screen, Viewer, WebServices, read_form
 from takamul.web.i18n import N_, translations
 from takamul.web.pages import fragment, page
-from takamul.web.record import PatientRecord, guarded_search, load_record, organization_names
+from takamul.web.record import (
+    ACTOR_LABELS,
+    GAP_STATUS_LABELS,
+    PROGRAMME_TITLES,
+    STATUS_LABELS,
+    PatientRecord,
+    ProgrammeSection,
+    guarded_search,
+    load_record,
+    may_see_programmes,
+    organization_names,
+    programme_section,
+)
 from takamul.web.render import Formatter
 
 __all__ = ["SCREEN", "register"]
@@ -254,7 +267,36 @@ def _record(web: WebServices, request: Request, viewer: Viewer, patient_id: str)
     return page(
         web, viewer, "patients/record.html", active=SCREEN.key,
         back=f"/app/patients/{patient_id}", record=record, charts=_charts(viewer, record),
+        programmes=_programmes(web, viewer, patient_id),
+        programme_labels=_programme_labels(web, viewer),
+        programme_chart=any(s.key == "registry" and s.allowed(viewer) for s in web.screens),
     )  # fmt: skip
+
+
+def _programmes(web: WebServices, viewer: Viewer, patient_id: str) -> ProgrammeSection | None:
+    """The care programmes section: after the Patient was read under the viewer's guard, and
+    only for a role that reads diagnoses and measurements."""
+    if web.programmes is None or not may_see_programmes(viewer.access.allows):
+        return None
+    return programme_section(web.programmes, patient_id, date.today())
+
+
+def _programme_labels(web: WebServices, viewer: Viewer) -> dict[str, Any]:
+    """Programme and measure titles in the viewer's language where the catalog's English text
+    is a packaged one (a ministry's own titles are shown as written); status names."""
+    gettext = translations(viewer.prefs.lang).gettext
+    titles: dict[str, str] = {}
+    if web.programmes is not None:
+        for p in web.programmes.catalog.programmes:
+            packaged = PROGRAMME_TITLES.get(p.id) == p.title
+            titles[p.id] = gettext(p.title) if packaged else p.title
+    return {
+        "programmes": titles,
+        "measure": gettext,  # msgids of the packaged measure titles are in record.py
+        "status": {k: gettext(v) for k, v in STATUS_LABELS.items()},
+        "gap": {k: gettext(v) for k, v in GAP_STATUS_LABELS.items()},
+        "by": {k: gettext(v) for k, v in ACTOR_LABELS.items()},
+    }
 
 
 def _members(web: WebServices, person: str | None) -> list[str]:

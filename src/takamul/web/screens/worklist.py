@@ -4,7 +4,10 @@ recorded in one tap as an update of the Task, through the FHIR update interactio
 viewer's guard.
 
 Outcomes as FHIR R4 Task states (docs/web.md, "Worklist"): *reached* → ``in-progress``, *booked*
-→ ``completed``, *unreachable* → ``failed``, *declined* → ``cancelled``; each with
+→ ``completed``, *unreachable* → ``failed``, *declined* → ``cancelled``; *agreed to visit* and
+*remind later* keep the Task open (``on-hold``) and hide it for 7 or 30 days
+(``restriction.period.start`` is the day it shows again: the default view lists only what is
+due now, so a worker's list is always current); each with
 ``businessStatus`` and ``output`` coded in ``OUTCOME_SYSTEM``, ``lastModified``, the execution
 period, and a note of who recorded it when. The last outcome can be undone: the Task's earlier
 version comes back as a new version (history keeps both).
@@ -20,7 +23,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -63,7 +66,7 @@ MAX_TASKS = 500  # one facility's open outreach at a time; more waits for the ne
 PRIORITY_RANK = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 OPEN = ("draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold")
 DONE = ("completed", "failed", "cancelled", "rejected")
-SHOWS = {"open": OPEN, "done": DONE, "all": OPEN + DONE}
+SHOWS = {"open": OPEN, "later": OPEN, "done": DONE, "all": OPEN + DONE}
 # only Tasks whose ``for`` is a Patient the viewer may see: the guard narrows the chain
 VISIBLE_PATIENT = ("patient._id:missing", "false")
 
@@ -77,6 +80,7 @@ class Outcome:
     status: str  # Task.status
     display: str  # the coding's display (stored data, English)
     reason: str | None  # Task.statusReason, when the Task ends without its aim
+    hide_days: int | None = None  # kept open but off the list this many days
 
     @property
     def done(self) -> bool:
@@ -96,6 +100,8 @@ OUTCOMES: dict[str, Outcome] = {
             "Not reachable by the recorded phone or address",
         ),
         Outcome("declined", N_("Declined"), "cancelled", "Declined", "The person declined"),
+        Outcome("agreed", N_("Agreed to visit"), "on-hold", "Agreed to visit", None, 7),
+        Outcome("later", N_("Remind later"), "on-hold", "Remind later", None, 30),
     )
 }
 STATUS_LABELS = {
@@ -134,6 +140,7 @@ class WorkItem:
     description: str
     due: str | None
     authored: str | None
+    shows_again: str | None  # restriction.period.start: hidden from the default view until then
     patient_id: str
     name: str
     birth_date: str | None
@@ -152,6 +159,11 @@ class WorkItem:
     def is_open(self) -> bool:
         return self.status in OPEN
 
+    def hidden_on(self, today: date) -> bool:
+        """Put off (an outcome said when to call again) and not yet due again on ``today``."""
+        start = (self.shows_again or "")[:10]
+        return self.is_open and start > today.isoformat()
+
     def order(self) -> tuple[int, str, str, str]:
         """Priority (stat first), then the due date, then when it was asked (oldest first)."""
         return (
@@ -165,8 +177,10 @@ class WorkItem:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def worklist(session: Session, show: str) -> list[WorkItem]:
-    """The outreach Tasks the session's guard lets through, in worklist order."""
+def worklist(session: Session, show: str, today: date | None = None) -> list[WorkItem]:
+    """The outreach Tasks the session's guard lets through, in worklist order. ``open`` leaves
+    out the Tasks put off beyond ``today``, ``later`` lists only those; ``all`` and ``done``
+    list every Task of their statuses."""
     params = [
         ("code", f"{OUTREACH_SYSTEM}|"),
         VISIBLE_PATIENT,
@@ -176,8 +190,13 @@ def worklist(session: Session, show: str) -> list[WorkItem]:
     ]
     found = session.search(session.parse_search("Task", params))
     patients = {p.id: p.json() for p in found.included if p.resource_type == "Patient"}
-    items = [_item(t.json(), t.version, patients) for t in found.matches]
-    return sorted((i for i in items if i is not None), key=WorkItem.order)
+    items = [i for t in found.matches if (i := _item(t.json(), t.version, patients)) is not None]
+    day = today or date.today()
+    if show == "open":
+        items = [i for i in items if not i.hidden_on(day)]
+    elif show == "later":
+        items = [i for i in items if i.hidden_on(day)]
+    return sorted(items, key=WorkItem.order)
 
 
 def _item(task: dict[str, Any], version: int, patients: dict[str, Any]) -> WorkItem | None:
@@ -197,6 +216,7 @@ def _item(task: dict[str, Any], version: int, patients: dict[str, Any]) -> WorkI
         description=str(task.get("description") or ""),
         due=((task.get("restriction") or {}).get("period") or {}).get("end"),
         authored=task.get("authoredOn"),
+        shows_again=((task.get("restriction") or {}).get("period") or {}).get("start"),
         patient_id=patient_id,
         name=person_name(patient),
         birth_date=born,
@@ -292,11 +312,37 @@ def apply_outcome(task: dict[str, Any], outcome: Outcome, by: Recorder, now: str
     else:
         period.pop("end", None)
     out["executionPeriod"] = period
+    _set_shows_again(out, outcome, now)
     if by.practitioner:
         out["owner"] = {"reference": by.practitioner, "display": by.display}
     note = {**by.author(), "time": now, "text": f"Outreach outcome: {outcome.display}"}
     out["note"] = [*out.get("note", []), note]
     return out
+
+
+def _set_shows_again(task: dict[str, Any], outcome: Outcome, now: str) -> None:
+    """``restriction.period.start``: the day a put-off Task shows again (the outcome's day plus
+    its days); any other outcome means the Task is being worked now, so a put-off ends. The
+    due date (``period.end``) stays unless it falls before that day; undo puts back the whole
+    restriction."""
+    restriction = dict(task.get("restriction") or {})
+    period = dict(restriction.get("period") or {})
+    if outcome.hide_days:
+        day = date.fromisoformat(now[:10]) + timedelta(days=outcome.hide_days)
+        period["start"] = day.isoformat()
+        if period.get("end") and str(period["end"])[:10] < period["start"]:
+            # a Period's start may not pass its end (FHIR per-04): due no earlier than shown
+            period["end"] = period["start"]
+    else:
+        period.pop("start", None)
+    if period:
+        restriction["period"] = period
+    else:
+        restriction.pop("period", None)
+    if restriction:
+        task["restriction"] = restriction
+    else:
+        task.pop("restriction", None)
 
 
 # What an outcome changes, and so what an undo puts back.
@@ -307,6 +353,7 @@ _OUTCOME_FIELDS = (
     "output",
     "executionPeriod",
     "owner",
+    "restriction",
 )
 
 
