@@ -439,6 +439,12 @@ class CareFacts:
                 done += len(batch)
                 if progress is not None:
                     progress(done)
+            if done >= 10 * self.BATCH:
+                # the planner needs statistics of the table it was just filled (the bulk
+                # load's ANALYZE ran before the facts existed)
+                with self.store.writer.connect() as conn:
+                    conn.exec_driver_sql("ANALYZE care_fact")
+                    conn.commit()
             return done
 
     def _extract_current(self, conn: Connection, wanted: set[tuple[str, str]]) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
+from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import select, text
@@ -28,7 +30,6 @@ from takamul.programmes.facts import (
     DEATH,
     DIAGNOSIS,
     ENROLMENT,
-    EVIDENCE,
     GLUCOSE,
     PATIENT,
     VISIT_KINDS,
@@ -110,8 +111,18 @@ class PersonStatus:
         return self.status not in ("registered-recently",)
 
 
+@lru_cache(maxsize=256)
 def _months_before(day: date, months: int) -> int:
+    """The day number ``months`` calendar months before ``day`` (cached: one as-of date is
+    classified for a million persons, and relativedelta is slow)."""
     return (day - relativedelta(months=months)).toordinal() - date(1970, 1, 1).toordinal()
+
+
+def age_on(birth_day: int, on: date) -> int:
+    """Whole years from a birth day number to ``on``."""
+    born = from_day(birth_day)
+    assert born is not None
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
 def _glucose_uncontrolled(programme: Programme, g: tuple[int, str, float] | None) -> bool:
@@ -226,23 +237,35 @@ pats AS (
   UNION ALL
   SELECT substr(reg.person, 2), reg.person FROM reg WHERE substr(reg.person, 1, 1) = '~'
 )
-SELECT pats.person, f.patient_id,
-  {per_code}
-  MAX(CASE WHEN f.kind IN ({visits}) AND f.day <= :d THEN f.day END) AS last_visit,
-  MAX(CASE WHEN f.kind = '{bp}' AND f.day <= :d
-      THEN CAST(f.day AS BIGINT) * {bp_pack} + CAST(ROUND(LEAST_(f.v1, 999)) AS BIGINT) * 1000
-           + CAST(ROUND(LEAST_(f.v2, 999)) AS BIGINT) END) AS last_bp,
-  MAX(CASE WHEN f.kind = '{glucose}' AND f.day <= :d
-      THEN CAST(f.day AS BIGINT) * {glucose_pack}
-           + (CASE f.code WHEN 'hba1c' THEN 3 WHEN 'fasting-glucose' THEN 2 ELSE 1 END) * 1000000
-           + CAST(ROUND(LEAST_(f.v1, 99999.9) * 10) AS BIGINT) END) AS last_glucose,
-  MAX(CASE WHEN f.kind = '{death}' AND f.day <= :d THEN 1 END) AS dead,
-  MAX(CASE WHEN f.kind = '{patient}' THEN f.org END) AS home,
-  MAX(CASE WHEN f.kind = '{patient}' THEN f.day END) AS birth,
-  MAX(CASE WHEN f.kind = '{patient}' THEN f.code END) AS sex
-FROM pats JOIN care_fact f ON f.patient_id = pats.patient_id
-WHERE f.kind <> '{evidence}'
-GROUP BY pats.person, f.patient_id
+SELECT pats.person, g.* FROM pats JOIN (
+  SELECT f.patient_id,
+    {per_code}
+    NULL AS last_visit, NULL AS last_bp, NULL AS last_glucose,
+    MAX(CASE WHEN f.kind = '{death}' AND f.day <= :d THEN 1 END) AS dead,
+    MAX(CASE WHEN f.kind = '{patient}' THEN f.org END) AS home,
+    MAX(CASE WHEN f.kind = '{patient}' THEN f.day END) AS birth,
+    MAX(CASE WHEN f.kind = '{patient}' THEN f.code END) AS sex
+  FROM care_fact f
+  WHERE f.kind IN ('{dx}', '{enrol}', '{death}', '{patient}')
+    AND f.patient_id IN (SELECT patient_id FROM pats)
+  GROUP BY f.patient_id
+  UNION ALL
+  SELECT f.patient_id,
+    {no_code}
+    MAX(f.day) AS last_visit,
+    MAX(CASE WHEN f.kind = '{bp}'
+        THEN CAST(f.day AS BIGINT) * {bp_pack} + CAST(ROUND(LEAST_(f.v1, 999)) AS BIGINT) * 1000
+             + CAST(ROUND(LEAST_(f.v2, 999)) AS BIGINT) END) AS last_bp,
+    MAX(CASE WHEN f.kind = '{glucose}'
+        THEN CAST(f.day AS BIGINT) * {glucose_pack}
+             + (CASE f.code WHEN 'hba1c' THEN 3 WHEN 'fasting-glucose' THEN 2 ELSE 1 END) * 1000000
+             + CAST(ROUND(LEAST_(f.v1, 99999.9) * 10) AS BIGINT) END) AS last_glucose,
+    NULL AS dead, NULL AS home, NULL AS birth, NULL AS sex
+  FROM care_fact f
+  WHERE f.kind IN ({visits}) AND f.day <= :d
+    AND f.patient_id IN (SELECT patient_id FROM pats)
+  GROUP BY f.patient_id
+) g ON g.patient_id = pats.patient_id
 """
 
 
@@ -262,8 +285,10 @@ def _sql(
         f"AND f.day <= :d THEN f.day END) AS c_{i},\n  "
         for i, k in enumerate(keys)
     )
+    no_code = "".join(f"NULL AS c_{i}, " for i in range(len(keys)))
     least = "LEAST" if store.dialect == "postgresql" else "MIN"
     sql = _QUERY.format(
+        no_code=no_code,
         dx=DIAGNOSIS,
         enrol=ENROLMENT,
         codes=codes,
@@ -274,15 +299,14 @@ def _sql(
         glucose=GLUCOSE,
         death=DEATH,
         patient=PATIENT,
-        evidence=EVIDENCE,
         bp_pack=_BP_PACK,
         glucose_pack=_GLUCOSE_PACK,
     )
     return sql.replace("LEAST_", least), keys
 
 
-def _merge(r: Readings, row: object, keys: list[str], as_of_day: int) -> None:
-    get = row._mapping  # type: ignore[attr-defined]
+def _merge(r: Readings, get: dict[str, Any], keys: list[str]) -> None:
+    """Add one record's values (both parts of the query, combined) to its person's."""
     r.patient_ids.append(get["patient_id"])
     for i, key in enumerate(keys):
         day = get[f"c_{i}"]
@@ -364,15 +388,29 @@ def readings(
         )
     sql, keys = _sql(store, catalog, programmes, where)
     found: dict[str, Readings] = {}
-    as_of_day = params["d"]
-    assert isinstance(as_of_day, int)
+    # each record comes in two rows (its registry facts and its visits): combine them
+    records: dict[str, dict[str, Any]] = {}
     with store.reader.connect() as conn:
+        if store.dialect == "postgresql":
+            # the grouped rows of a large registry fit in memory instead of spilling to disk;
+            # compiling the expressions (JIT) costs more than it saves on this query
+            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+            conn.exec_driver_sql("SET LOCAL jit = off")
         for row in conn.execute(text(sql), params):
-            person = row.person
-            r = found.get(person)
-            if r is None:
-                r = found[person] = Readings()
-            _merge(r, row, keys, as_of_day)
+            mapping = row._mapping
+            seen = records.get(mapping["patient_id"])
+            if seen is None:
+                records[mapping["patient_id"]] = dict(mapping)
+            else:
+                for k, v in mapping.items():
+                    if v is not None:
+                        seen[k] = v
+    for values in records.values():
+        person = values["person"]
+        r = found.get(person)
+        if r is None:
+            r = found[person] = Readings()
+        _merge(r, values, keys)
     for r in found.values():
         for key in ("heart-attack", "stroke"):
             if key in r.registered:
@@ -412,7 +450,7 @@ def statuses(
         pid = person[1:] if person.startswith("~") else person
         for p in chosen:
             if p.min_age and r.birth is not None:
-                age = relativedelta(as_of, from_day(r.birth)).years
+                age = age_on(r.birth, as_of)
                 if age < p.min_age:
                     continue
             status = classify(p, r, as_of, "" if person.startswith("~") else pid)
@@ -523,7 +561,7 @@ def person_statuses(
             continue
         r.registered[p.id] = min(days)
         too_young = p.min_age and r.birth is not None
-        if too_young and relativedelta(as_of, from_day(r.birth)).years < p.min_age:
+        if too_young and age_on(r.birth, as_of) < p.min_age:  # type: ignore[arg-type]
             continue
         status = classify(p, r, as_of, "" if person.startswith("~") else person)
         if status is not None:
