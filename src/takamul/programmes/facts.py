@@ -439,7 +439,7 @@ class CareFacts:
                 done += len(batch)
                 if progress is not None:
                     progress(done)
-            if done >= 10 * self.BATCH:
+            if done >= self.BATCH:
                 # the planner needs statistics of the table it was just filled (the bulk
                 # load's ANALYZE ran before the facts existed)
                 with self.store.writer.connect() as conn:
