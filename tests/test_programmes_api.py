@@ -109,7 +109,7 @@ PREVENTIVE: dict[str, tuple[list[dict[str, Any]], dict[str, str]]] = {
     ),
     "cg-child": (
         [_person("cg-child", "male", 3), mmr("cg-child", 1, TODAY - relativedelta(years=2))],
-        {"measles-immunization": "open-gap"},
+        {"measles-immunization": "open-gap", "dtp3-immunization": "open-gap"},
     ),
     "cg-diabetic": (
         [
@@ -560,7 +560,9 @@ def test_cds_patient_view_gives_a_card_per_open_gap(loaded: httpx.Client) -> Non
     child = httpx.post(url, json=_hook("cg-child")).json()["cards"]
     assert [c["summary"] for c in child] == [
         f"Measles-containing vaccine, two doses by age 2 due since "
-        f"{date.fromisoformat(_born(3)) + relativedelta(years=2)} (1 of 2 doses recorded)"
+        f"{date.fromisoformat(_born(3)) + relativedelta(years=2)} (1 of 2 doses recorded)",
+        f"DTP-containing vaccine, three doses by age 1 due since "
+        f"{date.fromisoformat(_born(3)) + relativedelta(years=1)} (0 of 3 doses recorded)",
     ]
 
 

@@ -257,6 +257,7 @@ GAP_TITLES = (
     N_("Colorectal cancer screening (faecal immunochemical test)"),
     N_("Diabetes screening (HbA1c or fasting glucose)"),
     N_("Measles-containing vaccine, two doses by age 2"),
+    N_("DTP-containing vaccine, three doses by age 1"),
     N_("Hypertension control"),
     N_("Diabetes control"),
     N_("Chronic kidney disease control"),
