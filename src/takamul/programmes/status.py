@@ -118,6 +118,14 @@ def _months_before(day: date, months: int) -> int:
     return (day - relativedelta(months=months)).toordinal() - date(1970, 1, 1).toordinal()
 
 
+@lru_cache(maxsize=256)
+def _bounds(as_of: date) -> tuple[int, int, int]:
+    """The day numbers of ``as_of``, 3 months and 12 months before it."""
+    d = day_number(as_of.isoformat())
+    assert d is not None
+    return d, _months_before(as_of, 3), _months_before(as_of, 12)
+
+
 def age_on(birth_day: int, on: date) -> int:
     """Whole years from a birth day number to ``on``."""
     born = from_day(birth_day)
@@ -154,9 +162,7 @@ def classify(
     registered = r.registered.get(programme.id)
     if registered is None or r.dead:
         return None
-    d = day_number(as_of.isoformat())
-    assert d is not None
-    three, twelve = _months_before(as_of, 3), _months_before(as_of, 12)
+    d, three, twelve = _bounds(as_of)
     measured = _measurement(programme, r)
     visited_recently = r.last_visit is not None and r.last_visit > three
     if registered > three:
@@ -226,12 +232,27 @@ def _measures_glucose(programme: Programme) -> bool:
 
 # -- reading the care facts -----------------------------------------------------------------
 
-_QUERY = """
-WITH reg AS (
+# the registered persons: of the whole record, from the diagnoses' index
+_REG_ALL = """reg AS (
   SELECT DISTINCT COALESCE(m.person_id, '~' || f.patient_id) AS person
   FROM care_fact f LEFT JOIN mpi_member m ON m.patient_id = f.patient_id
-  WHERE f.kind IN ('{dx}', '{enrol}') AND f.code IN ({codes}) AND f.day <= :d {where}
+  WHERE f.kind IN ('{dx}', '{enrol}') AND f.code IN ({codes}) AND f.day <= :d
+)"""
+# ... or of some candidate persons (a facility's, a few records'), from their records' facts, so
+# a facility's registry reads that facility's persons and not the nation's diagnoses
+_REG_OF = """cand_pats AS (
+  SELECT m.patient_id, m.person_id AS person
+  FROM mpi_member m JOIN cand ON cand.person = m.person_id
+  UNION ALL
+  SELECT substr(cand.person, 2), cand.person FROM cand WHERE substr(cand.person, 1, 1) = '~'
 ),
+reg AS (
+  SELECT DISTINCT cp.person FROM cand_pats cp JOIN care_fact f ON f.patient_id = cp.patient_id
+  WHERE f.kind IN ('{dx}', '{enrol}') AND f.code IN ({codes}) AND f.day <= :d
+)"""
+
+_QUERY = """
+WITH {reg},
 pats AS (
   SELECT m.patient_id, m.person_id AS person FROM mpi_member m JOIN reg ON reg.person = m.person_id
   UNION ALL
@@ -270,7 +291,7 @@ SELECT pats.person, g.* FROM pats JOIN (
 
 
 def _sql(
-    store: Store, catalog: Catalog, programmes: Sequence[Programme], where: str
+    store: Store, catalog: Catalog, programmes: Sequence[Programme], reg: str
 ) -> tuple[str, list[str]]:
     keys = sorted(
         {p.condition for p in programmes}
@@ -287,12 +308,13 @@ def _sql(
     )
     no_code = "".join(f"NULL AS c_{i}, " for i in range(len(keys)))
     least = "LEAST" if store.dialect == "postgresql" else "MIN"
+    reg = reg.format(dx=DIAGNOSIS, enrol=ENROLMENT, codes=codes)
     sql = _QUERY.format(
+        reg=reg,
         no_code=no_code,
         dx=DIAGNOSIS,
         enrol=ENROLMENT,
         codes=codes,
-        where=where,
         per_code=per_code,
         visits=", ".join(f"'{k}'" for k in VISIT_KINDS),
         bp=BP,
@@ -360,15 +382,14 @@ def readings(
     """Per person (``Person`` id, or ``~patient`` for a record not linked yet), the readings
     of every person registered in one of ``programmes`` by ``as_of``; only the persons of
     ``patient_ids`` when given, only persons with a record at ``facility`` when given."""
-    where = ""
+    candidates: list[str] = []
     params: dict[str, object] = {"d": day_number(as_of.isoformat())}
     if facility is not None:
         params["org"] = facility
-        where += (
-            " AND COALESCE(m.person_id, '~' || f.patient_id) IN ("
-            "SELECT COALESCE(m3.person_id, '~' || h.patient_id) FROM care_fact h "
+        candidates.append(
+            "SELECT COALESCE(m3.person_id, '~' || h.patient_id) AS person FROM care_fact h "
             "LEFT JOIN mpi_member m3 ON m3.patient_id = h.patient_id "
-            f"WHERE h.org = :org AND h.kind = '{PATIENT}')"
+            f"WHERE h.org = :org AND h.kind = '{PATIENT}'"
         )
     if patient_ids is not None:
         wanted = sorted(set(patient_ids))
@@ -380,13 +401,19 @@ def readings(
             names.append(f":p{i}")
         # the persons of these records: the filter goes on the person, so that all of a
         # person's records are read even when only one of them was named
-        where += (
-            " AND COALESCE(m.person_id, '~' || f.patient_id) IN ("
-            "SELECT COALESCE(m2.person_id, '~' || p.pid) FROM (SELECT "
+        candidates.append(
+            "SELECT COALESCE(m2.person_id, '~' || p.pid) AS person FROM (SELECT "
             + " UNION ALL SELECT ".join(f"{n} AS pid" for n in names)
-            + ") p LEFT JOIN mpi_member m2 ON m2.patient_id = p.pid)"
+            + ") p LEFT JOIN mpi_member m2 ON m2.patient_id = p.pid"
         )
-    sql, keys = _sql(store, catalog, programmes, where)
+    reg = _REG_ALL
+    if candidates:
+        # both filters: the persons in both
+        cand = " INTERSECT ".join(
+            f"SELECT person FROM ({c}) c{i}" for i, c in enumerate(candidates)
+        )
+        reg = f"cand AS ({cand}),\n" + _REG_OF
+    sql, keys = _sql(store, catalog, programmes, reg)
     found: dict[str, Readings] = {}
     # each record comes in two rows (its registry facts and its visits): combine them
     records: dict[str, dict[str, Any]] = {}
