@@ -327,40 +327,41 @@ def _sql(
     return sql.replace("LEAST_", least), keys
 
 
-def _merge(r: Readings, get: dict[str, Any], keys: list[str]) -> None:
-    """Add one record's values (both parts of the query, combined) to its person's."""
-    r.patient_ids.append(get["patient_id"])
-    for i, key in enumerate(keys):
-        day = get[f"c_{i}"]
+def _merge(r: Readings, row: Sequence[Any], keys: list[str]) -> None:
+    """Add one record's values (both parts of the query, combined) to its person's. ``row``
+    holds person, patient_id, one first day per key, then the columns of ``_TAIL``."""
+    pid = row[1]
+    r.patient_ids.append(pid)
+    for i, key in enumerate(keys, 2):
+        day = row[i]
         if day is not None:
-            r.registered[key] = min(day, r.registered.get(key, day))
-    last_visit = get["last_visit"]
+            have = r.registered.get(key)
+            r.registered[key] = day if have is None or day < have else have
+    last_visit, packed_bp, packed_glucose, dead, home, birth, sex = row[2 + len(keys) :]
     if last_visit is not None and (r.last_visit is None or last_visit > r.last_visit):
         r.last_visit = last_visit
-    if get["home"]:
+    if home:
         # the responsible facility: the home of the record seen last (ties: the larger id)
-        seen = (last_visit if last_visit is not None else -1, get["patient_id"])
+        seen = (last_visit if last_visit is not None else -1, pid)
         if r.facility is None or seen > r.facility_key:
-            r.facility, r.facility_key = get["home"], seen
-    packed = get["last_bp"]
-    if packed is not None:
-        packed = int(packed)
+            r.facility, r.facility_key = home, seen
+    if packed_bp is not None:
+        packed = int(packed_bp)
         day, rest = divmod(packed, _BP_PACK)
         if r.last_bp is None or packed > _pack_bp(r.last_bp):
             r.last_bp = (day, float(rest // 1000), float(rest % 1000))
-    packed = get["last_glucose"]
-    if packed is not None:
-        packed = int(packed)
+    if packed_glucose is not None:
+        packed = int(packed_glucose)
         day, rest = divmod(packed, _GLUCOSE_PACK)
         rank, value = divmod(rest, 1_000_000)
         if r.last_glucose is None or packed > _pack_glucose(r.last_glucose):
             r.last_glucose = (day, RANK_GLUCOSE[rank], value / 10)
-    if get["dead"]:
+    if dead:
         r.dead = True
-    if get["birth"] is not None and r.birth is None:
-        r.birth = get["birth"]
-    if get["sex"] and r.sex is None:
-        r.sex = get["sex"]
+    if birth is not None and r.birth is None:
+        r.birth = birth
+    if sex and r.sex is None:
+        r.sex = sex
 
 
 def _pack_bp(bp: tuple[int, float, float]) -> int:
@@ -416,7 +417,7 @@ def readings(
     sql, keys = _sql(store, catalog, programmes, reg)
     found: dict[str, Readings] = {}
     # each record comes in two rows (its registry facts and its visits): combine them
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, tuple[Any, ...]] = {}
     with store.reader.connect() as conn:
         if store.dialect == "postgresql":
             # the grouped rows of a large registry fit in memory instead of spilling to disk;
@@ -424,19 +425,17 @@ def readings(
             conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
             conn.exec_driver_sql("SET LOCAL jit = off")
         for row in conn.execute(text(sql), params):
-            mapping = row._mapping
-            seen = records.get(mapping["patient_id"])
+            seen = records.get(row[1])
             if seen is None:
-                records[mapping["patient_id"]] = dict(mapping)
+                records[row[1]] = tuple(row)
             else:
-                for k, v in mapping.items():
-                    if v is not None:
-                        seen[k] = v
+                records[row[1]] = tuple(
+                    a if b is None else b for a, b in zip(seen, row, strict=True)
+                )
     for values in records.values():
-        person = values["person"]
-        r = found.get(person)
+        r = found.get(values[0])
         if r is None:
-            r = found[person] = Readings()
+            r = found[values[0]] = Readings()
         _merge(r, values, keys)
     for r in found.values():
         for key in ("heart-attack", "stroke"):
