@@ -91,14 +91,14 @@ def database(kind: str, persons: int, reuse: bool) -> str:
 
 
 def fill(store: Store, facts: list[tuple[Any, ...]], links: dict[str, str], replicas: int) -> None:
-    """``replicas`` copies of the facts and links, record and person ids suffixed ``~k``."""
+    """``replicas`` copies of the facts and links, record and person ids suffixed ``.rK``."""
     columns = ("patient_id", "source", "kind", "code", "day", "v1", "v2", "org")
     with store.writer.begin() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
         cursor = raw.cursor()
         for k in range(replicas):
-            s = f"~{k}"
+            s = f".r{k}"
             fact_rows = [(p + s, src + s, *rest) for p, src, *rest in facts]
             link_rows = [(p + s, person + s, 1.0, False, 0.0) for p, person in links.items()]
             if store.dialect == "postgresql":

@@ -4,12 +4,12 @@ p95 <= 50 ms), over HTTP.
     python bench/programmes_caregaps.py [--base 20000] [--replicas 50] [--patient-replicas 23]
 
 Runs after ``bench/programmes_bench.py --db postgresql`` (same ``--base`` and ``--replicas``):
-that store holds the care facts and person links of 1,000,000 persons; this script bulk-loads
-``--patient-replicas`` copies of the synthetic Patients (ids suffixed as the facts are, about
-1,000,000 Patients) with ``takamul load``, marks the care facts current (they were copied in,
-not extracted), starts ``takamul serve`` (access control off: this measures the operation, not
-the token check; the client registry off: its first start would link the million, 47 min), and
-times ``$care-gaps`` for Patients drawn at random. Writes
+that store holds the care facts and person links of 1,000,000 persons. This script bulk-loads
+``--patient-replicas`` copies of the synthetic Patients (ids suffixed ``.rK`` as the facts
+are; about 1,000,000 Patients) with ``takamul load``, marks the care facts current (they were
+copied in, not extracted), starts ``takamul serve`` (access control off: this measures the
+operation, not the token check; the client registry off: its first start would link the
+million, 47 min) and times ``$care-gaps`` for Patients drawn at random. Writes
 ``bench/results/<date>-vm-programmes-caregaps-postgresql.md``.
 """
 
@@ -58,7 +58,7 @@ def patients_file(folder: Path, copies: int) -> tuple[Path, list[str]]:
         for k in range(copies):
             for line in lines:
                 body = orjson.loads(line)
-                body["id"] = f"{body['id']}~{k}"
+                body["id"] = f"{body['id']}.r{k}"
                 ids.append(body["id"])
                 handle.write(orjson.dumps(body) + b"\n")
     return out, ids
