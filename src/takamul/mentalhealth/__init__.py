@@ -1,0 +1,1 @@
+"""Mental health in primary care (issue 15)."""

@@ -1,0 +1,756 @@
+"""The collaborative-care registry: where every enrolled person stands on a date D.
+
+The person is the golden record: every Patient record linked to one person (``mpi_member``)
+counts, whichever facility wrote it; a record not linked yet is a person of its own
+(``~patient-id``). Dates are the local calendar dates written in the resources (the first ten
+characters of a FHIR date or dateTime), so a contact at 01:00 +03:00 counts on its own day.
+
+Rules (also in docs/mental-health.md, "Collaborative-care registry"):
+
+Enrolment
+  1. An ``EpisodeOfCare`` typed ``collaborative-care`` in ``CARE_PROGRAMME_SYSTEM`` whose
+     ``period.start`` is on or before D, with status planned, waitlist, active or onhold, or
+     finished/cancelled with ``period.end`` after D (a person discharged by D is not in the
+     registry). ``enrolled_on`` is the earliest ``period.start`` of the person's current
+     episodes. The care manager is the episode's ``careManager`` and every participant member
+     of its ``team`` CareTeams; its facility is the episode's ``managingOrganization`` (or the
+     team's).
+  2. Our choice, without any collaborative-care EpisodeOfCare starting on or before D (current
+     or not): a person with a depression or anxiety diagnosis (SNOMED 35489007, 370143000,
+     197480006; ICD-10 F32*, F33*, F41*; not refuted or entered-in-error) recorded on or before
+     D and a PHQ-9 >= 10 or GAD-7 >= 10 on or before D is enrolled on the day of the first such
+     score (the "enrolling score"). The facility is then the home (``managingOrganization``) of
+     the person's records.
+Scores
+  Total-score Observations LOINC 44261-6 (PHQ-9) and 70274-6 (GAD-7), status final, amended or
+  corrected, dated (``effective[x]``, else ``issued``) on or before D, value ``valueInteger``
+  or ``valueQuantity.value``. Same-day ties: the later time, then the larger id. Baseline: the
+  first score on or after ``enrolled_on`` (for rule 2 this is the enrolling score). Latest:
+  the last score on or after ``enrolled_on``. Change from baseline % = (latest - baseline) /
+  baseline * 100, rounded to one decimal (empty when the baseline is 0 or missing).
+Status (first rule that applies)
+  weeks in care = whole weeks from ``enrolled_on`` to D.
+  ``new``: fewer than 28 days in care (< 4 weeks).
+  ``remission``: the latest PHQ-9 < 5 and the latest GAD-7 < 5, each where measured (at least
+  one of them measured).
+  ``response``: the primary measure (PHQ-9 when the person has a PHQ-9 baseline, else GAD-7)
+  dropped by >= 50 %: 2 * latest <= baseline (exactly half is a response).
+  ``not-improving``: 70 days (10 weeks) or more in care and no response, also when there is
+  no follow-up score after the baseline (nothing shows the person is better).
+  ``improving``: otherwise.
+Flags
+  ``safety``: an active ``Flag`` coded SNOMED 225444004 (at risk for suicide) on any record of
+  the person: status active, ``period.start`` on or before D (or none), no ``period.end`` or
+  one after D.
+  ``needs_psychiatric_review``: status ``not-improving`` with no psychiatric case review since
+  the latest score (a review that saw the latest data clears it until a new score), or an
+  active suicide-risk Flag created (``period.start``) after the last psychiatric case review.
+  A psychiatric case review is a completed ``ClinicalImpression`` coded
+  ``REVIEW_SYSTEM|psychiatric-case-review`` on the person, dated on or before D (see
+  :func:`record_recommendation`).
+  ``overdue_contact``: the last contact (or ``enrolled_on`` when there is none yet) is more than
+  30 days before D. Contacts are finished ``Encounter``s (``period.start``) and scores, on or
+  after ``enrolled_on`` and on or before D.
+
+Reading: SQL over the search-index tables finds the few resources of the relevant types for
+the registry's records (a temporary table of their patient ids joins the reference index), and
+only those resources' JSON is parsed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, text
+
+from takamul.fhir.outcome import FhirError
+from takamul.mpi.schema import mpi_metadata
+from takamul.store.repository import Store
+
+__all__ = [
+    "ANXIETY_DEPRESSION_ICD10",
+    "ANXIETY_DEPRESSION_SNOMED",
+    "CARE_PROGRAMME_SYSTEM",
+    "GAD7",
+    "PHQ9",
+    "REVIEW_CODE",
+    "REVIEW_SYSTEM",
+    "STATUSES",
+    "SUICIDE_RISK",
+    "RegistryRow",
+    "caseload",
+    "record_recommendation",
+    "registry",
+    "review_queue",
+]
+
+CARE_PROGRAMME_SYSTEM = "https://takamul.health/fhir/CodeSystem/care-programme"
+COLLABORATIVE_CARE = "collaborative-care"
+REVIEW_SYSTEM = "https://takamul.health/fhir/CodeSystem/collaborative-care"
+REVIEW_CODE = "psychiatric-case-review"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+PHQ9 = "44261-6"
+GAD7 = "70274-6"
+SUICIDE_RISK = "225444004"  # SNOMED CT: at risk for suicide
+ANXIETY_DEPRESSION_SNOMED = ("35489007", "370143000", "197480006")
+ANXIETY_DEPRESSION_ICD10 = ("F32", "F33", "F41")
+STATUSES = ("new", "remission", "response", "not-improving", "improving")
+
+NEW_DAYS = 28
+NOT_IMPROVING_DAYS = 70
+OVERDUE_DAYS = 30
+_CURRENT_EPISODE = {"planned", "waitlist", "active", "onhold"}
+_ENDED_EPISODE = {"finished", "cancelled"}
+_FINAL = {"final", "amended", "corrected"}
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRow:
+    """One person in the registry on the as-of date."""
+
+    person_id: str  # the golden record's id ("" for a record not linked to a person yet)
+    patient_ids: tuple[str, ...]
+    enrolled_on: date
+    enrolment: str  # "episode" | "diagnosis-and-score"
+    weeks_in_care: int
+    baseline_phq9: int | None
+    latest_phq9: int | None
+    baseline_gad7: int | None
+    latest_gad7: int | None
+    phq9_change_pct: float | None
+    gad7_change_pct: float | None
+    status: str
+    needs_psychiatric_review: bool
+    overdue_contact: bool
+    safety: bool
+    last_contact: date | None
+    contacts: int
+    care_managers: tuple[str, ...]  # "Practitioner/x", "PractitionerRole/y"
+    facilities: tuple[str, ...]  # Organization ids
+    unreviewed_flag_on: date | None  # the newest suicide-risk Flag after the last review
+    last_review: date | None
+    episode_id: str | None
+
+
+@dataclass(slots=True)
+class _Score:
+    day: int
+    order: tuple[str, str]  # (dateTime text, id): ties on a day
+    value: int
+
+
+@dataclass(slots=True)
+class _Person:
+    patients: set[str] = field(default_factory=set)
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    any_episode: bool = False
+    diagnosed: bool = False
+    phq9: list[_Score] = field(default_factory=list)
+    gad7: list[_Score] = field(default_factory=list)
+    flags: list[int] = field(default_factory=list)  # start days of active suicide-risk Flags
+    reviews: list[int] = field(default_factory=list)
+    encounters: list[int] = field(default_factory=list)
+    homes: set[str] = field(default_factory=set)
+    enrolled: int | None = None
+
+
+def _day(value: object) -> int | None:
+    """The local calendar date of a FHIR date/dateTime as a day number (None if not one)."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        return (
+            date(
+                int(value[0:4]),
+                int(value[5:7]) if len(value) >= 7 else 1,
+                int(value[8:10]) if len(value) >= 10 else 1,
+            ).toordinal()
+            - _EPOCH
+        )
+    except ValueError:
+        return None
+
+
+def _from_day(day: int | None) -> date | None:
+    return None if day is None else date.fromordinal(day + _EPOCH)
+
+
+def _ref_id(ref: object, kind: str) -> str | None:
+    if isinstance(ref, dict):
+        value = ref.get("reference")
+        if isinstance(value, str) and value.startswith(kind + "/"):
+            return value[len(kind) + 1 :].split("/_history")[0]
+    return None
+
+
+def _coded(concept: object, system: str, codes: Iterable[str]) -> bool:
+    if not isinstance(concept, dict):
+        return False
+    wanted = set(codes)
+    return any(
+        c.get("system") == system and c.get("code") in wanted
+        for c in concept.get("coding") or ()
+        if isinstance(c, dict)
+    )
+
+
+def _diagnosis_code(concept: object) -> bool:
+    if _coded(concept, SNOMED, ANXIETY_DEPRESSION_SNOMED):
+        return True
+    if not isinstance(concept, dict):
+        return False
+    for c in concept.get("coding") or ():
+        system, code = c.get("system") or "", c.get("code") or ""
+        if (
+            system.startswith("http://hl7.org/fhir/sid/icd-10")
+            and isinstance(code, str)
+            and code.upper().startswith(ANXIETY_DEPRESSION_ICD10)
+        ):
+            return True
+    return False
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+_EPISODES = """
+SELECT r.res_id, r.content FROM resource r
+WHERE r.res_type = 'EpisodeOfCare' AND r.deleted = :f AND EXISTS (
+  SELECT 1 FROM sp_token t WHERE t.rid = r.rid AND t.res_type = 'EpisodeOfCare'
+  AND t.param = 'type' AND t.code = :code AND t.system = :system)
+"""
+
+# ICD-10 prefixes as ranges (an index range scan) and LIKE (exact on every collation)
+_CONDITIONS = """
+SELECT r.res_id, r.content FROM resource r
+WHERE r.res_type = 'Condition' AND r.deleted = :f AND r.rid IN (
+  SELECT t.rid FROM sp_token t WHERE t.res_type = 'Condition' AND t.param = 'code' AND (
+    (t.code IN ('35489007', '370143000', '197480006') AND t.system = :snomed)
+    OR (t.code >= 'F32' AND t.code < 'F34' AND (t.code LIKE 'F32%' OR t.code LIKE 'F33%'))
+    OR (t.code >= 'F41' AND t.code < 'F42' AND t.code LIKE 'F41%')))
+"""
+
+# the resources of one type that refer to a registry record (through the temporary table)
+_BY_SUBJECT = """
+SELECT p.patient_id, r.res_id, r.content FROM mh_pat p
+JOIN sp_reference x ON x.res_type = :type AND x.param = :param AND x.target_id = p.patient_id
+  AND x.target_type = 'Patient'
+JOIN resource r ON r.rid = x.rid AND r.deleted = :f
+{extra}
+"""
+_SCORES = """JOIN sp_token t ON t.rid = r.rid AND t.res_type = 'Observation' AND t.param = 'code'
+  AND t.code IN ('44261-6', '70274-6') AND t.system = 'http://loinc.org'"""
+_FINISHED = """JOIN sp_token t ON t.rid = r.rid AND t.res_type = 'Encounter' AND t.param = 'status'
+  AND t.code = 'finished'
+JOIN sp_date d ON d.rid = r.rid AND d.res_type = 'Encounter' AND d.param = 'date'
+  AND d.high > p.since"""
+
+
+def _episode_current(body: dict[str, Any], d: int) -> bool:
+    status = body.get("status")
+    period = body.get("period") or {}
+    start = _day(period.get("start"))
+    if start is None or start > d:
+        return False
+    if status in _CURRENT_EPISODE:
+        return True
+    if status in _ENDED_EPISODE:
+        end = _day(period.get("end"))
+        return end is not None and end > d
+    return False
+
+
+def _score(body: dict[str, Any], res_id: str, d: int) -> tuple[str, _Score] | None:
+    if body.get("status") not in _FINAL:
+        return None
+    when = (
+        body.get("effectiveDateTime")
+        or body.get("effectiveInstant")
+        or (body.get("effectivePeriod") or {}).get("start")
+        or body.get("issued")
+    )
+    day = _day(when)
+    if day is None or day > d:
+        return None
+    value: object = body.get("valueInteger")
+    if value is None:
+        value = (body.get("valueQuantity") or {}).get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    kind = PHQ9 if _coded(body.get("code"), LOINC, (PHQ9,)) else GAD7
+    return kind, _Score(day, (str(when), res_id), round(value))
+
+
+def _create_temp(conn: Connection, rows: list[dict[str, object]]) -> None:
+    conn.exec_driver_sql("DROP TABLE IF EXISTS mh_pat")
+    conn.exec_driver_sql(
+        "CREATE TEMPORARY TABLE mh_pat (patient_id VARCHAR(64) PRIMARY KEY, "
+        "person VARCHAR(64) NOT NULL, since DOUBLE PRECISION NOT NULL)"
+    )
+    if rows:
+        conn.execute(
+            text("INSERT INTO mh_pat (patient_id, person, since) VALUES (:p, :s, :t)"), rows
+        )
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE mh_pat")
+
+
+def _persons_of(conn: Connection, patient_ids: set[str]) -> dict[str, str]:
+    """Every record of the persons of ``patient_ids``: patient id -> person key."""
+    found = {pid: "~" + pid for pid in patient_ids}
+    ids = sorted(patient_ids)
+    linked: set[str] = set()
+    for i in range(0, len(ids), 5000):
+        chunk = ids[i : i + 5000]
+        names = ", ".join(f":p{j}" for j in range(len(chunk)))
+        rows = conn.execute(
+            text(f"SELECT patient_id, person_id FROM mpi_member WHERE patient_id IN ({names})"),
+            {f"p{j}": v for j, v in enumerate(chunk)},
+        )
+        for patient_id, person_id in rows:
+            found[patient_id] = person_id
+            linked.add(person_id)
+    persons = sorted(linked)
+    for i in range(0, len(persons), 5000):
+        chunk = persons[i : i + 5000]
+        names = ", ".join(f":p{j}" for j in range(len(chunk)))
+        rows = conn.execute(
+            text(f"SELECT patient_id, person_id FROM mpi_member WHERE person_id IN ({names})"),
+            {f"p{j}": v for j, v in enumerate(chunk)},
+        )
+        for patient_id, person_id in rows:
+            found[patient_id] = person_id
+    return found
+
+
+def _read(
+    store: Store,
+    as_of: date,
+    care_manager: str | None,
+) -> tuple[dict[str, _Person], dict[str, dict[str, Any]]]:
+    d = as_of.toordinal() - _EPOCH
+    mpi_metadata.create_all(store.writer)  # a record without the client registry yet
+    persons: dict[str, _Person] = {}
+    teams: dict[str, dict[str, Any]] = {}
+    with store.reader.connect() as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+            conn.exec_driver_sql("SET LOCAL jit = off")
+        seeds: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for res_id, content in conn.execute(
+            text(_EPISODES),
+            {"f": False, "code": COLLABORATIVE_CARE, "system": CARE_PROGRAMME_SYSTEM},
+        ):
+            body = orjson.loads(content)
+            body["id"] = res_id
+            pid = _ref_id(body.get("patient"), "Patient")
+            start = _day((body.get("period") or {}).get("start"))
+            if (
+                pid is None
+                or start is None
+                or start > d
+                or body.get("status") == "entered-in-error"
+            ):
+                continue
+            seeds.setdefault(pid, []).append(("episode", body))
+        team_ids = sorted(
+            {
+                t
+                for items in seeds.values()
+                for _, body in items
+                for t in (_ref_id(r, "CareTeam") for r in body.get("team") or ())
+                if t
+            }
+        )
+        for i in range(0, len(team_ids), 1000):
+            chunk = team_ids[i : i + 1000]
+            names = ", ".join(f":t{j}" for j in range(len(chunk)))
+            for res_id, content in conn.execute(
+                text(
+                    "SELECT res_id, content FROM resource WHERE res_type = 'CareTeam' "
+                    f"AND deleted = :f AND res_id IN ({names})"
+                ),
+                {"f": False, **{f"t{j}": v for j, v in enumerate(chunk)}},
+            ):
+                teams[res_id] = orjson.loads(content)
+        if care_manager is not None:
+            # a care manager's caseload: only the persons of their episodes (rule 2 persons
+            # have no care manager), so the nation's diagnoses are not read
+            seeds = {
+                pid: [(k, b) for k, b in items if care_manager in _managers(b, teams)]
+                for pid, items in seeds.items()
+            }
+            seeds = {pid: items for pid, items in seeds.items() if items}
+        else:
+            for _res_id, content in conn.execute(text(_CONDITIONS), {"f": False, "snomed": SNOMED}):
+                body = orjson.loads(content)
+                if not _diagnosis_code(body.get("code")):
+                    continue
+                verification = {
+                    c.get("code")
+                    for c in (body.get("verificationStatus") or {}).get("coding") or ()
+                }
+                if verification & {"refuted", "entered-in-error"}:
+                    continue
+                when = _day(body.get("recordedDate"))
+                if when is None:
+                    when = _day(body.get("onsetDateTime"))
+                if when is not None and when > d:
+                    continue
+                pid = _ref_id(body.get("subject"), "Patient")
+                if pid is not None:
+                    seeds.setdefault(pid, []).append(("diagnosis", body))
+        member = _persons_of(conn, set(seeds))
+        for pid, person in member.items():
+            p = persons.get(person)
+            if p is None:
+                p = persons[person] = _Person()
+            p.patients.add(pid)
+            for kind, body in seeds.get(pid, ()):
+                if kind == "episode":
+                    p.any_episode = True
+                    if _episode_current(body, d):
+                        p.episodes.append(body)
+                else:
+                    p.diagnosed = True
+        # the records of persons who can be in the registry; ``since`` bounds the encounters
+        # read (set after enrolment is known; first the whole history)
+        _create_temp(
+            conn,
+            [
+                {"p": pid, "s": person, "t": -1e18}
+                for pid, person in member.items()
+                if persons[person].episodes
+                or (persons[person].diagnosed and not persons[person].any_episode)
+            ],
+        )
+        for pid, res_id, content in conn.execute(
+            text(_BY_SUBJECT.format(extra=_SCORES)),
+            {"type": "Observation", "param": "subject", "f": False},
+        ):
+            scored = _score(orjson.loads(content), res_id, d)
+            if scored is not None:
+                p = persons[member[pid]]
+                (p.phq9 if scored[0] == PHQ9 else p.gad7).append(scored[1])
+        for p in persons.values():
+            p.phq9.sort(key=lambda s: (s.day, s.order))
+            p.gad7.sort(key=lambda s: (s.day, s.order))
+            p.enrolled = _enrolment(p)
+        enrolled = {
+            pid: persons[person].enrolled
+            for pid, person in member.items()
+            if persons[person].enrolled is not None
+        }
+        # encounters from a day before enrolment on (the index holds UTC instants; the local
+        # date is checked on the resource itself)
+        conn.exec_driver_sql("DELETE FROM mh_pat")
+        rows: list[dict[str, object]] = [
+            {"p": pid, "s": member[pid], "t": float((day - 1) * 86400)}
+            for pid, day in enrolled.items()
+            if day is not None
+        ]
+        if rows:
+            conn.execute(
+                text("INSERT INTO mh_pat (patient_id, person, since) VALUES (:p, :s, :t)"), rows
+            )
+        for pid, _res_id, content in conn.execute(
+            text(_BY_SUBJECT.format(extra=_FINISHED)),
+            {"type": "Encounter", "param": "subject", "f": False},
+        ):
+            body = orjson.loads(content)
+            day = _day((body.get("period") or {}).get("start"))
+            if day is not None and day <= d:
+                persons[member[pid]].encounters.append(day)
+        for pid, _res_id, content in conn.execute(
+            text(_BY_SUBJECT.format(extra="")), {"type": "Flag", "param": "subject", "f": False}
+        ):
+            body = orjson.loads(content)
+            if body.get("status") != "active" or not _coded(
+                body.get("code"), SNOMED, (SUICIDE_RISK,)
+            ):
+                continue
+            period = body.get("period") or {}
+            start, end = _day(period.get("start")), _day(period.get("end"))
+            if (start is None or start <= d) and (end is None or end > d):
+                persons[member[pid]].flags.append(start if start is not None else -(10**9))
+        for pid, _res_id, content in conn.execute(
+            text(_BY_SUBJECT.format(extra="")),
+            {"type": "ClinicalImpression", "param": "subject", "f": False},
+        ):
+            body = orjson.loads(content)
+            if body.get("status") != "completed" or not _coded(
+                body.get("code"), REVIEW_SYSTEM, (REVIEW_CODE,)
+            ):
+                continue
+            day = _day(body.get("effectiveDateTime") or body.get("date"))
+            if day is not None and day <= d:
+                persons[member[pid]].reviews.append(day)
+        for pid, org in conn.execute(
+            text(
+                "SELECT p.patient_id, x.target_id FROM mh_pat p JOIN resource r "
+                "ON r.res_type = 'Patient' AND r.res_id = p.patient_id "
+                "JOIN sp_reference x ON x.rid = r.rid AND x.res_type = 'Patient' "
+                "AND x.param = 'organization' AND x.target_type = 'Organization'"
+            )
+        ):
+            persons[member[pid]].homes.add(org)
+        conn.exec_driver_sql("DROP TABLE mh_pat")
+    return persons, teams
+
+
+def _managers(episode: dict[str, Any], teams: dict[str, dict[str, Any]]) -> set[str]:
+    found: set[str] = set()
+    manager = (episode.get("careManager") or {}).get("reference")
+    if isinstance(manager, str):
+        found.add(manager)
+    for ref in episode.get("team") or ():
+        team = teams.get(_ref_id(ref, "CareTeam") or "")
+        for part in (team or {}).get("participant") or ():
+            who = (part.get("member") or {}).get("reference")
+            if isinstance(who, str) and who.split("/")[0] in ("Practitioner", "PractitionerRole"):
+                found.add(who)
+    return found
+
+
+def _enrolment(p: _Person) -> int | None:
+    if p.episodes:
+        return min(_day(e["period"]["start"]) or 0 for e in p.episodes)
+    if p.any_episode or not p.diagnosed:
+        return None
+    positive = [s for s in p.phq9 + p.gad7 if s.value >= 10]
+    if not positive:
+        return None
+    return min(positive, key=lambda s: (s.day, s.order)).day
+
+
+# -- classifying --------------------------------------------------------------------------------
+
+
+def _change(baseline: int | None, latest: int | None) -> float | None:
+    if baseline is None or latest is None or baseline == 0:
+        return None
+    return round((latest - baseline) * 100 / baseline, 1)
+
+
+def _classify(person_key: str, p: _Person, d: int, teams: dict[str, dict[str, Any]]) -> RegistryRow:
+    enrolled = p.enrolled
+    assert enrolled is not None
+    phq9 = [s for s in p.phq9 if s.day >= enrolled]
+    gad7 = [s for s in p.gad7 if s.day >= enrolled]
+    b_phq, l_phq = (phq9[0].value, phq9[-1].value) if phq9 else (None, None)
+    b_gad, l_gad = (gad7[0].value, gad7[-1].value) if gad7 else (None, None)
+    days = d - enrolled
+    primary = phq9 if phq9 else gad7
+    responded = (
+        len(primary) > 1 and primary[0].value > 0 and 2 * primary[-1].value <= primary[0].value
+    )
+    measured = [v for v in (l_phq, l_gad) if v is not None]
+    if days < NEW_DAYS:
+        status = "new"
+    elif measured and all(v < 5 for v in measured):
+        status = "remission"
+    elif responded:
+        status = "response"
+    elif days >= NOT_IMPROVING_DAYS:
+        status = "not-improving"
+    else:
+        status = "improving"
+    contacts = sorted([e for e in p.encounters if e >= enrolled] + [s.day for s in phq9 + gad7])
+    last_contact = contacts[-1] if contacts else None
+    last_review = max(p.reviews) if p.reviews else None
+    unreviewed = [f for f in p.flags if last_review is None or f > last_review]
+    latest_score = max((s.day for s in phq9 + gad7), default=None)
+    stale_review = last_review is None or (latest_score is not None and last_review < latest_score)
+    needs_review = (status == "not-improving" and stale_review) or bool(unreviewed)
+    managers: set[str] = set()
+    facilities: set[str] = set()
+    for e in p.episodes:
+        managers |= _managers(e, teams)
+        org = _ref_id(e.get("managingOrganization"), "Organization")
+        if org:
+            facilities.add(org)
+        for ref in e.get("team") or ():
+            team_org = (teams.get(_ref_id(ref, "CareTeam") or "") or {}).get("managingOrganization")
+            for o in team_org or ():
+                if _ref_id(o, "Organization"):
+                    facilities.add(_ref_id(o, "Organization") or "")
+    if not p.episodes:
+        facilities |= p.homes
+    episode = (
+        min(p.episodes, key=lambda e: (e["period"]["start"], e["id"]))["id"] if p.episodes else None
+    )
+    return RegistryRow(
+        person_id="" if person_key.startswith("~") else person_key,
+        patient_ids=tuple(sorted(p.patients)),
+        enrolled_on=_from_day(enrolled) or date.min,
+        enrolment="episode" if p.episodes else "diagnosis-and-score",
+        weeks_in_care=days // 7,
+        baseline_phq9=b_phq,
+        latest_phq9=l_phq,
+        baseline_gad7=b_gad,
+        latest_gad7=l_gad,
+        phq9_change_pct=_change(b_phq, l_phq),
+        gad7_change_pct=_change(b_gad, l_gad),
+        status=status,
+        needs_psychiatric_review=needs_review,
+        overdue_contact=d - (last_contact if last_contact is not None else enrolled) > OVERDUE_DAYS,
+        safety=bool(p.flags),
+        last_contact=_from_day(last_contact),
+        contacts=len(contacts),
+        care_managers=tuple(sorted(managers)),
+        facilities=tuple(sorted(facilities)),
+        unreviewed_flag_on=_from_day(max(unreviewed)) if unreviewed else None,
+        last_review=_from_day(last_review),
+        episode_id=episode,
+    )
+
+
+def registry(
+    store: Store,
+    as_of: date,
+    *,
+    care_manager: str | None = None,
+    facility: str | None = None,
+) -> list[RegistryRow]:
+    """Every person in the collaborative-care registry on ``as_of``, in person order.
+
+    ``care_manager`` ("Practitioner/id" or "PractitionerRole/id"): only that care manager's
+    caseload; ``facility`` (an Organization id): only the persons of that facility."""
+    if care_manager is not None and not care_manager.startswith(
+        ("Practitioner/", "PractitionerRole/")
+    ):
+        raise FhirError(
+            400,
+            f"care manager {care_manager!r} must be a reference 'Practitioner/id' or "
+            "'PractitionerRole/id'",
+            "invalid",
+        )
+    d = as_of.toordinal() - _EPOCH
+    persons, teams = _read(store, as_of, care_manager)
+    rows = []
+    for key in sorted(persons):
+        p = persons[key]
+        if p.enrolled is None:
+            continue
+        row = _classify(key, p, d, teams)
+        if care_manager is not None and care_manager not in row.care_managers:
+            continue
+        if facility is not None and facility not in row.facilities:
+            continue
+        rows.append(row)
+    return rows
+
+
+def caseload(
+    store: Store, as_of: date, *, care_manager: str | None = None, facility: str | None = None
+) -> list[RegistryRow]:
+    """A care manager's caseload (the persons of their episodes, directly or as a member of
+    the episode's CareTeam) or all the registry's persons of a facility: the persons needing
+    attention first (review, safety, overdue), then by weeks in care."""
+    if (care_manager is None) == (facility is None):
+        raise FhirError(400, "a caseload needs exactly one of care_manager or facility", "invalid")
+    rows = registry(store, as_of, care_manager=care_manager, facility=facility)
+    return sorted(
+        rows,
+        key=lambda r: (
+            not r.needs_psychiatric_review,
+            not r.safety,
+            not r.overdue_contact,
+            -r.weeks_in_care,
+            r.person_id or r.patient_ids[0],
+        ),
+    )
+
+
+def review_queue(rows: Sequence[RegistryRow]) -> list[RegistryRow]:
+    """The psychiatric case-review queue: persons needing review, an unreviewed suicide-risk
+    Flag first (the newest flag first), then not improving (longest in care first)."""
+    queue = [r for r in rows if r.needs_psychiatric_review]
+    return sorted(
+        queue,
+        key=lambda r: (
+            r.unreviewed_flag_on is None,
+            -(r.unreviewed_flag_on.toordinal() if r.unreviewed_flag_on else 0),
+            -r.weeks_in_care,
+            r.person_id or r.patient_ids[0],
+        ),
+    )
+
+
+# -- the consultant's recommendation -------------------------------------------------------------
+
+# A ClinicalImpression, not a Communication: the consultant's recommendation is a clinical
+# assessment of the person (R4: "a record of a clinical assessment ... to determine what
+# problem(s) may affect the patient and before planning the treatments"), with its assessor, the
+# problems reviewed (``problem``: the depression/anxiety Conditions), the evidence seen
+# (``investigation``: the PHQ-9/GAD-7 scores) and the recommendation (``summary``); it is in the
+# patient's compartment, so consent and the PSY label apply to it as to the scores. A
+# Communication records that a message was conveyed, not the judgement, and has no field for
+# the evidence reviewed.
+
+
+def record_recommendation(
+    store: Store,
+    patient_id: str,
+    consultant: str,
+    recommendation: str,
+    *,
+    when: datetime | None = None,
+    scores: Sequence[str] = (),
+    problems: Sequence[str] = (),
+    episode_id: str | None = None,
+) -> str:
+    """Store a psychiatric consultant's case review of a person as a completed
+    ClinicalImpression; return its id. It counts as the person's psychiatric review from its
+    date on (:func:`registry`)."""
+    if not consultant.startswith(("Practitioner/", "PractitionerRole/")):
+        raise FhirError(
+            400,
+            f"consultant {consultant!r} must be a reference 'Practitioner/id' or "
+            "'PractitionerRole/id'",
+            "invalid",
+        )
+    if not recommendation.strip():
+        raise FhirError(400, "the recommendation (ClinicalImpression.summary) is empty", "required")
+    moment = when or datetime.now(UTC)
+    if moment.tzinfo is None:
+        raise FhirError(400, "the review's time needs a time zone (ClinicalImpression.date)")
+    stamp = moment.isoformat(timespec="seconds")
+    body: dict[str, Any] = {
+        "resourceType": "ClinicalImpression",
+        "id": str(uuid.uuid4()),
+        "status": "completed",
+        "code": {
+            "coding": [
+                {"system": REVIEW_SYSTEM, "code": REVIEW_CODE, "display": "Psychiatric case review"}
+            ]
+        },
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": stamp,
+        "date": stamp,
+        "assessor": {"reference": consultant},
+        "summary": recommendation,
+    }
+    if scores:
+        body["investigation"] = [
+            {
+                "code": {"text": "PHQ-9 and GAD-7 scores reviewed"},
+                "item": [{"reference": f"Observation/{s}"} for s in scores],
+            }
+        ]
+    if problems:
+        body["problem"] = [{"reference": f"Condition/{c}"} for c in problems]
+    if episode_id:
+        body["supportingInfo"] = [{"reference": f"EpisodeOfCare/{episode_id}"}]
+
+    def work(session: Any) -> str:
+        session.read("Patient", patient_id)  # a clear 404 for an unknown person
+        return str(session.update("ClinicalImpression", body["id"], body).id)
+
+    return store.write(work)
