@@ -7,6 +7,7 @@ yet)."""
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -19,12 +20,14 @@ from sqlalchemy import insert
 from takamul.fhir.outcome import FhirError
 from takamul.mentalhealth.registry import (
     CARE_PROGRAMME_SYSTEM,
+    CSV_COLUMNS,
     STATUSES,
     RegistryRow,
     caseload,
     record_recommendation,
     registry,
     review_queue,
+    write_registry_csv,
 )
 from takamul.mpi.schema import mpi_member, mpi_metadata
 from takamul.settings import Settings
@@ -478,6 +481,23 @@ def test_a_recommendation_after_the_flag_takes_the_person_off_the_queue(store: S
     assert {_key(r): r for r in registry(store, date(2025, 6, 27))}[pid].needs_psychiatric_review
 
 
+def test_the_csv(store: Store, tmp_path: Path) -> None:
+    out = tmp_path / "registry.csv"
+    n = write_registry_csv(registry(store, AS_OF), out)
+    with out.open(encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        found = list(reader)
+    assert len(found) == n == sum(1 for _, want in WORLD.values() if want)
+    split = next(r for r in found if r["person_id"] == "person-split")
+    assert split["patient_ids"] == "split-a;split-b"
+    assert split["phq9_change_pct"] == "-60" and split["status"] == "response"
+    new = next(r for r in found if r["patient_ids"] == "new")
+    assert new["person_id"] == "" and new["baseline_gad7"] == "" and new["weeks_in_care"] == "3"
+    assert (new["needs_psychiatric_review"], new["safety"]) == ("false", "false")
+    assert new["enrolled_on"] == ago(27) and new["last_contact"] == ago(27)
+
+
 # -- a synthetic population ---------------------------------------------------------------------
 
 SYNTH_END = date(2024, 12, 31)
@@ -496,8 +516,6 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def synth_store(
     request: pytest.FixtureRequest, population: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
-    import csv
-
     from takamul.bulk.load import load_paths
 
     work = tmp_path_factory.mktemp("mh-synth-store")

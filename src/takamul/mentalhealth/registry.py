@@ -59,10 +59,12 @@ only those resources' JSON is parsed.
 
 from __future__ import annotations
 
+import csv
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -76,6 +78,7 @@ __all__ = [
     "ANXIETY_DEPRESSION_ICD10",
     "ANXIETY_DEPRESSION_SNOMED",
     "CARE_PROGRAMME_SYSTEM",
+    "CSV_COLUMNS",
     "GAD7",
     "PHQ9",
     "REVIEW_CODE",
@@ -87,6 +90,7 @@ __all__ = [
     "record_recommendation",
     "registry",
     "review_queue",
+    "write_registry_csv",
 ]
 
 CARE_PROGRAMME_SYSTEM = "https://takamul.health/fhir/CodeSystem/care-programme"
@@ -109,6 +113,25 @@ _CURRENT_EPISODE = {"planned", "waitlist", "active", "onhold"}
 _ENDED_EPISODE = {"finished", "cancelled"}
 _FINAL = {"final", "amended", "corrected"}
 _EPOCH = date(1970, 1, 1).toordinal()
+
+
+# the columns of ``takamul mh registry`` (issue 15), in this order
+CSV_COLUMNS = (
+    "person_id",
+    "patient_ids",
+    "enrolled_on",
+    "weeks_in_care",
+    "baseline_phq9",
+    "latest_phq9",
+    "baseline_gad7",
+    "latest_gad7",
+    "phq9_change_pct",
+    "status",
+    "needs_psychiatric_review",
+    "overdue_contact",
+    "safety",
+    "last_contact",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,3 +777,28 @@ def record_recommendation(
         return str(session.update("ClinicalImpression", body["id"], body).id)
 
     return store.write(work)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ";".join(str(v) for v in value)
+    return str(value)
+
+
+def write_registry_csv(rows: Iterable[RegistryRow], out: Path) -> int:
+    """Write the registry as CSV (``CSV_COLUMNS``; lists joined by ``;``, flags true/false,
+    dates YYYY-MM-DD, empty for none); return the number of persons written."""
+    n = 0
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            writer.writerow(_cell(getattr(r, c)) for c in CSV_COLUMNS)
+            n += 1
+    return n
