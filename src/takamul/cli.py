@@ -122,6 +122,10 @@ def load(
             workers=workers,
             progress=report,
         )
+    from takamul.mentalhealth.service import MentalHealth
+
+    # bulk loads run no write hooks: score the loaded responses and raise their safety Tasks
+    MentalHealth(store).catch_up()
     store.close()
     console.print(
         f"loaded {summary.loaded}, updated {summary.updated}, rejected {summary.rejected}, "
@@ -260,6 +264,7 @@ def _register_subcommands() -> None:
     from takamul.equity.cli import equity_app
     from takamul.equity.indicators_cli import indicators_app
     from takamul.equity.report_cli import report_app
+    from takamul.mentalhealth.cli import mh_app
     from takamul.programmes.cli import programmes_app
     from takamul.security.audit_cli import audit_app
     from takamul.security.cli import clients_app, demo, keys_app, token, users_app
@@ -279,6 +284,7 @@ def _register_subcommands() -> None:
     app.add_typer(deid_app, name="deid")
     app.add_typer(views_app, name="views")
     app.add_typer(programmes_app, name="programmes")
+    app.add_typer(mh_app, name="mh")
 
 
 _register_subcommands()

@@ -30,6 +30,7 @@ from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
+from takamul.mentalhealth.service import MentalHealth
 from takamul.mpi.service import ClientRegistry
 from takamul.programmes.service import Programmes
 from takamul.rest import bundles, compartments
@@ -112,6 +113,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         log.info("care programmes: read care facts from %d stored versions", extracted)
     app.state.programmes = programmes
     add_programme_routes(app, programmes, lambda r: _base(settings, r))
+    mental_health = MentalHealth(store)  # scores responses and raises safety Tasks on write
+    if caught := mental_health.attach():
+        log.info("mental health: processed %d QuestionnaireResponses stored without hooks", caught)
+    mental_health.start_background()
+    app.state.mental_health = mental_health
     if settings.auth:
         # the people's web application: its sign-in uses the logins of access control
         add_web_app(

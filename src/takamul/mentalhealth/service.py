@@ -1,0 +1,268 @@
+"""Mental health in the running record: instruments stored as Questionnaires, responses scored
+and safety Tasks raised in the writing transaction, a catch-up pass for bulk loads, escalation.
+
+Every way a QuestionnaireResponse enters the record ends in ``MentalHealth.process``: the write
+hook covers POST, PUT, transaction and batch entries (they all write through ``Session``), and
+the catch-up pass covers bulk loads (``put_many`` runs no hooks), reading the versions stored
+since its last pass by the record's change sequence. It runs at server start-up, at the end of
+``takamul load``, and periodically in the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select
+
+from takamul.mentalhealth.instruments import instruments, merge_wording, questionnaire
+from takamul.mentalhealth.safety import (
+    Escalation,
+    escalate_due,
+    find_all,
+    psy_meta,
+    safety_flag,
+    safety_task,
+)
+from takamul.mentalhealth.scoring import (
+    Score,
+    derived_id,
+    score_response,
+    scored_observation,
+)
+from takamul.store.guard import unguarded
+from takamul.store.repository import Session, Store
+from takamul.store.schema import resource, resource_version
+
+__all__ = ["MentalHealth", "mh_state"]
+
+log = logging.getLogger("takamul.mentalhealth")
+
+mh_metadata = MetaData()
+mh_state = Table(
+    "mh_state",
+    mh_metadata,
+    Column("key", String(32), primary_key=True),
+    Column("value", String(64), nullable=False),
+)
+
+RESPONSE = "QuestionnaireResponse"
+
+
+def _current(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+    row = session.conn.execute(
+        select(resource.c.content, resource.c.deleted).where(
+            resource.c.res_type == resource_type, resource.c.res_id == resource_id
+        )
+    ).first()
+    if row is None or row.deleted or not row.content:
+        return None
+    body: dict[str, Any] = orjson.loads(row.content)
+    return body
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal apart from ``meta`` (version and time differ; labels are ours either way)."""
+    return {k: v for k, v in a.items() if k != "meta"} == {
+        k: v for k, v in b.items() if k != "meta"
+    }
+
+
+class MentalHealth:
+    """Attach once at start-up; then every stored response is scored and checked for safety."""
+
+    BATCH = 500
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        mh_metadata.create_all(store.writer)
+        self._lock = threading.Lock()
+        self._hooked = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def attach(self) -> int:
+        """Store the instruments, follow writes, and catch up on responses stored without
+        hooks. Returns the number of responses the catch-up processed."""
+        self.install_instruments()
+        if not self._hooked:
+            self.store.write_hooks.append(self._on_write)
+            self._hooked = True
+        return self.catch_up()
+
+    def install_instruments(self) -> list[str]:
+        """Every instrument as a Questionnaire (keeping installed wording); written only when
+        its content changed, so a restart makes no new versions. Returns the ids written."""
+        written: list[str] = []
+
+        def work(session: Session) -> None:
+            for inst in instruments():
+                stored = _current(session, "Questionnaire", inst.id)
+                body = merge_wording(questionnaire(inst), stored)
+                if stored is None or not _same(stored, body):
+                    session.update("Questionnaire", inst.id, body)
+                    written.append(inst.id)
+
+        with unguarded():
+            self.store.write(work)
+        return written
+
+    def store_questionnaire(self, body: dict[str, Any]) -> None:
+        """Store a Questionnaire built by ``install_wording`` (its wording installed)."""
+        with unguarded():
+            self.store.write(lambda s: s.update("Questionnaire", body["id"], body))
+
+    def stored_questionnaire(self, instrument_id: str) -> dict[str, Any] | None:
+        with self.store.reading() as session:
+            return _current(session, "Questionnaire", instrument_id)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _on_write(
+        self, session: Session, resource_type: str, resource_id: str, body: dict[str, Any] | None
+    ) -> None:
+        if resource_type == RESPONSE and body is not None:
+            with unguarded():
+                self.process(session, resource_id, body)
+
+    def process(
+        self, session: Session, response_id: str, response: Mapping[str, Any]
+    ) -> Score | None:
+        """Score one stored response and raise its safety Flag and Task, in ``session``."""
+        score = score_response(response)
+        if score is None:
+            return None
+        if response.get("status") == "entered-in-error":
+            return score
+        observation = scored_observation(response, response_id, score)
+        if observation is not None:
+            self._store_score(session, response_id, observation)
+        else:
+            log.info(
+                "QuestionnaireResponse/%s not scored: %s",
+                response_id,
+                "; ".join(i.diagnostics for i in score.issues),
+            )
+        subject = response.get("subject")
+        if score.safety and isinstance(subject, dict) and subject.get("reference"):
+            # judged on the answer itself, whatever the status of the form: an answered item 9
+            # is known to the record and must be followed up
+            flag = safety_flag(response, response_id, score)
+            if _current(session, "Flag", flag["id"]) is None:
+                session.update("Flag", flag["id"], flag)
+            task_id = derived_id("mht", response_id)
+            if _current(session, "Task", task_id) is None:
+                task = safety_task(session, response, response_id, score)
+                session.update("Task", task_id, task)
+        return score
+
+    def _store_score(self, session: Session, response_id: str, observation: dict[str, Any]) -> None:
+        coding = observation["code"]["coding"][0]
+        facility_scores = [
+            o
+            for o in find_all(
+                session,
+                "Observation",
+                [
+                    ("derived-from", f"{RESPONSE}/{response_id}"),
+                    ("code", f"{coding['system']}|{coding['code']}"),
+                ],
+            )
+            if o["id"] != observation["id"]
+        ]
+        if any(o.get("valueInteger") == observation["valueInteger"] for o in facility_scores):
+            # the facility already recorded the same total (the synthetic data does): a second
+            # Observation of the same score would count the screen twice
+            return
+        observation["meta"] = psy_meta()
+        stored = _current(session, "Observation", observation["id"])
+        if stored is None or not _same(stored, observation):
+            session.update("Observation", observation["id"], observation)
+
+    # -- stored without hooks -----------------------------------------------------------------
+
+    def _mark(self) -> int:
+        with self.store.reader.connect() as conn:
+            value = conn.execute(select(mh_state.c.value).where(mh_state.c.key == "seq")).scalar()
+        return int(value or 0)
+
+    def catch_up(self) -> int:
+        """Process every response version stored since the last pass (bulk loads). Safe to run
+        while the server writes: what the hook did is found and not repeated."""
+        with self._lock:
+            mark = self._mark()
+            with self.store.reader.connect() as conn:
+                end = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
+                ids = sorted(
+                    {
+                        r.res_id
+                        for r in conn.execute(
+                            select(resource_version.c.res_id).where(
+                                resource_version.c.seq > mark,
+                                resource_version.c.seq <= end,
+                                resource_version.c.res_type == RESPONSE,
+                            )
+                        )
+                    }
+                )
+            for start in range(0, len(ids), self.BATCH):
+                chunk = ids[start : start + self.BATCH]
+
+                def work(session: Session, chunk: list[str] = chunk) -> None:
+                    for response_id in chunk:
+                        body = _current(session, RESPONSE, response_id)
+                        if body is not None:
+                            self.process(session, response_id, body)
+
+                with unguarded():
+                    self.store.write(work)
+            if end > mark:
+                with self.store.writer.begin() as conn:
+                    conn.execute(delete(mh_state).where(mh_state.c.key == "seq"))
+                    conn.execute(insert(mh_state), [{"key": "seq", "value": str(end)}])
+            return len(ids)
+
+    # -- escalation ---------------------------------------------------------------------------
+
+    def escalate(self, now: datetime | None = None, hours: float | None = None) -> list[Escalation]:
+        """Escalate safety Tasks still not acknowledged after ``hours`` (default
+        ``TAKAMUL_MH_ESCALATE_HOURS``, 24)."""
+        moment = now or datetime.now(UTC)
+        with unguarded():
+            return self.store.write(lambda s: escalate_due(s, moment, hours))
+
+    def tick(self, now: datetime | None = None) -> list[Escalation]:
+        """What the server runs periodically: catch up on bulk loads, then escalate."""
+        self.catch_up()
+        return self.escalate(now)
+
+    def start_background(self, interval: float | None = None) -> None:
+        """Run ``tick`` every ``interval`` seconds (``TAKAMUL_MH_INTERVAL_SECONDS``, default
+        300; 0 turns it off) in a daemon thread."""
+        every = float(
+            os.environ.get("TAKAMUL_MH_INTERVAL_SECONDS", "300") if interval is None else interval
+        )
+        if every <= 0 or self._thread is not None:
+            return
+
+        def run() -> None:
+            while not self._stop.wait(every):
+                try:
+                    escalated = self.tick()
+                    if escalated:
+                        log.warning("mental health: escalated %d safety Tasks", len(escalated))
+                except Exception:  # the next tick tries again; the loop must not die
+                    log.exception("mental health: periodic catch-up/escalation failed")
+
+        self._thread = threading.Thread(target=run, name="takamul-mh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()

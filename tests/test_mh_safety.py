@@ -1,0 +1,463 @@
+"""Scoring on write and safety on both stores, through every way the record accepts a response:
+POST, PUT, a transaction, a batch and ``takamul load`` (a bulk load, caught up afterwards).
+A positive PHQ-9 item 9 always ends in exactly one Flag and one Task; a negative one in none.
+Escalation runs on a controlled clock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from takamul.cli import app
+from takamul.mentalhealth.instruments import instrument, questions
+from takamul.mentalhealth.service import MentalHealth
+from takamul.settings import Settings
+from takamul.store.repository import Store
+from tests.server import postgres_database, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+PHQ9 = instrument("phq-9")
+AUTHORED = "2026-03-01T10:00:00Z"
+SAFETY = "https://takamul.health/fhir/CodeSystem/outreach|safety-follow-up"
+PATHS = ["post", "put", "transaction", "batch", "load"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def record(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(database URL, FHIR base) of a running server with a region, two facilities (one under
+    the region) and no background ticks (the tests drive the clock)."""
+    env = {"TAKAMUL_MH_INTERVAL_SECONDS": "0"}
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('mh') / 'mh.sqlite'}"
+        with running_server(url, env) as base:
+            _setup(base)
+            yield url, base
+    else:
+        with postgres_database() as url, running_server(url, env) as base:
+            _setup(base)
+            yield url, base
+
+
+def _setup(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for body in (
+            {"resourceType": "Organization", "id": "region", "name": "Region"},
+            {
+                "resourceType": "Organization",
+                "id": "fac",
+                "name": "Facility",
+                "partOf": {"reference": "Organization/region"},
+            },
+            {"resourceType": "Organization", "id": "lone", "name": "Facility without parent"},
+        ):
+            assert client.put(f"/Organization/{body['id']}", json=body).status_code in (200, 201)
+
+
+def patient(pid: str, org: str = "fac") -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "name": [{"family": "Test", "given": [pid]}],
+        "managingOrganization": {"reference": f"Organization/{org}"},
+    }
+
+
+def phq9(pid: str, item9: int, rid: str | None = None) -> dict[str, Any]:
+    values = [1, 1, 1, 1, 1, 1, 1, 1, item9]
+    body: dict[str, Any] = {
+        "resourceType": "QuestionnaireResponse",
+        "questionnaire": PHQ9.url,
+        "status": "completed",
+        "subject": {"reference": f"Patient/{pid}"},
+        "authored": AUTHORED,
+        "item": [
+            {"linkId": link_id, "answer": [{"valueInteger": v}]}
+            for link_id, v in zip(PHQ9.items, values, strict=True)
+        ],
+    }
+    if rid:
+        body["id"] = rid
+    return body
+
+
+def _search(client: httpx.Client, path: str) -> list[dict[str, Any]]:
+    got = client.get(path)
+    assert got.status_code == 200, got.text
+    return [
+        e["resource"]
+        for e in got.json().get("entry", [])
+        if e.get("search", {}).get("mode", "match") == "match"
+    ]
+
+
+def _write(url: str, client: httpx.Client, how: str, pid: str, item9: int, tmp: Path) -> str:
+    """Store a Patient and a PHQ-9 response the ``how`` way; the response's id."""
+    rid = f"qr-{pid}"
+    if how == "post":
+        assert client.put(f"/Patient/{pid}", json=patient(pid)).status_code in (200, 201)
+        made = client.post("/QuestionnaireResponse", json=phq9(pid, item9))
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+    if how == "put":
+        assert client.put(f"/Patient/{pid}", json=patient(pid)).status_code in (200, 201)
+        done = client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, item9, rid))
+        assert done.status_code in (200, 201), done.text
+        return rid
+    if how in ("transaction", "batch"):
+        bundle = {
+            "resourceType": "Bundle",
+            "type": how,
+            "entry": [
+                {"resource": patient(pid), "request": {"method": "PUT", "url": f"Patient/{pid}"}},
+                {
+                    "resource": phq9(pid, item9, rid),
+                    "request": {"method": "PUT", "url": f"QuestionnaireResponse/{rid}"},
+                },
+            ],
+        }
+        answer = client.post("", json=bundle)
+        assert answer.status_code == 200, answer.text
+        for entry in answer.json()["entry"]:
+            assert entry["response"]["status"].startswith("20"), entry
+        return rid
+    assert how == "load"
+    path = tmp / f"{pid}.ndjson"
+    path.write_text(json.dumps(patient(pid)) + "\n" + json.dumps(phq9(pid, item9, rid)) + "\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "takamul.cli",
+            "load",
+            str(path),
+            "--db",
+            url,
+            "--workers",
+            "1",
+            "--errors",
+            str(tmp / f"{pid}-errors.ndjson"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return rid
+
+
+def _psy(resource: dict[str, Any]) -> bool:
+    return any(s.get("code") == "PSY" for s in resource.get("meta", {}).get("security", []))
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_positive_item9_always_yields_one_flag_and_one_task(
+    record: tuple[str, str], how: str, tmp_path: Path
+) -> None:
+    url, base = record
+    pid = f"pos-{how}-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        rid = _write(url, client, how, pid, 2, tmp_path)
+        # the same response again (a retry, a resend): still one of each
+        if how != "post":
+            _write(url, client, how, pid, 2, tmp_path)
+        flags = _search(client, f"/Flag?subject=Patient/{pid}")
+        tasks = _search(client, f"/Task?patient=Patient/{pid}&code={SAFETY}")
+        assert len(flags) == 1 and len(tasks) == 1, (flags, tasks)
+        flag, task = flags[0], tasks[0]
+        assert flag["status"] == "active" and flag["code"]["coding"][0]["code"] == "225444004"
+        assert flag["category"][0]["coding"][0]["code"] == "clinical"
+        assert task["priority"] == "stat" and task["status"] == "requested"
+        assert task["intent"] == "order"
+        assert task["focus"] == {"reference": f"QuestionnaireResponse/{rid}"}
+        assert task["owner"] == {"reference": "Organization/fac"}  # no mental-health team
+        score = client.get(f"/Observation/mhs-{rid}")
+        assert score.status_code == 200, score.text
+        obs = score.json()
+        assert obs["valueInteger"] == 10 and obs["code"]["coding"][0]["code"] == "44261-6"
+        assert obs["interpretation"][0]["coding"][0]["code"] == "phq-9-moderate"
+        assert obs["derivedFrom"] == [{"reference": f"QuestionnaireResponse/{rid}"}]
+        assert obs["effectiveDateTime"] == AUTHORED
+        assert obs["subject"] == {"reference": f"Patient/{pid}"}
+        # everything of mental health carries PSY, so consent rules apply to it
+        response = client.get(f"/QuestionnaireResponse/{rid}").json()
+        assert all(_psy(r) for r in (flag, task, obs, response))
+        labelled = _search(client, f"/Task?patient=Patient/{pid}&_security=PSY")
+        assert len(labelled) == 1
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_negative_item9_yields_no_flag_and_no_task(
+    record: tuple[str, str], how: str, tmp_path: Path
+) -> None:
+    url, base = record
+    pid = f"neg-{how}-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        rid = _write(url, client, how, pid, 0, tmp_path)
+        assert _search(client, f"/Flag?subject=Patient/{pid}") == []
+        assert _search(client, f"/Task?patient=Patient/{pid}") == []
+        # but the score is there
+        assert client.get(f"/Observation/mhs-{rid}").json()["valueInteger"] == 8
+
+
+def test_rewriting_updates_the_score_and_keeps_an_acknowledged_task(
+    record: tuple[str, str],
+) -> None:
+    _, base = record
+    pid = f"amend-{uuid.uuid4().hex[:6]}"
+    rid = f"qr-{pid}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{pid}", json=patient(pid))
+        client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 1, rid))
+        task = client.get(f"/Task/mht-{rid}").json()
+        task["status"] = "accepted"  # a clinician acknowledged it
+        assert client.put(f"/Task/mht-{rid}", json=task).status_code == 200
+        amended = phq9(pid, 3, rid)
+        amended["status"] = "amended"
+        client.put(f"/QuestionnaireResponse/{rid}", json=amended)
+        assert client.get(f"/Observation/mhs-{rid}").json()["valueInteger"] == 11
+        assert client.get(f"/Task/mht-{rid}").json()["status"] == "accepted"
+        assert len(_search(client, f"/Task?patient=Patient/{pid}")) == 1
+        history = client.get(f"/Observation/mhs-{rid}/_history").json()
+        assert history["total"] == 2  # created, then updated once (not duplicated)
+
+
+def test_an_incomplete_response_is_stored_without_a_score(record: tuple[str, str]) -> None:
+    _, base = record
+    pid = f"inc-{uuid.uuid4().hex[:6]}"
+    rid = f"qr-{pid}"
+    body = phq9(pid, 0, rid)
+    for item in body["item"][:3]:
+        item.pop("answer")
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{pid}", json=patient(pid))
+        assert client.put(f"/QuestionnaireResponse/{rid}", json=body).status_code == 201
+        assert client.get(f"/Observation/mhs-{rid}").status_code == 404
+
+
+def test_a_facility_score_is_not_duplicated(record: tuple[str, str]) -> None:
+    """A response whose facility already recorded the same total (as the synthetic data does)
+    gets no second score Observation; a different total gets ours."""
+    _, base = record
+    pid = f"fs-{uuid.uuid4().hex[:6]}"
+    rid = f"qr-{pid}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{pid}", json=patient(pid))
+        facility_obs = {
+            "resourceType": "Observation",
+            "id": f"fac-{pid}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "valueInteger": 8,
+            "derivedFrom": [{"reference": f"QuestionnaireResponse/{rid}"}],
+        }
+        client.put(f"/Observation/fac-{pid}", json=facility_obs)
+        client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 0, rid))
+        assert client.get(f"/Observation/mhs-{rid}").status_code == 404
+        client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 2, rid))
+        assert client.get(f"/Observation/mhs-{rid}").json()["valueInteger"] == 10
+
+
+def test_the_mental_health_care_team_owns_the_task(record: tuple[str, str]) -> None:
+    _, base = record
+    pid = f"team-{uuid.uuid4().hex[:6]}"
+    rid = f"qr-{pid}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{pid}", json=patient(pid))
+        team = {
+            "resourceType": "CareTeam",
+            "id": f"ct-{pid}",
+            "status": "active",
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "https://takamul.health/fhir/CodeSystem/mental-health",
+                            "code": "care-team",
+                        }
+                    ]
+                }
+            ],
+            "subject": {"reference": f"Patient/{pid}"},
+        }
+        assert client.put(f"/CareTeam/ct-{pid}", json=team).status_code == 201
+        client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 1, rid))
+        task = client.get(f"/Task/mht-{rid}").json()
+        assert task["owner"] == {"reference": f"CareTeam/ct-{pid}"}
+
+
+def test_escalation_after_the_timeout_on_a_controlled_clock(record: tuple[str, str]) -> None:
+    url, base = record
+    up, alone = f"esc-{uuid.uuid4().hex[:6]}", f"esl-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{up}", json=patient(up, "fac"))
+        client.put(f"/Patient/{alone}", json=patient(alone, "lone"))
+        client.put(f"/QuestionnaireResponse/qr-{up}", json=phq9(up, 3, f"qr-{up}"))
+        client.put(f"/QuestionnaireResponse/qr-{alone}", json=phq9(alone, 1, f"qr-{alone}"))
+        store = Store(Settings.from_env(database_url=url))
+        try:
+            service = MentalHealth(store)
+            start = datetime(2026, 3, 1, 10, tzinfo=UTC)
+            mine = {f"mht-qr-{up}", f"mht-qr-{alone}"}
+            early = service.escalate(start + timedelta(hours=23, minutes=59))
+            assert not mine & {e.task_id for e in early}
+            due = {e.task_id: e for e in service.escalate(start + timedelta(hours=24, minutes=1))}
+            assert mine <= set(due)
+            assert due[f"mht-qr-{up}"].owner == "region" and due[f"mht-qr-{alone}"].owner is None
+            # escalated once: a later run does not escalate again
+            again = service.escalate(start + timedelta(hours=72))
+            assert not mine & {e.task_id for e in again}
+            # a shorter configured time escalates earlier
+            hurried = f"esh-{uuid.uuid4().hex[:6]}"
+            client.put(f"/Patient/{hurried}", json=patient(hurried))
+            client.put(
+                f"/QuestionnaireResponse/qr-{hurried}", json=phq9(hurried, 1, f"qr-{hurried}")
+            )
+            quick = service.escalate(start + timedelta(hours=3), hours=2)
+            assert f"mht-qr-{hurried}" in {e.task_id for e in quick}
+        finally:
+            store.close()
+        task = client.get(f"/Task/mht-qr-{up}").json()
+        assert task["owner"] == {"reference": "Organization/region"}
+        assert task["priority"] == "stat" and task["status"] == "requested"
+        assert task["businessStatus"]["coding"][0]["code"] == "escalated"
+        assert "escalated to Organization/region" in task["note"][-1]["text"]
+        lone = client.get(f"/Task/mht-qr-{alone}").json()
+        assert lone["owner"] == {"reference": "Organization/lone"}
+        assert lone["businessStatus"]["coding"][0]["code"] == "escalated"
+        provenance = client.get(f"/Provenance/{due[f'mht-qr-{up}'].provenance_id}").json()
+        assert provenance["target"][0]["reference"].startswith(f"Task/mht-qr-{up}/_history/")
+        assert provenance["recorded"].startswith("2026-03-02T10:01")
+        assert _psy(provenance) and _psy(task)
+
+
+def test_escalate_command_uses_the_given_clock(record: tuple[str, str]) -> None:
+    url, base = record
+    pid = f"cli-{uuid.uuid4().hex[:6]}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{pid}", json=patient(pid))
+        client.put(f"/QuestionnaireResponse/qr-{pid}", json=phq9(pid, 2, f"qr-{pid}"))
+    runner = CliRunner()
+    early = runner.invoke(app, ["mh", "escalate", "--db", url, "--now", "2026-03-01T12:00:00Z"])
+    assert early.exit_code == 0, early.output
+    assert f"mht-qr-{pid}" not in early.output
+    late = runner.invoke(app, ["mh", "escalate", "--db", url, "--now", "2026-03-05T12:00:00Z"])
+    assert late.exit_code == 0, late.output
+    assert f"Task/mht-qr-{pid}\tPatient/{pid}\tOrganization/region" in late.output
+
+
+def test_instruments_are_questionnaires_searchable_by_code(record: tuple[str, str]) -> None:
+    url, base = record
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for code, qid in (("44249-1", "phq-9"), ("69737-5", "gad-7"), ("71354-5", "epds")):
+            found = _search(client, f"/Questionnaire?code=http://loinc.org|{code}")
+            assert [q["id"] for q in found] == [qid]
+            assert found[0]["url"] == f"https://takamul.health/fhir/Questionnaire/{qid}"
+        assert client.get("/Questionnaire/zbi-12").status_code == 200
+    store = Store(Settings.from_env(database_url=url))
+    try:
+        # the server stored them at start-up: another start-up writes nothing
+        assert MentalHealth(store).install_instruments() == []
+    finally:
+        store.close()
+
+
+def _examples_phq9() -> Path | None:
+    try:
+        from tests.fhir_examples import examples_dir
+
+        path = examples_dir() / "Questionnaire-phq-9-questionnaire.json"
+    except Exception:  # the package could not be fetched (no npm, no network)
+        return None
+    return path if path.is_file() else None
+
+
+def test_install_the_phq9_wording_of_the_fhir_examples(
+    record: tuple[str, str], tmp_path: Path
+) -> None:
+    """The PHQ-9 Questionnaire of hl7.fhir.r4.examples 4.0.1 names its items by LOINC code
+    (linkIds such as ``LittleInterest``) and lacks item 9 (44260-8): it installs only with
+    --allow-missing, and item 9 keeps no wording."""
+    source = _examples_phq9()
+    if source is None:
+        pytest.skip("hl7.fhir.r4.examples is not available")
+    url, base = record
+    runner = CliRunner()
+    strict = runner.invoke(app, ["mh", "instruments", "install", str(source), "--db", url])
+    assert strict.exit_code == 1
+    assert "44260-8" in strict.output and "OperationOutcome" in strict.output
+    done = runner.invoke(
+        app, ["mh", "instruments", "install", str(source), "--db", url, "--allow-missing"]
+    )
+    assert done.exit_code == 0, done.output
+    example = json.loads(source.read_text())
+    by_code = {i["code"][0]["code"]: i["text"] for i in example["item"]}
+    with httpx.Client(base_url=base, timeout=60) as client:
+        stored = client.get("/Questionnaire/phq-9").json()
+    texts = {i["linkId"]: i.get("text") for i in questions(stored)}
+    for link_id in PHQ9.items[:8]:
+        assert texts[link_id] == by_code[link_id]
+    assert texts["44260-8"] is None
+    # the start-up refresh keeps the installed wording
+    store = Store(Settings.from_env(database_url=url))
+    try:
+        assert "phq-9" not in MentalHealth(store).install_instruments()
+    finally:
+        store.close()
+
+
+def test_install_a_wording_file_and_refuse_a_mismatch(
+    record: tuple[str, str], tmp_path: Path
+) -> None:
+    url, base = record
+    gad7 = instrument("gad-7")
+    # FIXTURE wording: placeholders, not the instrument's text
+    items = {link_id: f"FIXTURE item {n + 1}" for n, link_id in enumerate(gad7.items)}
+    good = tmp_path / "gad7-fixture.json"
+    good.write_text(json.dumps({"instrument": "gad-7", "language": "ar", "items": items}))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["mh", "instruments", "install", str(good), "--db", url])
+    assert ok.exit_code == 0, ok.output
+    bad = tmp_path / "gad7-bad-fixture.json"
+    bad.write_text(
+        json.dumps({"instrument": "gad-7", "language": "ar", "items": {**items, "69999-9": "x"}})
+    )
+    refused = runner.invoke(app, ["mh", "instruments", "install", str(bad), "--db", url])
+    assert refused.exit_code == 1 and "69999-9" in refused.output
+    wrong_answers = tmp_path / "q-fixture.json"
+    wrong_answers.write_text(
+        json.dumps(
+            {
+                "resourceType": "Questionnaire",
+                "code": [{"system": "http://loinc.org", "code": "69737-5"}],
+                "item": [
+                    {
+                        "linkId": link_id,
+                        "text": "FIXTURE",
+                        "type": "choice",
+                        "answerOption": [{"valueInteger": 0}, {"valueInteger": 1}],
+                    }
+                    for link_id in gad7.items
+                ],
+            }
+        )
+    )
+    mismatch = runner.invoke(app, ["mh", "instruments", "install", str(wrong_answers), "--db", url])
+    assert mismatch.exit_code == 1 and "answer options" in mismatch.output
+    with httpx.Client(base_url=base, timeout=60) as client:
+        stored = client.get("/Questionnaire/gad-7").json()
+    assert stored["language"] == "ar"
+    assert [i.get("text") for i in questions(stored)] == list(items.values())
