@@ -24,7 +24,6 @@ from takamul.mentalhealth.instruments import instruments, merge_wording, questio
 from takamul.mentalhealth.safety import (
     Escalation,
     escalate_due,
-    find_all,
     psy_meta,
     safety_flag,
     safety_task,
@@ -37,7 +36,7 @@ from takamul.mentalhealth.scoring import (
 )
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store
-from takamul.store.schema import resource, resource_version
+from takamul.store.schema import resource, resource_version, sp_reference
 
 __all__ = ["MentalHealth", "mh_state"]
 
@@ -64,6 +63,29 @@ def _current(session: Session, resource_type: str, resource_id: str) -> dict[str
         return None
     body: dict[str, Any] = orjson.loads(row.content)
     return body
+
+
+def _derived_from(session: Session, response_id: str) -> list[dict[str, Any]]:
+    """Observations whose ``derivedFrom`` names the response, by the reverse reference index
+    (one index range scan: the search machinery costs more than the write being checked)."""
+    rids = select(sp_reference.c.rid).where(
+        sp_reference.c.target_type == RESPONSE,
+        sp_reference.c.target_id == response_id,
+        sp_reference.c.res_type == "Observation",
+        sp_reference.c.param == "derived-from",
+    )
+    rows = session.conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.rid.in_(rids), resource.c.deleted.is_(False)
+        )
+    )
+    found = []
+    for row in rows:
+        if row.content:
+            body = orjson.loads(row.content)
+            body.setdefault("id", row.res_id)
+            found.append(body)
+    return found
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -167,15 +189,12 @@ class MentalHealth:
         coding = observation["code"]["coding"][0]
         facility_scores = [
             o
-            for o in find_all(
-                session,
-                "Observation",
-                [
-                    ("derived-from", f"{RESPONSE}/{response_id}"),
-                    ("code", f"{coding['system']}|{coding['code']}"),
-                ],
-            )
+            for o in _derived_from(session, response_id)
             if o["id"] != observation["id"]
+            and any(
+                c.get("system") == coding["system"] and c.get("code") == coding["code"]
+                for c in (o.get("code") or {}).get("coding") or ()
+            )
         ]
         if any(o.get("valueInteger") == observation["valueInteger"] for o in facility_scores):
             # the facility already recorded the same total (the synthetic data does): a second
