@@ -297,6 +297,37 @@ def test_the_mental_health_care_team_owns_the_task(record: tuple[str, str]) -> N
         client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 1, rid))
         task = client.get(f"/Task/mht-{rid}").json()
         assert task["owner"] == {"reference": f"CareTeam/ct-{pid}"}
+        # without a categorised team: the team of the collaborative-care episode
+        other = f"ep-{pid}"
+        client.put(f"/Patient/{other}", json=patient(other))
+        plain_team = {
+            "resourceType": "CareTeam",
+            "id": f"ct-{other}",
+            "status": "active",
+            "subject": {"reference": f"Patient/{other}"},
+        }
+        client.put(f"/CareTeam/ct-{other}", json=plain_team)
+        episode = {
+            "resourceType": "EpisodeOfCare",
+            "id": f"eoc-{other}",
+            "status": "active",
+            "type": [
+                {
+                    "coding": [
+                        {
+                            "system": "https://takamul.health/fhir/CodeSystem/care-programme",
+                            "code": "collaborative-care",
+                        }
+                    ]
+                }
+            ],
+            "patient": {"reference": f"Patient/{other}"},
+            "team": [{"reference": f"CareTeam/ct-{other}"}],
+        }
+        assert client.put(f"/EpisodeOfCare/eoc-{other}", json=episode).status_code == 201
+        client.put(f"/QuestionnaireResponse/qr-{other}", json=phq9(other, 1, f"qr-{other}"))
+        task = client.get(f"/Task/mht-qr-{other}").json()
+        assert task["owner"] == {"reference": f"CareTeam/ct-{other}"}
 
 
 def test_escalation_after_the_timeout_on_a_controlled_clock(record: tuple[str, str]) -> None:

@@ -53,6 +53,9 @@ FLAG_CATEGORY = {
 SAFETY_CODE = "safety-follow-up"
 ESCALATED = "escalated"
 CARE_TEAM_CATEGORY = f"{MH_SYSTEM}|care-team"
+# the collaborative-care enrolment (as ``takamul.mentalhealth.registry`` reads it)
+CARE_PROGRAMME_SYSTEM = "https://takamul.health/fhir/CodeSystem/care-programme"
+COLLABORATIVE_CARE = "collaborative-care"
 
 
 def psy_meta() -> dict[str, Any]:
@@ -133,6 +136,20 @@ def _owner(session: Session, patient_id: str) -> tuple[dict[str, Any] | None, st
     active = [t for t in teams if t.get("status") in ("active", None)]
     if active:
         return {"reference": f"CareTeam/{active[0]['id']}"}, facility
+    # the care team of the person's collaborative-care episode (the registry's enrolment)
+    episodes = find_all(
+        session,
+        "EpisodeOfCare",
+        [
+            ("patient", f"Patient/{patient_id}"),
+            ("type", f"{CARE_PROGRAMME_SYSTEM}|{COLLABORATIVE_CARE}"),
+            ("status", "planned,waitlist,active,onhold"),
+        ],
+    )
+    for episode in episodes:
+        for ref in episode.get("team") or ():
+            if _ref_id(ref, "CareTeam"):
+                return {"reference": ref["reference"]}, facility
     if facility:
         return {"reference": f"Organization/{facility}"}, facility
     return None, None
