@@ -492,3 +492,28 @@ def test_install_a_wording_file_and_refuse_a_mismatch(
         stored = client.get("/Questionnaire/gad-7").json()
     assert stored["language"] == "ar"
     assert [i.get("text") for i in questions(stored)] == list(items.values())
+
+
+def test_score_operation_explains_why_no_score(record: tuple[str, str]) -> None:
+    _, base = record
+    with httpx.Client(base_url=base, timeout=60) as client:
+        scored = client.post("/QuestionnaireResponse/$score", json=phq9("nobody", 2))
+        assert scored.status_code == 200, scored.text
+        issues = scored.json()["issue"]
+        assert any("PHQ-9 total 10" in i["diagnostics"] for i in issues)
+        assert any(i["code"] == "business-rule" for i in issues)  # item 9 positive
+        incomplete = phq9("nobody", 0)
+        for item in incomplete["item"][:3]:
+            item.pop("answer")
+        parameters = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "response", "resource": incomplete}],
+        }
+        refused = client.post("/QuestionnaireResponse/$score", json=parameters)
+        assert refused.status_code == 422
+        text = " ".join(i["diagnostics"] for i in refused.json()["issue"])
+        assert "3 of 9 items" in text and "44250-9" in text
+        other = client.post("/QuestionnaireResponse/$score", json={"resourceType": "Patient"})
+        assert other.status_code == 400 and other.json()["resourceType"] == "OperationOutcome"
+        # nothing was stored
+        assert _search(client, "/QuestionnaireResponse?subject=Patient/nobody") == []

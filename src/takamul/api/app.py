@@ -30,6 +30,7 @@ from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
+from takamul.mentalhealth.routes import add_mh_routes
 from takamul.mentalhealth.service import MentalHealth
 from takamul.mpi.service import ClientRegistry
 from takamul.programmes.service import Programmes
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         log.info("mental health: processed %d QuestionnaireResponses stored without hooks", caught)
     mental_health.start_background()
     app.state.mental_health = mental_health
+    add_mh_routes(app)  # QuestionnaireResponse/$score
     if settings.auth:
         # the people's web application: its sign-in uses the logins of access control
         add_web_app(
