@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from takamul.cli import app
+from takamul.fhir.validation import validate_resource
 from takamul.mentalhealth.instruments import instrument, instruments, questionnaire, questions
 from takamul.mentalhealth.scoring import (
     derived_id,
@@ -269,6 +270,13 @@ def test_scored_observation_shape() -> None:
     assert obs["derivedFrom"] == [{"reference": "QuestionnaireResponse/r1"}]
     assert obs["effectiveDateTime"] == body["authored"] and obs["subject"] == body["subject"]
     assert obs["category"][0]["coding"][0]["code"] == "survey"
+    # stored without validating again (the hook's cost): it must be valid as built, prorated too
+    prorated = response("phq-9", [2] * 7 + [None, None])
+    prorated_score = score_response(prorated)
+    assert prorated_score is not None
+    for built in (obs, scored_observation(prorated, "r1", prorated_score)):
+        assert built is not None
+        assert [i for i in validate_resource(built, "Observation") if i.severity == "error"] == []
 
 
 def test_derived_ids_fit_and_are_deterministic() -> None:
