@@ -517,3 +517,44 @@ def test_score_operation_explains_why_no_score(record: tuple[str, str]) -> None:
         assert other.status_code == 400 and other.json()["resourceType"] == "OperationOutcome"
         # nothing was stored
         assert _search(client, "/QuestionnaireResponse?subject=Patient/nobody") == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
+    backend: str, tmp_path: Path
+) -> None:
+    """A bulk load by another process (``load_paths`` runs no hooks and, unlike ``takamul
+    load``, no catch-up) is scored and safety-checked by the next start-up's catch-up, once."""
+    from takamul.bulk import load_paths
+
+    def check(url: str) -> None:
+        store = Store(Settings.from_env(database_url=url))
+        try:
+            service = MentalHealth(store)
+            service.attach()  # an empty record: nothing to catch up
+            store.write_hooks.clear()  # the load below runs as in another process
+            path = tmp_path / "bulk.ndjson"
+            lines = [patient("bulk-p"), patient("bulk-n"), phq9("bulk-p", 3, "qr-bulk-p")]
+            lines.append(phq9("bulk-n", 0, "qr-bulk-n"))
+            path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+            load_paths(store, [path], tmp_path / "errors.ndjson", workers=1)
+            with store.reading() as session:
+                assert session.find("Flag", [("subject", "Patient/bulk-p")]) == []
+            restarted = MentalHealth(store)
+            assert restarted.attach() == 2  # two responses caught up
+            assert restarted.catch_up() == 0  # and not again
+            with store.reading() as session:
+                flags = session.find("Flag", [("subject", "Patient/bulk-p")])
+                tasks = session.find("Task", [("patient", "Patient/bulk-p"), ("code", SAFETY)])
+                assert [f.id for f in flags] == ["mhf-qr-bulk-p"]
+                assert [t.id for t in tasks] == ["mht-qr-bulk-p"]
+                assert session.find("Flag", [("subject", "Patient/bulk-n")]) == []
+                assert session.read("Observation", "mhs-qr-bulk-n").json()["valueInteger"] == 8
+        finally:
+            store.close()
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'bulk.sqlite'}")
+    else:
+        with postgres_database() as url:
+            check(url)
