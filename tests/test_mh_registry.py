@@ -498,6 +498,24 @@ def test_the_csv(store: Store, tmp_path: Path) -> None:
     assert new["enrolled_on"] == ago(27) and new["last_contact"] == ago(27)
 
 
+def test_the_command(store: Store, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from takamul.cli import app
+
+    out = tmp_path / "registry.csv"
+    url = store.settings.database_url
+    args = ["mh", "registry", "--db", url, "--as-of", AS_OF.isoformat(), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with out.open(encoding="utf-8") as handle:
+        found = {r["patient_ids"]: r for r in csv.DictReader(handle)}
+    assert found["split-a;split-b"]["status"] == "response"
+    assert found["ten-weeks"]["needs_psychiatric_review"] == "true"
+    bad = CliRunner().invoke(app, ["mh", "registry", "--db", url, "--as-of", "30/06/2025"])
+    assert bad.exit_code == 2 and "--as-of" in bad.output
+
+
 # -- a synthetic population ---------------------------------------------------------------------
 
 SYNTH_END = date(2024, 12, 31)
