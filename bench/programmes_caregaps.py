@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import httpx
 import orjson
 import psycopg
 
+from web_pages import free_port, pct  # the web bench's helpers (bench/ is on the path)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -37,17 +38,6 @@ from takamul.programmes.definitions import load_catalog  # noqa: E402
 
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def patients_file(folder: Path, copies: int) -> tuple[Path, list[str]]:

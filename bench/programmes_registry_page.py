@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from web_pages import free_port, pct  # the web bench's helpers (bench/ is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
@@ -115,17 +116,6 @@ def write_population(persons: int, others: int, seed: int, today: date) -> Path:
             for body in person(rng, f"bench-prog-{i}", org, today):
                 fh.write(orjson.dumps(body) + b"\n")
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def database(kind: str, persons: int) -> str:

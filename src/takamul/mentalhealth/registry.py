@@ -65,7 +65,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +73,7 @@ from sqlalchemy import Connection, text
 
 from takamul.fhir.outcome import FhirError
 from takamul.mpi.schema import mpi_metadata
+from takamul.programmes.facts import day_number, from_day
 from takamul.store.repository import Store
 
 __all__ = [
@@ -189,29 +189,10 @@ class _Person:
 
 def _day(value: object) -> int | None:
     """The local calendar date of a FHIR date/dateTime as a day number (None if not one)."""
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    return _day_of(value[:10])
+    return day_number(value) if isinstance(value, str) else None
 
 
-@lru_cache(maxsize=65536)
-def _day_of(text: str) -> int | None:
-    # cached: a registry reads millions of dates on a few thousand days
-    try:
-        return (
-            date(
-                int(text[0:4]),
-                int(text[5:7]) if len(text) >= 7 else 1,
-                int(text[8:10]) if len(text) >= 10 else 1,
-            ).toordinal()
-            - _EPOCH
-        )
-    except ValueError:
-        return None
-
-
-def _from_day(day: int | None) -> date | None:
-    return None if day is None else date.fromordinal(day + _EPOCH)
+_from_day = from_day
 
 
 def _ref_id(ref: object, kind: str) -> str | None:

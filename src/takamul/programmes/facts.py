@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -103,6 +104,12 @@ def day_number(text: str | None) -> int | None:
     """The local calendar date at the start of a FHIR date or dateTime, as a day number."""
     if not text or len(text) < 4:
         return None
+    return _day_of(text[:10])
+
+
+@lru_cache(maxsize=65536)
+def _day_of(text: str) -> int | None:
+    # cached: a registry reads millions of dates that fall on a few thousand days
     try:
         year = int(text[0:4])
         month = int(text[5:7]) if len(text) >= 7 else 1

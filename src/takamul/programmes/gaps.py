@@ -27,6 +27,7 @@ from takamul.programmes.facts import EVIDENCE, Fact, day_number, from_day
 from takamul.programmes.status import (
     PersonStatus,
     Readings,
+    age_on,
     classify,
     person_facts,
     person_records,
@@ -75,7 +76,7 @@ def measure_ids(catalog: Catalog) -> list[str]:
 
 
 def _age(birth: date | None, day: date) -> int | None:
-    return None if birth is None else relativedelta(day, birth).years
+    return None if birth is None else age_on(birth, day)
 
 
 def _prevention_gap(

@@ -126,9 +126,9 @@ def _bounds(as_of: date) -> tuple[int, int, int]:
     return d, _months_before(as_of, 3), _months_before(as_of, 12)
 
 
-def age_on(birth_day: int, on: date) -> int:
-    """Whole years from a birth day number to ``on``."""
-    born = from_day(birth_day)
+def age_on(birth: int | date, on: date) -> int:
+    """Whole years from a birth date (or its day number) to ``on``."""
+    born = birth if isinstance(birth, date) else from_day(birth)
     assert born is not None
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
