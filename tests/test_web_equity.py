@@ -15,6 +15,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 import pytest
+from playwright.sync_api import expect
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -143,7 +144,7 @@ def test_analyst_reads_an_indicator_by_dimension_and_pair(
     page = signed_in(chromium, web_site, "analyst", bypass_csp=True)
     set_preferences(page, lang, calendar, numerals)
     page.get_by_role("navigation").get_by_role("link", name=words["title"]).click()
-    assert page.get_by_role("heading", level=1, name=words["title"]).is_visible()
+    expect(page.get_by_role("heading", level=1, name=words["title"])).to_be_visible()
     assert page.locator("html").get_attribute("dir") == ("ltr" if lang == "en" else "rtl")
 
     # one dimension: income quintile, an equiplot with a legend entry per subgroup

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import httpx
+from playwright.sync_api import expect
 
 from tests.web_world import (
     PASSWORD,
@@ -81,7 +82,7 @@ def test_wrong_password_is_refused_and_says_so(web_site: WebSite, chromium: Any)
     page.get_by_label("Username").fill("chw")
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("alert").is_visible()
+    expect(page.get_by_role("alert")).to_be_visible()
     assert "/app/login" in page.url
     page.close()
 
