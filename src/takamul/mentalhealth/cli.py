@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -221,8 +221,6 @@ def registry_command(
 ) -> None:
     """The collaborative-care registry on a date: per person, baseline and latest PHQ-9/GAD-7,
     status and flags (the rules: docs/mental-health.md)."""
-    from datetime import date
-
     from takamul.mentalhealth.registry import registry, write_registry_csv
     from takamul.store.repository import Store
 
@@ -241,3 +239,79 @@ def registry_command(
     finally:
         store.close()
     typer.echo(f"wrote {n} persons to {out}")
+
+
+steps_app = typer.Typer(
+    help="Stepped care: propose the next step for a clinician to confirm.", no_args_is_help=True
+)
+mh_app.add_typer(steps_app, name="steps")
+SteppedCareFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--stepped-care",
+        help="A stepped-care file of your own (default: TAKAMUL_STEPPED_CARE, else the packaged)",
+    ),
+]
+
+
+def _day_option(text: str | None) -> date:
+    try:
+        return date.fromisoformat(text) if text else date.today()
+    except ValueError as err:
+        _print_outcome(
+            operation_outcome(
+                [OutcomeIssue("error", "invalid", f"not a date YYYY-MM-DD: {text!r}", "--as-of")]
+            )
+        )
+        raise typer.Exit(2) from err
+
+
+@steps_app.command("propose")
+def propose_command(
+    db: DbOption = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today)")] = None,
+    stepped_care: SteppedCareFile = None,
+) -> None:
+    """Apply the step-up rules to the collaborative-care registry on a date and write a draft
+    ServiceRequest (intent proposal) for each person who should step up (the rules:
+    docs/mental-health.md, "Stepped care")."""
+    from collections import Counter
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from takamul.mentalhealth.registry import registry
+    from takamul.mentalhealth.steps import SteppedCareError, load_stepped_care, propose_steps
+    from takamul.store.repository import Store
+
+    day = _day_option(as_of)
+    try:
+        care = load_stepped_care(stepped_care)
+    except SteppedCareError as err:
+        _print_outcome(operation_outcome([OutcomeIssue("error", "invalid", str(err))]))
+        raise typer.Exit(2) from err
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        with errors.status(f"reading the registry on {day.isoformat()}"):
+            rows = registry(store, day)
+        with Progress(
+            TextColumn("writing proposals"), BarColumn(), MofNCompleteColumn(), console=errors
+        ) as bar:
+            task = bar.add_task("proposals", total=None)
+            outcomes = propose_steps(
+                store,
+                day,
+                care,
+                rows=rows,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    finally:
+        store.close()
+    for o in outcomes:
+        if o.result == "proposed":
+            typer.echo(
+                f"ServiceRequest/{o.request_id}\tPatient/{o.patient_id}\tstep {o.current} -> "
+                f"{o.target}\t{','.join(o.rules)}"
+            )
+    counts = Counter(o.result for o in outcomes)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no step-up due"
+    typer.echo(f"{len(rows)} persons in the registry: {summary}")
