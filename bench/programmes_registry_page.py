@@ -195,6 +195,7 @@ def main() -> None:
             f"{time.perf_counter() - t:.0f}"
         )
         client = _signed_in(root, login)
+        writer = _fhir_writer(security, f"{root}/fhir")
         t = time.perf_counter()
         assert client.get("/app/registry?programme=hypertension").status_code == 200
         figures["first registry page, care facts not analysed (ms)"] = (
@@ -204,6 +205,7 @@ def main() -> None:
         # planner without their statistics picks nested loops (seconds on PostgreSQL)
         analyse(db)
         measure(client, args.requests, figures)
+        after_writes(client, writer, args, today, figures)
     finally:
         server.terminate()
         server.wait(30)
@@ -215,6 +217,47 @@ def _signed_in(root: str, login: str) -> httpx.Client:
     r = client.post("/app/login", data={"username": login, "password": PASSWORD, "next": "/app/"})
     assert r.status_code == 303, r.text
     return client
+
+
+def _fhir_writer(security: Any, base: str) -> httpx.Client:
+    """A facility system that writes to the record over the FHIR API (a signed-in client)."""
+    from joserfc.jwk import ECKey
+
+    cid = f"bench-programmes-{time.time_ns()}"
+    key = ECKey.generate_key("P-384")
+    key.ensure_kid()
+    jwks = {"keys": [{**key.as_dict(private=False), "alg": "ES384"}]}
+    scopes = "system/Observation.cu"
+    security.clients.add(cid, "bench writer", jwks, scopes, FACILITY, ("clinician",))
+    token = security.tokens.mint(cid, scopes, base, lifetime=3600)
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+
+
+def after_writes(
+    client: httpx.Client,
+    writer: httpx.Client,
+    args: argparse.Namespace,
+    today: date,
+    figures: dict[str, str],
+) -> None:
+    """The registry as a busy facility sees it: between two views, a blood pressure of one of
+    its persons is written over the FHIR API, so every view follows a change to the record."""
+    rng = random.Random(args.seed + 1)
+    times: list[float] = []
+    for n in range(args.requests + 3):
+        pid = f"bench-prog-{rng.randrange(args.persons)}"
+        body = _bp(pid, 100 + n, today, rng.randint(110, 185), rng.randint(65, 115), FACILITY)
+        body["id"] = f"{pid}-live{n}"
+        put = writer.put(f"/Observation/{body['id']}", json=body)
+        assert put.status_code in (200, 201), put.text[:500]
+        t = time.perf_counter()
+        got = client.get("/app/registry?programme=hypertension")
+        times.append((time.perf_counter() - t) * 1000)
+        assert got.status_code == 200, got.status_code
+    times = times[3:]
+    figures["registry page 1 after a write to the record (every view): p50 / p95 / p99 (ms)"] = (
+        f"{pct(times, 0.5):.0f} / {pct(times, 0.95):.0f} / {pct(times, 0.99):.0f}"
+    )
 
 
 def analyse(db: str) -> None:
@@ -243,9 +286,9 @@ def measure(client: httpx.Client, requests: int, figures: dict[str, str]) -> Non
         cold.append((time.perf_counter() - t) * 1000)
         assert got.status_code == 200, got.status_code
     cold = cold[3:]
-    figures["registry page 1, statuses computed (as-of varies): p50 / p95 / p99 (ms)"] = (
-        f"{pct(cold, 0.5):.0f} / {pct(cold, 0.95):.0f} / {pct(cold, 0.99):.0f}"
-    )
+    figures[
+        "registry page 1 for another date, computed in full (as-of varies): p50 / p95 / p99 (ms)"
+    ] = f"{pct(cold, 0.5):.0f} / {pct(cold, 0.95):.0f} / {pct(cold, 0.99):.0f}"
     page1, got = timed(client, "/app/registry?programme=hypertension", requests)
     counts = [int(n) for n in _between(got.text, 'data-count="', '"')]
     figures["registered persons (hypertension, this facility)"] = f"{sum(counts):,}"
@@ -287,8 +330,9 @@ def write(args: argparse.Namespace, figures: dict[str, str]) -> None:
         f"diabetic; 0-4 readings or visits each over two years) and {args.others:,} at another, "
         f"seed {args.seed}; bulk-loaded, care facts extracted by the server's start-up catch-up",
         "- target: registry page p95 <= 300 ms for 5,000 registered persons",
-        "- the page keeps a facility's statuses until the next write to the record (keyed by "
-        "the newest change sequence); the first line computes them on every request",
+        "- the page keeps a facility's registry between views and brings it up to date with "
+        "the persons changed since (takamul.programmes.facility); a registry for a date not "
+        "seen before is computed in full (the 'another date' line: every request a new date)",
         f"- command: `python bench/programmes_registry_page.py --persons {args.persons} "
         f"--db {args.db} --requests {args.requests}`",
         "",

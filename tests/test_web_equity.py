@@ -15,8 +15,8 @@ from urllib.parse import unquote_plus
 
 import orjson
 import pytest
-from playwright.sync_api import expect
 from fastapi.testclient import TestClient
+from playwright.sync_api import expect
 from typer.testing import CliRunner
 
 from takamul.api import create_app

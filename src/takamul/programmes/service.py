@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 
 from takamul.programmes.definitions import Catalog, load_catalog
+from takamul.programmes.facility import FacilityRegistries
 from takamul.programmes.facts import CareFacts
 from takamul.programmes.gaps import PersonGaps, person_gaps
 from takamul.programmes.status import PersonStatus, person_statuses, statuses
@@ -22,6 +23,7 @@ class Programmes:
         self.store = store
         self.catalog = catalog or load_catalog()
         self.facts = CareFacts(store, self.catalog)
+        self.registries = FacilityRegistries(store, self.facts)
 
     def attach(self, progress: Callable[[int], None] | None = None) -> int:
         """Follow writes and extract what was stored before (bulk loads)."""
@@ -39,6 +41,14 @@ class Programmes:
         return statuses(
             self.store, self.catalog, as_of, programme_ids, patient_ids, self.facts, facility
         )
+
+    def facility_statuses(
+        self, facility: str, programme_id: str, as_of: date
+    ) -> list[PersonStatus]:
+        """The registry of one programme at ``facility`` (the persons it is responsible for),
+        kept between reads and brought up to date with what changed since
+        (:mod:`takamul.programmes.facility`)."""
+        return self.registries.statuses(facility, programme_id, as_of)
 
     def person(self, patient_ids: Iterable[str], as_of: date) -> list[PersonStatus]:
         """One person's statuses, read by index (the record page, decision support)."""

@@ -20,8 +20,7 @@ the viewer adds nothing to the page, as on the record page. Every page is audite
 
 from __future__ import annotations
 
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -31,7 +30,6 @@ import jdatetime
 from fastapi import APIRouter, Request, Response
 from hijridate import Gregorian
 from markupsafe import Markup
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from takamul.fhir.outcome import FhirError
@@ -40,8 +38,7 @@ from takamul.programmes.facts import BP, GLUCOSE, Fact, from_day
 from takamul.programmes.status import PersonStatus, person_facts, person_records
 from takamul.security.context import MIN_REASON
 from takamul.security.errors import AuthError
-from takamul.store.repository import Session, Store
-from takamul.store.schema import resource_version
+from takamul.store.repository import Session
 from takamul.web.calendars import parse_date
 from takamul.web.charts import LineChart, line_chart
 from takamul.web.context import Screen, Viewer, WebServices
@@ -73,7 +70,6 @@ WITH_TARGET = (
     "registered-recently",
 )
 WITHOUT_TARGET = ("visited", "missed-visit", "lost-to-follow-up", "registered-recently")
-CACHED = 32  # registries kept (facility, programme, date) until the next write to the record
 GLUCOSE_SERIES = {"fasting-glucose": N_("Fasting glucose"), "random-glucose": N_("Random glucose")}
 
 
@@ -138,46 +134,12 @@ def _overdue_order(row: PersonStatus) -> tuple[bool, int, str]:
     return (row.risk != "high", -row.overdue_days, row.person_id or row.patient_ids[0])
 
 
-class _StatusCache:
-    """A facility's registry rows, kept until the record changes: paging through the overdue
-    list or coming back to the page does not recompute 5,000 statuses. The key holds the
-    record's newest change sequence (one indexed MAX), and every write, by the API or a bulk
-    load, makes a new version with a higher one, so a cached registry is never stale. The rows
-    are the facility's aggregate; what each viewer may see is decided per request."""
-
-    def __init__(self) -> None:
-        self._rows: OrderedDict[tuple[str, str, date, int], list[PersonStatus]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def rows(
-        self, web: WebServices, facility: str, programme: Programme, as_of: date
-    ) -> list[PersonStatus]:
-        assert web.programmes is not None
-        key = (facility, programme.id, as_of, _last_change(web.store))
-        with self._lock:
-            if key in self._rows:
-                self._rows.move_to_end(key)
-                return self._rows[key]
-        rows = web.programmes.statuses(as_of, [programme.id], facility=facility)
-        with self._lock:
-            self._rows[key] = rows
-            while len(self._rows) > CACHED:
-                self._rows.popitem(last=False)
-        return rows
-
-
-def _last_change(store: Store) -> int:
-    with store.reader.connect() as conn:
-        return int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
-
-
-_CACHE = _StatusCache()
-
-
 def _registry(
     web: WebServices, viewer: Viewer, programme: Programme, as_of: date, page_no: int
 ) -> Registry:
-    rows = _CACHE.rows(web, _facility_id(viewer), programme, as_of)
+    assert web.programmes is not None
+    # kept between views and brought up to date with the changes since (not recomputed)
+    rows = web.programmes.facility_statuses(_facility_id(viewer), programme.id, as_of)
     by_status = Counter(r.status for r in rows)
     shown = WITH_TARGET if programme.control is not None else WITHOUT_TARGET
     controlled, denominator, rate = control_rate(rows)
