@@ -315,3 +315,109 @@ def propose_command(
     counts = Counter(o.result for o in outcomes)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no step-up due"
     typer.echo(f"{len(rows)} persons in the registry: {summary}")
+
+
+MEASURE_COLUMNS = (
+    "measure",
+    "facility",
+    "dimension",
+    "subgroup",
+    "numerator",
+    "denominator",
+    "value",
+    "unit",
+    "difference",
+    "ratio",
+)
+
+
+@mh_app.command("measures")
+def measures_command(
+    db: DbOption = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="CSV, one row per measure and unit")] = Path(
+        "measures.csv"
+    ),
+    by: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--by",
+            help="Also by an equity dimension (income_quintile, region, urban_rural, sex, "
+            "nationality, education; 'all' for every one); repeatable",
+        ),
+    ] = None,
+    reports: Annotated[
+        Path | None, typer.Option(help="Also write the MeasureReports (NDJSON) here")
+    ] = None,
+) -> None:
+    """The programme's measures on a date, per facility and overall: screening coverage, PHQ-9
+    follow-up 4-8 weeks after a positive screen, response and remission at 6 months, hours to
+    acknowledge a safety Task (the definitions: docs/mental-health.md, "Measures")."""
+    import csv
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from takamul.mentalhealth.measures import (
+        EQUITY_DIMENSIONS,
+        by_dimension,
+        measure_reports,
+        measure_rows,
+        person_measures,
+    )
+    from takamul.store.repository import Store
+
+    day = _day_option(as_of)
+    dimensions = list(EQUITY_DIMENSIONS) if by and "all" in by else list(by or ())
+    unknown = [d for d in dimensions if d not in EQUITY_DIMENSIONS]
+    if unknown:
+        _print_outcome(
+            operation_outcome(
+                [
+                    OutcomeIssue(
+                        "error",
+                        "invalid",
+                        f"unknown dimension {d!r}; the dimensions are: "
+                        f"{', '.join(EQUITY_DIMENSIONS)} (or all)",
+                        "--by",
+                    )
+                    for d in unknown
+                ]
+            )
+        )
+        raise typer.Exit(2)
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=errors
+        ) as bar:
+            task = bar.add_task("measures", total=4 + bool(dimensions))
+
+            def step(what: str) -> None:
+                bar.update(task, description=what, advance=1)
+
+            people = person_measures(store, day, step)
+            rows = measure_rows(people)
+            strata = by_dimension(store, people, dimensions) if dimensions else []
+            if dimensions:
+                step("by equity dimension")
+            bar.update(task, completed=bar.tasks[0].total)
+    finally:
+        store.close()
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MEASURE_COLUMNS)
+        for r in [*rows, *strata]:
+            writer.writerow(
+                "" if getattr(r, c) is None else f"{getattr(r, c):g}"
+                if isinstance(getattr(r, c), float) else getattr(r, c)
+                for c in MEASURE_COLUMNS
+            )  # fmt: skip
+    if reports is not None:
+        with reports.open("wb") as ndjson:
+            for report in measure_reports(rows, day, strata):
+                ndjson.write(orjson.dumps(report) + b"\n")
+    for r in rows:
+        if r.facility == "all":
+            value = "-" if r.value is None else f"{r.value:g} {r.unit}"
+            typer.echo(f"{r.measure}\t{r.numerator}/{r.denominator}\t{value}")
+    typer.echo(f"{len(people)} adults; wrote {len(rows) + len(strata)} rows to {out}")
