@@ -40,6 +40,7 @@ SCREEN_MODULES = (
     "takamul.web.screens.patients",
     "takamul.web.screens.worklist",
     "takamul.web.screens.registry",
+    "takamul.web.screens.mentalhealth",
     "takamul.web.screens.review",
     "takamul.web.screens.equity",
     "takamul.web.screens.admin",

@@ -44,6 +44,7 @@ from takamul.web.record import (
     programme_section,
 )
 from takamul.web.render import Formatter
+from takamul.web.screens.mentalhealth import record_section
 
 __all__ = ["SCREEN", "register"]
 
@@ -270,6 +271,7 @@ def _record(web: WebServices, request: Request, viewer: Viewer, patient_id: str)
         programmes=_programmes(web, viewer, patient_id),
         programme_labels=_programme_labels(web, viewer),
         programme_chart=any(s.key == "registry" and s.allowed(viewer) for s in web.screens),
+        mental_health=record_section(web, viewer, shown),  # safety alert (screens/mentalhealth)
     )  # fmt: skip
 
 
