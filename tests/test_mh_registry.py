@@ -572,18 +572,20 @@ def synth_store(
 
 
 def test_a_synthetic_population_is_consistent(synth_store: Store) -> None:
-    # The generator does not write its truth file for this registry yet (expected status per
-    # person), so this checks the registry against its own rules and plausible proportions.
+    # The registry against its own rules and plausible proportions (the generator's truth file
+    # is compared in tests/test_synth_mentalhealth.py).
     rows = registry(synth_store, SYNTH_END)
     assert len(rows) >= 10, "the population should have persons enrolled by diagnosis and score"
     d = SYNTH_END
     for r in rows:
         assert r.status in STATUSES
         assert r.enrolled_on <= d and r.weeks_in_care == (d - r.enrolled_on).days // 7
-        # without episodes in the synthetic record, everyone is enrolled by the enrolling score
-        assert r.enrolment == "diagnosis-and-score"
-        first = r.baseline_phq9 if r.baseline_phq9 is not None else r.baseline_gad7
-        assert first is not None and ((r.baseline_phq9 or 0) >= 10 or (r.baseline_gad7 or 0) >= 10)
+        assert r.enrolment in ("episode", "diagnosis-and-score")
+        if r.enrolment == "diagnosis-and-score":
+            # enrolled on the enrolling score: a PHQ-9 or GAD-7 of 10 or more
+            first = r.baseline_phq9 if r.baseline_phq9 is not None else r.baseline_gad7
+            assert first is not None
+            assert (r.baseline_phq9 or 0) >= 10 or (r.baseline_gad7 or 0) >= 10
         if r.status == "new":
             assert r.weeks_in_care < 4
         if r.status == "remission":

@@ -239,6 +239,27 @@ WHERE r.res_type = 'EpisodeOfCare' AND r.deleted = :f AND EXISTS (
   AND t.param = 'type' AND t.code = :code AND t.system = :system)
 """
 
+# A care manager's episodes by index, not the nation's: those naming them as care manager, and
+# those of the patients of the CareTeams they are a member of (an episode's team has no search
+# parameter of its own; the team's subject does)
+_MANAGED_EPISODES = """
+SELECT r.res_id, r.content FROM resource r
+WHERE r.res_type = 'EpisodeOfCare' AND r.deleted = :f AND r.rid IN (
+  SELECT x.rid FROM sp_reference x WHERE x.res_type = 'EpisodeOfCare'
+    AND x.param = 'care-manager' AND x.target_type = :mtype AND x.target_id = :mid
+  UNION
+  SELECT e.rid FROM sp_reference m
+  JOIN sp_reference s ON s.rid = m.rid AND s.res_type = 'CareTeam' AND s.param = 'subject'
+    AND s.target_type = 'Patient'
+  JOIN sp_reference e ON e.res_type = 'EpisodeOfCare' AND e.param = 'patient'
+    AND e.target_type = 'Patient' AND e.target_id = s.target_id
+  WHERE m.res_type = 'CareTeam' AND m.param = 'participant'
+    AND m.target_type = :mtype AND m.target_id = :mid)
+AND EXISTS (
+  SELECT 1 FROM sp_token t WHERE t.rid = r.rid AND t.res_type = 'EpisodeOfCare'
+  AND t.param = 'type' AND t.code = :code AND t.system = :system)
+"""
+
 # ICD-10 prefixes as ranges (an index range scan) and LIKE (exact on every collation)
 _CONDITIONS = """
 SELECT r.res_id, r.content FROM resource r
@@ -391,6 +412,21 @@ def _persons_of(conn: Connection, patient_ids: set[str]) -> dict[str, str]:
     return found
 
 
+def _episodes(conn: Connection, care_manager: str | None) -> Any:
+    """The collaborative-care episodes to start from: every one, or a care manager's."""
+    params: dict[str, Any] = {
+        "f": False,
+        "code": COLLABORATIVE_CARE,
+        "system": CARE_PROGRAMME_SYSTEM,
+    }
+    # ``care-manager`` indexes Practitioners only (its expression is ``where(resolve() is
+    # Practitioner)``): a PractitionerRole's caseload reads every episode
+    if care_manager is None or not care_manager.startswith("Practitioner/"):
+        return conn.execute(text(_EPISODES), params)
+    mtype, mid = care_manager.split("/", 1)
+    return conn.execute(text(_MANAGED_EPISODES), {**params, "mtype": mtype, "mid": mid})
+
+
 def _read(
     store: Store,
     as_of: date,
@@ -405,10 +441,7 @@ def _read(
             conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
             conn.exec_driver_sql("SET LOCAL jit = off")
         seeds: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for res_id, content in conn.execute(
-            text(_EPISODES),
-            {"f": False, "code": COLLABORATIVE_CARE, "system": CARE_PROGRAMME_SYSTEM},
-        ):
+        for res_id, content in _episodes(conn, care_manager):
             body = orjson.loads(content)
             body["id"] = res_id
             pid = _ref_id(body.get("patient"), "Patient")
