@@ -24,7 +24,7 @@ from takamul.fhir.sensitivity import ACT_CODE, DISPLAY
 from takamul.mentalhealth.instruments import MH_SYSTEM
 from takamul.mentalhealth.scoring import Score, derived_id
 from takamul.store.repository import Session
-from takamul.store.schema import resource
+from takamul.store.schema import resource, sp_reference
 from takamul.store.search import matching_rids
 
 __all__ = [
@@ -89,6 +89,43 @@ def find_all(
     return out
 
 
+def _of_patient(
+    session: Session, resource_type: str, param: str, patient_id: str
+) -> list[dict[str, Any]]:
+    """The current resources of ``resource_type`` whose ``param`` refers to the Patient, in id
+    order (one index range scan)."""
+    rids = select(sp_reference.c.rid).where(
+        sp_reference.c.target_type == "Patient",
+        sp_reference.c.target_id == patient_id,
+        sp_reference.c.res_type == resource_type,
+        sp_reference.c.param == param,
+    )
+    rows = session.conn.execute(
+        select(resource.c.res_id, resource.c.content)
+        .where(resource.c.rid.in_(rids), resource.c.deleted.is_(False))
+        .order_by(resource.c.res_id)
+    )
+    out = []
+    for row in rows:
+        if row.content:
+            body = orjson.loads(row.content)
+            body.setdefault("id", row.res_id)
+            out.append(body)
+    return out
+
+
+def _coded(concepts: Any, token: str) -> bool:
+    """Whether a CodeableConcept (or a list of them) has the coding ``system|code``."""
+    system, _, code = token.partition("|")
+    items = concepts if isinstance(concepts, list) else [concepts]
+    return any(
+        isinstance(c, dict) and c.get("system") == system and c.get("code") == code
+        for concept in items
+        if isinstance(concept, dict)
+        for c in concept.get("coding") or ()
+    )
+
+
 def _ref_id(ref: Any, resource_type: str) -> str | None:
     text = ref.get("reference") if isinstance(ref, dict) else None
     if not isinstance(text, str) or not text.startswith(resource_type + "/"):
@@ -128,24 +165,25 @@ def _owner(session: Session, patient_id: str) -> tuple[dict[str, Any] | None, st
         facility = _ref_id(patient.get("managingOrganization"), "Organization")
     except FhirError:  # a response may refer to a Patient not (yet) stored
         patient = None
-    teams = find_all(
-        session,
-        "CareTeam",
-        [("subject", f"Patient/{patient_id}"), ("category", CARE_TEAM_CATEGORY)],
-    )
+    # the few CareTeams and episodes of one patient, by the reference index and filtered here:
+    # the search machinery (parsing, a query per parameter) cost most of this hook's time
+    teams = [
+        t
+        for t in _of_patient(session, "CareTeam", "subject", patient_id)
+        if _coded(t.get("category"), CARE_TEAM_CATEGORY)
+    ]
     active = [t for t in teams if t.get("status") in ("active", None)]
     if active:
         return {"reference": f"CareTeam/{active[0]['id']}"}, facility
     # the care team of the person's collaborative-care episode (the registry's enrolment)
-    episodes = find_all(
-        session,
-        "EpisodeOfCare",
-        [
-            ("patient", f"Patient/{patient_id}"),
-            ("type", f"{CARE_PROGRAMME_SYSTEM}|{COLLABORATIVE_CARE}"),
-            ("status", "planned,waitlist,active,onhold"),
-        ],
-    )
+    episodes = [
+        e
+        for e in _of_patient(session, "EpisodeOfCare", "patient", patient_id)
+        if e.get("status") in ("planned", "waitlist", "active", "onhold")
+        and any(
+            _coded(t, f"{CARE_PROGRAMME_SYSTEM}|{COLLABORATIVE_CARE}") for t in e.get("type") or ()
+        )
+    ]
     for episode in episodes:
         for ref in episode.get("team") or ():
             if _ref_id(ref, "CareTeam"):

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select
+from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select, text
 
 from takamul.mentalhealth.instruments import instruments, merge_wording, questionnaire
 from takamul.mentalhealth.safety import (
@@ -36,7 +36,7 @@ from takamul.mentalhealth.scoring import (
 )
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store, WriteOptions
-from takamul.store.schema import resource, resource_version, sp_reference
+from takamul.store.schema import resource, resource_version
 
 __all__ = ["MentalHealth", "mh_state"]
 
@@ -66,20 +66,18 @@ def _current(session: Session, resource_type: str, resource_id: str) -> dict[str
     return body
 
 
+# written once as SQL: building the expression on every write cost more than running it
+_DERIVED_FROM = text(
+    "SELECT r.res_id, r.content FROM resource r WHERE r.deleted = :f AND r.rid IN ("
+    "SELECT x.rid FROM sp_reference x WHERE x.target_type = 'QuestionnaireResponse' "
+    "AND x.target_id = :rid AND x.res_type = 'Observation' AND x.param = 'derived-from')"
+)
+
+
 def _derived_from(session: Session, response_id: str) -> list[dict[str, Any]]:
     """Observations whose ``derivedFrom`` names the response, by the reverse reference index
     (one index range scan: the search machinery costs more than the write being checked)."""
-    rids = select(sp_reference.c.rid).where(
-        sp_reference.c.target_type == RESPONSE,
-        sp_reference.c.target_id == response_id,
-        sp_reference.c.res_type == "Observation",
-        sp_reference.c.param == "derived-from",
-    )
-    rows = session.conn.execute(
-        select(resource.c.res_id, resource.c.content).where(
-            resource.c.rid.in_(rids), resource.c.deleted.is_(False)
-        )
-    )
+    rows = session.conn.execute(_DERIVED_FROM, {"rid": response_id, "f": False})
     found = []
     for row in rows:
         if row.content:
