@@ -344,16 +344,24 @@ class Outcome:
     request_id: str | None
 
 
-def _step_requests(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """Every stepped-care ServiceRequest by the record it is for (the code index)."""
+def _step_requests(store: Store, care: SteppedCare) -> dict[str, list[dict[str, Any]]]:
+    """Every stepped-care ServiceRequest by the record it is for.
+
+    Driven from the code index with the steps' codes (an index lookup per code, whatever the
+    planner's statistics say of a table just written to), then the resource by its key."""
+    codes = {f"c{n}": s.code for n, s in enumerate(care.steps)}
     sql = text(
-        "SELECT r.res_id, r.content FROM resource r WHERE r.res_type = 'ServiceRequest' "
-        "AND r.deleted = :f AND r.rid IN (SELECT t.rid FROM sp_token t "
-        "WHERE t.res_type = 'ServiceRequest' AND t.param = 'code' AND t.system = :system)"
+        "SELECT r.res_id, r.content FROM sp_token t JOIN resource r ON r.rid = t.rid "
+        "WHERE t.res_type = 'ServiceRequest' AND t.param = 'code' AND t.system = :system "
+        f"AND t.code IN ({', '.join(':' + k for k in codes)}) AND r.deleted = :f"
     )
+    seen: set[str] = set()
     found: dict[str, list[dict[str, Any]]] = {}
     with store.reader.connect() as conn:
-        for res_id, content in conn.execute(sql, {"f": False, "system": STEP_SYSTEM}):
+        for res_id, content in conn.execute(sql, {"f": False, "system": STEP_SYSTEM, **codes}):
+            if res_id in seen:  # a request coded with two steps
+                continue
+            seen.add(res_id)
             body = orjson.loads(content)
             body["id"] = res_id
             patient = _patient_of(body)
@@ -512,7 +520,7 @@ def propose_steps(
     ``pending``, ``top-step``)."""
     care = care or load_stepped_care()
     people = list(rows) if rows is not None else registry(store, as_of)
-    by_record = _step_requests(store)
+    by_record = _step_requests(store, care)
     decided: list[tuple[Outcome, dict[str, Any] | None]] = []
     for row in people:
         requests = [r for pid in row.patient_ids for r in by_record.get(pid, ())]
