@@ -460,6 +460,9 @@ def test_install_a_wording_file_and_refuse_a_mismatch(
     runner = CliRunner()
     ok = runner.invoke(app, ["mh", "instruments", "install", str(good), "--db", url])
     assert ok.exit_code == 0, ok.output
+    # the same command under the name the issue and the operators' guide use
+    again = runner.invoke(app, ["instruments", "install", str(good), "--db", url])
+    assert again.exit_code == 0, again.output
     bad = tmp_path / "gad7-bad-fixture.json"
     bad.write_text(
         json.dumps({"instrument": "gad-7", "language": "ar", "items": {**items, "69999-9": "x"}})

@@ -264,7 +264,7 @@ def _register_subcommands() -> None:
     from takamul.equity.cli import equity_app
     from takamul.equity.indicators_cli import indicators_app
     from takamul.equity.report_cli import report_app
-    from takamul.mentalhealth.cli import mh_app
+    from takamul.mentalhealth.cli import instruments_app, mh_app
     from takamul.programmes.cli import programmes_app
     from takamul.security.audit_cli import audit_app
     from takamul.security.cli import clients_app, demo, keys_app, token, users_app
@@ -285,6 +285,9 @@ def _register_subcommands() -> None:
     app.add_typer(views_app, name="views")
     app.add_typer(programmes_app, name="programmes")
     app.add_typer(mh_app, name="mh")
+    # the instruments serve more than mental health (ZBI-12 screens caregivers' burden): also
+    # ``takamul instruments install FILE``, the name the operators' guide uses
+    app.add_typer(instruments_app, name="instruments")
 
 
 _register_subcommands()
