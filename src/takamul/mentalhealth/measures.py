@@ -340,18 +340,34 @@ def _index(
     return None
 
 
-def _classify(p: PersonMeasures, as_of: date) -> None:
-    year_ago = as_of - relativedelta(years=1)
-    p.screened = any(year_ago < d <= as_of for d in p.phq2) or any(
-        year_ago < d <= as_of for d, _, _ in p.phq9
+@dataclass(frozen=True, slots=True)
+class _Windows:
+    """The periods of the measures on one date, computed once for every person."""
+
+    as_of: date
+    year_ago: date  # the last 12 months: after this day, up to as_of
+    follow_up_end: date  # positive screens up to this day have a closed 4-8 week window
+    follow_up_start: date
+    outcome_end: date  # indexes up to this day have a closed 6-month window
+    outcome_start: date
+
+    @classmethod
+    def on(cls, as_of: date) -> _Windows:
+        close = as_of - timedelta(days=FOLLOW_UP_DAYS[1])
+        end = as_of - relativedelta(months=OUTCOME_MONTHS) - timedelta(days=OUTCOME_WINDOW_DAYS)
+        year = relativedelta(years=1)
+        return cls(as_of, as_of - year, close, close - year, end, end - year)
+
+
+def _classify(p: PersonMeasures, w: _Windows) -> None:
+    p.screened = any(w.year_ago < d <= w.as_of for d in p.phq2) or any(
+        w.year_ago < d <= w.as_of for d, _, _ in p.phq9
     )
-    close = as_of - timedelta(days=FOLLOW_UP_DAYS[1])
-    index = _index(p.phq9, close - relativedelta(years=1), close)
+    index = _index(p.phq9, w.follow_up_start, w.follow_up_end)
     if index is not None:
         low, high = (index[0] + timedelta(days=n) for n in FOLLOW_UP_DAYS)
         p.followed_up = any(low <= d <= high for d, _, _ in p.phq9)
-    end = as_of - relativedelta(months=OUTCOME_MONTHS) - timedelta(days=OUTCOME_WINDOW_DAYS)
-    index = _index(p.phq9, end - relativedelta(years=1), end)
+    index = _index(p.phq9, w.outcome_start, w.outcome_end)
     if index is not None:
         target = index[0] + relativedelta(months=OUTCOME_MONTHS)
         window = timedelta(days=OUTCOME_WINDOW_DAYS)
@@ -384,8 +400,9 @@ def person_measures(
             acked = None
         p.ack_hours.append(None if acked is None else (acked - authored).total_seconds() / 3600)
     adults = [p for p in persons.values() if p.adult(as_of)]
+    windows = _Windows.on(as_of)
     for p in adults:
-        _classify(p, as_of)
+        _classify(p, windows)
     return sorted(adults, key=lambda p: p.key)
 
 
