@@ -380,3 +380,17 @@ def test_a_ministry_file_replaces_the_steps(
     monkeypatch.setenv("TAKAMUL_STEPPED_CARE", str(tmp_path / "missing.json"))
     with pytest.raises(SteppedCareError, match=r"missing\.json does not exist"):
         load_stepped_care()
+
+
+def test_the_cli_refuses_a_bad_file_naming_the_field(tmp_path: Path) -> None:
+    raw = _packaged()
+    raw["step_up"][0]["statuses"] = ["better"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    result = CliRunner().invoke(
+        app,
+        ["mh", "steps", "propose", "--db", f"sqlite:///{tmp_path / 'x.sqlite'}",
+         "--stepped-care", str(path)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "step_up[0].statuses: 'better' is not a registry status" in result.output
