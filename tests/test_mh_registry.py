@@ -439,6 +439,22 @@ def test_caseloads(store: Store) -> None:
         caseload(store, AS_OF, care_manager="cm-1")
 
 
+def test_a_facility_or_care_manager_registry_is_the_full_registry_filtered(store: Store) -> None:
+    # the facility and care manager registries start from their own records by index, not
+    # from every episode and diagnosis: they must still find exactly the full registry's rows
+    full = registry(store, AS_OF)
+    facilities = {f for r in full for f in r.facilities} | {"org-none"}
+    assert len(facilities) >= 3
+    for facility in sorted(facilities):
+        want = [r for r in full if facility in r.facilities]
+        assert registry(store, AS_OF, facility=facility) == want, facility
+    managers = {m for r in full for m in r.care_managers} | {"Practitioner/nobody"}
+    assert len(managers) >= 3
+    for manager in sorted(managers):
+        want = [r for r in full if manager in r.care_managers]
+        assert registry(store, AS_OF, care_manager=manager) == want, manager
+
+
 def test_review_queue_order(rows: dict[str, RegistryRow]) -> None:
     queue = [_key(r) for r in review_queue(list(rows.values()))]
     # the unreviewed safety flag first, then not improving, longest in care first

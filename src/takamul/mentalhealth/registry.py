@@ -260,6 +260,33 @@ AND EXISTS (
   AND t.param = 'type' AND t.code = :code AND t.system = :system)
 """
 
+_MEMBER_TEAMS = """
+SELECT r.content FROM resource r WHERE r.res_type = 'CareTeam' AND r.deleted = :f AND r.rid IN (
+  SELECT m.rid FROM sp_reference m WHERE m.res_type = 'CareTeam' AND m.param = 'participant'
+    AND m.target_type = :mtype AND m.target_id = :mid)
+"""
+
+# A facility's registry starts from the records that can place a person there (rule 1: the
+# episode's managing organization or its team's; rule 2: the home of one of the person's
+# records), not from the nation's episodes and diagnoses
+_FACILITY_HOMES = """
+SELECT x.target_id FROM sp_reference x JOIN resource r ON r.rid = x.rid AND r.deleted = :f
+WHERE x.res_type = 'EpisodeOfCare' AND x.param = 'patient' AND x.target_type = 'Patient'
+  AND x.rid IN (SELECT o.rid FROM sp_reference o WHERE o.res_type = 'EpisodeOfCare'
+    AND o.param = 'organization' AND o.target_type = 'Organization' AND o.target_id = :org)
+UNION
+SELECT r.res_id FROM sp_reference x JOIN resource r ON r.rid = x.rid AND r.deleted = :f
+WHERE x.res_type = 'Patient' AND x.param = 'organization' AND x.target_type = 'Organization'
+  AND x.target_id = :org
+"""
+# the episodes or conditions of the records in the temporary table mh_fac
+_OF_RECORDS = """
+SELECT r.res_id, r.content FROM mh_fac p
+JOIN sp_reference x ON x.res_type = :type AND x.param = :param AND x.target_type = 'Patient'
+  AND x.target_id = p.patient_id
+JOIN resource r ON r.rid = x.rid AND r.deleted = :f
+"""
+
 # ICD-10 prefixes as ranges (an index range scan) and LIKE (exact on every collation)
 _CONDITIONS = """
 SELECT r.res_id, r.content FROM resource r
@@ -424,13 +451,63 @@ def _episodes(conn: Connection, care_manager: str | None) -> Any:
     if care_manager is None or not care_manager.startswith("Practitioner/"):
         return conn.execute(text(_EPISODES), params)
     mtype, mid = care_manager.split("/", 1)
+    teams = conn.execute(text(_MEMBER_TEAMS), {"f": False, "mtype": mtype, "mid": mid}).scalars()
+    if any(_ref_id(orjson.loads(t).get("subject"), "Patient") is None for t in teams):
+        # a team of theirs without a Patient subject: its episodes are found only by reading
+        # every episode
+        return conn.execute(text(_EPISODES), params)
     return conn.execute(text(_MANAGED_EPISODES), {**params, "mtype": mtype, "mid": mid})
+
+
+def _facility_records(conn: Connection, facility: str) -> set[str] | None:
+    """Every record of the persons who may be in ``facility``'s registry: a superset (the
+    registry keeps those whose facilities include it), found by index; None when it cannot be
+    found that way (a team of the facility without a Patient subject: its episodes can only be
+    found by reading every episode). A CareTeam's managing organization has no search
+    parameter, so the CareTeams are read (one per team, far fewer than the scores)."""
+    seeds = {row[0] for row in conn.execute(text(_FACILITY_HOMES), {"f": False, "org": facility})}
+    for content in conn.execute(
+        text("SELECT content FROM resource WHERE res_type = 'CareTeam' AND deleted = :f"),
+        {"f": False},
+    ).scalars():
+        team = orjson.loads(content)
+        managing = team.get("managingOrganization") or ()
+        if any(_ref_id(o, "Organization") == facility for o in managing):
+            subject = _ref_id(team.get("subject"), "Patient")
+            if subject is None:
+                return None
+            seeds.add(subject)
+    return set(_persons_of(conn, seeds))
+
+
+def _of_records(
+    conn: Connection, patient_ids: set[str], resource_type: str, param: str
+) -> list[tuple[str, bytes]]:
+    """(id, content) of the resources of ``resource_type`` whose ``param`` names one of the
+    records."""
+    _temp(conn, "mh_fac", "patient_id VARCHAR(64) PRIMARY KEY")
+    _fill(conn, "mh_fac", ("patient_id",), [(p,) for p in patient_ids])
+    rows = [
+        (row[0], row[1])
+        for row in conn.execute(
+            text(_OF_RECORDS), {"type": resource_type, "param": param, "f": False}
+        )
+    ]
+    conn.exec_driver_sql("DROP TABLE mh_fac")
+    return rows
+
+
+def _collaborative(episode: dict[str, Any]) -> bool:
+    return any(
+        _coded(t, CARE_PROGRAMME_SYSTEM, (COLLABORATIVE_CARE,)) for t in episode.get("type") or ()
+    )
 
 
 def _read(
     store: Store,
     as_of: date,
     care_manager: str | None,
+    facility: str | None = None,
 ) -> tuple[dict[str, _Person], dict[str, dict[str, Any]]]:
     d = as_of.toordinal() - _EPOCH
     mpi_metadata.create_all(store.writer)  # a record without the client registry yet
@@ -441,9 +518,21 @@ def _read(
             conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
             conn.exec_driver_sql("SET LOCAL jit = off")
         seeds: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for res_id, content in _episodes(conn, care_manager):
+        records = (
+            _facility_records(conn, facility)
+            if facility is not None and care_manager is None
+            else None
+        )  # None: every episode and diagnosis
+        episodes = (
+            _episodes(conn, care_manager)
+            if records is None
+            else _of_records(conn, records, "EpisodeOfCare", "patient")
+        )
+        for res_id, content in episodes:
             body = orjson.loads(content)
             body["id"] = res_id
+            if records is not None and not _collaborative(body):
+                continue
             pid = _ref_id(body.get("patient"), "Patient")
             start = _day((body.get("period") or {}).get("start"))
             if (
@@ -483,7 +572,12 @@ def _read(
             }
             seeds = {pid: items for pid, items in seeds.items() if items}
         else:
-            for _res_id, content in conn.execute(text(_CONDITIONS), {"f": False, "snomed": SNOMED}):
+            conditions = (
+                conn.execute(text(_CONDITIONS), {"f": False, "snomed": SNOMED})
+                if records is None
+                else _of_records(conn, records, "Condition", "subject")
+            )
+            for _res_id, content in conditions:
                 body = orjson.loads(content)
                 if not _diagnosis_code(body.get("code")):
                     continue
@@ -776,7 +870,7 @@ def registry(
             "invalid",
         )
     d = as_of.toordinal() - _EPOCH
-    persons, teams = _read(store, as_of, care_manager)
+    persons, teams = _read(store, as_of, care_manager, facility)
     rows = []
     for key in sorted(persons):
         p = persons[key]
