@@ -47,8 +47,7 @@ from takamul.mentalhealth.safety import SAFETY_CODE
 from takamul.mpi.schema import mpi_metadata
 
 # the equity engine's patient view and dimensions, as the programme indicators use them
-from takamul.programmes.indicators import _EQUITY_COLUMNS as EQUITY_DIMENSIONS
-from takamul.programmes.indicators import _dimension_values as dimension_values
+from takamul.programmes.indicators import EQUITY_DIMENSIONS, dimension_values
 from takamul.store.repository import Store
 
 __all__ = [

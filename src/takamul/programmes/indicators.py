@@ -44,12 +44,14 @@ from takamul.store.schema import resource
 from takamul.views.evaluate import compile_view
 
 __all__ = [
+    "EQUITY_DIMENSIONS",
     "INDICATORS",
     "Cohort",
     "IndicatorRow",
     "Tally",
     "by_dimension",
     "cohorts",
+    "dimension_values",
     "indicator_rows",
     "measure_report",
     "month_ends",
@@ -294,7 +296,7 @@ def measure_report(
 
 # -- equity --------------------------------------------------------------------------------------
 
-_EQUITY_COLUMNS = {
+EQUITY_DIMENSIONS = {
     "income_quintile": True,
     "region": False,
     "urban_rural": False,
@@ -304,7 +306,7 @@ _EQUITY_COLUMNS = {
 }
 
 
-def _dimension_values(store: Store, patient_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def dimension_values(store: Store, patient_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Equity columns of the Patients (the equity engine's patient view)."""
     # the equity engine's own Patient view, so a dimension means the same thing everywhere
     view = compile_view(Path(str(resources.files("takamul.equity") / "data/views/patient.json")))
@@ -330,9 +332,9 @@ def by_dimension(store: Store, rows: Sequence[PersonStatus]) -> list[dict[str, A
     """Control among persons under care by each equity dimension, with the HEAT difference and
     ratio (favourable indicator: the most advantaged subgroup is the reference)."""
     under = [r for r in rows if r.status not in ("registered-recently", "lost-to-follow-up")]
-    values = _dimension_values(store, (r.record_id or r.patient_ids[0] for r in under))
+    values = dimension_values(store, (r.record_id or r.patient_ids[0] for r in under))
     out = []
-    for dim, ordered in _EQUITY_COLUMNS.items():
+    for dim, ordered in EQUITY_DIMENSIONS.items():
         counts: dict[str, list[int]] = {}
         for r in under:
             v = values.get(r.record_id or r.patient_ids[0], {}).get(dim)
