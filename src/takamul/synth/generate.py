@@ -15,6 +15,7 @@ from typing import Any
 from takamul.synth import tables
 from takamul.synth.clinical import Clinic
 from takamul.synth.facilities import Network, build_network
+from takamul.synth.mentalhealth import CollaborativeCare
 from takamul.synth.people import HouseholdFactory, Person
 from takamul.synth.registrations import Record, Registrar
 from takamul.synth.writer import BlockOutput, OutputWriter
@@ -50,6 +51,7 @@ class BlockGenerator:
         self.network: Network = build_network(self.table, config, lambda _t, _b: None)
         self.registrar = Registrar(config, self.table, self.network)
         self.clinic = Clinic(config, self.table, self.network)
+        self.mental_health = CollaborativeCare(config, self.table)
 
     def run(self, block: int) -> BlockOutput:
         cfg = self.config
@@ -66,7 +68,15 @@ class BlockGenerator:
             for person in members:
                 plan = self.clinic.plan(person, members)
                 records = self.registrar.register(rng, person, out.emit)
-                outcome = self.clinic.history(rng, person, records, members, out.emit, plan)
+                # the books of a person with depression or anxiety watch what is written
+                books = self.mental_health.books(person)
+                emit = out.emit if books is None else books.watch(out.emit)
+                outcome = self.clinic.history(rng, person, records, members, emit, plan)
+                if books is not None:
+                    self.mental_health.care(person, records, books, plan is not None, out.emit)
+                    row = books.row(person.pid)
+                    if row is not None:
+                        out.mental_health.append(row)
                 if plan is not None:
                     out.programmes.extend(plan.rows(person.pid))
                 out.persons.append(_person_row(person, records, outcome))

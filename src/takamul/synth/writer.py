@@ -13,6 +13,7 @@ from typing import IO, Any
 import orjson
 
 from takamul.synth.followup import STATUS_COLUMNS
+from takamul.synth.mentalhealth import MH_COLUMNS
 
 __all__ = ["PERSON_COLUMNS", "REGISTRATION_COLUMNS", "BlockOutput", "OutputWriter"]
 
@@ -35,6 +36,7 @@ class BlockOutput:
     persons: list[list[str]] = field(default_factory=list)
     registrations: list[list[str]] = field(default_factory=list)
     programmes: list[list[str]] = field(default_factory=list)  # truth/programme_status.csv
+    mental_health: list[list[str]] = field(default_factory=list)  # truth/mh_registry.csv
 
     def emit(self, rtype: str, body: dict[str, Any]) -> None:
         self.resources.setdefault(rtype, []).append(orjson.dumps(body))
@@ -58,6 +60,7 @@ class OutputWriter:
             ("registrations", REGISTRATION_COLUMNS),
             ("links", LINK_COLUMNS),
             ("programme_status", STATUS_COLUMNS),
+            ("mh_registry", MH_COLUMNS),
         ):
             handle = (out_dir / "truth" / f"{name}.csv").open("w", newline="", encoding="utf-8")
             w = csv.writer(handle, lineterminator="\n")
@@ -82,6 +85,7 @@ class OutputWriter:
         self.truth["registrations"][1].writerows(block.registrations)
         self.truth["links"][1].writerows([r[0], r[1]] for r in block.registrations)
         self.truth["programme_status"][1].writerows(block.programmes)
+        self.truth["mh_registry"][1].writerows(block.mental_health)
 
     def write_json(self, relative: str, value: Any) -> None:
         opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
