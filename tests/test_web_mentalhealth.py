@@ -24,7 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from takamul.mentalhealth.instruments import QUESTIONNAIRE_BASE
+from takamul.mentalhealth.instruments import QUESTIONNAIRE_BASE, install_wording
 from takamul.mentalhealth.registry import REVIEW_CODE, REVIEW_SYSTEM
 from takamul.mentalhealth.safety import CARE_PROGRAMME_SYSTEM, COLLABORATIVE_CARE
 from takamul.security.audit import USER_SYSTEM
@@ -43,6 +43,7 @@ PHQ9_ITEMS = (
     "44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3",
     "44260-8",
 )  # fmt: skip
+GAD7_ITEMS = ("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7")
 ANSWERS = ("LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9")  # LOINC LL358-3, scored 0..3
 # the caseload, most urgent first: a safety flag, then not improving (needs review), then
 # overdue for contact, then the rest by weeks in care (the consent-restricted person's hidden
@@ -204,13 +205,18 @@ def world(web_site: WebSite) -> dict[str, str]:
     return {key: _pid(key) for key in names} | {"safety-response": r.json()["id"]}
 
 
-def _english(client: httpx.Client) -> httpx.Client:
+def _prefs(client: httpx.Client, lang: str, calendar: str, numerals: str) -> httpx.Client:
+    """The login's language, calendar and digits (kept for the login, as people's are)."""
     r = client.post(
         "/app/preferences",
-        data={"csrf": _csrf(client), "lang": "en", "calendar": "gregorian", "numerals": "latin"},
+        data={"csrf": _csrf(client), "lang": lang, "calendar": calendar, "numerals": numerals},
     )
     assert r.status_code == 303, r.text
     return client
+
+
+def _english(client: httpx.Client) -> httpx.Client:
+    return _prefs(client, "en", "gregorian", "latin")
 
 
 def _csrf(client: httpx.Client) -> str:
@@ -331,6 +337,40 @@ def test_a_refused_submission_writes_nothing_and_says_why(
     # a person of no facility of the viewer: the same page as a missing one
     hidden = client.get(f"/app/mentalhealth/screen/{world['new']}x")
     assert hidden.status_code == 404
+
+
+def _install(site: WebSite, wording: dict[str, Any]) -> None:
+    """Install a wording file as ``takamul mh instruments install`` would, through the API."""
+    stored = site.fhir.get(f"/Questionnaire/{wording['instrument']}").json()
+    _put(site, install_wording(wording, stored))
+
+
+def test_installed_wording_shows_in_its_language_only(
+    web_site: WebSite, world: dict[str, str]
+) -> None:
+    client = web_site.login_http(CLIN)
+    url = f"/app/mentalhealth/screen/{world['screen']}"
+    assert 'value="zbi-12"' not in client.get(url).text  # licensed: offered once installed
+    # fixture wording (it says so): never the instruments' own text
+    gad7 = {
+        "instrument": "gad-7",
+        "language": "ar",
+        "items": {link: f"[نص اختبار، ليس نص الأداة] {n}" for n, link in enumerate(GAD7_ITEMS, 1)},
+    }
+    _install(web_site, gad7)
+    zbi = {
+        "instrument": "zbi-12",
+        "language": "en",
+        "items": {f"zbi12-{n}": f"[fixture text, not the ZBI] {n}" for n in range(1, 13)},
+    }
+    _install(web_site, zbi)
+    arabic = _prefs(client, "ar", "hijri", "arab").get(url + "?instrument=gad-7").text
+    assert arabic.count("[نص اختبار، ليس نص الأداة]") == 7 and 'id="mh-wording-note"' not in arabic
+    english = _english(client).get(url + "?instrument=gad-7").text
+    assert "نص اختبار" not in english and 'id="mh-wording-note"' in english
+    zbi_page = client.get(url + "?instrument=zbi-12").text
+    assert 'value="zbi-12" selected' in zbi_page
+    assert zbi_page.count("[fixture text, not the ZBI]") == 12
 
 
 def test_screening_in_the_browser(web_site: WebSite, chromium: Any, world: dict[str, str]) -> None:

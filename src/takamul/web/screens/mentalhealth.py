@@ -88,7 +88,7 @@ SCREEN = Screen(
     allowed=lambda viewer: bool(ROLES & viewer.access.roles) and bool(viewer.access.facility),
 )
 PAGE_SIZE = 25
-SCORE_CHUNK = 20  # persons per search for the scores a viewer may see
+SCORE_CHUNK = 200  # records per search for the scores a viewer may see
 SOURCE = "urn:takamul:web:mentalhealth"
 LOINC = "http://loinc.org"
 OPEN_TASK = ("requested", "received")  # not acknowledged yet (escalation reads "requested")
@@ -584,20 +584,25 @@ def _rows(
 
 
 def _with_visible_scores(session: Session, rows: Sequence[RegistryRow]) -> set[str]:
-    """The patient ids among ``rows`` whose PHQ-9/GAD-7 scores the guard shows the viewer (a
-    consent restriction on PSY data hides them), a few persons per search."""
+    """The patient ids among ``rows`` with a PHQ-9/GAD-7 score the guard shows the viewer (a
+    consent restriction on PSY data hides them): one guarded ``_has`` search of the Patients
+    (the guard applies to the reverse chain too), a few hundred persons at a time."""
     ids = sorted({p for r in rows for p in r.patient_ids})
     codes = f"{LOINC}|{PHQ9},{LOINC}|{GAD7}"
     seen: set[str] = set()
     for start in range(0, len(ids), SCORE_CHUNK):
-        refs = ",".join(f"Patient/{p}" for p in ids[start : start + SCORE_CHUNK])
+        chunk = ids[start : start + SCORE_CHUNK]
         found = _search_or_none(
-            session, "Observation", [("subject", refs), ("code", codes), ("_count", "1000")]
+            session,
+            "Patient",
+            [
+                ("_id", ",".join(chunk)),
+                ("_has:Observation:subject:code", codes),
+                ("_count", str(len(chunk))),
+                ("_total", "none"),
+            ],
         )
-        seen |= {
-            str((o.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
-            for o in found
-        }
+        seen |= {str(p["id"]) for p in found}
     return seen
 
 
@@ -607,17 +612,16 @@ def _shows_scores(row: RegistryRow, visible: set[str]) -> bool:
 
 
 def _named(
-    web: WebServices, viewer: Viewer, rows: list[RegistryRow], visible: set[str] | None
+    session: Session, viewer: Viewer, rows: list[RegistryRow], visible: set[str] | None
 ) -> list[CaseRow]:
     """The rows the viewer may see, each named by a visible registration (the viewer's own
     facility's first); ``visible``: the patients whose scores may be shown (None: nobody's)."""
     wanted = sorted({p for r in rows for p in r.patient_ids})
     if not wanted:
         return []
-    with web.guarded(viewer), web.store.reading() as session:
-        found, _, _ = guarded_search(
-            session, "Patient", [("_id", ",".join(wanted)), ("_count", str(len(wanted)))]
-        )
+    found, _, _ = guarded_search(
+        session, "Patient", [("_id", ",".join(wanted)), ("_count", str(len(wanted)))]
+    )
     patients = {p["id"]: p for p in found}
     mine = f"Organization/{_facility_id(viewer)}"
     out = []
@@ -635,26 +639,22 @@ def _caseload(
     web: WebServices, viewer: Viewer, as_of: date, scope: str, sort: str, page_no: int
 ) -> Caseload:
     rows, manager, seconds = _rows(web, viewer, as_of, scope)
+    # one guard for the rest: it finds the facility's patients once
     with web.guarded(viewer) as guard, web.store.reading() as session:
         reach = guard.patients_in_scope()
         if reach is not None:
             rows = [r for r in rows if any(p in reach for p in r.patient_ids)]
-        # whose flags may order the list: only the flagged persons need asking
-        flagged = [r for r in rows if r.safety or r.needs_psychiatric_review]
-        visible = _with_visible_scores(session, flagged) if sees_scores(viewer) else None
-    if sort == "urgency":
-        rows = sorted(
-            rows, key=lambda r: urgency(r, visible is not None and _shows_scores(r, visible))
-        )
-    else:
-        rows = sorted(rows, key=_by_weeks)
-    pages = max(1, -(-len(rows) // PAGE_SIZE))
-    page_no = min(max(1, page_no), pages)
-    chosen = rows[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE]
-    if visible is not None:
-        with web.guarded(viewer), web.store.reading() as session:
-            visible = _with_visible_scores(session, chosen)
-    named = _named(web, viewer, chosen, visible)
+        # whose flags may order the list and whose scores the page may show
+        visible = _with_visible_scores(session, rows) if sees_scores(viewer) else None
+        if sort == "urgency":
+            shown = {id(r): visible is not None and _shows_scores(r, visible) for r in rows}
+            rows = sorted(rows, key=lambda r: urgency(r, shown[id(r)]))
+        else:
+            rows = sorted(rows, key=_by_weeks)
+        pages = max(1, -(-len(rows) // PAGE_SIZE))
+        page_no = min(max(1, page_no), pages)
+        chosen = rows[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE]
+        named = _named(session, viewer, chosen, visible)
     return Caseload(
         as_of, "mine" if manager else "facility", manager, sort, len(rows), named, page_no,
         pages, seconds,
@@ -670,8 +670,8 @@ def _review(web: WebServices, viewer: Viewer, as_of: date) -> tuple[list[CaseRow
         consultant = _practitioner(session, viewer)
         queue = [r for r in review_queue(rows) if reach is None or set(r.patient_ids) & reach]
         visible = _with_visible_scores(session, queue)
-    queue = [r for r in queue if _shows_scores(r, visible)]
-    return _named(web, viewer, queue[:PAGE_SIZE], visible), consultant
+        queue = [r for r in queue if _shows_scores(r, visible)]
+        return _named(session, viewer, queue[:PAGE_SIZE], visible), consultant
 
 
 # -- pages ---------------------------------------------------------------------------------------
