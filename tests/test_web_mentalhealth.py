@@ -25,10 +25,11 @@ import pytest
 from playwright.sync_api import expect
 
 from takamul.mentalhealth.instruments import QUESTIONNAIRE_BASE, install_wording
-from takamul.mentalhealth.registry import REVIEW_CODE, REVIEW_SYSTEM
+from takamul.mentalhealth.registry import REVIEW_CODE, REVIEW_SYSTEM, RegistryRow
 from takamul.mentalhealth.safety import CARE_PROGRAMME_SYSTEM, COLLABORATIVE_CARE
 from takamul.security.audit import USER_SYSTEM
 from takamul.web.i18n import translations
+from takamul.web.screens.mentalhealth import urgency
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
 RUN = uuid.uuid4().hex[:6]
@@ -462,3 +463,31 @@ def test_arabic_and_persian_read_right_to_left(
         assert digit[3] in page.locator("#mh-total").inner_text()
         assert axe_violations(page) == [], f"{lang} form"
     page.context.close()
+
+
+def _row(key: str, **flags: Any) -> RegistryRow:
+    values: dict[str, Any] = {
+        "person_id": key, "patient_ids": (key,), "enrolled_on": TODAY, "enrolment": "episode",
+        "weeks_in_care": 12, "baseline_phq9": 15, "latest_phq9": 14, "baseline_gad7": None,
+        "latest_gad7": None, "phq9_change_pct": -6.7, "gad7_change_pct": None,
+        "status": "not-improving", "needs_psychiatric_review": False, "overdue_contact": False,
+        "safety": False, "last_contact": TODAY, "contacts": 2, "care_managers": (),
+        "facilities": (FAC,), "unreviewed_flag_on": None, "last_review": None,
+        "episode_id": None,
+    }  # fmt: skip
+    return RegistryRow(**(values | flags))
+
+
+def test_hidden_flags_do_not_move_a_person_up_the_caseload() -> None:
+    rows = [
+        _row("plain", weeks_in_care=30),
+        _row("overdue", overdue_contact=True),
+        _row("review", needs_psychiatric_review=True),
+        _row("safety", safety=True, needs_psychiatric_review=True, weeks_in_care=2),
+    ]
+    seen = sorted(rows, key=lambda r: urgency(r, True))
+    assert [r.person_id for r in seen] == ["safety", "review", "overdue", "plain"]
+    # the same persons for a viewer who may see none of their mental health data: only the
+    # overdue contact (not mental-health data) and the weeks in care order them
+    hidden = sorted(rows, key=lambda r: urgency(r, False))
+    assert [r.person_id for r in hidden] == ["overdue", "plain", "review", "safety"]
