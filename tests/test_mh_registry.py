@@ -489,6 +489,10 @@ def test_a_recommendation_after_the_flag_takes_the_person_off_the_queue(store: S
     with store.reading() as s:
         stored = s.read("ClinicalImpression", rid).json()
     assert stored["assessor"]["reference"] == "Practitioner/psy-1"
+    # mental-health data: labelled PSY, so the consent rules hide it
+    assert {(c["system"], c["code"]) for c in stored["meta"]["security"]} >= {
+        ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "PSY")
+    }
     assert stored["investigation"][0]["item"] == [{"reference": f"Observation/{pid}-phq9-1"}]
     after = {_key(r): r for r in registry(store, AS_OF)}[pid]
     assert not after.needs_psychiatric_review and after.safety

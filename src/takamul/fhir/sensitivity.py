@@ -123,10 +123,15 @@ def _codings(resource: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
 def _response_codes(response: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     """A QuestionnaireResponse has no code of its own: the LOINC form it answers (a canonical
     ending in the LOINC code, ``http://loinc.org/q/44249-1``) and item linkIds that are LOINC
-    codes (the usual convention for LOINC forms) say what it is."""
+    codes (the usual convention for LOINC forms) say what it is. A form that is not LOINC's
+    (the record's own EPDS, with local linkIds) is known by its canonical: its last segment as
+    a code of the base before it, ``(https://takamul.health/fhir/Questionnaire, epds)``."""
     questionnaire = response.get("questionnaire")
     if isinstance(questionnaire, str):
-        yield LOINC, questionnaire.split("|", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        base, _, name = questionnaire.split("|", 1)[0].rstrip("/").rpartition("/")
+        yield LOINC, name
+        if base:
+            yield base, name
     stack = list(response.get("item") or ())
     while stack:
         item = stack.pop()

@@ -72,6 +72,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from takamul.fhir.outcome import FhirError
+from takamul.mentalhealth.safety import psy_meta
 from takamul.mpi.schema import mpi_metadata
 from takamul.programmes.facts import day_number, from_day
 from takamul.store.repository import Store
@@ -963,6 +964,8 @@ def record_recommendation(
     body: dict[str, Any] = {
         "resourceType": "ClinicalImpression",
         "id": str(uuid.uuid4()),
+        # a psychiatrist's recommendation is mental-health data: the consent rules apply
+        "meta": psy_meta(),
         "status": "completed",
         "code": {
             "coding": [
