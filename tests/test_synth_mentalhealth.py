@@ -35,7 +35,7 @@ SEED = 4242  # not a seed the generator was tuned on
 # enrolled persons of every trajectory; the rates are checked on a larger population generated
 # with the defaults (and not loaded)
 ENROLMENT = 0.9
-OURS = re.compile(rb'"id":"mh(enc|qr|obs|eoc|ct)-')
+OURS = re.compile(rb'"id":"mh(enc|qr|obs|eoc|ct|ci)-')
 COMPARED = [c for c in CSV_COLUMNS if c in MH_COLUMNS and c != "person_id"]
 
 
@@ -157,6 +157,11 @@ def test_every_registry_row_matches_the_truth(store: Store, population: Path) ->
     }  # fmt: skip
     for flag in ("needs_psychiatric_review", "overdue_contact", "safety"):
         assert {r[flag] for r in episodes} == {"true", "false"}, flag
+    # a case review that saw the latest score takes a person off the queue; one before it not
+    not_improving = [
+        r for r in episodes if r["status"] == "not-improving" and r["safety"] == "false"
+    ]
+    assert {r["needs_psychiatric_review"] for r in not_improving} == {"true", "false"}
 
 
 def test_discharged_persons_are_not_in_the_registry(store: Store, population: Path) -> None:

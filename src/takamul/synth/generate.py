@@ -51,7 +51,7 @@ class BlockGenerator:
         self.network: Network = build_network(self.table, config, lambda _t, _b: None)
         self.registrar = Registrar(config, self.table, self.network)
         self.clinic = Clinic(config, self.table, self.network)
-        self.mental_health = CollaborativeCare(config, self.table)
+        self.mental_health = CollaborativeCare(config, self.table, self.network)
 
     def run(self, block: int) -> BlockOutput:
         cfg = self.config

@@ -6,12 +6,14 @@ care in primary care (an ``EpisodeOfCare`` typed ``collaborative-care``, most wi
 ``QuestionnaireResponse``s answered item by item, and followed at regular contacts (finished
 ``Encounter``s) along an intended trajectory: remitters, responders, non-responders, drop-outs
 (no contact for more than 30 days) and, by the enrolment date, new enrollees. Rural persons are
-enrolled less often and drop out more often (the rural treatment gap).
+enrolled less often and drop out more often (the rural treatment gap). For a share of those in
+care long enough, a psychiatric consultant's case review (a ``ClinicalImpression``) is written
+on one contact's day.
 
 Everything is drawn from a stream of the person's own (``<seed>/<country>/<index>/mental-
 health``), so what the generator wrote before this module, in the block's stream or the
 programmes' streams, is written byte for byte as before; this module only adds resources, with
-ids of its own (``mhenc-``, ``mhqr-``, ``mhobs-``, ``mheoc-``, ``mhct-``).
+ids of its own (``mhenc-``, ``mhqr-``, ``mhobs-``, ``mheoc-``, ``mhct-``, ``mhci-``).
 
 ``Books`` watches every resource written for a person with depression or anxiety (the
 module's own and those of the rest of the generator: screening questionnaires, diagnoses,
@@ -32,6 +34,7 @@ from random import Random
 from typing import Any
 
 from takamul.mentalhealth.instruments import MH_SYSTEM, Instrument, instrument, instruments
+from takamul.synth.facilities import Network
 from takamul.synth.fhir import LOINC, SNOMED, V3_ACT, cc, coding, ref
 from takamul.synth.people import Person
 from takamul.synth.registrations import Record
@@ -62,6 +65,8 @@ TRAJECTORIES = ("remitter", "responder", "non-responder", "drop-out")
 MOOD = ("depression", "anxiety")
 
 CARE_PROGRAMME = "https://takamul.health/fhir/CodeSystem/care-programme"
+REVIEW_SYSTEM = "https://takamul.health/fhir/CodeSystem/collaborative-care"
+REVIEW_CODE = "psychiatric-case-review"
 OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 # the registry's rules (docs/mental-health.md, "Collaborative-care registry")
 PHQ9_TOTAL, GAD7_TOTAL = "44261-6", "70274-6"
@@ -106,6 +111,7 @@ class Books:
     scores: dict[str, list[_Score]] = field(default_factory=dict)  # total code -> scores
     encounters: list[str] = field(default_factory=list)  # finished, local start dates
     flags: list[str] = field(default_factory=list)  # dates of positive self-harm answers
+    reviews: list[str] = field(default_factory=list)  # psychiatric case reviews' dates
 
     def watch(self, emit: Emit) -> Emit:
         """``emit`` that keeps the books of what passes through it first."""
@@ -130,6 +136,11 @@ class Books:
         elif rtype == "EpisodeOfCare":
             period = body.get("period") or {}
             self.episodes.append((period["start"], body["status"], period.get("end", "")))
+        elif rtype == "ClinicalImpression" and body.get("status") == "completed":
+            code = body["code"]["coding"][0]
+            day = _day(body.get("effectiveDateTime") or body.get("date"))
+            if (code["system"], code["code"]) == (REVIEW_SYSTEM, REVIEW_CODE) and day:
+                self.reviews.append(day)
 
     def _observation(self, body: dict[str, Any]) -> None:
         code = body["code"]["coding"][0]
@@ -194,7 +205,13 @@ class Books:
         status = self._status(_days(enrolled, d), phq9, gad7)
         encounters = [e for e in self.encounters if enrolled <= e <= d]
         last = max([s.day for s in phq9 + gad7] + encounters, default="")
-        safety = any(f <= d for f in self.flags)
+        flags = [f for f in self.flags if f <= d]
+        review = max((r for r in self.reviews if r <= d), default="")
+        latest = max((s.day for s in phq9 + gad7), default="")
+        # a review that saw the latest score takes a not-improving person off the queue; a
+        # flag raised after the last review puts them back
+        unseen = review == "" or review < latest
+        unreviewed = any(f > review for f in flags)
         return [
             person_id,
             enrolment,
@@ -207,9 +224,9 @@ class Books:
             str(gad7[-1].value) if gad7 else "",
             _change(phq9),
             status,
-            _flag(status == "not-improving" or safety),  # no case reviews are written
+            _flag((status == "not-improving" and unseen) or unreviewed),
             _flag(_days(last or enrolled, d) > OVERDUE_DAYS),
-            _flag(safety),
+            _flag(bool(flags)),
             last,
         ]
 
@@ -255,8 +272,9 @@ class _Course:
 class CollaborativeCare:
     """Draws who is enrolled and writes their collaborative care; one per block generator."""
 
-    def __init__(self, config: dict[str, Any], table: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], table: dict[str, Any], network: Network) -> None:
         self.config = config
+        self.network = network
         self.settings: dict[str, Any] = config["mental_health"]
         self.end = date.fromisoformat(config["end_date"])
         self.start = self.end - timedelta(days=int(365.25 * config["years"]))
@@ -349,6 +367,7 @@ class _Writer:
         self.n = 0
         self.manager: str | None = None
         self.baseline: dict[str, int] = {}
+        self.scores: list[tuple[date, str]] = []  # (day, score Observation id) written so far
 
     def _id(self, prefix: str) -> str:
         self.n += 1
@@ -367,11 +386,49 @@ class _Writer:
             )
         self._episode(course)
         day, k = course.enrolled, 0
+        contacts = []
         while day <= min(course.last_contact, self.c.end):
             self._contact(course, day, k)
+            contacts.append(day)
             k += 1
             jitter = int(self.rng.random() * 5) - 2
             day = course.enrolled + timedelta(days=k * course.interval + jitter)
+        # the consultant reviews the case on one contact's day from week 8 on: on the last
+        # one the review has seen the latest score, on an earlier one it has not
+        later = [c for c in contacts if (c - course.enrolled).days >= 56]
+        if later and self.rng.random() < s["case_review"]:
+            self._review(later[int(self.rng.random() * len(later))])
+
+    def _review(self, day: date) -> None:
+        p, rng = self.p, self.rng
+        network = self.c.network
+        centres = network.of(p.region, "mental_health") or [
+            f for f in network.facilities if f.kind == "mental_health"
+        ]
+        consultant = centres[int(rng.random() * len(centres))].role("psychiatrist", rng)
+        at = f"{day.isoformat()}T18:00:00{self.c.tz}"  # after the day's contact
+        body: dict[str, Any] = {
+            "resourceType": "ClinicalImpression",
+            "id": self._id("ci"),
+            "status": "completed",
+            "code": cc(REVIEW_SYSTEM, REVIEW_CODE, "Psychiatric case review"),
+            "subject": ref("Patient", self.home.patient_id),
+            "effectiveDateTime": at,
+            "date": at,
+            "summary": "Case reviewed with the care manager; treatment plan adjusted.",
+            "investigation": [
+                {
+                    "code": {"text": "PHQ-9 and GAD-7 scores reviewed"},
+                    "item": [ref("Observation", oid) for d, oid in self.scores if d <= day],
+                }
+            ],
+        }
+        if consultant:
+            body["assessor"] = ref("PractitionerRole", consultant)
+        problems = [ref("Condition", cid) for _, cid in sorted(self.books.condition_ids.items())]
+        if problems:
+            body["problem"] = problems
+        self.emit("ClinicalImpression", body)
 
     def _episode(self, course: _Course) -> None:
         home, p = self.home, self.p
@@ -442,11 +499,11 @@ class _Writer:
             total = self._value(course, "phq9", weeks, 24)
             items = self._phq9_items(total)
             if k == 0:
-                self._form(self.c.phq2, items[:2], start, eid)
-            self._form(self.c.phq9, items, start, eid)
+                self._form(self.c.phq2, items[:2], start, eid, day)
+            self._form(self.c.phq9, items, start, eid, day)
         if "anxiety" in self.p.conditions:
             total = self._value(course, "gad7", weeks, 21)
-            self._form(self.c.gad7, self._spread(total, 7), start, eid)
+            self._form(self.c.gad7, self._spread(total, 7), start, eid, day)
 
     # -- scores --------------------------------------------------------------------------------
 
@@ -494,7 +551,9 @@ class _Writer:
                 left -= 1
         return values
 
-    def _form(self, inst: Instrument, values: list[int], at: str, encounter: str) -> None:
+    def _form(
+        self, inst: Instrument, values: list[int], at: str, encounter: str, day: date
+    ) -> None:
         """The response, item by item, and its total-score Observation as scoring on write
         makes it (the record's catch-up finds it and writes no second one)."""
         subject = ref("Patient", self.home.patient_id)
@@ -517,11 +576,13 @@ class _Writer:
             },
         )
         band = inst.band(total)
+        oid = self._id("obs")
+        self.scores.append((day, oid))
         self.emit(
             "Observation",
             {
                 "resourceType": "Observation",
-                "id": self._id("obs"),
+                "id": oid,
                 "status": "final",
                 "category": [cc(OBS_CAT, "survey", "Survey")],
                 "code": {"coding": [dict(inst.total_coding)], "text": f"{inst.title} total score"},
