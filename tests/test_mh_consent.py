@@ -23,6 +23,7 @@ could then protect.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -801,3 +802,24 @@ def test_the_audit_log_records_who_read_not_what_was_answered(
     for answer in ANSWERS:
         assert answer not in text
     assert '"item"' not in text and "valueInteger" not in text
+
+
+def _row_of(page: str, patient: str) -> str | None:
+    """The text of the table row that links to ``patient``, if the page has one."""
+    found = re.search(rf"<tr\b(?:(?!</tr>).)*{re.escape(patient)}(?:(?!</tr>).)*</tr>", page, re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", found.group(0))) if found else None
+
+
+def test_the_caseload_shows_no_score_without_consent(
+    readers: dict[str, httpx.Client], world: World
+) -> None:
+    """The collaborative-care caseload (``/app/mentalhealth``): the clinic's row of the patient
+    shows the PHQ-9 (18) and GAD-7 (7); the centre's page shows no score of them, if it lists
+    them at all."""
+    control = _row_of(_page(readers[WITH_CONSENT], "/app/mentalhealth"), world.patient)
+    assert control is not None and " 18 " in control and " 7 " in control, control
+    for login in LOGINS_WITHOUT_CONSENT:
+        page = _page(readers[login], "/app/mentalhealth")
+        assert not [m for m in world.markers() if m in page], login
+        row = _row_of(page, world.patient)
+        assert row is None or (" 18 " not in row and " 7 " not in row), (login, row)
