@@ -455,6 +455,17 @@ def test_a_facility_or_care_manager_registry_is_the_full_registry_filtered(store
         assert registry(store, AS_OF, care_manager=manager) == want, manager
 
 
+def test_both_ways_of_reading_the_homes_agree(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import takamul.mentalhealth.registry as module
+
+    looked_up = registry(store, AS_OF)
+    monkeypatch.setattr(module, "LOOKED_UP", 0)  # the nation's way: one join
+    assert registry(store, AS_OF) == looked_up
+    assert any(r.facilities for r in looked_up)
+
+
 def test_review_queue_order(rows: dict[str, RegistryRow]) -> None:
     queue = [_key(r) for r in review_queue(list(rows.values()))]
     # the unreviewed safety flag first, then not improving, longest in care first
