@@ -823,3 +823,93 @@ def test_the_caseload_shows_no_score_without_consent(
         assert not [m for m in world.markers() if m in page], login
         row = _row_of(page, world.patient)
         assert row is None or (" 18 " not in row and " 7 " not in row), (login, row)
+
+
+# -- a community health worker follows up, but does not read the answers -----------------------
+
+# Every path to the answers and scores of the patient whose record restricts nothing: the
+# centre's clinician reads them (the control); its community health worker, whose role never
+# reads mental-health answers and scores (``roles.WITHHELD``), must not, by any path.
+CHW_PATHS: dict[str, Callable[[httpx.Client, World], httpx.Response]] = {
+    "read response": lambda c, w: c.get(f"/fhir/{QR}/{w.open_ids[0]}"),
+    "read score": lambda c, w: c.get(f"/fhir/Observation/{w.open_ids[2]}"),
+    "vread response": lambda c, w: c.get(f"/fhir/{QR}/{w.open_ids[0]}/_history/1"),
+    "history of the response": lambda c, w: c.get(f"/fhir/{QR}/{w.open_ids[0]}/_history"),
+    "search responses": lambda c, w: c.get(f"/fhir/{QR}", params={"subject": f"Patient/{w.open}"}),
+    "search scores": lambda c, w: c.get(
+        "/fhir/Observation", params={"subject": f"Patient/{w.open}"}
+    ),
+    "scores by code": lambda c, w: c.get(
+        "/fhir/Observation", params={"code": f"{LOINC}|44261-6", "subject": f"Patient/{w.open}"}
+    ),
+    "revinclude": lambda c, w: c.get(
+        "/fhir/Patient",
+        params={"_id": w.open, "_revinclude": [f"{QR}:subject", "Observation:subject"]},
+    ),
+    "include from the Task": lambda c, w: c.get(
+        "/fhir/Task", params={"patient": f"Patient/{w.open}", "_include": "Task:focus"}
+    ),
+    "everything": lambda c, w: c.get(f"/fhir/Patient/{w.open}/$everything"),
+    "compartment": lambda c, w: c.get(f"/fhir/Patient/{w.open}/{QR}"),
+    "batch": lambda c, w: c.post(
+        "/fhir",
+        json={
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "GET", "url": f"{QR}?subject=Patient/{w.open}"}},
+                {"request": {"method": "GET", "url": f"Observation/{w.open_ids[2]}"}},
+            ],
+        },
+    ),
+}
+
+
+def _answers_of_open(r: httpx.Response, w: World) -> set[str]:
+    answers = set(w.open_ids[:4])  # the two responses and their scores
+    if r.status_code >= 400:
+        return set()
+    return {i for i in _resource_ids(r.json()) if i in answers}
+
+
+@pytest.mark.parametrize("path", sorted(CHW_PATHS))
+def test_a_community_health_worker_reads_no_answer_or_score(
+    readers: dict[str, httpx.Client], world: World, path: str
+) -> None:
+    ask = CHW_PATHS[path]
+    control = ask(readers["clinician"], world)
+    assert control.status_code == 200, control.text
+    assert _answers_of_open(control, world), f"{path}: the clinician sees nothing: moot"
+    r = ask(readers["chw"], world)
+    assert r.status_code in (200, 403, 404), (r.status_code, r.text)
+    assert not _answers_of_open(r, world), f"{path} shows a community health worker answers"
+
+
+def test_a_community_health_worker_sees_the_follow_up_and_can_screen(
+    readers: dict[str, httpx.Client], world: World
+) -> None:
+    chw = readers["chw"]
+    # the follow-up that is due: the safety Task (saying the item was positive, not its answer)
+    tasks = chw.get("/fhir/Task", params={"patient": f"Patient/{world.open}"})
+    assert tasks.status_code == 200, tasks.text
+    found = [e["resource"] for e in tasks.json().get("entry", [])]
+    assert [t["priority"] for t in found] == ["stat"]
+    assert "answered" not in found[0]["description"]
+    # nor does a count or a _has match give the scores away
+    counted = chw.get(
+        "/fhir/Observation",
+        params={
+            "subject": f"Patient/{world.open}",
+            "code": f"{LOINC}|44261-6",
+            "_summary": "count",
+        },
+    )
+    assert counted.status_code == 200 and counted.json()["total"] == 0
+    matched = chw.get(
+        "/fhir/Patient",
+        params={"_id": world.open, "_has:Observation:subject:code": f"{LOINC}|44261-6"},
+    )
+    assert matched.status_code == 200 and matched.json().get("total", 0) == 0
+    # screening is still theirs: a new response is stored (and scored by the server)
+    made = chw.post(f"/fhir/{QR}", json=response(world.open, "phq-9", PHQ9_ITEMS, [0] * 9))
+    assert made.status_code == 201, made.text

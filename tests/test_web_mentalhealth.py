@@ -310,11 +310,19 @@ def test_a_community_health_worker_sees_follow_up_not_answers_or_scores(
     assert "PHQ-9" not in r.text and "data-safety" not in r.text and "Not improving" not in r.text
     assert "Follow-up due" in r.text  # the overdue person
     assert client.get("/app/mentalhealth/review").status_code == 403
-    # the screening they took is stored, its answers and score are not shown to them
+    # a stored response is not theirs to read back (their role never reads answers): the
+    # result page answers as for what does not exist
     result = client.get(f"/app/mentalhealth/responses/{world['safety-response']}")
-    assert result.status_code == 200, result.text
-    assert 'id="mh-stored"' in result.text and "mh-score" not in result.text
-    assert "Total" not in result.text
+    assert result.status_code == 404, result.text
+    assert "mh-score" not in result.text and "Total" not in result.text
+    # their own screening: stored, and the screening page says so without the answers
+    form = {"csrf": _csrf(client), "instrument": "phq-9"}
+    form |= {link: "1" for link in PHQ9_ITEMS}
+    made = client.post(f"/app/mentalhealth/screen/{world['new']}", data=form)
+    assert made.status_code == 303, made.text
+    assert made.headers["location"] == f"/app/mentalhealth/screen/{world['new']}?stored=1"
+    stored = client.get(made.headers["location"])
+    assert 'id="mh-stored"' in stored.text and "mh-score" not in stored.text
     # the record shows that an urgent follow-up is due (the Task), not the answer
     record = client.get(f"/app/patients/{world['safety']}").text
     assert 'role="alert"' in record and "Acknowledge the alert" in record

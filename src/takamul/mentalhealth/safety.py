@@ -215,8 +215,9 @@ def safety_task(
                 }
             ]
         },
-        "description": f"{inst.title} item {inst.items.index(inst.safety_item or '') + 1} "
-        f"answered {score.safety_value}: assess suicide risk today",
+        # says that the self-harm item was positive, not what was answered: whoever follows
+        # the Task up (a community health worker, too) need not see the answers
+        "description": f"{inst.title}: positive self-harm item; assess suicide risk today",
         "focus": {"reference": f"QuestionnaireResponse/{response_id}"},
         "for": response["subject"],
         "reasonReference": {"reference": f"Flag/{derived_id('mhf', response_id)}"},

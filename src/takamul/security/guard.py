@@ -31,7 +31,7 @@ from takamul.security.consent import (
     sensitivity,
 )
 from takamul.security.context import AccessContext
-from takamul.security.roles import FACILITY_LINKS, FacilityLink
+from takamul.security.roles import FACILITY_LINKS, FacilityLink, withheld_labels
 from takamul.store.query import RestrictedFilter
 from takamul.store.repository import Store
 from takamul.store.schema import resource, sp_reference
@@ -89,6 +89,10 @@ class AccessGuard:
     def visible(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
         if not self.access.allows(resource_type, interaction, resource):
             return False
+        if interaction not in ("c", "u", "d"):
+            hidden = withheld_labels(self.access.roles, resource_type)
+            if hidden and hidden & sensitivity(resource):
+                return False
         if not _patient_data(resource_type):
             return True
         writing = interaction in ("c", "u", "d")
@@ -123,13 +127,18 @@ class AccessGuard:
         """Consent as SQL: per sensitivity label, the patients whose consent withholds it from
         this requester; their resources carrying the label are left out (labels are added on
         write, so unlabelled sensitive data does not exist)."""
+        # what the requester's role never reads, about anyone (``roles.WITHHELD``)
+        by_role: list[Any] = [
+            RestrictedFilter(resource_type, label, (), (), everyone=True)
+            for label in sorted(withheld_labels(self.access.roles, resource_type))
+        ]
         if not _patient_data(resource_type) or not self._consent_applies():
-            return []
+            return by_role
         if resource_type == "Patient":
             params: tuple[str, ...] = ("_id",)
         else:
             params = tuple(definitions().patient_data().get(resource_type, ()))
-        return [
+        return by_role + [
             RestrictedFilter(resource_type, label, patients, params)
             for label, patients in sorted(self._withheld().items())
         ]

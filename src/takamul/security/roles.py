@@ -30,6 +30,7 @@ __all__ = [
     "role",
     "scopes_for_roles",
     "validate_roles",
+    "withheld_labels",
 ]
 
 # What a scope cannot say: operations and duties outside FHIR resource permissions.
@@ -241,6 +242,31 @@ def validate_roles(names: Iterable[str]) -> tuple[str, ...]:
     for name in out:
         role(name)
     return out
+
+
+# What a role never reads, whatever the patient's consent: (labels, resource types). A
+# community health worker screens and follows people up (the safety Task, the worklist, the
+# episode) but the answers and scores of mental-health instruments and the psychiatric review
+# are for the treating clinicians (issue 15: "sees that follow-up is due, not the answers").
+WITHHELD: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "community-health-worker": (
+        frozenset({"PSY"}),
+        frozenset({"QuestionnaireResponse", "Observation", "ClinicalImpression"}),
+    ),
+}
+
+
+def withheld_labels(names: Iterable[str], resource_type: str) -> frozenset[str]:
+    """The sensitivity labels whose ``resource_type`` resources these roles may not read: those
+    every role that reads the type withholds (a login that is also a clinician reads them)."""
+    held = tuple(sorted(set(names)))
+    readers = [n for n in held if n in ROLES and _scopes((n,)).allows(resource_type, "r")]
+    withheld: frozenset[str] | None = None
+    for name in readers:
+        labels, types = WITHHELD.get(name, (frozenset(), frozenset()))
+        mine = labels if resource_type in types else frozenset()
+        withheld = mine if withheld is None else withheld & mine
+    return withheld or frozenset()
 
 
 @cache

@@ -91,13 +91,14 @@ class HasFilter:
 class RestrictedFilter:
     """Internal (never parsed from a request): leaves out resources labelled ``label``
     (``meta.security``) about any of ``patients``: their consent withholds that category from
-    the requester. ``params``: the Patient-compartment parameters of the type (``_id`` for
-    Patient itself)."""
+    the requester (or about anyone, ``everyone``: the requester's role never sees it).
+    ``params``: the Patient-compartment parameters of the type (``_id`` for Patient itself)."""
 
     resource_type: str
     label: str
     patients: tuple[str, ...]
     params: tuple[str, ...]
+    everyone: bool = False  # about any patient: a role that never sees the label
 
 
 Filter = ParamFilter | SpecialFilter | HasFilter | RestrictedFilter

@@ -362,6 +362,8 @@ def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
             label.c.code == f.label,
         )
     )
+    if f.everyone:
+        return not_(labelled)
     if f.params == ("_id",):
         about: ColumnElement[bool] = res.c.res_id.in_(list(f.patients))
     else:

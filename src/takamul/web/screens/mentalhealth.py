@@ -824,6 +824,7 @@ def _register_screening(router: APIRouter, web: WebServices) -> None:
             screening=screening, name=person_name(screening.patient), scores=sees_scores(viewer),
             bands=json.dumps(form.bands(viewer.prefs.lang)) if form else "[]",
             problems=problems or Problems(), answers=answers or {},
+            stored=request.query_params.get("stored") == "1",
         )  # fmt: skip
 
     @router.get("/mentalhealth/screen/{patient_id}")
@@ -881,6 +882,10 @@ def _register_screening(router: APIRouter, web: WebServices) -> None:
             request, viewer, "create", resource_type="QuestionnaireResponse",
             resource_id=response_id, patient_ids=(patient_id,),
         )  # fmt: skip
+        if not sees_scores(viewer):
+            # a community health worker does not read answers back (``roles.WITHHELD``): the
+            # screening page says it is stored, and the record shows any follow-up due
+            return RedirectResponse(f"/app/mentalhealth/screen/{patient_id}?stored=1", 303)
         return RedirectResponse(f"/app/mentalhealth/responses/{response_id}", 303)
 
     @router.get("/mentalhealth/responses/{response_id}")
