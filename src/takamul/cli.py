@@ -260,6 +260,7 @@ def mpi_evaluate(
 
 def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
+    from takamul.caregivers.cli import caregivers_app
     from takamul.equity.access_cli import access_app
     from takamul.equity.cli import equity_app
     from takamul.equity.indicators_cli import indicators_app
@@ -288,6 +289,7 @@ def _register_subcommands() -> None:
     # the instruments serve more than mental health (ZBI-12 screens caregivers' burden): also
     # ``takamul instruments install FILE``, the name the operators' guide uses
     app.add_typer(instruments_app, name="instruments")
+    app.add_typer(caregivers_app, name="caregivers")
 
 
 _register_subcommands()

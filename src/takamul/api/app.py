@@ -27,6 +27,7 @@ from takamul.api.equity import add_equity_routes
 from takamul.api.mpi import add_registry_routes
 from takamul.api.programmes import add_programme_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
+from takamul.caregivers.burden import Caregivers
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if caught := mental_health.attach():
         log.info("mental health: processed %d QuestionnaireResponses stored without hooks", caught)
     mental_health.start_background()
+    Caregivers(store).attach()  # after the scoring hook: a high ZBI-12 makes a support referral
     app.state.mental_health = mental_health
     add_mh_routes(app)  # QuestionnaireResponse/$score
     if settings.auth:
