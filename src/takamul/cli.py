@@ -261,6 +261,7 @@ def mpi_evaluate(
 def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
     from takamul.caregivers.cli import caregivers_app
+    from takamul.coordination.cli import referrals_app
     from takamul.equity.access_cli import access_app
     from takamul.equity.cli import equity_app
     from takamul.equity.indicators_cli import indicators_app
@@ -290,6 +291,7 @@ def _register_subcommands() -> None:
     # ``takamul instruments install FILE``, the name the operators' guide uses
     app.add_typer(instruments_app, name="instruments")
     app.add_typer(caregivers_app, name="caregivers")
+    app.add_typer(referrals_app, name="referrals")  # takamul referrals metrics
 
 
 _register_subcommands()

@@ -28,6 +28,7 @@ from takamul.api.mpi import add_registry_routes
 from takamul.api.programmes import add_programme_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.caregivers.burden import Caregivers
+from takamul.coordination.referrals import Referrals
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError, OutcomeIssue, operation_outcome
 from takamul.fhir.search_values import date_range
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     Caregivers(store).attach()  # after the scoring hook: a high ZBI-12 makes a support referral
     app.state.mental_health = mental_health
     add_mh_routes(app)  # QuestionnaireResponse/$score
+    Referrals(store).attach()  # referral Tasks keep to their state machine and parties
     if settings.auth:
         # the people's web application: its sign-in uses the logins of access control
         add_web_app(

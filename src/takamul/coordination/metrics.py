@@ -1,0 +1,440 @@
+"""Loop metrics of referrals on a date D: per route (requester facility type → owner facility
+type), per referral type, overall, and by every equity dimension through the equity engine.
+
+Definitions (also in docs/coordination.md, "Loop metrics"). A referral is a referral Task
+(``referrals.is_referral``) authored in the 12 months up to D (``Task.authoredOn``, else its
+ServiceRequest's, as a local calendar date); a status change is dated by the version's
+``Task.lastModified``, else its ``meta.lastUpdated``, and only changes dated on or before D
+count. Days are calendar days after the day it was authored.
+
+- ``referrals-made``: the referrals (a count).
+- ``accepted``: accepted (or further: in-progress, on-hold, completed, failed) by D, of those made.
+- ``completed-30-days``: completed within 30 days (day 30 included), of those made 30 days or
+  more before D (the window has closed).
+- ``feedback-returned``: completed by D with the feedback in ``Task.output``, of those made: the
+  loop closed (Patel et al., JGIM 2018: 34.8 % of primary-care referrals).
+- ``days-to-acceptance-median`` / ``days-to-completion-median``: of those accepted / completed.
+- ``overdue-acceptance``: not answered (accepted, rejected or cancelled) within N days of those
+  made more than N days before D; ``overdue-completion``: not closed (a final status) within M
+  days of those made more than M days before D. N and M per referral type
+  (``ReferralRules``; 7 and 30 by default).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+from dateutil.relativedelta import relativedelta
+from sqlalchemy import Connection, text
+
+from takamul.coordination.referrals import FINAL, is_referral
+from takamul.equity.measures import DimensionData, Measure, NotApplicableError, Subgroup, compute
+from takamul.programmes.indicators import EQUITY_DIMENSIONS, dimension_values
+from takamul.store.repository import Store
+
+__all__ = [
+    "EQUITY_DIMENSIONS",
+    "METRICS",
+    "MetricRow",
+    "Referral",
+    "ReferralRules",
+    "by_dimension",
+    "metric_rows",
+    "overdue",
+    "read_referrals",
+]
+
+ACCEPTED = frozenset({"accepted", "in-progress", "on-hold", "completed", "failed"})
+COMPLETION_WINDOW = 30
+PROPORTIONS = ("accepted", "completed-30-days", "feedback-returned")
+MEDIANS = ("days-to-acceptance-median", "days-to-completion-median")
+OVERDUE = ("overdue-acceptance", "overdue-completion")
+METRICS = ("referrals-made", *PROPORTIONS, *MEDIANS, *OVERDUE)
+ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    accept_days: int
+    complete_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReferralRules:
+    """Days to acceptance (N) and to completion (M) before a referral is overdue, per
+    referral type (a ServiceRequest code or category code), with a default."""
+
+    default: Limits = Limits(7, 30)
+    types: Mapping[str, Limits] = field(default_factory=dict)
+
+    def of(self, referral_type: str) -> Limits:
+        return self.types.get(referral_type, self.default)
+
+    @classmethod
+    def load(cls, path: Path) -> ReferralRules:
+        """``{"default": {"accept_days": 7, "complete_days": 30}, "types": {"<code>": {...}}}``;
+        a ValueError that names what is wrong."""
+        try:
+            data = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as err:
+            raise ValueError(f"{path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object with 'default' and 'types'")
+        default = _limits(data.get("default", {}), Limits(7, 30), f"{path}: default")
+        types = data.get("types", {})
+        if not isinstance(types, dict):
+            raise ValueError(f"{path}: 'types' must map a referral type code to its limits")
+        return cls(
+            default, {str(k): _limits(v, default, f"{path}: types.{k}") for k, v in types.items()}
+        )
+
+
+def _limits(value: object, fallback: Limits, where: str) -> Limits:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object with accept_days and complete_days")
+    out = []
+    for key, default in (
+        ("accept_days", fallback.accept_days),
+        ("complete_days", fallback.complete_days),
+    ):
+        days = value.get(key, default)
+        if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+            raise ValueError(
+                f"{where}.{key} must be a whole number of days (0 or more), not {days!r}"
+            )
+        out.append(days)
+    return Limits(out[0], out[1])
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+_TASK_VERSIONS = text(
+    "SELECT v.res_id, v.version, v.content FROM resource_version v WHERE v.res_type = 'Task' "
+    "AND v.rid IN (SELECT x.rid FROM sp_reference x WHERE x.res_type = 'Task' "
+    "AND x.param = 'focus' AND x.target_type = 'ServiceRequest') ORDER BY v.res_id, v.version"
+)
+_OF_TYPE = text("SELECT res_id, content FROM resource WHERE res_type = :t AND deleted = :f")
+
+
+def _day(value: object) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _ref(value: object) -> tuple[str, str]:
+    ref = str((value or {}).get("reference") or "") if isinstance(value, dict) else ""
+    kind, _, rid = ref.rpartition("/")
+    return kind.rsplit("/", 1)[-1], rid
+
+
+def facility_type(org: Mapping[str, Any]) -> str:
+    """The type of a facility: its first ``Organization.type``'s text (the synthetic
+    population's "Rural Health House", "Primary Health Care Centre"...), else its display or
+    code."""
+    for concept in org.get("type") or ():
+        if concept.get("text"):
+            return str(concept["text"])
+        for coding in concept.get("coding") or ():
+            if coding.get("display") or coding.get("code"):
+                return str(coding.get("display") or coding.get("code"))
+    return "unknown"
+
+
+def referral_type(request: Mapping[str, Any] | None) -> str:
+    """The ServiceRequest's code (first coding's code), else its category's, else text."""
+    for concept in [(request or {}).get("code"), *((request or {}).get("category") or ())]:
+        if isinstance(concept, dict):
+            for coding in concept.get("coding") or ():
+                if coding.get("code"):
+                    return str(coding["code"])
+            if concept.get("text"):
+                return str(concept["text"])
+    return "unspecified"
+
+
+@dataclass(slots=True)
+class Referral:
+    """One referral as it stood on D."""
+
+    task: str
+    patient: str | None
+    route: str
+    kind: str
+    requester: str
+    owner: str
+    authored: date
+    accepted: date | None = None
+    answered: date | None = None
+    closed: date | None = None
+    completed: date | None = None
+    feedback: bool = False
+
+    def days(self, day: date | None) -> int | None:
+        return None if day is None else (day - self.authored).days
+
+
+def _directory(conn: Connection) -> tuple[dict[str, str], dict[str, str]]:
+    """Facility type by Organization id; organization by Practitioner and PractitionerRole."""
+    types = {
+        rid: facility_type(orjson.loads(c))
+        for rid, c in conn.execute(_OF_TYPE, {"t": "Organization", "f": False})
+        if c
+    }
+    org_of: dict[str, str] = {}
+    for rid, content in conn.execute(_OF_TYPE, {"t": "PractitionerRole", "f": False}):
+        role = orjson.loads(content) if content else {}
+        kind, org = _ref(role.get("organization"))
+        if kind == "Organization" and org:
+            org_of[f"PractitionerRole/{rid}"] = org
+            _, practitioner = _ref(role.get("practitioner"))
+            org_of.setdefault(f"Practitioner/{practitioner}", org)
+    return types, org_of
+
+
+def _facility(party: object, org_of: Mapping[str, str]) -> str:
+    kind, rid = _ref(party)
+    if kind == "Organization":
+        return rid
+    return org_of.get(f"{kind}/{rid}", "")
+
+
+def _moment(version: Mapping[str, Any]) -> date | None:
+    return _day(version.get("lastModified")) or _day((version.get("meta") or {}).get("lastUpdated"))
+
+
+def _follow(referral: Referral, versions: Sequence[Mapping[str, Any]], as_of: date) -> None:
+    """Date the first acceptance, answer, closure and completion on or before D."""
+    for v in versions:
+        status, day = v.get("status"), _moment(v)
+        if day is None or day > as_of:
+            continue
+        if status in ACCEPTED and referral.accepted is None:
+            referral.accepted = day
+        if status not in ("requested", "draft", "received") and referral.answered is None:
+            referral.answered = day
+        if status in FINAL and referral.closed is None:
+            referral.closed = day
+        if status == "completed" and referral.completed is None:
+            referral.completed = day
+            referral.feedback = any(_ref(o.get("valueReference"))[1] for o in v.get("output") or ())
+
+
+def read_referrals(
+    store: Store, as_of: date, progress: Callable[[str], None] | None = None
+) -> list[Referral]:
+    """The referrals made in the 12 months up to ``as_of``, as they stood on that day."""
+    say = progress or (lambda _: None)
+    start = as_of - relativedelta(years=1)
+    with store.reader.connect() as conn, conn.begin():
+        say("reading the facilities")
+        types, org_of = _directory(conn)
+        say("reading the referral Tasks")
+        tasks: dict[str, list[dict[str, Any]]] = {}
+        for rid, _version, content in conn.execute(_TASK_VERSIONS):
+            if content:
+                tasks.setdefault(rid, []).append(orjson.loads(content))
+        say("reading the ServiceRequests")
+        requests = {
+            rid: orjson.loads(c)
+            for rid, c in conn.execute(_OF_TYPE, {"t": "ServiceRequest", "f": False})
+            if c
+        }
+    found = []
+    for task_id, versions in sorted(tasks.items()):
+        current = versions[-1]
+        if not is_referral(current) or current.get("status") == "entered-in-error":
+            continue
+        request = requests.get(_ref(current.get("focus"))[1])
+        authored = _day(current.get("authoredOn")) or _day((request or {}).get("authoredOn"))
+        if authored is None or not start < authored <= as_of:
+            continue
+        requester = _facility(current.get("requester") or (request or {}).get("requester"), org_of)
+        owner = _facility(current.get("owner"), org_of)
+        route = f"{types.get(requester, 'unknown')} → {types.get(owner, 'unknown')}"
+        patient = _ref(current.get("for") or (request or {}).get("subject"))
+        referral = Referral(
+            task_id,
+            patient[1] if patient[0] == "Patient" else None,
+            route,
+            referral_type(request),
+            requester,
+            owner,
+            authored,
+        )
+        _follow(referral, versions, as_of)
+        found.append(referral)
+    return found
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    metric: str
+    route: str
+    referral_type: str
+    numerator: int
+    denominator: int
+    value: float | None  # a count, a percentage or days
+    unit: str  # "n", "%" or "d"
+    dimension: str = ""
+    subgroup: str = ""
+    difference: float | str | None = None  # HEAT D and R (by dimension only)
+    ratio: float | str | None = None
+
+
+def _pct(n: int, d: int) -> float | None:
+    return None if d <= 0 else round(100.0 * n / d, 2)
+
+
+def _within(days: int | None, limit: int) -> bool:
+    return days is not None and days <= limit
+
+
+def _unit_rows(
+    referrals: Sequence[Referral],
+    as_of: date,
+    rules: ReferralRules,
+    route: str,
+    kind: str,
+    **extra: Any,
+) -> list[MetricRow]:
+    made = len(referrals)
+
+    def row(metric: str, n: int, d: int, value: float | None, unit: str) -> MetricRow:
+        return MetricRow(metric, route, kind, n, d, value, unit, **extra)
+
+    closed_window = [r for r in referrals if (as_of - r.authored).days >= COMPLETION_WINDOW]
+    accepted = [r.days(r.accepted) for r in referrals if r.accepted is not None]
+    completed = [r.days(r.completed) for r in referrals if r.completed is not None]
+    late_accept = [r for r in referrals if (as_of - r.authored).days > rules.of(r.kind).accept_days]
+    late_close = [
+        r for r in referrals if (as_of - r.authored).days > rules.of(r.kind).complete_days
+    ]
+    n_accept = sum(
+        1 for r in late_accept if not _within(r.days(r.answered), rules.of(r.kind).accept_days)
+    )
+    n_close = sum(
+        1 for r in late_close if not _within(r.days(r.closed), rules.of(r.kind).complete_days)
+    )
+    n30 = sum(1 for r in closed_window if _within(r.days(r.completed), COMPLETION_WINDOW))
+    fed = sum(1 for r in referrals if r.feedback)
+    return [
+        row("referrals-made", made, made, float(made), "n"),
+        row("accepted", len(accepted), made, _pct(len(accepted), made), "%"),
+        row("completed-30-days", n30, len(closed_window), _pct(n30, len(closed_window)), "%"),
+        row("feedback-returned", fed, made, _pct(fed, made), "%"),
+        row(MEDIANS[0], len(accepted), made, _median(accepted), "d"),
+        row(MEDIANS[1], len(completed), made, _median(completed), "d"),
+        row("overdue-acceptance", n_accept, len(late_accept), float(n_accept), "n"),
+        row("overdue-completion", n_close, len(late_close), float(n_close), "n"),
+    ]
+
+
+def _median(days: Iterable[int | None]) -> float | None:
+    known = [d for d in days if d is not None]
+    return float(statistics.median(known)) if known else None
+
+
+def metric_rows(
+    referrals: Sequence[Referral], as_of: date, rules: ReferralRules = ReferralRules()
+) -> list[MetricRow]:
+    """Every metric per (route, type), per route, per type and overall (``all``), sorted."""
+    groups: dict[tuple[str, str], list[Referral]] = {}
+    for r in referrals:
+        for key in ((r.route, r.kind), (r.route, ALL), (ALL, r.kind)):
+            groups.setdefault(key, []).append(r)
+    rows: list[MetricRow] = []
+    for route, kind in sorted(groups):
+        rows += _unit_rows(groups[route, kind], as_of, rules, route, kind)
+    return rows + _unit_rows(referrals, as_of, rules, ALL, ALL)
+
+
+def overdue(
+    referrals: Sequence[Referral], as_of: date, rules: ReferralRules = ReferralRules()
+) -> list[tuple[Referral, str]]:
+    """The referrals still open and overdue on D, with why (for both facilities' worklists)."""
+    out = []
+    for r in referrals:
+        limits, age = rules.of(r.kind), (as_of - r.authored).days
+        if r.answered is None and age > limits.accept_days:
+            out.append((r, f"not accepted within {limits.accept_days} days"))
+        elif r.closed is None and age > limits.complete_days:
+            out.append((r, f"not completed within {limits.complete_days} days"))
+    return out
+
+
+# -- equity --------------------------------------------------------------------------------------
+
+
+def _heat(
+    rows: Sequence[MetricRow], ordered: bool
+) -> tuple[float | str | None, float | str | None]:
+    """HEAT difference and ratio (favourable indicators) through the equity engine."""
+    subgroups = [
+        Subgroup(
+            r.subgroup,
+            r.value,
+            (r.value * (100 - r.value) / r.denominator) ** 0.5,
+            float(r.denominator),
+            int(r.subgroup) if ordered and r.subgroup.isdigit() else None,
+        )
+        for r in rows
+        if r.value is not None and r.denominator > 0
+    ]
+    if len(subgroups) < 2 or (ordered and any(s.order is None for s in subgroups)):
+        return None, None
+    data = DimensionData(tuple(subgroups), favourable=True, scale=100, ordered=ordered)
+    out: list[float | str | None] = []
+    for m in (Measure.D, Measure.R):
+        try:
+            out.append(round(compute(data, m).estimate, 3))
+        except NotApplicableError as err:
+            out.append(f"not applicable: {err}")
+    return out[0], out[1]
+
+
+def by_dimension(
+    store: Store,
+    referrals: Sequence[Referral],
+    as_of: date,
+    rules: ReferralRules = ReferralRules(),
+    dimensions: Sequence[str] | None = None,
+) -> list[MetricRow]:
+    """Every metric by each equity dimension of the referred patient (the equity engine's
+    patient view), with the HEAT difference and ratio of the proportions."""
+    values = dimension_values(store, (r.patient for r in referrals if r.patient))
+    rows: list[MetricRow] = []
+    for dim in dimensions or list(EQUITY_DIMENSIONS):
+        groups: dict[str, list[Referral]] = {}
+        for r in referrals:
+            v = values.get(r.patient or "", {}).get(dim)
+            if v not in (None, ""):
+                groups.setdefault(str(v), []).append(r)
+        per_group = [
+            _unit_rows(members, as_of, rules, ALL, ALL, dimension=dim, subgroup=name)
+            for name, members in sorted(groups.items())
+        ]
+        for metric in METRICS:
+            found = [next(r for r in rs if r.metric == metric) for rs in per_group]
+            d, ratio = (
+                _heat(found, EQUITY_DIMENSIONS[dim]) if metric in PROPORTIONS else (None, None)
+            )
+            unit = found[0].unit if found else ""
+            rows += [*found, MetricRow(metric, ALL, ALL, 0, 0, None, unit, dim, "", d, ratio)]
+    return rows
+
+
+COLUMNS = tuple(MetricRow.__dataclass_fields__)
