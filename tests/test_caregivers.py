@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from joserfc.jwk import ECKey
 from typer.testing import CliRunner
 
 from takamul.caregivers.burden import CAREGIVER_SYSTEM, SUPPORT_CODE, Caregivers, cutoff
@@ -351,3 +352,162 @@ def referrals_in(store: Store) -> list[dict[str, Any]]:
 
     with store.reading() as session:
         return referrals_of(session, "p1", "c1")
+
+
+# -- with access control on: the caregiver's own login, and consent over the burden data --------
+
+
+CAREGIVER_SCOPES = "patient/*.rs patient/QuestionnaireResponse.cru"
+
+
+def _client(security: Any, scopes: str, facility: str | None, roles: tuple[str, ...]) -> str:
+    key = ECKey.generate_key("P-384")
+    key.ensure_kid()
+    client_id = f"c-{uuid.uuid4().hex[:10]}"
+    jwks = {"keys": [{**key.as_dict(private=False), "alg": "ES384"}]}
+    security.clients.add(client_id, "caregivers test", jwks, scopes, facility, roles)
+    return client_id
+
+
+DENY_PSY_BUT_CLINIC: dict[str, Any] = {
+    "type": "deny",
+    "securityLabel": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "PSY",
+        }
+    ],
+    "provision": [
+        {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {"text": "treating team"},
+                    "reference": {"reference": "Organization/clinic"},
+                }
+            ],
+        }
+    ],
+}
+
+
+def _consent(patient: str, provision: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Consent",
+        "id": f"consent-{uuid.uuid4().hex[:8]}",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "provision": provision,
+    }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def secured(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    env = {**ENV, "TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "10000"}
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('cgs') / 'cgs.sqlite'}"
+        with running_server(url, env) as base:
+            yield url, base
+    else:
+        with postgres_database() as url, running_server(url, env) as base:
+            yield url, base
+
+
+def test_caregiver_login_screens_itself_and_consent_hides_the_burden(
+    secured: tuple[str, str], tmp_path: Path
+) -> None:
+    """The caregiver answers through the login that acts for the patient (with the patient's
+    consent), and the referral is made under that login's request. The centre's clinician sees
+    the score and the referral until the patient's Consent keeps PSY data to a clinic; then
+    only the clinic's clinician does."""
+    from takamul.security.service import Security
+
+    url, base = secured
+    security = Security.open(url)
+    cid = _client(security, CAREGIVER_SCOPES, None, ("caregiver",))
+    tokens = {
+        org: security.tokens.mint(
+            _client(security, "system/*.cruds", org, ("clinician",)), "system/*.cruds", base
+        )
+        for org in ("fac", "clinic")
+    }
+    pid, rid = f"p-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    store = Store(Settings(database_url=url, export_dir=tmp_path / "exports"))
+    login = {"system": "https://takamul.health/fhir/sid/login", "value": cid}
+    try:
+        for body in (
+            {"resourceType": "Organization", "id": "fac", "name": "fac"},
+            {"resourceType": "Organization", "id": "clinic", "name": "clinic"},
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "managingOrganization": {"reference": "Organization/fac"},
+            },
+            {
+                "resourceType": "RelatedPerson",
+                "id": rid,
+                "patient": {"reference": f"Patient/{pid}"},
+            },
+            {
+                "resourceType": "CareTeam",
+                "id": f"team-{pid}",
+                "subject": {"reference": f"Patient/{pid}"},
+                "participant": [{"member": {"reference": "Organization/clinic"}}],
+            },
+            _consent(
+                pid,
+                {
+                    "type": "permit",
+                    "actor": [{"role": {"text": "caregiver"}, "reference": {"identifier": login}}],
+                },
+            ),
+        ):
+            store.write(lambda s, b=body: s.update(b["resourceType"], b["id"], b))
+    finally:
+        store.close()
+
+    caregiver_token = security.tokens.mint(cid, CAREGIVER_SCOPES, base, patient=pid)
+    auth = {"Authorization": f"Bearer {caregiver_token}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=60) as caregiver:
+        response = zbi(pid, rid, 24)
+        del response["id"]
+        written = caregiver.post("/QuestionnaireResponse", json=response)
+        assert written.status_code == 201, written.text
+        response_id = written.json()["id"]
+
+    def sees(org: str) -> tuple[int, int, list[str]]:
+        headers = {"Authorization": f"Bearer {tokens[org]}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+            patient = http.get(f"/Patient/{pid}").status_code
+            score = http.get(f"/Observation/mhs-{response_id}").status_code
+            found = http.get(
+                "/ServiceRequest", params={"subject": f"Patient/{pid}", "code": SUPPORT}
+            )
+            assert found.status_code == 200, found.text
+            return patient, score, [e["resource"]["id"] for e in found.json().get("entry") or ()]
+
+    before = sees("fac")  # without a restriction the centre sees it: consent is what hides it
+    assert before[0] == 200 and before[1] == 200 and len(before[2]) == 1
+
+    # the patient then keeps their mental-health data to the clinic: the burden data is PSY
+    restriction = _consent(pid, DENY_PSY_BUT_CLINIC)
+    store = Store(Settings(database_url=url, export_dir=tmp_path / "exports"))
+    try:
+        store.write(lambda s: s.update("Consent", restriction["id"], restriction))
+    finally:
+        store.close()
+
+    centre, clinic = sees("fac"), sees("clinic")
+    assert centre[0] == 200 and centre[1] == 404 and centre[2] == []
+    assert clinic[1] == 200 and clinic[2] == before[2]
