@@ -511,3 +511,9 @@ def test_caregiver_login_screens_itself_and_consent_hides_the_burden(
     centre, clinic = sees("fac"), sees("clinic")
     assert centre[0] == 200 and centre[1] == 404 and centre[2] == []
     assert clinic[1] == 200 and clinic[2] == before[2]
+    # the guard judges the label, not who answered: the caregiver's login is no permitted actor
+    with httpx.Client(base_url=base, headers=auth, timeout=60) as caregiver:
+        assert caregiver.get(f"/QuestionnaireResponse/{response_id}").status_code == 404
+        again = zbi(pid, rid, 30)
+        del again["id"]
+        assert caregiver.post("/QuestionnaireResponse", json=again).status_code == 403
