@@ -529,3 +529,41 @@ def test_metrics_command(metrics_store: Store, tmp_path: Path) -> None:
     assert "rd" in (tmp_path / "overdue.csv").read_text()
     bad = CliRunner().invoke(app, ["referrals", "metrics", "--db", db, "--as-of", "31/12/2026"])
     assert bad.exit_code == 2 and "not a date" in bad.output
+
+
+def test_a_practitioner_owner_is_acted_for_by_their_organization(
+    parties: Parties, web_site: WebSite
+) -> None:
+    """Owner ``Practitioner/P``: the facility of P's PractitionerRole makes the owner's moves."""
+    doctor = ok(web_site.fhir.post("/Practitioner", json={"resourceType": "Practitioner"}))["id"]
+    ok(
+        web_site.fhir.post(
+            "/PractitionerRole",
+            json={
+                "resourceType": "PractitionerRole",
+                "practitioner": {"reference": f"Practitioner/{doctor}"},
+                "organization": {"reference": f"Organization/{TEHRAN}"},
+            },
+        )
+    )
+    task_id = refer(parties)
+    task = ok(parties.riyadh.get(f"/Task/{task_id}"))
+    body = {k: v for k, v in task.items() if k not in ("id", "meta")}
+    body["owner"] = {"reference": f"Practitioner/{doctor}"}
+    task_id = str(ok(parties.riyadh.post("/Task", json=body))["id"])
+    was = ok(parties.riyadh.get(f"/Task/{task_id}"))
+    r = move(parties, parties.riyadh, task_id, "accepted")
+    assert_refused(parties, r, task_id, was, "accepted")
+    assert f"only the owner (Practitioner/{doctor})" in r.json()["issue"][0]["diagnostics"]
+    assert ok(move(parties, parties.tehran, task_id, "accepted"))["status"] == "accepted"
+
+
+def test_a_patch_takes_the_same_check(parties: Parties) -> None:
+    task_id = refer(parties)
+    was = ok(parties.tehran.get(f"/Task/{task_id}"))
+    r = parties.tehran.patch(
+        f"/Task/{task_id}",
+        json=[{"op": "replace", "path": "/status", "value": "completed"}],
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    assert_refused(parties, r, task_id, was, "completed")
