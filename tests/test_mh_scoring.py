@@ -279,6 +279,18 @@ def test_scored_observation_shape() -> None:
         assert [i for i in validate_resource(built, "Observation") if i.severity == "error"] == []
 
 
+def test_a_caregiver_answering_about_themselves_is_the_performer_not_the_subject() -> None:
+    # R4 allows Patient, Group, Device or Location as Observation.subject, not RelatedPerson
+    body = response("zbi-12", [2] * 12)
+    body["subject"] = {"reference": "RelatedPerson/caregiver-1"}
+    score = score_response(body)
+    assert score is not None and score.total == 24
+    obs = scored_observation(body, "z1", score)
+    assert obs is not None
+    assert "subject" not in obs and obs["performer"] == [body["subject"]]
+    assert [i for i in validate_resource(obs, "Observation") if i.severity == "error"] == []
+
+
 def test_derived_ids_fit_and_are_deterministic() -> None:
     long_id = "x" * 64
     assert derived_id("mhs", "abc") == "mhs-abc"

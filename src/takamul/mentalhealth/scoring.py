@@ -242,9 +242,17 @@ def scored_observation(
         ],
         "derivedFrom": [{"reference": f"QuestionnaireResponse/{response_id}"}],
     }
-    for key in ("subject", "encounter"):
-        if isinstance(response.get(key), dict):
-            body[key] = response[key]
+    if isinstance(response.get("encounter"), dict):
+        body["encounter"] = response["encounter"]
+    subject = response.get("subject")
+    if isinstance(subject, dict):
+        kind = str(subject.get("reference", "")).split("/", 1)[0]
+        if kind in OBSERVATION_SUBJECTS:
+            body["subject"] = subject
+        elif kind == "RelatedPerson":
+            # a caregiver answering about themselves (ZBI-12): an Observation's subject cannot
+            # be a RelatedPerson in R4, but its performer can
+            body["performer"] = [subject]
     if response.get("authored"):
         body["effectiveDateTime"] = response["authored"]
     if score.prorated:
@@ -255,6 +263,10 @@ def scored_observation(
             }
         ]
     return body
+
+
+# the types R4 allows as Observation.subject
+OBSERVATION_SUBJECTS = frozenset({"Patient", "Group", "Device", "Location"})
 
 
 def iter_responses(document: Any) -> Iterator[dict[str, Any]]:
