@@ -8,6 +8,7 @@ is the one proven. Both stores."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -192,3 +193,36 @@ def test_another_date_or_facility_is_its_own_registry(
     other = programmes.facility_statuses(OTHER, "hypertension", AS_OF)
     assert other == statuses(store, programmes.catalog, AS_OF, ["hypertension"], facility=OTHER)
     assert {r.facility for r in other} == {OTHER}
+
+
+def test_a_new_days_registries_are_ready_before_the_first_view(
+    world: tuple[Store, Programmes, ClientRegistry],
+) -> None:
+    store, programmes, _ = world
+    registries = programmes.registries
+    day, next_day = date(2025, 3, 31), date(2025, 4, 1)
+    programmes.facility_statuses(HOME, "hypertension", day)
+    assert registries.warm(next_day) >= 1
+    before = (registries.followed, registries.recomputed)
+    ready = programmes.facility_statuses(HOME, "hypertension", next_day)
+    assert (registries.followed, registries.recomputed) == before  # computed by warm
+    assert ready == statuses(store, programmes.catalog, next_day, ["hypertension"], facility=HOME)
+
+
+def test_the_background_warms_when_the_date_changes(
+    world: tuple[Store, Programmes, ClientRegistry],
+) -> None:
+    store, _, _ = world
+    programmes = Programmes(store)  # its own registries and thread
+    programmes.attach()
+    days = [date(2025, 5, 30)]
+    programmes.facility_statuses(HOME, "hypertension", days[0])
+    programmes.start_background(interval=0.05, today=lambda: days[0])
+    try:
+        days[0] = date(2025, 5, 31)
+        deadline = time.monotonic() + 20
+        while programmes.registries.recomputed < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert programmes.registries.recomputed == 2  # the first view, then the new day
+    finally:
+        programmes.stop()

@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if extracted:
         log.info("care programmes: read care facts from %d stored versions", extracted)
     app.state.programmes = programmes
+    programmes.start_background()  # a new day's registries ready before the first view
     add_programme_routes(app, programmes, lambda r: _base(settings, r))
     mental_health = MentalHealth(store)  # scores responses and raises safety Tasks on write
     if caught := mental_health.attach():

@@ -122,6 +122,16 @@ class FacilityRegistries:
                     self._working.pop(gone, None)
         return rows
 
+    def warm(self, as_of: date) -> int:
+        """Compute for ``as_of`` every registry kept for another date (the day before): the
+        first view of a new day then finds its facility's registry ready instead of computing
+        it in full. Returns the number computed."""
+        with self._lock:
+            wanted = sorted({(f, p) for f, p, d in self._entries if d != as_of})
+        for facility, programme_id in wanted:
+            self.statuses(facility, programme_id, as_of)
+        return len(wanted)
+
     # -- the two ways ---------------------------------------------------------------------
 
     def _compute(
