@@ -31,12 +31,13 @@ from typing import Any
 
 import orjson
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from takamul.coordination.referrals import FINAL, is_referral
 from takamul.equity.measures import DimensionData, Measure, NotApplicableError, Subgroup, compute
 from takamul.programmes.indicators import EQUITY_DIMENSIONS, dimension_values
 from takamul.store.repository import Store
+from takamul.store.schema import resource
 
 __all__ = [
     "EQUITY_DIMENSIONS",
@@ -230,6 +231,21 @@ def _follow(referral: Referral, versions: Sequence[Mapping[str, Any]], as_of: da
             referral.feedback = any(_ref(o.get("valueReference"))[1] for o in v.get("output") or ())
 
 
+def _service_requests(conn: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The referrals' ServiceRequests by id, read in chunks (not every ServiceRequest)."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 2000):
+        rows = conn.execute(
+            select(resource.c.res_id, resource.c.content).where(
+                resource.c.res_type == "ServiceRequest",
+                resource.c.res_id.in_(ids[start : start + 2000]),
+                resource.c.deleted.is_(False),
+            )
+        )
+        found.update({r.res_id: orjson.loads(r.content) for r in rows if r.content})
+    return found
+
+
 def read_referrals(
     store: Store, as_of: date, progress: Callable[[str], None] | None = None
 ) -> list[Referral]:
@@ -245,11 +261,8 @@ def read_referrals(
             if content:
                 tasks.setdefault(rid, []).append(orjson.loads(content))
         say("reading the ServiceRequests")
-        requests = {
-            rid: orjson.loads(c)
-            for rid, c in conn.execute(_OF_TYPE, {"t": "ServiceRequest", "f": False})
-            if c
-        }
+        focus = {_ref(versions[-1].get("focus"))[1] for versions in tasks.values()}
+        requests = _service_requests(conn, sorted(focus))
     found = []
     for task_id, versions in sorted(tasks.items()):
         current = versions[-1]

@@ -117,6 +117,9 @@ def _has_feedback(task: Mapping[str, Any]) -> bool:
 
 
 _PREVIOUS = text(
+    "SELECT content FROM resource_version WHERE res_type = 'Task' AND res_id = :id AND version = :v"
+)
+_HISTORY = text(
     "SELECT content FROM resource_version WHERE res_type = 'Task' AND res_id = :id "
     "AND version < :v ORDER BY version DESC"
 )
@@ -128,9 +131,18 @@ _ROLES_OF = text(
 _ONE = text("SELECT content FROM resource WHERE res_type = :t AND res_id = :id AND deleted = :f")
 
 
+def _previous(session: Session, task_id: str, version: int) -> dict[str, Any] | None:
+    """The version before ``version`` (None: there is none, or it was a deletion). One
+    indexed lookup: every Task write pays for it, referral or not."""
+    if version <= 1:
+        return None
+    row = session.conn.execute(_PREVIOUS, {"id": task_id, "v": version - 1}).first()
+    return orjson.loads(row.content) if row is not None and row.content else None
+
+
 def _versions_before(session: Session, task_id: str, version: int) -> list[dict[str, Any] | None]:
     """Earlier versions of the Task, newest first (None for a deletion)."""
-    rows = session.conn.execute(_PREVIOUS, {"id": task_id, "v": version})
+    rows = session.conn.execute(_HISTORY, {"id": task_id, "v": version})
     return [orjson.loads(r.content) if r.content else None for r in rows]
 
 
@@ -203,8 +215,7 @@ class Referrals:
         if resource_type != "Task" or body is None:
             return
         version = int((body.get("meta") or {}).get("versionId") or 1)
-        history = _versions_before(session, resource_id, version) if version > 1 else []
-        previous = history[0] if history else None
+        previous = _previous(session, resource_id, version)
         if not is_referral(body) and not (previous is not None and is_referral(previous)):
             return
         writer = _writer()
@@ -212,7 +223,7 @@ class Referrals:
             if writer is not None:
                 _check_create(session, body, writer)
             return
-        _check_update(session, previous, body, history, writer)
+        _check_update(session, resource_id, version, previous, body, writer)
 
 
 def _check_create(session: Session, task: Mapping[str, Any], writer: _Writer) -> None:
@@ -237,9 +248,10 @@ def _check_create(session: Session, task: Mapping[str, Any], writer: _Writer) ->
 
 def _check_update(
     session: Session,
+    task_id: str,
+    version: int,
     previous: Mapping[str, Any],
     task: Mapping[str, Any],
-    history: list[dict[str, Any] | None],
     writer: _Writer | None,
 ) -> None:
     before, after = str(previous.get("status")), str(task.get("status"))
@@ -256,6 +268,8 @@ def _check_update(
         )
     if before == after:
         return
+    # where an on-hold referral may go back to is in its history, read only then
+    history = _versions_before(session, task_id, version) if before == "on-hold" else []
     allowed = _allowed(before, history)
     if after not in allowed:
         if before in FINAL:
