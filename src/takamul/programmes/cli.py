@@ -12,7 +12,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import text
 
+from takamul.mpi.schema import mpi_metadata
+from takamul.mpi.service import ClientRegistry
 from takamul.programmes.definitions import DefinitionError, load_catalog
 from takamul.programmes.facts import CareFacts
 from takamul.programmes.status import PersonStatus, statuses
@@ -81,6 +84,25 @@ def _as_of(text: str | None) -> date:
         raise typer.Exit(2) from None
 
 
+def _link_persons(store: Store) -> None:
+    """Patients stored without a person (bulk-loaded before the server ran) are linked first,
+    as the server does at start-up: otherwise each registration would count as a person of its
+    own (and get its own overdue Task)."""
+    mpi_metadata.create_all(store.writer)
+    with store.reader.connect() as conn:
+        unlinked = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM resource r WHERE r.res_type = 'Patient' "
+                "AND r.deleted = :f AND NOT EXISTS "
+                "(SELECT 1 FROM mpi_member m WHERE m.patient_id = r.res_id)"
+            ),
+            {"f": False},
+        ).scalar()
+    if unlinked:
+        console.print(f"linking {unlinked:,} Patient records to persons (the client registry)")
+        ClientRegistry(store).attach()
+
+
 def _catch_up(facts: CareFacts) -> None:
     """Extract the care facts of resources stored since the last pass, with a progress bar."""
     if not facts.behind():
@@ -122,6 +144,7 @@ def status(
         raise typer.Exit(2) from None
     store = Store(Settings.from_env(database_url=db))
     try:
+        _link_persons(store)
         facts = CareFacts(store, catalog)
         _catch_up(facts)
         started = time.perf_counter()
@@ -194,6 +217,7 @@ def overdue_command(
         raise typer.Exit(2) from None
     store = Store(Settings.from_env(database_url=db))
     try:
+        _link_persons(store)
         facts = CareFacts(store, catalog)
         _catch_up(facts)
         rows = statuses(store, catalog, day, chosen, facility=facility)
@@ -262,6 +286,7 @@ def indicators_command(
         raise typer.Exit(2)
     store = Store(Settings.from_env(database_url=db))
     try:
+        _link_persons(store)
         _catch_up(CareFacts(store, catalog))
         ends = month_ends(day, months)
         with console.status(f"indicators for {len(ends)} months"):
