@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8080
 DB ?= sqlite:///data/takamul.sqlite
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --durations=15
 
 .PHONY: demo test lint typecheck unit serve definitions clean bench bench-registry browser
 

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from takamul.cli import app
+from takamul.fhir.validation import validate_resource
 from takamul.mentalhealth.instruments import instrument, questions
 from takamul.mentalhealth.service import MentalHealth
 from takamul.settings import Settings
@@ -196,6 +197,10 @@ def test_positive_item9_always_yields_one_flag_and_one_task(
         assert all(_psy(r) for r in (flag, task, obs, response))
         labelled = _search(client, f"/Task?patient=Patient/{pid}&_security=PSY")
         assert len(labelled) == 1
+        # stored without validating again (the hook's cost): valid R4 as built
+        for kind, stored in (("Flag", flag), ("Task", task)):
+            errors = [i for i in validate_resource(stored, kind) if i.severity == "error"]
+            assert errors == [], (kind, errors)
 
 
 @pytest.mark.parametrize("how", PATHS)
