@@ -39,6 +39,7 @@ VENDOR = {"htmx.min.js": ("htmx.org", "dist/htmx.min.js")}
 SCREEN_MODULES = (
     "takamul.web.screens.patients",
     "takamul.web.screens.worklist",
+    "takamul.web.screens.referrals",
     "takamul.web.screens.registry",
     "takamul.web.screens.mentalhealth",
     "takamul.web.screens.review",
