@@ -17,6 +17,7 @@ from takamul.synth.clinical import Clinic
 from takamul.synth.facilities import Network, build_network
 from takamul.synth.mentalhealth import CollaborativeCare
 from takamul.synth.people import HouseholdFactory, Person
+from takamul.synth.referrals import ReferralMaker
 from takamul.synth.registrations import Record, Registrar
 from takamul.synth.writer import BlockOutput, OutputWriter
 
@@ -52,6 +53,7 @@ class BlockGenerator:
         self.registrar = Registrar(config, self.table, self.network)
         self.clinic = Clinic(config, self.table, self.network)
         self.mental_health = CollaborativeCare(config, self.table, self.network)
+        self.referrals = ReferralMaker(config, self.table, self.network)
 
     def run(self, block: int) -> BlockOutput:
         cfg = self.config
@@ -77,6 +79,7 @@ class BlockGenerator:
                     row = books.row(person.pid)
                     if row is not None:
                         out.mental_health.append(row)
+                out.referrals.extend(self.referrals.refer(person, records, out.emit))
                 if plan is not None:
                     out.programmes.extend(plan.rows(person.pid))
                 out.persons.append(_person_row(person, records, outcome))

@@ -14,6 +14,7 @@ import orjson
 
 from takamul.synth.followup import STATUS_COLUMNS
 from takamul.synth.mentalhealth import MH_COLUMNS
+from takamul.synth.referrals import REFERRAL_COLUMNS
 
 __all__ = ["PERSON_COLUMNS", "REGISTRATION_COLUMNS", "BlockOutput", "OutputWriter"]
 
@@ -37,6 +38,7 @@ class BlockOutput:
     registrations: list[list[str]] = field(default_factory=list)
     programmes: list[list[str]] = field(default_factory=list)  # truth/programme_status.csv
     mental_health: list[list[str]] = field(default_factory=list)  # truth/mh_registry.csv
+    referrals: list[list[str]] = field(default_factory=list)  # truth/referrals.csv
 
     def emit(self, rtype: str, body: dict[str, Any]) -> None:
         self.resources.setdefault(rtype, []).append(orjson.dumps(body))
@@ -61,6 +63,7 @@ class OutputWriter:
             ("links", LINK_COLUMNS),
             ("programme_status", STATUS_COLUMNS),
             ("mh_registry", MH_COLUMNS),
+            ("referrals", REFERRAL_COLUMNS),
         ):
             handle = (out_dir / "truth" / f"{name}.csv").open("w", newline="", encoding="utf-8")
             w = csv.writer(handle, lineterminator="\n")
@@ -86,6 +89,7 @@ class OutputWriter:
         self.truth["links"][1].writerows([r[0], r[1]] for r in block.registrations)
         self.truth["programme_status"][1].writerows(block.programmes)
         self.truth["mh_registry"][1].writerows(block.mental_health)
+        self.truth["referrals"][1].writerows(block.referrals)
 
     def write_json(self, relative: str, value: Any) -> None:
         opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
