@@ -46,6 +46,7 @@ __all__ = [
     "Referral",
     "ReferralRules",
     "by_dimension",
+    "follow_history",
     "metric_rows",
     "overdue",
     "read_referrals",
@@ -214,8 +215,9 @@ def _moment(version: Mapping[str, Any]) -> date | None:
     return _day(version.get("lastModified")) or _day((version.get("meta") or {}).get("lastUpdated"))
 
 
-def _follow(referral: Referral, versions: Sequence[Mapping[str, Any]], as_of: date) -> None:
-    """Date the first acceptance, answer, closure and completion on or before D."""
+def follow_history(referral: Referral, versions: Sequence[Mapping[str, Any]], as_of: date) -> None:
+    """Date, from the Task's versions, the first acceptance, answer, closure and completion on
+    or before D (the metrics and the Referrals screen read a referral's history the same way)."""
     for v in versions:
         status, day = v.get("status"), _moment(v)
         if day is None or day > as_of:
@@ -285,7 +287,7 @@ def read_referrals(
             owner,
             authored,
         )
-        _follow(referral, versions, as_of)
+        follow_history(referral, versions, as_of)
         found.append(referral)
     return found
 

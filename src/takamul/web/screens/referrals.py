@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from takamul.coordination.metrics import (
     Referral,
     ReferralRules,
-    _follow,
+    follow_history,
     overdue,
     referral_type,
 )
@@ -164,7 +164,7 @@ def _referral(
     stored, _ = session.history("Task", str(task["id"]), None, MAX_VERSIONS, 0)
     versions = [v.json() for v in reversed(stored) if v.content]
     # metrics has no public "follow one referral" yet; this is its own dating, not a copy
-    _follow(referral, versions, today)
+    follow_history(referral, versions, today)
     return referral
 
 
