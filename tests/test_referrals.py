@@ -567,3 +567,24 @@ def test_a_patch_takes_the_same_check(parties: Parties) -> None:
         headers={"Content-Type": "application/json-patch+json"},
     )
     assert_refused(parties, r, task_id, was, "completed")
+
+
+def test_a_referral_loaded_as_its_last_version_is_dated_by_its_execution_period() -> None:
+    from takamul.coordination.metrics import Referral, follow_history
+
+    referral = Referral("t", "p", "route", "kind", "a", "b", date(2025, 3, 1))
+    last = {
+        "status": "completed",
+        "lastModified": "2025-03-20T10:00:00+03:00",
+        "executionPeriod": {"start": "2025-03-04T09:00:00+03:00", "end": "2025-03-20"},
+        "output": [{"valueReference": {"reference": "DocumentReference/note"}}],
+    }
+    follow_history(referral, [last], date(2025, 6, 30))
+    assert (referral.accepted, referral.answered) == (date(2025, 3, 4), date(2025, 3, 4))
+    assert referral.completed == date(2025, 3, 20) and referral.feedback
+    # without an execution period, the version's own date (as before)
+    bare = Referral("t", "p", "route", "kind", "a", "b", date(2025, 3, 1))
+    follow_history(
+        bare, [{k: v for k, v in last.items() if k != "executionPeriod"}], date(2025, 6, 30)
+    )
+    assert bare.accepted == date(2025, 3, 20)

@@ -96,12 +96,19 @@ def _expected(rows: list[dict[str, str]]) -> dict[str, tuple[int, int, float | N
     within = [r for r in window if (_days(r, "completed_on") or 10**6) <= COMPLETION_WINDOW]
     accepted = [r for r in rows if r["accepted_on"]]
     completed = [d for r in rows if (d := _days(r, "completed_on")) is not None]
+    to_accept = [d for r in rows if (d := _days(r, "accepted_on")) is not None]
     fed = [r for r in rows if r["feedback"] == "true"]
     return {
         "referrals-made": (made, made, float(made)),
         "accepted": (len(accepted), made, None),
         "completed-30-days": (len(within), len(window), None),
         "feedback-returned": (len(fed), made, None),
+        # read from the execution period's start: a bulk load keeps only the last version
+        "days-to-acceptance-median": (
+            len(to_accept),
+            made,
+            float(statistics.median(to_accept)) if to_accept else None,
+        ),
         "days-to-completion-median": (
             len(completed),
             made,

@@ -223,9 +223,12 @@ def follow_history(referral: Referral, versions: Sequence[Mapping[str, Any]], as
         if day is None or day > as_of:
             continue
         if status in ACCEPTED and referral.accepted is None:
-            referral.accepted = day
+            # a record loaded in bulk holds only its last version: the execution period's
+            # start still dates the acceptance (the owner starts work when it accepts)
+            started = _day((v.get("executionPeriod") or {}).get("start"))
+            referral.accepted = started if started is not None and started <= day else day
         if status not in ("requested", "draft", "received") and referral.answered is None:
-            referral.answered = day
+            referral.answered = referral.accepted if status in ACCEPTED else day
         if status in FINAL and referral.closed is None:
             referral.closed = day
         if status == "completed" and referral.completed is None:
