@@ -6,6 +6,7 @@ and the page in Arabic and Persian, right to left.
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 import time
@@ -219,7 +220,8 @@ def test_the_owner_accepts_and_it_is_audited(web_site: WebSite, seeded: dict[str
     assert _audited(web_site, task_id, "clinician-tehran", "0")
     page = tehran.get("/app/referrals").text
     shown = row(page, "received", task_id)
-    assert "Accepted" in shown and "<button" not in shown
+    assert "Accepted" in shown and 'value="accept"' not in shown
+    assert 'value="start"' in shown  # accepted: the owner's next move is to start it
 
 
 def test_a_facility_cannot_answer_another_facilitys_referral(
@@ -265,3 +267,129 @@ def test_the_screen_in_arabic_and_persian(
         assert t("Not accepted within %(days)s days") % {"days": "7"} in late
     finally:
         signed_in(web_site, "clinician-tehran", "en")
+
+
+# -- closing the loop: start, complete with the consult note, the requester reads it ----------
+
+# Arabic with Arabic-Indic digits, a Persian line with ZWNJ (U+200C), a line break and markup
+NOTE = "ملاحظة الاستشارة: ضغط الدم ١٤٠/٩٠ <b>&</b>\nپیگیری در مرکز ارجاع\u200cدهنده، دو هفته"
+
+
+def referred_to_tehran(site: WebSite, status: str) -> str:
+    """A new referral Riyadh → Tehran for Salma, moved by Tehran's API client to ``status``."""
+    riyadh, tehran = facility_client(site, RIYADH), facility_client(site, TEHRAN)
+    try:
+        task_id = refer(riyadh, site.ids["salma"], RIYADH, TEHRAN, 1)
+        for step in ("accepted", "in-progress")[: ("accepted", "in-progress").index(status) + 1]:
+            task = ok(tehran.get(f"/Task/{task_id}"))
+            ok(tehran.put(f"/Task/{task_id}", json={**task, "status": step}))
+        return task_id
+    finally:
+        riyadh.close()
+        tehran.close()
+
+
+def notes_of(site: WebSite, patient: str) -> int:
+    """How many DocumentReferences the record holds about the person."""
+    r = site.fhir.get(
+        "/DocumentReference", params={"subject": f"Patient/{patient}", "_count": "500"}
+    )
+    return len(ok(r).get("entry", []))
+
+
+def complete_on_screen(client: httpx.Client, task_id: str, note: str) -> httpx.Response:
+    return client.post(
+        f"/app/referrals/{task_id}/complete",
+        data={"csrf": csrf(client, "/app/referrals"), "note": note},
+    )
+
+
+def test_the_owner_starts_and_completes_with_a_consult_note_the_requester_reads(
+    web_site: WebSite,
+) -> None:
+    task_id = referred_to_tehran(web_site, "accepted")
+    tehran = signed_in(web_site, "clinician-tehran")
+    shown = row(tehran.get("/app/referrals").text, "received", task_id)
+    assert 'value="start"' in shown and "<textarea" not in shown
+    r = tehran.post(
+        f"/app/referrals/{task_id}/answer",
+        data={"csrf": csrf(tehran, "/app/referrals"), "answer": "start"},
+    )
+    assert r.status_code == 303, r.text
+    assert ok(web_site.fhir.get(f"/Task/{task_id}"))["status"] == "in-progress"
+    shown = row(tehran.get("/app/referrals").text, "received", task_id)
+    assert '<textarea id="note-' in shown and "Complete with feedback" in shown
+    assert 'value="start"' not in shown
+    r = complete_on_screen(tehran, task_id, NOTE)
+    assert r.status_code == 303, r.text
+    task = ok(web_site.fhir.get(f"/Task/{task_id}"))
+    assert task["status"] == "completed" and task["meta"]["versionId"] == "4"
+    [output] = task["output"]
+    assert output["type"] == {"text": "feedback"}
+    kind, document_id = output["valueReference"]["reference"].split("/")
+    assert kind == "DocumentReference"
+    document = ok(web_site.fhir.get(f"/DocumentReference/{document_id}"))
+    assert document["status"] == "current"
+    assert document["type"]["coding"][0]["system"] == "http://loinc.org"
+    assert document["type"]["coding"][0]["code"] == "11488-4"
+    assert document["subject"] == {"reference": f"Patient/{web_site.ids['salma']}"}
+    assert document["author"] == [{"reference": f"Organization/{TEHRAN}"}]
+    attachment = document["content"][0]["attachment"]
+    assert attachment["contentType"] == "text/plain; charset=utf-8"
+    assert base64.b64decode(attachment["data"]).decode("utf-8") == NOTE  # byte for byte
+    assert _audited(web_site, task_id, "clinician-tehran", "0")
+    # the requester: a link on its Sent list, and the note on the feedback page, escaped
+    riyadh = signed_in(web_site, "clinician")
+    sent = row(riyadh.get("/app/referrals").text, "sent", task_id)
+    assert f'href="/app/referrals/{task_id}/feedback"' in sent and "Read the feedback" in sent
+    page = riyadh.get(f"/app/referrals/{task_id}/feedback")
+    assert page.status_code == 200, page.text
+    assert "<b>&</b>" not in page.text  # the note's markup is text, not markup
+    found = re.search(
+        r'<pre class="note" dir="auto" id="feedback-text">(.*?)</pre>', page.text, re.S
+    )
+    assert found and html.unescape(found.group(1)) == NOTE
+    assert FACILITIES[TEHRAN][0] in html.unescape(page.text)
+    # a referral without feedback has no feedback page
+    assert (
+        riyadh.get(
+            f"/app/referrals/{referred_to_tehran(web_site, 'accepted')}/feedback"
+        ).status_code
+        == 404
+    )
+
+
+def test_an_empty_note_or_a_refused_completion_writes_nothing(web_site: WebSite) -> None:
+    salma = web_site.ids["salma"]
+    tehran = signed_in(web_site, "clinician-tehran")
+    started = referred_to_tehran(web_site, "in-progress")
+    before = notes_of(web_site, salma)
+    r = complete_on_screen(tehran, started, " \n\t")
+    assert r.status_code == 422, r.text
+    assert "The consult note is empty" in html.unescape(r.text)
+    task = ok(web_site.fhir.get(f"/Task/{started}"))
+    assert task["status"] == "in-progress" and "output" not in task
+    # the state machine refuses completing a referral not yet started: the note is rolled back
+    accepted = referred_to_tehran(web_site, "accepted")
+    r = complete_on_screen(tehran, accepted, NOTE)
+    assert r.status_code == 422, r.text
+    assert "Task status accepted → completed is not allowed" in html.unescape(r.text)
+    assert ok(web_site.fhir.get(f"/Task/{accepted}"))["status"] == "accepted"
+    assert notes_of(web_site, salma) == before
+
+
+def test_another_facility_cannot_complete_the_referral(web_site: WebSite) -> None:
+    salma = web_site.ids["salma"]
+    task_id = referred_to_tehran(web_site, "in-progress")
+    riyadh = signed_in(web_site, "clinician")  # the requester, not the owner
+    assert "<textarea" not in row(riyadh.get("/app/referrals").text, "sent", task_id)
+    before = notes_of(web_site, salma)
+    r = complete_on_screen(riyadh, task_id, NOTE)
+    assert r.status_code == 422, r.text
+    refusal = html.unescape(r.text)
+    assert "The referral was not changed:" in refusal
+    assert "only the owner (Organization/org-tehran) may complete the referral" in refusal
+    task = ok(web_site.fhir.get(f"/Task/{task_id}"))
+    assert task["status"] == "in-progress" and "output" not in task
+    assert notes_of(web_site, salma) == before
+    assert _audited(web_site, task_id, "clinician", "4")
