@@ -75,24 +75,20 @@ def metrics_command(
 
     from takamul.coordination.metrics import (
         COLUMNS,
-        EQUITY_DIMENSIONS,
         ReferralRules,
         by_dimension,
         metric_rows,
         overdue,
         read_referrals,
     )
+    from takamul.programmes.indicators import chosen_dimensions
     from takamul.store.repository import Store
 
     day = _as_of(as_of)
-    dimensions = list(EQUITY_DIMENSIONS) if by and "all" in by else list(by or ())
-    unknown = [d for d in dimensions if d not in EQUITY_DIMENSIONS]
-    if unknown:
-        raise _refuse(
-            f"unknown dimension {unknown[0]!r}; the dimensions are: "
-            f"{', '.join(EQUITY_DIMENSIONS)} (or all)",
-            "--by",
-        )
+    try:
+        dimensions = chosen_dimensions(by)
+    except ValueError as err:
+        raise _refuse(str(err), "--by") from None
     try:
         rules = ReferralRules.load(referral_rules) if referral_rules else ReferralRules()
     except ValueError as err:

@@ -34,7 +34,7 @@ from dateutil.relativedelta import relativedelta
 from sqlalchemy import Connection, select, text
 
 from takamul.coordination.referrals import FINAL, is_referral
-from takamul.equity.measures import DimensionData, Measure, NotApplicableError, Subgroup, compute
+from takamul.equity.measures import difference_and_ratio, percentage_subgroup
 from takamul.programmes.indicators import EQUITY_DIMENSIONS, dimension_values
 from takamul.store.repository import Store
 from takamul.store.schema import resource
@@ -400,28 +400,13 @@ def overdue(
 def _heat(
     rows: Sequence[MetricRow], ordered: bool
 ) -> tuple[float | str | None, float | str | None]:
-    """HEAT difference and ratio (favourable indicators) through the equity engine."""
+    """HEAT difference and ratio of a proportion (favourable) through the equity engine."""
     subgroups = [
-        Subgroup(
-            r.subgroup,
-            r.value,
-            (r.value * (100 - r.value) / r.denominator) ** 0.5,
-            float(r.denominator),
-            int(r.subgroup) if ordered and r.subgroup.isdigit() else None,
-        )
+        percentage_subgroup(r.subgroup, r.value, r.denominator, ordered)
         for r in rows
         if r.value is not None and r.denominator > 0
     ]
-    if len(subgroups) < 2 or (ordered and any(s.order is None for s in subgroups)):
-        return None, None
-    data = DimensionData(tuple(subgroups), favourable=True, scale=100, ordered=ordered)
-    out: list[float | str | None] = []
-    for m in (Measure.D, Measure.R):
-        try:
-            out.append(round(compute(data, m).estimate, 3))
-        except NotApplicableError as err:
-            out.append(f"not applicable: {err}")
-    return out[0], out[1]
+    return difference_and_ratio(subgroups, ordered)
 
 
 def by_dimension(

@@ -123,11 +123,6 @@ _HISTORY = text(
     "SELECT content FROM resource_version WHERE res_type = 'Task' AND res_id = :id "
     "AND version < :v ORDER BY version DESC"
 )
-_ROLES_OF = text(
-    "SELECT r.content FROM resource r WHERE r.res_type = 'PractitionerRole' AND r.deleted = :f "
-    "AND r.rid IN (SELECT x.rid FROM sp_reference x WHERE x.res_type = 'PractitionerRole' "
-    "AND x.param = 'practitioner' AND x.target_type = 'Practitioner' AND x.target_id = :id)"
-)
 _ONE = text("SELECT content FROM resource WHERE res_type = :t AND res_id = :id AND deleted = :f")
 
 
@@ -156,8 +151,7 @@ def organizations_of(session: Session, reference: str) -> set[str]:
         row = session.conn.execute(_ONE, {"t": kind, "id": rid, "f": False}).first()
         roles = [orjson.loads(row.content)] if row is not None and row.content else []
     elif kind == "Practitioner":
-        rows = session.conn.execute(_ROLES_OF, {"id": rid, "f": False})
-        roles = [orjson.loads(r.content) for r in rows if r.content]
+        roles = session.referring("PractitionerRole", "practitioner", f"Practitioner/{rid}")
     else:
         return set()
     found = set()

@@ -42,6 +42,7 @@ holds all of them); :class:`ComputeOptions` keeps the other conventions as docum
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from statistics import NormalDist
@@ -76,7 +77,9 @@ __all__ = [
     "all_measures",
     "applicable",
     "compute",
+    "difference_and_ratio",
     "not_applicable_reason",
+    "percentage_subgroup",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -1101,3 +1104,36 @@ _ANALYTIC = {
     Measure.PAF: _paf,
     Measure.PAR: _par,
 }
+
+
+# -- percentages of persons: the care programmes', mental health's and referrals' indicators ----
+
+
+def percentage_subgroup(name: str, percent: float, denominator: int, ordered: bool) -> Subgroup:
+    """A subgroup of an indicator measured as a percentage of ``denominator`` persons, with
+    its binomial standard error; ordered by its name (quintile 1..5) on an ordered dimension."""
+    return Subgroup(
+        name,
+        percent,
+        (percent * (100 - percent) / denominator) ** 0.5,
+        float(denominator),
+        int(name) if ordered and name.isdigit() else None,
+    )
+
+
+def difference_and_ratio(
+    subgroups: Sequence[Subgroup], ordered: bool
+) -> tuple[float | str | None, float | str | None]:
+    """HEAT's difference and ratio of a favourable percentage indicator, rounded to three
+    places: (None, None) with fewer than two subgroups or an ordered dimension missing an order;
+    "not applicable: ..." where the engine refuses the measure."""
+    if len(subgroups) < 2 or (ordered and any(s.order is None for s in subgroups)):
+        return None, None
+    data = DimensionData(tuple(subgroups), favourable=True, scale=100, ordered=ordered)
+    out: list[float | str | None] = []
+    for m in (Measure.D, Measure.R):
+        try:
+            out.append(round(compute(data, m).estimate, 3))
+        except NotApplicableError as err:
+            out.append(f"not applicable: {err}")
+    return out[0], out[1]

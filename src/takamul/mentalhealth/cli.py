@@ -358,33 +358,20 @@ def measures_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from takamul.mentalhealth.measures import (
-        EQUITY_DIMENSIONS,
         by_dimension,
         measure_reports,
         measure_rows,
         person_measures,
     )
+    from takamul.programmes.indicators import chosen_dimensions
     from takamul.store.repository import Store
 
     day = _day_option(as_of)
-    dimensions = list(EQUITY_DIMENSIONS) if by and "all" in by else list(by or ())
-    unknown = [d for d in dimensions if d not in EQUITY_DIMENSIONS]
-    if unknown:
-        _print_outcome(
-            operation_outcome(
-                [
-                    OutcomeIssue(
-                        "error",
-                        "invalid",
-                        f"unknown dimension {d!r}; the dimensions are: "
-                        f"{', '.join(EQUITY_DIMENSIONS)} (or all)",
-                        "--by",
-                    )
-                    for d in unknown
-                ]
-            )
-        )
-        raise typer.Exit(2)
+    try:
+        dimensions = chosen_dimensions(by)
+    except ValueError as err:
+        _print_outcome(operation_outcome([OutcomeIssue("error", "invalid", str(err), "--by")]))
+        raise typer.Exit(2) from None
     store = Store(Settings.from_env(database_url=db))
     try:
         with Progress(

@@ -41,7 +41,7 @@ import orjson
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import Connection, text
 
-from takamul.equity.measures import DimensionData, Measure, NotApplicableError, Subgroup, compute
+from takamul.equity.measures import difference_and_ratio, percentage_subgroup
 from takamul.equity.outreach import OUTREACH_SYSTEM
 from takamul.mentalhealth.safety import SAFETY_CODE
 from takamul.mpi.schema import mpi_metadata
@@ -463,20 +463,6 @@ def measure_rows(people: Sequence[PersonMeasures]) -> list[MeasureRow]:
 # -- equity --------------------------------------------------------------------------------------
 
 
-def _heat(subgroups: list[Subgroup], ordered: bool) -> tuple[float | str | None, ...]:
-    """HEAT difference and ratio (favourable indicators) through the equity engine."""
-    if len(subgroups) < 2 or (ordered and any(s.order is None for s in subgroups)):
-        return None, None
-    data = DimensionData(tuple(subgroups), favourable=True, scale=100, ordered=ordered)
-    out: list[float | str | None] = []
-    for m in (Measure.D, Measure.R):
-        try:
-            out.append(round(compute(data, m).estimate, 3))
-        except NotApplicableError as err:
-            out.append(f"not applicable: {err}")
-    return tuple(out)
-
-
 def by_dimension(
     store: Store, people: Sequence[PersonMeasures], dimensions: Sequence[str] | None = None
 ) -> list[MeasureRow]:
@@ -505,17 +491,11 @@ def by_dimension(
             summary: tuple[float | str | None, ...] = (None, None)
             if m in PROPORTIONS:
                 subgroups = [
-                    Subgroup(
-                        r.subgroup,
-                        r.value,
-                        (r.value * (100 - r.value) / r.denominator) ** 0.5,
-                        float(r.denominator),
-                        int(r.subgroup) if ordered and r.subgroup.isdigit() else None,
-                    )
+                    percentage_subgroup(r.subgroup, r.value, r.denominator, ordered)
                     for r in found
                     if r.value is not None
                 ]
-                summary = _heat(subgroups, ordered)
+                summary = difference_and_ratio(subgroups, ordered)
             rows += found
             rows.append(
                 MeasureRow(m, "all", 0, 0, None, found[0].unit if found else "", dim, "",

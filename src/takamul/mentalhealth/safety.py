@@ -24,7 +24,7 @@ from takamul.fhir.sensitivity import ACT_CODE, DISPLAY
 from takamul.mentalhealth.instruments import MH_SYSTEM
 from takamul.mentalhealth.scoring import Score, derived_id
 from takamul.store.repository import Session
-from takamul.store.schema import resource, sp_reference
+from takamul.store.schema import resource
 from takamul.store.search import matching_rids
 
 __all__ = [
@@ -78,31 +78,6 @@ def find_all(
         select(resource.c.res_id, resource.c.version, resource.c.content)
         .where(resource.c.rid.in_(matching_rids(resource_type, query.filters)))
         .where(resource.c.deleted.is_(False))
-        .order_by(resource.c.res_id)
-    )
-    out = []
-    for row in rows:
-        if row.content:
-            body = orjson.loads(row.content)
-            body.setdefault("id", row.res_id)
-            out.append(body)
-    return out
-
-
-def _of_patient(
-    session: Session, resource_type: str, param: str, patient_id: str
-) -> list[dict[str, Any]]:
-    """The current resources of ``resource_type`` whose ``param`` refers to the Patient, in id
-    order (one index range scan)."""
-    rids = select(sp_reference.c.rid).where(
-        sp_reference.c.target_type == "Patient",
-        sp_reference.c.target_id == patient_id,
-        sp_reference.c.res_type == resource_type,
-        sp_reference.c.param == param,
-    )
-    rows = session.conn.execute(
-        select(resource.c.res_id, resource.c.content)
-        .where(resource.c.rid.in_(rids), resource.c.deleted.is_(False))
         .order_by(resource.c.res_id)
     )
     out = []
@@ -169,7 +144,7 @@ def _owner(session: Session, patient_id: str) -> tuple[dict[str, Any] | None, st
     # the search machinery (parsing, a query per parameter) cost most of this hook's time
     teams = [
         t
-        for t in _of_patient(session, "CareTeam", "subject", patient_id)
+        for t in session.referring("CareTeam", "subject", f"Patient/{patient_id}")
         if _coded(t.get("category"), CARE_TEAM_CATEGORY)
     ]
     active = [t for t in teams if t.get("status") in ("active", None)]
@@ -178,7 +153,7 @@ def _owner(session: Session, patient_id: str) -> tuple[dict[str, Any] | None, st
     # the care team of the person's collaborative-care episode (the registry's enrolment)
     episodes = [
         e
-        for e in _of_patient(session, "EpisodeOfCare", "patient", patient_id)
+        for e in session.referring("EpisodeOfCare", "patient", f"Patient/{patient_id}")
         if e.get("status") in ("planned", "waitlist", "active", "onhold")
         and any(
             _coded(t, f"{CARE_PROGRAMME_SYSTEM}|{COLLABORATIVE_CARE}") for t in e.get("type") or ()

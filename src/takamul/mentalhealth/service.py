@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select, text
+from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select
 
 from takamul.mentalhealth.instruments import instruments, merge_wording, questionnaire
 from takamul.mentalhealth.safety import (
@@ -64,27 +64,6 @@ def _current(session: Session, resource_type: str, resource_id: str) -> dict[str
         return None
     body: dict[str, Any] = orjson.loads(row.content)
     return body
-
-
-# written once as SQL: building the expression on every write cost more than running it
-_DERIVED_FROM = text(
-    "SELECT r.res_id, r.content FROM resource r WHERE r.deleted = :f AND r.rid IN ("
-    "SELECT x.rid FROM sp_reference x WHERE x.target_type = 'QuestionnaireResponse' "
-    "AND x.target_id = :rid AND x.res_type = 'Observation' AND x.param = 'derived-from')"
-)
-
-
-def _derived_from(session: Session, response_id: str) -> list[dict[str, Any]]:
-    """Observations whose ``derivedFrom`` names the response, by the reverse reference index
-    (one index range scan: the search machinery costs more than the write being checked)."""
-    rows = session.conn.execute(_DERIVED_FROM, {"rid": response_id, "f": False})
-    found = []
-    for row in rows:
-        if row.content:
-            body = orjson.loads(row.content)
-            body.setdefault("id", row.res_id)
-            found.append(body)
-    return found
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -187,7 +166,7 @@ class MentalHealth:
     def _store_score(self, session: Session, response_id: str, observation: dict[str, Any]) -> None:
         coding = observation["code"]["coding"][0]
         # one lookup finds both the facility's scores of this response and our own earlier one
-        derived = _derived_from(session, response_id)
+        derived = session.referring("Observation", "derived-from", f"{RESPONSE}/{response_id}")
         stored = next((o for o in derived if o["id"] == observation["id"]), None)
         facility_scores = [
             o

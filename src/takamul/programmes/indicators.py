@@ -29,13 +29,7 @@ import orjson
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import select, text
 
-from takamul.equity.measures import (
-    DimensionData,
-    Measure,
-    NotApplicableError,
-    Subgroup,
-    compute,
-)
+from takamul.equity.measures import difference_and_ratio, percentage_subgroup
 from takamul.programmes.definitions import Catalog, Programme
 from takamul.programmes.facts import PATIENT, day_number
 from takamul.programmes.status import PersonStatus, statuses
@@ -50,6 +44,7 @@ __all__ = [
     "IndicatorRow",
     "Tally",
     "by_dimension",
+    "chosen_dimensions",
     "cohorts",
     "dimension_values",
     "indicator_rows",
@@ -306,6 +301,21 @@ EQUITY_DIMENSIONS = {
 }
 
 
+def chosen_dimensions(requested: Sequence[str] | None) -> list[str]:
+    """The equity dimensions a command's ``--by`` names ('all' for every one); a ValueError
+    names one that does not exist."""
+    dimensions = (
+        list(EQUITY_DIMENSIONS) if requested and "all" in requested else list(requested or ())
+    )
+    unknown = [d for d in dimensions if d not in EQUITY_DIMENSIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown dimension {unknown[0]!r}; the dimensions are: "
+            f"{', '.join(EQUITY_DIMENSIONS)} (or all)"
+        )
+    return dimensions
+
+
 def dimension_values(store: Store, patient_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Equity columns of the Patients (the equity engine's patient view)."""
     # the equity engine's own Patient view, so a dimension means the same thing everywhere
@@ -343,12 +353,10 @@ def by_dimension(store: Store, rows: Sequence[PersonStatus]) -> list[dict[str, A
             c = counts.setdefault(str(v), [0, 0])
             c[1] += 1
             c[0] += r.status == "controlled"
-        subgroups = []
-        for name, (n, d) in sorted(counts.items()):
-            est = 100.0 * n / d
-            se = (est * (100 - est) / d) ** 0.5
-            order = int(name) if ordered and name.isdigit() else None
-            subgroups.append(Subgroup(name, est, se, float(d), order))
+        subgroups = [
+            percentage_subgroup(name, 100.0 * n / d, d, ordered)
+            for name, (n, d) in sorted(counts.items())
+        ]
         entry: dict[str, Any] = {
             "dimension": dim,
             "subgroups": [
@@ -360,13 +368,8 @@ def by_dimension(store: Store, rows: Sequence[PersonStatus]) -> list[dict[str, A
                 for s in subgroups
             ],
         }
-        if len(subgroups) >= 2 and (not ordered or all(s.order is not None for s in subgroups)):
-            data = DimensionData(tuple(subgroups), favourable=True, scale=100, ordered=ordered)
-            for m in (Measure.D, Measure.R):
-                try:
-                    res = compute(data, m)
-                    entry[m.name.lower()] = round(res.estimate, 3)
-                except NotApplicableError as err:
-                    entry[m.name.lower()] = f"not applicable: {err}"
+        difference, ratio = difference_and_ratio(subgroups, ordered)
+        if difference is not None:  # computed (a number, or why not applicable)
+            entry["d"], entry["r"] = difference, ratio
         out.append(entry)
     return out

@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -73,6 +74,14 @@ SELECT_CURRENT = select(resource).where(
     and_(resource.c.res_type == bindparam("res_type"), resource.c.res_id == bindparam("res_id"))
 )
 SELECT_CURRENT_FOR_UPDATE = SELECT_CURRENT.with_for_update()
+# written once as SQL: write hooks run it on every write, and building the expression each time
+# cost more than running it
+SELECT_REFERRING = text(
+    "SELECT r.res_id, r.content FROM resource r WHERE r.deleted = :f AND r.rid IN ("
+    "SELECT x.rid FROM sp_reference x WHERE x.target_type = :target_type "
+    "AND x.target_id = :target_id AND x.res_type = :res_type AND x.param = :param) "
+    "ORDER BY r.res_id"
+)
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 RETRIES = 20
 
@@ -192,6 +201,26 @@ class Session:
     def _row(self, resource_type: str, resource_id: str, lock: bool = False) -> Any:
         stmt = SELECT_CURRENT_FOR_UPDATE if lock else SELECT_CURRENT
         return self.conn.execute(stmt, {"res_type": resource_type, "res_id": resource_id}).first()
+
+    def referring(self, resource_type: str, param: str, target: str) -> list[dict[str, Any]]:
+        """The current ``resource_type`` resources whose ``param`` refers to ``target``
+        ("Type/id"), in id order: one range scan of the reverse reference index. Not guarded:
+        for the server's own checks inside a write (write hooks), not for a requester's read."""
+        target_type, _, target_id = target.partition("/")
+        params = {
+            "f": False,
+            "target_type": target_type,
+            "target_id": target_id,
+            "res_type": resource_type,
+            "param": param,
+        }
+        out = []
+        for row in self.conn.execute(SELECT_REFERRING, params):
+            if row.content:
+                body: dict[str, Any] = orjson.loads(row.content)
+                body.setdefault("id", row.res_id)
+                out.append(body)
+        return out
 
     def read(self, resource_type: str, resource_id: str, interaction: str = "r") -> StoredResource:
         row = self._row(resource_type, resource_id)
