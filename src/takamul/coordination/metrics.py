@@ -50,6 +50,7 @@ __all__ = [
     "metric_rows",
     "overdue",
     "read_referrals",
+    "task_day",
 ]
 
 ACCEPTED = frozenset({"accepted", "in-progress", "on-hold", "completed", "failed"})
@@ -125,7 +126,8 @@ _TASK_VERSIONS = text(
 _OF_TYPE = text("SELECT res_id, content FROM resource WHERE res_type = :t AND deleted = :f")
 
 
-def _day(value: object) -> date | None:
+def task_day(value: object) -> date | None:
+    """The local calendar date a Task's date or dateTime names (None unless a full date)."""
     if not isinstance(value, str) or len(value) < 10:
         return None
     try:
@@ -212,7 +214,9 @@ def _facility(party: object, org_of: Mapping[str, str]) -> str:
 
 
 def _moment(version: Mapping[str, Any]) -> date | None:
-    return _day(version.get("lastModified")) or _day((version.get("meta") or {}).get("lastUpdated"))
+    return task_day(version.get("lastModified")) or task_day(
+        (version.get("meta") or {}).get("lastUpdated")
+    )
 
 
 def follow_history(referral: Referral, versions: Sequence[Mapping[str, Any]], as_of: date) -> None:
@@ -225,7 +229,7 @@ def follow_history(referral: Referral, versions: Sequence[Mapping[str, Any]], as
         if status in ACCEPTED and referral.accepted is None:
             # a record loaded in bulk holds only its last version: the execution period's
             # start still dates the acceptance (the owner starts work when it accepts)
-            started = _day((v.get("executionPeriod") or {}).get("start"))
+            started = task_day((v.get("executionPeriod") or {}).get("start"))
             referral.accepted = started if started is not None and started <= day else day
         if status not in ("requested", "draft", "received") and referral.answered is None:
             referral.answered = referral.accepted if status in ACCEPTED else day
@@ -274,7 +278,9 @@ def read_referrals(
         if not is_referral(current) or current.get("status") == "entered-in-error":
             continue
         request = requests.get(_ref(current.get("focus"))[1])
-        authored = _day(current.get("authoredOn")) or _day((request or {}).get("authoredOn"))
+        authored = task_day(current.get("authoredOn")) or task_day(
+            (request or {}).get("authoredOn")
+        )
         if authored is None or not start < authored <= as_of:
             continue
         requester = _facility(current.get("requester") or (request or {}).get("requester"), org_of)

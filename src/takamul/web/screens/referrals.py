@@ -33,6 +33,7 @@ from takamul.coordination.metrics import (
     follow_history,
     overdue,
     referral_type,
+    task_day,
 )
 from takamul.coordination.referrals import is_referral
 from takamul.fhir.outcome import FhirError
@@ -178,7 +179,7 @@ def _referral(
     session: Session, task: dict[str, Any], request: dict[str, Any] | None, today: date
 ) -> Referral | None:
     """The referral as ``metrics`` follows it: its answer and closing dated from its history."""
-    authored = _day(task.get("authoredOn")) or _day((request or {}).get("authoredOn"))
+    authored = task_day(task.get("authoredOn")) or task_day((request or {}).get("authoredOn"))
     if authored is None:
         return None  # undated: neither its age nor whether it is overdue can be said
     patient = _id_of(task.get("for"), "Patient") or _id_of(
@@ -198,13 +199,6 @@ def _referral(
     # metrics has no public "follow one referral" yet; this is its own dating, not a copy
     follow_history(referral, versions, today)
     return referral
-
-
-def _day(value: object) -> date | None:
-    try:
-        return date.fromisoformat(value[:10]) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def _row(
