@@ -22,10 +22,12 @@ count. Days are calendar days after the day it was authored.
 
 from __future__ import annotations
 
+import gc
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +120,19 @@ def _limits(value: object, fallback: Limits, where: str) -> Limits:
 # -- reading -------------------------------------------------------------------------------------
 
 
+# Every version of the referral Tasks that may have been made in the window: a Task's
+# ``authoredOn`` is indexed as a UTC range, and a local calendar date lies within 14 hours of it,
+# so a day's margin on each side keeps every candidate (the exact window is applied in Python);
+# a Task without ``authoredOn`` is dated by its ServiceRequest, so it is read too. In row-key
+# order, so one referral's versions come together and the store reads them in index order.
 _TASK_VERSIONS = text(
-    "SELECT v.res_id, v.version, v.content FROM resource_version v WHERE v.res_type = 'Task' "
-    "AND v.rid IN (SELECT x.rid FROM sp_reference x WHERE x.res_type = 'Task' "
-    "AND x.param = 'focus' AND x.target_type = 'ServiceRequest') ORDER BY v.res_id, v.version"
+    "SELECT v.rid, v.res_id, v.content FROM resource_version v WHERE v.res_type = 'Task' "
+    "AND v.rid IN (SELECT f.rid FROM sp_reference f WHERE f.res_type = 'Task' "
+    "AND f.param = 'focus' AND f.target_type = 'ServiceRequest' AND (f.rid IN ("
+    "SELECT d.rid FROM sp_date d WHERE d.res_type = 'Task' AND d.param = 'authored-on' "
+    "AND d.low < :until AND d.high > :since) OR NOT EXISTS (SELECT 1 FROM sp_date n "
+    "WHERE n.rid = f.rid AND n.res_type = 'Task' AND n.param = 'authored-on'))) "
+    "ORDER BY v.rid, v.version"
 )
 _OF_TYPE = text("SELECT res_id, content FROM resource WHERE res_type = :t AND deleted = :f")
 
@@ -255,50 +266,114 @@ def _service_requests(conn: Connection, ids: Sequence[str]) -> dict[str, dict[st
     return found
 
 
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """Without the cyclic garbage collector: the parsed versions are plain acyclic dicts, and
+    its passes over hundreds of thousands of them cost more than the parsing itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _epoch(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def _task_histories(
+    conn: Connection, start: date, as_of: date
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(Task id, its versions oldest first) of every referral Task that may have been made in
+    the window, streamed one Task at a time."""
+    window = {"since": _epoch(start) - 86400, "until": _epoch(as_of) + 2 * 86400}
+    rows = conn.execution_options(stream_results=True, yield_per=5000).execute(
+        _TASK_VERSIONS, window
+    )
+    current: int | None = None
+    task_id = ""
+    versions: list[dict[str, Any]] = []
+    for rid, res_id, content in rows:
+        if rid != current:
+            if versions:
+                yield task_id, versions
+            current, task_id, versions = rid, res_id, []
+        if content:
+            versions.append(orjson.loads(content))
+    if versions:
+        yield task_id, versions
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A referral Task as read, before its ServiceRequest is known."""
+
+    referral: Referral
+    current: dict[str, Any]
+
+
 def read_referrals(
     store: Store, as_of: date, progress: Callable[[str], None] | None = None
 ) -> list[Referral]:
     """The referrals made in the 12 months up to ``as_of``, as they stood on that day."""
     say = progress or (lambda _: None)
     start = as_of - relativedelta(years=1)
-    with store.reader.connect() as conn, conn.begin():
+    candidates: list[_Candidate] = []
+    with _no_collection(), store.reader.connect() as conn, conn.begin():
         say("reading the facilities")
         types, org_of = _directory(conn)
         say("reading the referral Tasks")
-        tasks: dict[str, list[dict[str, Any]]] = {}
-        for rid, _version, content in conn.execute(_TASK_VERSIONS):
-            if content:
-                tasks.setdefault(rid, []).append(orjson.loads(content))
+        for task_id, versions in _task_histories(conn, start, as_of):
+            current = versions[-1]
+            if not is_referral(current) or current.get("status") == "entered-in-error":
+                continue
+            authored = task_day(current.get("authoredOn"))
+            if authored is not None and not start < authored <= as_of:
+                continue  # within the SQL margin, outside the window
+            referral = Referral(task_id, None, "", "", "", "", authored or as_of)
+            follow_history(referral, versions, as_of)
+            candidates.append(_Candidate(referral, _slim(current)))
         say("reading the ServiceRequests")
-        focus = {_ref(versions[-1].get("focus"))[1] for versions in tasks.values()}
+        focus = {_ref(c.current.get("focus"))[1] for c in candidates}
         requests = _service_requests(conn, sorted(focus))
-    found = []
-    for task_id, versions in sorted(tasks.items()):
-        current = versions[-1]
-        if not is_referral(current) or current.get("status") == "entered-in-error":
-            continue
-        request = requests.get(_ref(current.get("focus"))[1])
-        authored = task_day(current.get("authoredOn")) or task_day(
-            (request or {}).get("authoredOn")
-        )
-        if authored is None or not start < authored <= as_of:
-            continue
-        requester = _facility(current.get("requester") or (request or {}).get("requester"), org_of)
-        owner = _facility(current.get("owner"), org_of)
-        route = f"{types.get(requester, 'unknown')} → {types.get(owner, 'unknown')}"
-        patient = _ref(current.get("for") or (request or {}).get("subject"))
-        referral = Referral(
-            task_id,
-            patient[1] if patient[0] == "Patient" else None,
-            route,
-            referral_type(request),
-            requester,
-            owner,
-            authored,
-        )
-        follow_history(referral, versions, as_of)
-        found.append(referral)
-    return found
+        window = (start, as_of)
+        found = [r for c in candidates if (r := _complete(c, requests, types, org_of, window))]
+    return sorted(found, key=lambda r: r.task)
+
+
+# what of a Task's current version a referral keeps once its history has been followed
+_KEPT = ("authoredOn", "focus", "for", "requester", "owner")
+
+
+def _slim(task: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: task[k] for k in _KEPT if k in task}
+
+
+def _complete(
+    candidate: _Candidate,
+    requests: Mapping[str, Mapping[str, Any]],
+    types: Mapping[str, str],
+    org_of: Mapping[str, str],
+    window: tuple[date, date],
+) -> Referral | None:
+    """The referral with what its ServiceRequest says (its date if the Task has none, its type,
+    its parties if the Task lacks them); None when it was not made in the window."""
+    current, referral = candidate.current, candidate.referral
+    request = requests.get(_ref(current.get("focus"))[1])
+    authored = task_day(current.get("authoredOn")) or task_day((request or {}).get("authoredOn"))
+    if authored is None or not window[0] < authored <= window[1]:
+        return None  # undated, or (dated by its ServiceRequest) outside the window
+    requester = _facility(current.get("requester") or (request or {}).get("requester"), org_of)
+    owner = _facility(current.get("owner"), org_of)
+    patient = _ref(current.get("for") or (request or {}).get("subject"))
+    referral.authored = authored
+    referral.patient = patient[1] if patient[0] == "Patient" else None
+    referral.route = f"{types.get(requester, 'unknown')} → {types.get(owner, 'unknown')}"
+    referral.kind = referral_type(request)
+    referral.requester, referral.owner = requester, owner
+    return referral
 
 
 # -- rows ----------------------------------------------------------------------------------------
