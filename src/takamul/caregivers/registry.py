@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from dataclasses import astuple, dataclass, fields
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,18 @@ class _Screen:
     day: str  # YYYY-MM-DD
     total: int
     response_id: str
+    at: str = ""  # the instant in UTC, to order two screens of one day
+
+
+def _utc(when: str) -> str:
+    """``effectiveDateTime`` as a sortable UTC instant (a date alone: its day's start)."""
+    try:
+        moment = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return when
+    if moment.tzinfo is None:
+        return moment.isoformat()
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat()
 
 
 def _name(person: dict[str, Any] | None) -> str:
@@ -85,7 +97,8 @@ def _screens(session: Session, as_of: date) -> dict[tuple[str, str], list[_Scree
             ours = obs.get("id") == derived_id("mhs", response_id)
             if response_id in by_response and not ours:
                 continue
-            by_response[response_id] = (ours, _Screen(day, total, response_id), obs)
+            screen = _Screen(day, total, response_id, _utc(str(when)))
+            by_response[response_id] = (ours, screen, obs)
     grouped: dict[tuple[str, str], list[_Screen]] = defaultdict(list)
     for response_id, (_, screen, _obs) in by_response.items():
         response = _read(session, "QuestionnaireResponse", response_id)
@@ -96,7 +109,7 @@ def _screens(session: Session, as_of: date) -> dict[tuple[str, str], list[_Scree
         if caregiver and patient:
             grouped[(caregiver, patient)].append(screen)
     for screens in grouped.values():
-        screens.sort(key=lambda s: (s.day, s.response_id))
+        screens.sort(key=lambda s: (s.day, s.at, s.response_id))
     return grouped
 
 

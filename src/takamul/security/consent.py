@@ -29,8 +29,10 @@ breaking the glass, audited). Anything else sees it as if it did not exist.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from takamul.fhir.sensitivity import ACT_CODE, LABELS, code_label, sensitivity
@@ -93,20 +95,56 @@ def restrictions_of(consent: Mapping[str, Any]) -> Restriction | None:
 LOGIN_SYSTEM = "https://takamul.health/fhir/sid/login"
 
 
-def authorises_caregiver(consent: Mapping[str, Any], who: Iterable[str]) -> bool:
+def authorises_caregiver(
+    consent: Mapping[str, Any], who: Iterable[str], now: datetime | None = None
+) -> bool:
     """An active Consent permitting one of ``who`` (login or client ids) to act for the
     patient: a ``permit`` provision (top level or nested) whose actor's reference carries the
-    identifier ``LOGIN_SYSTEM|<id>``. A recorded legal authority is entered the same way."""
+    identifier ``LOGIN_SYSTEM|<id>``, within the provision's ``period`` (and the top level's)
+    at ``now``. A recorded legal authority is entered the same way."""
     if consent.get("resourceType") != "Consent" or consent.get("status") != "active":
         return False
     names = set(who)
     top = consent.get("provision") or {}
+    at = now or datetime.now(UTC)
+    if not _in_period(top.get("period"), at):
+        return False  # an expired consent authorises nothing, nested permits included
     provisions = [top, *(top.get("provision") or ())]
     for provision in provisions:
         if not isinstance(provision, dict) or provision.get("type") != "permit":
+            continue
+        if not _in_period(provision.get("period"), at):
             continue
         for actor in provision.get("actor") or ():
             identifier = ((actor or {}).get("reference") or {}).get("identifier") or {}
             if identifier.get("system") == LOGIN_SYSTEM and identifier.get("value") in names:
                 return True
     return False
+
+
+def _in_period(period: Any, at: datetime) -> bool:
+    """``at`` lies in a FHIR Period (a date-only bound covers its whole day; no period, or an
+    unreadable bound, does not limit)."""
+    if not isinstance(period, dict):
+        return True
+    start, end = _instant(period.get("start"), time.min), _instant(period.get("end"), time.max)
+    return (start is None or start <= at) and (end is None or at <= end)
+
+
+def _instant(value: Any, edge: time) -> datetime | None:
+    """A bound as an instant: a partial date (year, year-month, date) at its first moment
+    (``time.min``) or its last (``time.max``)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        if len(value) <= 10:
+            parts = [int(p) for p in value.split("-")]
+            year, month, day = [*parts, 0, 0][:3]
+            last = edge == time.max
+            month = month or (12 if last else 1)
+            day = day or (calendar.monthrange(year, month)[1] if last else 1)
+            return datetime.combine(date(year, month, day), edge, UTC)
+        found = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return found if found.tzinfo else found.replace(tzinfo=UTC)

@@ -42,6 +42,7 @@ SCREEN_MODULES = (
     "takamul.web.screens.referrals",
     "takamul.web.screens.registry",
     "takamul.web.screens.mentalhealth",
+    "takamul.web.screens.caregivers",
     "takamul.web.screens.review",
     "takamul.web.screens.equity",
     "takamul.web.screens.admin",
