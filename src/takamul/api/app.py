@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from takamul.api.access import add_access_control, export_requester
 from takamul.api.equity import add_equity_routes
 from takamul.api.mpi import add_registry_routes
+from takamul.api.notifications import LearnBase, add_notification_routes, still_active
 from takamul.api.programmes import add_programme_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.caregivers.burden import Caregivers
@@ -35,6 +36,7 @@ from takamul.fhir.search_values import date_range
 from takamul.mentalhealth.routes import add_mh_routes
 from takamul.mentalhealth.service import MentalHealth
 from takamul.mpi.service import ClientRegistry
+from takamul.notifications.service import Notifications
 from takamul.programmes.service import Programmes
 from takamul.rest import bundles, compartments
 from takamul.rest import interactions as ix
@@ -125,6 +127,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.mental_health = mental_health
     add_mh_routes(app)  # QuestionnaireResponse/$score
     Referrals(store).attach()  # referral Tasks keep to their state machine and parties
+    # last: what a topic announces is what every hook before it let through and wrote
+    notifications = _notifications(app, store, settings)
+    add_notification_routes(app, notifications, lambda r: _base(settings, r))
     if settings.auth:
         # the people's web application: its sign-in uses the logins of access control
         add_web_app(
@@ -137,6 +142,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
     _routes(app, store, settings)
     return app
+
+
+def _notifications(app: FastAPI, store: Store, settings: Settings) -> Notifications:
+    security = getattr(app.state, "security", None)
+    notifications = Notifications(
+        store,
+        settings.base_url,
+        subscriber_active=still_active(security) if security is not None else None,
+    )
+    notifications.attach()
+    notifications.start()
+    app.state.notifications = notifications
+    if settings.base_url is None:
+        app.add_middleware(LearnBase, notifications=notifications)
+    return notifications
 
 
 def _base(settings: Settings, request: Request) -> str:
