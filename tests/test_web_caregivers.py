@@ -20,13 +20,14 @@ from typing import Any
 import httpx
 import pytest
 from joserfc.jwk import ECKey
+from playwright.sync_api import expect
 
 from takamul.caregivers.burden import CAREGIVER_SYSTEM, SUPPORT_CODE
 from takamul.coordination.referrals import TASK_CODE_SYSTEM
 from takamul.equity.outreach import OUTREACH_SYSTEM
 from takamul.security.consent import LOGIN_SYSTEM
 from takamul.web.i18n import translations
-from tests.web_world import PASSWORD, WebSite
+from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
 RUN = uuid.uuid4().hex[:6]
 FAC, OTHER = f"org-cg-{RUN}", f"org-cg-other-{RUN}"
@@ -214,6 +215,30 @@ def _facility_client(site: WebSite, facility: str) -> httpx.Client:
     return httpx.Client(base_url=site.root + "/fhir", timeout=60, headers=headers)
 
 
+def _psy_restriction(key: str) -> dict[str, Any]:
+    consent = _consent(key, "nobody")
+    consent["id"] = f"{_pid(key)}-psy"
+    consent["scope"]["coding"][0]["code"] = "patient-privacy"
+    consent["provision"] = {
+        "type": "deny",
+        "securityLabel": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
+        ],
+        "provision": [
+            {
+                "type": "permit",
+                "actor": [
+                    {
+                        "role": {"text": "treating team"},
+                        "reference": {"reference": f"Organization/{OTHER}"},
+                    }
+                ],
+            }
+        ],
+    }
+    return consent
+
+
 @pytest.fixture(scope="module")
 def world(web_site: WebSite) -> dict[str, str]:
     for org, name in ((FAC, "مركز العليا الصحي"), (OTHER, "درمانگاه قلب")):
@@ -241,6 +266,11 @@ def world(web_site: WebSite) -> dict[str, str]:
     ended = (TODAY - timedelta(days=1)).isoformat()
     _put(web_site, _consent("exp", CG_EXPIRED, period={"start": "2020-01-01", "end": ended}))
     _care(web_site)
+    # a patient who keeps mental health data (the burden screens too) to the other facility
+    _family(web_site, "psy", FAC, None, "Samir")
+    r = web_site.fhir.post("/QuestionnaireResponse", json=_zbi("psy", 40, _now()))
+    assert r.status_code == 201, r.text
+    _put(web_site, _psy_restriction("psy"))
     # the other facility's caregiver screened at high burden through the API
     r = web_site.fhir.post("/QuestionnaireResponse", json=_zbi("away", 30, _now()))
     assert r.status_code == 201, r.text
@@ -444,6 +474,10 @@ def test_the_registry_lists_the_facilitys_caregivers_at_high_burden(
     rows = re.findall(r'<tr id="cg-([^"]+)"', page)
     assert f"{_pid('main')}-rp" in rows and f"{_pid('away')}-rp" not in rows
     assert f"{_pid('exp')}-rp" not in rows  # screened below the cut-off
+    # at high burden, but the patient's consent keeps mental health data from this facility:
+    # being on the list would tell it
+    assert f"{_pid('psy')}-rp" not in rows
+    assert "Samir" not in page.split('id="cg-find-h"')[0]  # still a caregiver one may find
     row = html.unescape(page.split(f'<tr id="cg-{_pid("main")}-rp"')[1].split("</tr>")[0])
     assert CAREGIVER_NAME in row and PATIENT_GIVEN in row and ">25 " in row.replace("·", " ")
     assert "Proposed" in row and "+11" in row  # 25 after 14 on the same day
@@ -498,3 +532,32 @@ def test_a_consent_authorises_only_within_its_period() -> None:
     assert not allows({"start": "2026-12-05T02:00:00+00:00"})
     assert allows(None, top={"end": "2027-01-01"}) and not allows(None, top={"end": "2025"})
     assert not authorises_caregiver({**_consent("unit", "login"), "status": "inactive"}, ["login"])
+
+
+def test_the_burden_form_in_the_browser(
+    web_site: WebSite, chromium: Any, world: dict[str, str]
+) -> None:
+    """The caregiver's own form: the running total and band as answers are picked, in English
+    and in Arabic (right to left, Arabic-Indic digits); axe on the view and the form."""
+    page = signed_in(chromium, web_site, CG, bypass_csp=True)
+    for lang, calendar, numerals in (("en", "gregorian", "latin"), ("ar", "hijri", "arab")):
+        gettext = translations(lang).gettext
+        set_preferences(page, lang, calendar, numerals)
+        page.goto(web_site.url("/app/caregivers"))
+        assert page.locator("html").get_attribute("dir") == ("rtl" if lang == "ar" else "ltr")
+        expect(page.locator("#cg-due")).to_contain_text("قياس ضغط الدم")
+        assert axe_violations(page) == [], f"{lang} view"
+        page.locator("#cg-screen-link").click()
+        page.wait_for_url("**/app/caregivers/burden/*")
+        total = page.locator("#mh-total")
+        for link, value in zip(ITEMS, [4, 4, 4, 1], strict=False):
+            page.locator(f'#q-{link} input[value="{value}"]').check()
+        expect(total).to_have_attribute("data-total", "13")
+        shown = total.inner_text()
+        assert gettext("high caregiver burden") in shown, shown
+        if lang == "ar":
+            assert "١٣" in shown and "٤٨" in shown
+        else:
+            assert "Total 13 of 48, high caregiver burden; 4 of 12" in shown
+        assert axe_violations(page) == [], f"{lang} form"
+    page.context.close()
