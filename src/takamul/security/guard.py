@@ -15,11 +15,12 @@ Break-the-glass lifts facility scoping (never the scopes); the audit log flags i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
@@ -31,10 +32,17 @@ from takamul.security.consent import (
     sensitivity,
 )
 from takamul.security.context import AccessContext
-from takamul.security.roles import FACILITY_LINKS, FacilityLink, withheld_labels
+from takamul.security.roles import (
+    FACILITY_LINKS,
+    MEMBER_TYPES,
+    TEAM_STATUSES,
+    FacilityLink,
+    current_participant,
+    withheld_labels,
+)
 from takamul.store.query import RestrictedFilter
 from takamul.store.repository import Store
-from takamul.store.schema import resource, sp_reference
+from takamul.store.schema import resource, sp_date, sp_reference, sp_token
 
 __all__ = ["AccessGuard"]
 
@@ -93,9 +101,22 @@ class AccessGuard:
             hidden = withheld_labels(self.access.roles, resource_type)
             if hidden and hidden & sensitivity(resource):
                 return False
+        writing = interaction in ("c", "u", "d")
+        if (
+            interaction in ("c", "u")
+            and resource_type == "PractitionerRole"
+            and self.access.facility_scoped
+            and self._widens_reach(resource)
+        ):
+            raise FhirError(
+                403,
+                "This PractitionerRole would give the facility the patients of care teams "
+                "the practitioner is on, which it does not treat; the directory's "
+                "administrators record such roles",
+                "forbidden",
+            )
         if not _patient_data(resource_type):
             return True
-        writing = interaction in ("c", "u", "d")
         labels = sensitivity(resource) if self._consent_applies() else frozenset()
         if not (self.access.facility_scoped or labels or writing):
             # nothing left to check needs the resource's patients: searches that check every
@@ -307,13 +328,35 @@ class AccessGuard:
         assert self._facility is not None
         org_type, org_id = self._facility.split("/", 1)
         found: set[str] = set()
+        now = time.time()
         with self.store.reading() as session:
             for link in FACILITY_LINKS:
+                if link.membership:
+                    members = _facility_members(session.conn, self._facility, now)
+                    found.update(_member_patients(session.conn, link, members, now))
+                    continue
                 found.update(
                     r[0] for r in session.conn.execute(_link_query(link, org_type, org_id)) if r[0]
                 )
         self._facility_patients = frozenset(found)
         return self._facility_patients
+
+    def _widens_reach(self, role: dict[str, Any]) -> bool:
+        """Writing this PractitionerRole would tie the facility to patients it does not reach:
+        the care-team patients of the role (or of its practitioner) that are not its own. A
+        facility could otherwise make another's patients its own by giving itself one of their
+        team's practitioners; the directory's administrators (not facility-bound) record such
+        roles."""
+        refs = {f"PractitionerRole/{role.get('id')}"} if role.get("id") else set()
+        practitioner = str((role.get("practitioner") or {}).get("reference") or "")
+        if practitioner.startswith("Practitioner/"):
+            refs.add(practitioner)
+        if not refs:
+            return False
+        link = next(ln for ln in FACILITY_LINKS if ln.membership)
+        with self.store.reading() as session:
+            reached = _member_patients(session.conn, link, frozenset(refs), time.time())
+        return bool(reached - self._patients())
 
 
 def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
@@ -332,6 +375,105 @@ def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
             pat.c.target_type == "Patient",
         )
     )
+
+
+def _facility_members(conn: Any, facility: str, now: float) -> frozenset[str]:
+    """The references that stand for ``facility`` on a care team: itself, its current
+    PractitionerRoles (``active`` not false, ``period`` containing now) and their
+    Practitioners."""
+    org_type, org_id = facility.split("/", 1)
+    at = sp_reference.alias("at")
+    roles = select(at.c.rid).where(
+        at.c.res_type == "PractitionerRole",
+        at.c.param == "organization",
+        at.c.target_type == org_type,
+        at.c.target_id == org_id,
+        ~exists().where(
+            sp_token.c.rid == at.c.rid,
+            sp_token.c.res_type == "PractitionerRole",
+            sp_token.c.param == "active",
+            sp_token.c.code == "false",
+        ),
+        ~_period_over(at.c.rid, "PractitionerRole", now),
+    )
+    out = {facility}
+    for row in conn.execute(
+        select(resource.c.res_id).where(resource.c.rid.in_(roles), resource.c.deleted.is_(False))
+    ):
+        out.add(f"PractitionerRole/{row.res_id}")
+    who = sp_reference.alias("who")
+    for row in conn.execute(
+        select(who.c.target_id).where(
+            who.c.rid.in_(roles),
+            who.c.res_type == "PractitionerRole",
+            who.c.param == "practitioner",
+            who.c.target_type == "Practitioner",
+        )
+    ):
+        if row.target_id:
+            out.add(f"Practitioner/{row.target_id}")
+    return frozenset(out)
+
+
+def _period_over(rid: Any, resource_type: str, now: float) -> Any:
+    """The resource's ``date`` (its period) has ended or not begun at ``now``."""
+    return exists().where(
+        sp_date.c.rid == rid,
+        sp_date.c.res_type == resource_type,
+        sp_date.c.param == "date",
+        or_(sp_date.c.high <= now, sp_date.c.low > now),
+    )
+
+
+def _member_patients(
+    conn: Any, link: FacilityLink, members: frozenset[str], now: float
+) -> set[str]:
+    """The patients of the current teams on which one of ``members`` is a current participant:
+    the index narrows to teams naming a member, not ended and not of an ended status; the
+    participant's own period (not indexed) is read from the few teams found."""
+    by_type: dict[str, list[str]] = {}
+    for ref in members:
+        kind, _, ident = ref.partition("/")
+        if kind in MEMBER_TYPES and ident:
+            by_type.setdefault(kind, []).append(ident)
+    if not by_type:
+        return set()
+    member = sp_reference.alias("member")
+    pat = sp_reference.alias("pat")
+    named = or_(
+        *(
+            and_(member.c.target_type == kind, member.c.target_id.in_(sorted(ids)))
+            for kind, ids in sorted(by_type.items())
+        )
+    )
+    teams = select(member.c.rid).where(
+        member.c.res_type == link.resource_type, member.c.param == link.org_param, named
+    )
+    query = (
+        select(resource.c.content, pat.c.target_id)
+        .select_from(resource.join(pat, pat.c.rid == resource.c.rid))
+        .where(
+            resource.c.rid.in_(teams),
+            resource.c.deleted.is_(False),
+            pat.c.res_type == link.resource_type,
+            pat.c.param == link.patient_param,
+            pat.c.target_type == "Patient",
+            ~exists().where(
+                sp_token.c.rid == resource.c.rid,
+                sp_token.c.res_type == link.resource_type,
+                sp_token.c.param == "status",
+                sp_token.c.code.not_in(sorted(TEAM_STATUSES)),
+            ),
+            ~_period_over(resource.c.rid, link.resource_type, now),
+        )
+    )
+    found: set[str] = set()
+    for row in conn.execute(query):
+        if not row.target_id or not row.content or row.target_id in found:
+            continue
+        if current_participant(orjson.loads(row.content), members, now):
+            found.add(row.target_id)
+    return found
 
 
 def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: str) -> Any:

@@ -8,24 +8,39 @@ record or is their registered primary care (its own patients), or F treated them
 episode of care for them, was referred them, or is on their care team (those it treats). The
 searches are in ``facility_patient_searches``. Break-the-glass (clinicians, with a reason)
 lifts facility scoping for that request, never the scopes, and is flagged for review.
+
+Care team membership (``FacilityLink.membership``; docs/careplans.md): F is on a patient's
+care team when a participant's ``member`` is ``Organization/F``, or a practitioner of F — a
+``PractitionerRole`` of F, or a ``Practitioner`` with one (a community health worker is one such
+practitioner) — counting only current roles (``active`` not false, ``period`` not ended) and
+current memberships: the team's ``status`` active (or not recorded: R4 makes it optional), its
+``period`` and the participant's ``period`` containing now. A ``RelatedPerson`` or ``Patient``
+member ties no facility: a caregiver acts for the patient only through the patient's consent
+(``security/consent.py``), whatever team they are on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from takamul.fhir.outcome import FhirError
+from takamul.fhir.search_values import date_range
 from takamul.security.scopes import ScopeSet
 
 __all__ = [
     "CAPABILITIES",
     "FACILITY_LINKS",
+    "MEMBER_TYPES",
     "ROLES",
+    "TEAM_STATUSES",
     "FacilityLink",
     "Role",
     "capabilities_for_roles",
+    "current_participant",
+    "current_period",
     "facility_patient_searches",
     "role",
     "scopes_for_roles",
@@ -208,6 +223,9 @@ class FacilityLink:
     patient_param: str  # "_id" for Patient itself
     org_param: str
     meaning: str
+    # a team membership: ``org_param`` may also name a practitioner of F (``MEMBER_TYPES``),
+    # and the link counts only while the team and the participation are current
+    membership: bool = False
 
 
 FACILITY_LINKS: tuple[FacilityLink, ...] = (
@@ -216,13 +234,57 @@ FACILITY_LINKS: tuple[FacilityLink, ...] = (
     FacilityLink("Encounter", "patient", "service-provider", "treated the patient"),
     FacilityLink("EpisodeOfCare", "patient", "organization", "runs an episode of care"),
     FacilityLink("ServiceRequest", "patient", "performer", "was referred the patient"),
-    FacilityLink("CareTeam", "patient", "participant", "is on the patient's care team"),
+    FacilityLink(
+        "CareTeam",
+        "patient",
+        "participant",
+        "is on the patient's care team, itself or through its practitioners",
+        membership=True,
+    ),
 )
+
+# The members that tie a facility to a team's patient: the facility itself, and its
+# practitioners (a PractitionerRole at it, or a Practitioner holding one). RelatedPerson,
+# Patient and CareTeam members tie none (a nested team is not followed).
+MEMBER_TYPES = ("Organization", "Practitioner", "PractitionerRole")
+# A team's memberships count while its status is one of these, or absent (R4: 0..1); proposed,
+# suspended, inactive and entered-in-error teams give nobody access.
+TEAM_STATUSES = frozenset({"active"})
+
+
+def current_period(period: Mapping[str, Any] | None, now: float) -> bool:
+    """``period`` (a FHIR Period, or none) contains the epoch second ``now``: begun and not
+    ended (an end date counts to the end of that day, as the search index reads it)."""
+    if not period:
+        return True
+    try:
+        start = period.get("start")
+        end = period.get("end")
+        if isinstance(start, str) and date_range(start)[0] > now:
+            return False
+        return not (isinstance(end, str) and date_range(end)[1] <= now)
+    except ValueError:
+        return False  # a malformed period grants nothing
+
+
+def current_participant(team: Mapping[str, Any], members: frozenset[str], now: float) -> bool:
+    """A current participant of ``team`` is one of ``members`` ("Type/id" references)."""
+    if (team.get("status") or "active") not in TEAM_STATUSES:
+        return False
+    if not current_period(team.get("period"), now):
+        return False
+    for participant in team.get("participant") or ():
+        member = str((participant.get("member") or {}).get("reference") or "")
+        if member in members and current_period(participant.get("period"), now):
+            return True
+    return False
 
 
 def facility_patient_searches(facility: str) -> list[tuple[str, list[tuple[str, str]], str]]:
     """(resource type, search params, patient param) per link: the patients of ``facility``
-    are the union of the ``patient param`` values of what these searches return."""
+    are the union of the ``patient param`` values of what these searches return (a membership
+    link also through the facility's practitioners, and only while current: the guard's query,
+    ``security/guard.py``, is the rule)."""
     ref = facility if facility.startswith("Organization/") else f"Organization/{facility}"
     return [(ln.resource_type, [(ln.org_param, ref)], ln.patient_param) for ln in FACILITY_LINKS]
 
