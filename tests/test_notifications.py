@@ -539,3 +539,11 @@ def test_no_restricted_content_without_the_consent(site: Site) -> None:
         assert r.status_code == 404 or flag["id"] not in r.text
     finally:
         receiver.stop()
+
+
+def test_the_capability_statement_lists_the_topics_and_operations(site: Site) -> None:
+    capability = ok(httpx.get(site.base + "/metadata"))
+    entry = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Subscription")
+    topics = {e["valueCanonical"] for e in entry["extension"]}
+    assert TOPIC_BASE + "referral-task" in topics and TOPIC_BASE + "safety-alert" in topics
+    assert {o["name"] for o in entry["operation"]} == {"status", "events"}

@@ -25,7 +25,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from takamul.api.access import add_access_control, export_requester
 from takamul.api.equity import add_equity_routes
 from takamul.api.mpi import add_registry_routes
-from takamul.api.notifications import LearnBase, add_notification_routes, still_active
+from takamul.api.notifications import (
+    LearnBase,
+    add_notification_routes,
+    advertise,
+    still_active,
+)
 from takamul.api.programmes import add_programme_routes
 from takamul.bulk.export import NDJSON_FORMATS, Exporter, ExportRequest
 from takamul.caregivers.burden import Caregivers
@@ -184,7 +189,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
     @app.get("/fhir/metadata")
     def metadata(request: Request) -> Response:
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        return _json(200, capability_statement(ctx(request).base, now))
+        return _json(200, advertise(capability_statement(ctx(request).base, now)))
 
     @app.post("/fhir")
     @app.post("/fhir/", include_in_schema=False)

@@ -17,13 +17,36 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from takamul.notifications.service import Notifications
+from takamul.notifications.subscriptions import BACKPORT
+from takamul.notifications.topics import TOPICS
 from takamul.rest import interactions as ix
 from takamul.security.context import AccessContext
 from takamul.security.service import Security
 
-__all__ = ["LearnBase", "add_notification_routes", "still_active"]
+__all__ = ["LearnBase", "add_notification_routes", "advertise", "still_active"]
 
 FHIR_JSON = "application/fhir+json"
+# the backport's operations (STU 1.1) and how an R4 server lists the topics it offers
+BACKPORT_OPERATIONS = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+TOPIC_CANONICAL = BACKPORT + "capabilitystatement-subscriptiontopic-canonical"
+
+
+def advertise(capability: dict[str, Any]) -> dict[str, Any]:
+    """The CapabilityStatement with the topics and the $status and $events operations on the
+    Subscription resource."""
+    for rest in capability.get("rest") or ():
+        for entry in rest.get("resource") or ():
+            if entry.get("type") != "Subscription":
+                continue
+            entry["extension"] = [
+                {"url": TOPIC_CANONICAL, "valueCanonical": t.url} for t in TOPICS.values()
+            ]
+            entry["supportedProfile"] = [BACKPORT + "backport-subscription"]
+            entry["operation"] = [
+                {"name": name, "definition": BACKPORT_OPERATIONS + f"backport-subscription-{name}"}
+                for name in ("status", "events")
+            ]
+    return capability
 
 
 def add_notification_routes(

@@ -156,8 +156,10 @@ class Dispatcher:
         wait for them, as tests and the benchmark do). False when there was nothing to do."""
         numbered = 0
         with unguarded():
-            while batch := self._number():
+            while self._pending() and (batch := self._number()):
                 numbered += batch
+                if batch < BATCH:
+                    break
         futures = [self._pool.submit(self._deliver, sid) for sid in self._due()]
         if wait:
             for future in futures:
@@ -165,6 +167,18 @@ class Dispatcher:
         return bool(numbered or futures)
 
     # -- numbering ------------------------------------------------------------------------
+
+    def _pending(self) -> bool:
+        """Anything in the outbox (a read: no write transaction while there is nothing)."""
+        with self.store.reading() as s:
+            return (
+                s.conn.execute(
+                    select(notification_outbox.c.seq)
+                    .where(notification_outbox.c.processed.is_(False))
+                    .limit(1)
+                ).first()
+                is not None
+            )
 
     def _number(self) -> int:
         """One batch of the outbox in one transaction: rows done, events numbered."""
