@@ -261,6 +261,7 @@ def mpi_evaluate(
 def _register_subcommands() -> None:
     """Sub-applications that live with their package (each a Typer app of its own)."""
     from takamul.caregivers.cli import caregivers_app
+    from takamul.careplans.cli import careplans_app
     from takamul.coordination.cli import referrals_app
     from takamul.equity.access_cli import access_app
     from takamul.equity.cli import equity_app
@@ -292,6 +293,7 @@ def _register_subcommands() -> None:
     app.add_typer(instruments_app, name="instruments")
     app.add_typer(caregivers_app, name="caregivers")
     app.add_typer(referrals_app, name="referrals")  # takamul referrals metrics
+    app.add_typer(careplans_app, name="careplans")  # takamul careplans make
 
 
 _register_subcommands()
