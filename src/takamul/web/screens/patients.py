@@ -19,6 +19,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import Column, Float, MetaData, String, Table, delete, insert, select
 from starlette.concurrency import run_in_threadpool
 
+from takamul.careplans.record import CareSection, care_section
 from takamul.fhir.outcome import FhirError
 from takamul.registry.finder import NameFinder
 from takamul.registry.record import from_patient
@@ -252,6 +253,7 @@ def _record(web: WebServices, request: Request, viewer: Viewer, patient_id: str)
     try:
         with web.guarded(viewer), web.store.reading() as session:
             record = load_record(session, patient_id, members, person)
+            care = _care(session, record)
     except (FhirError, AuthError) as err:
         if err.status not in (403, 404, 410):
             raise
@@ -272,6 +274,7 @@ def _record(web: WebServices, request: Request, viewer: Viewer, patient_id: str)
         programme_labels=_programme_labels(web, viewer),
         programme_chart=any(s.key == "registry" and s.allowed(viewer) for s in web.screens),
         mental_health=record_section(web, viewer, shown),  # safety alert (screens/mentalhealth)
+        care=care, care_labels=_care_labels(viewer),
     )  # fmt: skip
 
 
@@ -298,6 +301,79 @@ def _programme_labels(web: WebServices, viewer: Viewer) -> dict[str, Any]:
         "status": {k: gettext(v) for k, v in STATUS_LABELS.items()},
         "gap": {k: gettext(v) for k, v in GAP_STATUS_LABELS.items()},
         "by": {k: gettext(v) for k, v in ACTOR_LABELS.items()},
+    }
+
+
+def _care(session: Session, record: PatientRecord) -> CareSection:
+    """The person's active care plans and current care teams, read under the viewer's guard
+    (a facility that is not on the person's team reaches neither: the record is a 404)."""
+    refs = ",".join(f"Patient/{r['id']}" for r in record.registrations)
+    return care_section(session, refs, record.care_teams, time.time())
+
+
+# what the care plan and team show, in the viewer's language (codes not listed show as coded)
+GOAL_MEASURES = {
+    "8480-6": N_("Systolic blood pressure"),
+    "8462-4": N_("Diastolic blood pressure"),
+    "4548-4": N_("HbA1c"),
+    "1558-6": N_("Fasting glucose"),
+    "2345-7": N_("Random glucose"),
+}
+ACHIEVEMENT_LABELS = {
+    "achieved": N_("Achieved"),
+    "not-achieved": N_("Not achieved"),
+    "in-progress": N_("In progress"),
+    "improving": N_("Improving"),
+    "worsening": N_("Worsening"),
+    "no-change": N_("No change"),
+    "sustaining": N_("Sustaining"),
+    "no-progress": N_("No progress"),
+    "not-attainable": N_("Not attainable"),
+}
+LIFECYCLE_LABELS = {
+    "active": N_("Active"),
+    "on-hold": N_("On hold"),
+    "proposed": N_("Proposed"),
+    "planned": N_("Planned"),
+    "accepted": N_("Accepted"),
+    "completed": N_("Completed"),
+    "cancelled": N_("Cancelled"),
+}
+ACTIVITY_LABELS = {  # CarePlan activity statuses and the Task statuses of worklist activities
+    "not-started": N_("Not started (overdue)"),
+    "scheduled": N_("Scheduled"),
+    "in-progress": N_("In progress"),
+    "on-hold": N_("On hold"),
+    "completed": N_("Completed"),
+    "cancelled": N_("Cancelled"),
+    "stopped": N_("Stopped"),
+    "requested": N_("On the worklist"),
+    "accepted": N_("Accepted"),
+    "ready": N_("Ready"),
+    "failed": N_("Failed"),
+    "rejected": N_("Rejected"),
+}
+MEMBER_KINDS = {
+    "Organization": N_("Facility"),
+    "Practitioner": N_("Practitioner"),
+    "PractitionerRole": N_("Practitioner"),
+    "RelatedPerson": N_("Family member or carer"),
+    "Patient": N_("The patient"),
+    "CareTeam": N_("Team"),
+}
+
+
+def _care_labels(viewer: Viewer) -> dict[str, Any]:
+    gettext = translations(viewer.prefs.lang).gettext
+    return {
+        name: {k: gettext(v) for k, v in table.items()}
+        for name, table in (
+            ("measure", GOAL_MEASURES),
+            ("achievement", ACHIEVEMENT_LABELS),
+            ("lifecycle", LIFECYCLE_LABELS),
+            ("activity", ACTIVITY_LABELS),
+            ("kind", MEMBER_KINDS),
+        )
     }
 
 
