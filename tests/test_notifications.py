@@ -27,6 +27,7 @@ import pytest
 from joserfc.jwk import ECKey
 
 from takamul.coordination.referrals import TASK_CODE_SYSTEM
+from takamul.equity.outreach import OUTREACH_SYSTEM
 from takamul.mentalhealth.instruments import QUESTIONNAIRE_BASE
 from takamul.notifications.subscriptions import BACKPORT
 from takamul.notifications.topics import TOPIC_BASE
@@ -547,3 +548,102 @@ def test_the_capability_statement_lists_the_topics_and_operations(site: Site) ->
     topics = {e["valueCanonical"] for e in entry["extension"]}
     assert TOPIC_BASE + "referral-task" in topics and TOPIC_BASE + "safety-alert" in topics
     assert {o["name"] for o in entry["operation"]} == {"status", "events"}
+
+
+def test_encounters_of_patients_on_a_care_team(site: Site) -> None:
+    """The clinic on the patient's care team hears of the patient's encounters elsewhere; an
+    encounter of a patient with no care team is no event of the topic."""
+    receiver = Receiver()
+    receiver.start()
+    try:
+        admin, centre = site.clients["ministry"], site.clients["centre"]
+        patient = site.ids["patient"]
+        team = ok(
+            admin.post(
+                "/CareTeam",
+                json={
+                    "resourceType": "CareTeam",
+                    "status": "active",
+                    "subject": {"reference": f"Patient/{patient}"},
+                    "participant": [{"member": {"reference": f"Organization/{CLINIC}"}}],
+                },
+            )
+        )["id"]
+        lonely = ok(
+            centre.post(
+                "/Patient",
+                json={
+                    "resourceType": "Patient",
+                    "name": [{"given": ["Omar"]}],
+                    "managingOrganization": {"reference": f"Organization/{CENTRE}"},
+                },
+            )
+        )["id"]
+        sid = subscribe(
+            site,
+            "clinic",
+            subscription(
+                "care-team-encounter",
+                receiver.url,
+                (f"Encounter?care-team-member=Organization/{CLINIC}",),
+                content="id-only",
+            ),
+        )
+        wait_for(lambda: receiver.of(sid, "handshake"))
+        for who in (lonely, patient):
+            ok(
+                centre.post(
+                    "/Encounter",
+                    json={
+                        "resourceType": "Encounter",
+                        "status": "finished",
+                        "class": {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                            "code": "AMB",
+                        },
+                        "subject": {"reference": f"Patient/{who}"},
+                        "serviceProvider": {"reference": f"Organization/{CENTRE}"},
+                    },
+                )
+            )
+        wait_for(lambda: receiver.numbers(sid) == [1])
+        status = receiver.of(sid, "event-notification")[0]["status"]
+        event = next(p for p in status["parameter"] if p["name"] == "notification-event")
+        context = [p["valueReference"]["reference"] for p in event["part"]
+                   if p["name"] == "additional-context"]  # fmt: skip
+        assert context == [f"{site.base}/CareTeam/{team}"]
+        time.sleep(1)
+        assert receiver.numbers(sid) == [1]  # the patient with no care team made no event
+    finally:
+        receiver.stop()
+
+
+def test_care_gaps_on_the_worklist(site: Site) -> None:
+    receiver = Receiver()
+    receiver.start()
+    try:
+        centre = site.clients["centre"]
+        sid = subscribe(
+            site,
+            "centre",
+            subscription("care-gap", receiver.url, (f"Task?owner=Organization/{CENTRE}",)),
+        )
+        wait_for(lambda: receiver.of(sid, "handshake"))
+        gap = ok(
+            centre.post(
+                "/Task",
+                json={
+                    "resourceType": "Task",
+                    "status": "requested",
+                    "intent": "plan",
+                    "code": {"coding": [{"system": OUTREACH_SYSTEM, "code": "htn-follow-up"}]},
+                    "for": {"reference": f"Patient/{site.ids['patient']}"},
+                    "owner": {"reference": f"Organization/{CENTRE}"},
+                },
+            )
+        )["id"]
+        wait_for(lambda: receiver.numbers(sid) == [1])
+        bundle = receiver.of(sid, "event-notification")[0]["bundle"]
+        assert bundle["entry"][1]["resource"]["id"] == gap
+    finally:
+        receiver.stop()
