@@ -61,7 +61,8 @@ def metrics_command(
         typer.Option(
             "--referral-rules",
             help='JSON: {"default": {"accept_days": 7, "complete_days": 30}, '
-            '"types": {"<ServiceRequest code>": {...}}}',
+            '"types": {"<ServiceRequest code>": {...}}} (default: the file '
+            "TAKAMUL_REFERRAL_RULES names, else 7 and 30 days)",
         ),
     ] = None,
     overdue_out: Annotated[
@@ -90,7 +91,7 @@ def metrics_command(
     except ValueError as err:
         raise _refuse(str(err), "--by") from None
     try:
-        rules = ReferralRules.load(referral_rules) if referral_rules else ReferralRules()
+        rules = ReferralRules.load(referral_rules) if referral_rules else ReferralRules.configured()
     except ValueError as err:
         raise _refuse(str(err), "--referral-rules") from None
     store = Store(Settings.from_env(database_url=db))

@@ -23,6 +23,7 @@ count. Days are calendar days after the day it was authored.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from takamul.store.schema import resource
 __all__ = [
     "EQUITY_DIMENSIONS",
     "METRICS",
+    "RULES_VARIABLE",
     "MetricRow",
     "Referral",
     "ReferralRules",
@@ -62,6 +64,7 @@ MEDIANS = ("days-to-acceptance-median", "days-to-completion-median")
 OVERDUE = ("overdue-acceptance", "overdue-completion")
 METRICS = ("referrals-made", *PROPORTIONS, *MEDIANS, *OVERDUE)
 ALL = "all"
+RULES_VARIABLE = "TAKAMUL_REFERRAL_RULES"  # the operator's rules file, for the server and CLI
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,14 @@ class ReferralRules:
         return cls(
             default, {str(k): _limits(v, default, f"{path}: types.{k}") for k, v in types.items()}
         )
+
+    @classmethod
+    def configured(cls) -> ReferralRules:
+        """The operator's rules: the file ``TAKAMUL_REFERRAL_RULES`` names, read on every call
+        (a few bytes) so an edit takes effect without a restart; the defaults when unset. A
+        ValueError that names the file and what is wrong, never a silent fallback."""
+        path = os.environ.get(RULES_VARIABLE, "").strip()
+        return cls.load(Path(path)) if path else cls()
 
 
 def _limits(value: object, fallback: Limits, where: str) -> Limits:

@@ -448,7 +448,9 @@ def _show(
     refusal_msgid: str = "",
 ) -> Response:
     with web.guarded(viewer), web.store.reading() as session:
-        received, sent = referral_lists(session, _facility(viewer), date.today())
+        received, sent = referral_lists(
+            session, _facility(viewer), date.today(), ReferralRules.configured()
+        )
     web.audit_page(
         request,
         viewer,

@@ -12,6 +12,14 @@ due now, so a worker's list is always current); each with
 period, and a note of who recorded it when. The last outcome can be undone: the Task's earlier
 version comes back as a new version (history keeps both).
 
+Overdue referrals: for those who may open the Referrals screen (a facility's care coordinator),
+the list starts with the facility's referrals that are overdue on today's date
+(``takamul.coordination.metrics.overdue`` with the operator's per-type limits,
+``ReferralRules.configured``): received ones still waiting for its acceptance or its feedback,
+and sent ones not yet accepted or answered by the other facility, each linking to its row on
+the Referrals screen. They are read by that screen's own guarded search
+(``referrals.referral_lists``) in the same guarded session as the outreach Tasks.
+
 Facility: R4's Patient compartment has no Task, so the guard does not scope Tasks by facility
 itself; every search and write here goes through a chain on ``Task.for`` (``patient._id``), and
 the guard narrows chains to the facility's patients, so another facility's Task is neither
@@ -30,6 +38,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from takamul.coordination.metrics import ReferralRules
 from takamul.equity.outreach import OUTREACH_SYSTEM
 from takamul.fhir.outcome import FhirError
 from takamul.rest import interactions as ix
@@ -45,8 +54,10 @@ __all__ = [
     "OUTCOME_SYSTEM",
     "SCREEN",
     "Outcome",
+    "OverdueReferral",
     "WorkItem",
     "apply_outcome",
+    "overdue_referrals",
     "register",
     "undo_outcome",
 ]
@@ -268,6 +279,67 @@ def _phone(patient: dict[str, Any]) -> str | None:
     return str(phones[0]["value"]) if phones and phones[0].get("value") else None
 
 
+# -- overdue referrals -----------------------------------------------------------------------
+
+# why a referral is on the list, as each end sees it: the receiver has something to do, the
+# requester is waiting for the other facility
+WAITING_ACCEPTANCE = N_("Waiting for your acceptance: made %(days)s days ago")
+WAITING_FEEDBACK = N_("Waiting for your feedback: made %(days)s days ago")
+NOT_YET_ACCEPTED = N_("Not yet accepted by %(facility)s after %(days)s days")
+NO_FEEDBACK_YET = N_("No feedback yet from %(facility)s after %(days)s days")
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueReferral:
+    """A referral of the viewer's facility that is overdue today, as its worklist shows it."""
+
+    task_id: str
+    side: str  # "received" or "sent": its list (and row) on the Referrals screen
+    why: str  # msgid, with %(days)s and %(facility)s
+    days: int  # since it was made
+    facility: str  # the facility at the other end (its name)
+    kind: str  # the referral type
+    patient_id: str | None
+    name: str | None  # None: the guard does not let the facility see the person
+
+    @property
+    def link(self) -> str:
+        return f"/app/referrals#{self.side}-{self.task_id}"
+
+
+def overdue_referrals(
+    session: Session, facility: str, today: date, rules: ReferralRules
+) -> list[OverdueReferral]:
+    """The facility's overdue referrals, read under the session's guard: those it received
+    first (its own work), then those it sent; the oldest first in each."""
+    # imported here: the Referrals screen imports ``person_name`` from this module
+    from takamul.web.screens.referrals import NOT_ACCEPTED, referral_lists
+
+    received, sent = referral_lists(session, facility, today, rules)
+    out = []
+    for side, rows in (("received", received), ("sent", sent)):
+        for row in rows:
+            if row.overdue is None:
+                continue
+            accepting = row.overdue == NOT_ACCEPTED
+            if side == "received":
+                why = WAITING_ACCEPTANCE if accepting else WAITING_FEEDBACK
+            else:
+                why = NOT_YET_ACCEPTED if accepting else NO_FEEDBACK_YET
+            out.append(
+                OverdueReferral(
+                    row.task_id, side, why, row.days, row.other, row.kind, row.patient_id, row.name
+                )
+            )
+    return out  # each list came overdue first, oldest first
+
+
+def _sees_referrals(viewer: Viewer) -> bool:
+    from takamul.web.screens.referrals import SCREEN as REFERRALS
+
+    return REFERRALS.allowed(viewer)
+
+
 # -- recording an outcome -------------------------------------------------------------------
 
 
@@ -469,8 +541,19 @@ def register(router: APIRouter, web: WebServices) -> None:
             return _refused(web, viewer)
         show = request.query_params.get("show", "open")
         show = show if show in SHOWS else "open"
+        facility = (viewer.access.facility or "").removeprefix("Organization/")
+        with_referrals = show in ("open", "all") and _sees_referrals(viewer)
+        referrals: list[OverdueReferral] | None = None
+        problem = ""
         with web.guarded(viewer), web.store.reading() as session:
             items = worklist(session, show)
+            if with_referrals:
+                try:
+                    rules = ReferralRules.configured()
+                except ValueError as err:  # the operator's file: shown, not guessed around
+                    problem = str(err)
+                else:
+                    referrals = overdue_referrals(session, facility, date.today(), rules)
         web.audit_page(
             request,
             viewer,
@@ -479,6 +562,17 @@ def register(router: APIRouter, web: WebServices) -> None:
             query=f"code={OUTREACH_SYSTEM}|&show={show}",
             patient_ids=_patients(items),
         )
+        if referrals is not None:
+            web.audit_page(
+                request,
+                viewer,
+                "search",
+                resource_type="Task",
+                query=f"owner|requester=Organization/{facility}&overdue",
+                patient_ids=tuple(
+                    dict.fromkeys(r.patient_id for r in referrals if r.name and r.patient_id)
+                ),
+            )
         return page(
             web,
             viewer,
@@ -488,6 +582,9 @@ def register(router: APIRouter, web: WebServices) -> None:
             items=items,
             show=show,
             outcomes=OUTCOMES.values(),
+            referrals=referrals,
+            referral_problem=problem,
+            with_referrals=with_referrals,
         )
 
     @router.post("/worklist/{task_id}/outcome")
