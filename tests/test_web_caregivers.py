@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,11 @@ from playwright.sync_api import expect
 from takamul.caregivers.burden import CAREGIVER_SYSTEM, SUPPORT_CODE
 from takamul.coordination.referrals import TASK_CODE_SYSTEM
 from takamul.equity.outreach import OUTREACH_SYSTEM
+from takamul.mentalhealth.safety import find_all
 from takamul.security.consent import LOGIN_SYSTEM
+from takamul.settings import Settings
+from takamul.store.guard import unguarded
+from takamul.store.repository import Store
 from takamul.web.i18n import translations
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
@@ -33,7 +38,9 @@ RUN = uuid.uuid4().hex[:6]
 FAC, OTHER = f"org-cg-{RUN}", f"org-cg-other-{RUN}"
 CLIN, CLIN_OTHER = f"cg-clin-{RUN}", f"cg-clin-other-{RUN}"
 # caregiver logins: consent in force, revoked later, expired, never given
-CG, CG_REVOKED, CG_EXPIRED, CG_NONE = (f"cg-{k}-{RUN}" for k in ("ok", "rev", "exp", "none"))
+CG, CG_REVOKED, CG_EXPIRED, CG_NONE, CG_PSY = (
+    f"cg-{k}-{RUN}" for k in ("ok", "rev", "exp", "none", "psy")
+)
 ZBI_URL = "https://takamul.health/fhir/Questionnaire/zbi-12"
 ITEMS = [f"zbi12-{n}" for n in range(1, 13)]
 TODAY = date.today()
@@ -267,7 +274,9 @@ def world(web_site: WebSite) -> dict[str, str]:
     _put(web_site, _consent("exp", CG_EXPIRED, period={"start": "2020-01-01", "end": ended}))
     _care(web_site)
     # a patient who keeps mental health data (the burden screens too) to the other facility
-    _family(web_site, "psy", FAC, None, "Samir")
+    _family(web_site, "psy", FAC, CG_PSY, "Samir")
+    users.add(CG_PSY, PASSWORD, ["caregiver"], None, "Caregiver psy", _pid("psy"))
+    _put(web_site, _consent("psy", CG_PSY))
     r = web_site.fhir.post("/QuestionnaireResponse", json=_zbi("psy", 40, _now()))
     assert r.status_code == 201, r.text
     _put(web_site, _psy_restriction("psy"))
@@ -437,6 +446,29 @@ def test_the_caregiver_screens_their_own_burden_and_support_is_proposed(
     # the view lists the screen; another caregiver's login does not reach it
     assert f"/app/caregivers/responses/{response_id}" in client.get("/app/caregivers").text
     assert _client(web_site, CG_NONE).get(r.headers["location"]).status_code == 403
+
+
+def test_a_consent_keeping_mental_health_data_away_refuses_the_caregivers_screen(
+    web_site: WebSite, world: dict[str, str], tmp_path: Path
+) -> None:
+    """The guard judges the PSY label, not who answered (docs/caregivers.md): the caregiver
+    still sees the person, not their earlier screen, and a new one is refused, stored nowhere."""
+    client = _client(web_site, CG_PSY)
+    view = client.get("/app/caregivers")
+    assert view.status_code == 200 and "/app/caregivers/responses/" not in view.text
+    url = f"/app/caregivers/burden/{_pid('psy')}-rp"
+    r = client.post(url, data={"csrf": _csrf(client), **_answers(30)})
+    assert r.status_code == 403 and "You may not record a burden screen" in r.text
+    # what the record holds, read for the system: only the screen written before the consent
+    store = Store(Settings(database_url=web_site.db, export_dir=tmp_path / "exports"))
+    try:
+        with unguarded(), store.reading() as session:
+            held = find_all(
+                session, "QuestionnaireResponse", [("subject", f"Patient/{_pid('psy')}")]
+            )
+    finally:
+        store.close()
+    assert len(held) == 1
 
 
 def test_a_clinician_records_a_screen_for_a_caregiver(
