@@ -513,6 +513,8 @@ def test_the_registry_lists_the_facilitys_caregivers_at_high_burden(
     row = html.unescape(page.split(f'<tr id="cg-{_pid("main")}-rp"')[1].split("</tr>")[0])
     assert CAREGIVER_NAME in row and PATIENT_GIVEN in row and ">25 " in row.replace("·", " ")
     assert "Proposed" in row and "+11" in row  # 25 after 14 on the same day
+    result = _client(web_site, CLIN).get(f"/app/caregivers/responses/{_pid('aa')}-zbi").text
+    assert 'data-high="true"' in result and "Support has been proposed for the caregiver." in result
     other = _client(web_site, CLIN_OTHER).get("/app/caregivers").text
     other_rows = re.findall(r'<tr id="cg-([^"]+)"', other)
     assert f"{_pid('away')}-rp" in other_rows and f"{_pid('main')}-rp" not in other_rows
