@@ -384,6 +384,18 @@ def test_without_consent_in_force_nothing_of_the_person_is_shown(
     assert client.get(f"/fhir/Patient/{_pid(key)}").status_code == 403
 
 
+def test_a_deleted_record_is_not_found(web_site: WebSite, world: dict[str, str]) -> None:
+    login = f"cg-gone-{RUN}"
+    _family(web_site, "gone", FAC, login, "Nadia")
+    web_site.security.users.add(login, PASSWORD, ["caregiver"], None, "Caregiver", _pid("gone"))
+    _put(web_site, _consent("gone", login))
+    client = _client(web_site, login)
+    assert client.get("/app/caregivers").status_code == 200
+    assert web_site.fhir.delete(f"/Patient/{_pid('gone')}").status_code in (200, 204)
+    r = client.get("/app/caregivers")
+    assert r.status_code == 404 and PATIENT_GIVEN not in r.text
+
+
 def test_a_revoked_consent_hides_the_person_again(web_site: WebSite, world: dict[str, str]) -> None:
     client = _client(web_site, CG_REVOKED)
     assert client.get("/app/caregivers").status_code == 200

@@ -713,6 +713,14 @@ def _register_views(router: APIRouter, web: WebServices) -> None:
                 resource_id=patient_id, patient_ids=(patient_id,), outcome_text=str(err),
             )  # fmt: skip
             return _message(web, viewer, 403, NO_CONSENT, consent=True)
+        except (FhirError, AuthError) as err:
+            if err.status not in (403, 404, 410):
+                raise
+            web.audit_page(
+                request, viewer, "read", status=404, resource_type="Patient",
+                resource_id=patient_id, patient_ids=(patient_id,), outcome_text=str(err),
+            )  # fmt: skip
+            return _message(web, viewer, 404, NOT_FOUND)  # e.g. the record was deleted
         web.audit_page(
             request, viewer, "read", resource_type="Patient", resource_id=patient_id,
             patient_ids=(patient_id,), query="caregiver-view",
