@@ -647,3 +647,37 @@ def test_care_gaps_on_the_worklist(site: Site) -> None:
         assert bundle["entry"][1]["resource"]["id"] == gap
     finally:
         receiver.stop()
+
+
+def test_only_the_subscriber_sees_its_subscription(site: Site) -> None:
+    """A Subscription holds the receiver's headers (often a secret) and its events tell what
+    happened to whom: another facility's client finds it on no path; an administrator does."""
+    sid = subscribe(site, "centre", subscription("referral-task", "http://127.0.0.1:9/hook"))
+    other, admin = site.clients["other"], site.clients["ministry"]
+    assert ok(site.clients["centre"].get(f"/Subscription/{sid}"))["id"] == sid
+    assert ok(admin.get(f"/Subscription/{sid}"))["id"] == sid
+    for path in (f"/Subscription/{sid}", f"/Subscription/{sid}/_history/1",
+                 f"/Subscription/{sid}/$status", f"/Subscription/{sid}/$events"):  # fmt: skip
+        r = other.get(path)
+        assert r.status_code == 404, (path, r.text)
+    for path, params in (
+        ("/Subscription", {"_id": sid}),
+        ("/Subscription", {"_count": "500"}),
+        ("/Subscription/_history", {"_count": "500"}),
+        (f"/Subscription/{sid}/_history", {}),
+        ("/_history", {"_count": "500"}),
+    ):
+        r = other.get(path, params=params)
+        assert r.status_code in (200, 404), r.text
+        if r.status_code == 200:
+            found = [e.get("resource", {}).get("id") for e in r.json().get("entry", [])]
+            assert sid not in found and sid not in json.dumps(r.json().get("entry", [])), path
+    counted = ok(other.get("/Subscription", params={"_id": sid, "_summary": "count"}))
+    assert counted["total"] == 0
+    body = ok(admin.get(f"/Subscription/{sid}"))
+    assert other.put(f"/Subscription/{sid}", json={**body, "status": "off"}).status_code in (
+        403,
+        404,
+    )
+    assert other.delete(f"/Subscription/{sid}").status_code in (403, 404)
+    assert ok(admin.get(f"/Subscription/{sid}"))["meta"]["versionId"] == body["meta"]["versionId"]

@@ -111,7 +111,7 @@ class OutboxHook:
             session.conn.execute(
                 update(subscription_channel)
                 .where(subscription_channel.c.sub_id == sid)
-                .values(**_changed(old, values, channel))
+                .values(**_kept_subscriber(old, _changed(old, values, channel)))
             )
         session.after_commit.append(self.wake)
 
@@ -167,3 +167,9 @@ def _changed(old: Any, values: dict[str, Any], channel: Channel) -> dict[str, An
         return values
     keep = ("status", "handshake_done", "attempts", "next_attempt", "last_sent", "error")
     return {k: v for k, v in values.items() if k not in keep}
+
+
+def _kept_subscriber(old: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The subscriber stays who made the Subscription: an administrator who edits it does not
+    lend the receiver their own wider rights."""
+    return {**values, "subscriber": old.subscriber}

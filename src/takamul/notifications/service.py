@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
@@ -30,10 +31,10 @@ from takamul.notifications.schema import (
 from takamul.notifications.subscriptions import CONTENTS
 from takamul.notifications.topics import TOPICS
 from takamul.security.context import AccessContext
-from takamul.store.guard import current_guard
+from takamul.store.guard import OWNED, current_guard
 from takamul.store.repository import Session, Store
 
-__all__ = ["MAX_EVENTS", "Notifications", "settings_from_env"]
+__all__ = ["MAX_EVENTS", "Notifications", "settings_from_env", "subscriber_of"]
 
 log = logging.getLogger("takamul.notifications")
 IDLE = 1.0  # seconds between looks at a quiet outbox
@@ -70,8 +71,10 @@ class Notifications:
         self._thread: threading.Thread | None = None
 
     def attach(self) -> None:
-        """Keep channels and the outbox with the record (a write hook)."""
+        """Keep channels and the outbox with the record (a write hook); a Subscription is its
+        subscriber's to see (``store.guard.OWNED``)."""
         self.store.write_hooks.append(OutboxHook(self.wake, time.time))
+        OWNED["Subscription"] = subscriber_of
 
     def wake(self) -> None:
         self.dispatcher.woken.set()
@@ -187,6 +190,18 @@ class Notifications:
         ).all()
         items = event_items(s, rows, content, current_guard.get())
         return notification_bundle(base, _info(ch), "query-event", items, content)
+
+
+def subscriber_of(store: Store, sid: str) -> str | None:
+    """Who made the Subscription ``sid`` (``AccessContext.who``), None when no requester did."""
+    with store.reading() as s:
+        row = s.conn.execute(
+            select(subscription_channel.c.subscriber).where(subscription_channel.c.sub_id == sid)
+        ).first()
+    if row is None or not row.subscriber:
+        return None
+    data = orjson.loads(row.subscriber)
+    return f"client:{data['client_id']}" if data.get("client_id") else f"user:{data.get('user')}"
 
 
 def _info(ch: Any) -> StatusInfo:

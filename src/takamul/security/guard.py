@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
@@ -35,14 +35,15 @@ from takamul.security.context import AccessContext
 from takamul.security.roles import (
     FACILITY_LINKS,
     MEMBER_TYPES,
-    TEAM_STATUSES,
     FacilityLink,
     current_participant,
+    current_period,
     withheld_labels,
 )
+from takamul.store.guard import OWNED
 from takamul.store.query import RestrictedFilter
 from takamul.store.repository import Store
-from takamul.store.schema import resource, sp_date, sp_reference, sp_token
+from takamul.store.schema import resource, sp_reference
 
 __all__ = ["AccessGuard"]
 
@@ -97,6 +98,8 @@ class AccessGuard:
     def visible(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
         if not self.access.allows(resource_type, interaction, resource):
             return False
+        if not self._owns(resource_type, resource, interaction):
+            return False
         if interaction not in ("c", "u", "d"):
             hidden = withheld_labels(self.access.roles, resource_type)
             if hidden and hidden & sensitivity(resource):
@@ -134,11 +137,19 @@ class AccessGuard:
             self.written_patients.update(patients)
         return True
 
+    def _owns(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
+        """A type only its owner sees (``store.guard.OWNED``, e.g. a Subscription): the owner
+        and administrators; creating one makes the requester its owner."""
+        owner_of = OWNED.get(resource_type)
+        if owner_of is None or interaction == "c" or "administrator" in self.access.roles:
+            return True
+        return owner_of(self.store, str(resource.get("id") or "")) == self.access.who
+
     def exhaustive(self, resource_type: str) -> bool:
-        """Searches of this type must be filtered row by row (and counted so): only while the
-        database holds data stored unlabelled by an earlier version (consent is otherwise an
-        SQL filter on the labels, ``filters``)."""
-        return (
+        """Searches of this type must be filtered row by row (and counted so): a type only its
+        owner sees, or, while the database holds data stored unlabelled by an earlier version,
+        patient data (consent is otherwise an SQL filter on the labels, ``filters``)."""
+        return resource_type in OWNED or (
             not getattr(self.store, "labels_complete", False)
             and _patient_data(resource_type)
             and self._consent_applies()
@@ -380,7 +391,8 @@ def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
 def _facility_members(conn: Any, facility: str, now: float) -> frozenset[str]:
     """The references that stand for ``facility`` on a care team: itself, its current
     PractitionerRoles (``active`` not false, ``period`` containing now) and their
-    Practitioners."""
+    Practitioners. The roles are found by the reference index and judged on their content
+    (a facility has hundreds of roles, not millions)."""
     org_type, org_id = facility.split("/", 1)
     at = sp_reference.alias("at")
     roles = select(at.c.rid).where(
@@ -388,49 +400,31 @@ def _facility_members(conn: Any, facility: str, now: float) -> frozenset[str]:
         at.c.param == "organization",
         at.c.target_type == org_type,
         at.c.target_id == org_id,
-        ~exists().where(
-            sp_token.c.rid == at.c.rid,
-            sp_token.c.res_type == "PractitionerRole",
-            sp_token.c.param == "active",
-            sp_token.c.code == "false",
-        ),
-        ~_period_over(at.c.rid, "PractitionerRole", now),
     )
     out = {facility}
-    for row in conn.execute(
-        select(resource.c.res_id).where(resource.c.rid.in_(roles), resource.c.deleted.is_(False))
-    ):
-        out.add(f"PractitionerRole/{row.res_id}")
-    who = sp_reference.alias("who")
-    for row in conn.execute(
-        select(who.c.target_id).where(
-            who.c.rid.in_(roles),
-            who.c.res_type == "PractitionerRole",
-            who.c.param == "practitioner",
-            who.c.target_type == "Practitioner",
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.rid.in_(roles), resource.c.deleted.is_(False)
         )
-    ):
-        if row.target_id:
-            out.add(f"Practitioner/{row.target_id}")
-    return frozenset(out)
-
-
-def _period_over(rid: Any, resource_type: str, now: float) -> Any:
-    """The resource's ``date`` (its period) has ended or not begun at ``now``."""
-    return exists().where(
-        sp_date.c.rid == rid,
-        sp_date.c.res_type == resource_type,
-        sp_date.c.param == "date",
-        or_(sp_date.c.high <= now, sp_date.c.low > now),
     )
+    for row in rows:
+        role = orjson.loads(row.content) if row.content else {}
+        if role.get("active") is False or not current_period(role.get("period"), now):
+            continue
+        out.add(f"PractitionerRole/{row.res_id}")
+        practitioner = str((role.get("practitioner") or {}).get("reference") or "")
+        if practitioner.startswith("Practitioner/"):
+            out.add(practitioner)
+    return frozenset(out)
 
 
 def _member_patients(
     conn: Any, link: FacilityLink, members: frozenset[str], now: float
 ) -> set[str]:
-    """The patients of the current teams on which one of ``members`` is a current participant:
-    the index narrows to teams naming a member, not ended and not of an ended status; the
-    participant's own period (not indexed) is read from the few teams found."""
+    """The patients of the current teams on which one of ``members`` is a current participant.
+    The reverse reference index finds the teams naming a member; whether the team and the
+    participation are current (status, the team's and the participant's periods, which are not
+    all indexed) is read from their content, one query per thousand teams."""
     by_type: dict[str, list[str]] = {}
     for ref in members:
         kind, _, ident = ref.partition("/")
@@ -439,40 +433,50 @@ def _member_patients(
     if not by_type:
         return set()
     member = sp_reference.alias("member")
-    pat = sp_reference.alias("pat")
     named = or_(
         *(
             and_(member.c.target_type == kind, member.c.target_id.in_(sorted(ids)))
             for kind, ids in sorted(by_type.items())
         )
     )
-    teams = select(member.c.rid).where(
-        member.c.res_type == link.resource_type, member.c.param == link.org_param, named
-    )
-    query = (
-        select(resource.c.content, pat.c.target_id)
-        .select_from(resource.join(pat, pat.c.rid == resource.c.rid))
-        .where(
-            resource.c.rid.in_(teams),
-            resource.c.deleted.is_(False),
-            pat.c.res_type == link.resource_type,
-            pat.c.param == link.patient_param,
-            pat.c.target_type == "Patient",
-            ~exists().where(
-                sp_token.c.rid == resource.c.rid,
-                sp_token.c.res_type == link.resource_type,
-                sp_token.c.param == "status",
-                sp_token.c.code.not_in(sorted(TEAM_STATUSES)),
-            ),
-            ~_period_over(resource.c.rid, link.resource_type, now),
-        )
+    teams = sorted(
+        {
+            row.rid
+            for row in conn.execute(
+                select(member.c.rid).where(
+                    member.c.res_type == link.resource_type,
+                    member.c.param == link.org_param,
+                    named,
+                )
+            )
+        }
     )
     found: set[str] = set()
-    for row in conn.execute(query):
-        if not row.target_id or not row.content or row.target_id in found:
+    for start in range(0, len(teams), 1000):
+        chunk = teams[start : start + 1000]
+        current = {
+            row.rid
+            for row in conn.execute(
+                select(resource.c.rid, resource.c.content).where(
+                    resource.c.rid.in_(chunk), resource.c.deleted.is_(False)
+                )
+            )
+            if row.content and current_participant(orjson.loads(row.content), members, now)
+        }
+        if not current:
             continue
-        if current_participant(orjson.loads(row.content), members, now):
-            found.add(row.target_id)
+        found.update(
+            row.target_id
+            for row in conn.execute(
+                select(sp_reference.c.target_id).where(
+                    sp_reference.c.rid.in_(sorted(current)),
+                    sp_reference.c.res_type == link.resource_type,
+                    sp_reference.c.param == link.patient_param,
+                    sp_reference.c.target_type == "Patient",
+                )
+            )
+            if row.target_id
+        )
     return found
 
 

@@ -11,12 +11,21 @@ work (the client registry writing golden records, bulk jobs) runs without one or
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["Guard", "current_guard", "guarded", "unguarded"]
+__all__ = ["OWNED", "Guard", "OwnerOf", "current_guard", "guarded", "unguarded"]
+
+# (store, resource id) -> who owns it: "client:<id>" or "user:<name>" (an AccessContext's
+# ``who``), or None when no requester does (made by the server itself)
+OwnerOf = Callable[[Any, str], str | None]
+# Resource types that only their owner (and administrators) may see, and how to find the owner
+# of one. Registered by the package that keeps them (notifications: a Subscription, whose
+# channel headers may hold the receiver's secret and whose events would tell others what
+# happened to whom); consulted by the security guard on every path.
+OWNED: dict[str, OwnerOf] = {}
 
 
 class Guard(Protocol):
