@@ -272,6 +272,7 @@ def _register_subcommands() -> None:
     from takamul.security.audit_cli import audit_app
     from takamul.security.cli import clients_app, demo, keys_app, token, users_app
     from takamul.security.deid import deid_app
+    from takamul.store.cli import db_app
     from takamul.views.cli import views_app
 
     equity_app.add_typer(access_app)  # takamul equity access
@@ -294,6 +295,7 @@ def _register_subcommands() -> None:
     app.add_typer(caregivers_app, name="caregivers")
     app.add_typer(referrals_app, name="referrals")  # takamul referrals metrics
     app.add_typer(careplans_app, name="careplans")  # takamul careplans make
+    app.add_typer(db_app, name="db")  # takamul db status|upgrade|check|backup
 
 
 _register_subcommands()

@@ -1161,7 +1161,9 @@ def _verify(conn: Connection, batch_size: int) -> VerifyResult:
         return _bad(checked, int(orphans), f"patient index rows for absent event {orphans}", head)
     if head is None:
         if last == 0:
-            return VerifyResult(True, 0, None, "the audit log is empty")
+            # the tables exist (the schema migrations make them) but no log was ever opened:
+            # opening one writes the chain head
+            return VerifyResult(False, 0, None, NO_AUDIT_LOG)
         return _bad(checked, None, "the chain head is missing (deleted)", head)
     if int(head.seq) > last:
         removed = f"{last + 1}" if int(head.seq) == last + 1 else f"{last + 1} to {head.seq}"

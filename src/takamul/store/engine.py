@@ -5,6 +5,7 @@ Each dialect gets the settings it needs for safe concurrent writes, decided here
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,34 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = create_engine(parsed, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True, **_postgres_pool())
         return engine, engine
     raise FhirError(
         500,
         f"Unsupported database URL scheme '{parsed.drivername}'; use sqlite:///path or postgresql://...",
     )
+
+
+def _postgres_pool() -> dict[str, Any]:
+    """Connections of one process to PostgreSQL. Every server worker and CLI process holds a pool
+    of its own, so their sum must stay under the server's max_connections (docs/operations.md):
+    ``TAKAMUL_DB_POOL_SIZE`` kept open (default 20), ``TAKAMUL_DB_MAX_OVERFLOW`` more under load
+    (default 20). Behind pgbouncer in transaction mode, ``TAKAMUL_DB_PREPARE_THRESHOLD=none``
+    stops psycopg preparing statements on a server connection the next transaction may not get."""
+    options: dict[str, Any] = {
+        "pool_size": int(os.environ.get("TAKAMUL_DB_POOL_SIZE", "20")),
+        "max_overflow": int(os.environ.get("TAKAMUL_DB_MAX_OVERFLOW", "20")),
+    }
+    threshold = os.environ.get("TAKAMUL_DB_PREPARE_THRESHOLD", "").strip().lower()
+    if threshold:
+        prepare = None if threshold in ("none", "off") else int(threshold)
+        options["connect_args"] = {"prepare_threshold": prepare}
+    return options
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_engine(url: str, database: str | None, immediate: bool) -> Engine:

@@ -38,17 +38,17 @@ from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
-from takamul.store.engine import make_engines
+from takamul.store.engine import make_engines, redacted
 from takamul.store.guard import Guard, current_guard
 from takamul.store.indexing import index_rows
 from takamul.store.labels import ensure_labelled
+from takamul.store.migrations import prepare_at_start
 from takamul.store.nested import guard_nested
 from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
 from takamul.store.schema import (
     INDEX_TABLES,
     conditional_claim,
-    metadata,
     resource,
     resource_version,
     sp_reference,
@@ -110,7 +110,7 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.writer, self.reader = make_engines(settings.database_url)
-        metadata.create_all(self.writer)
+        prepare_at_start(self.writer, redacted(settings.database_url))
         self.indexer = SearchIndexer()
         self.defs = definitions()
         self.write_hooks: list[WriteHook] = []

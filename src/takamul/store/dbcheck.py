@@ -1,0 +1,226 @@
+"""``takamul db check``: do the search index rows agree with the stored resources?
+
+Each current resource's index rows are computed again from its stored content with the store's
+own indexing code (``store.indexing.index_tuples``, what every write and bulk load uses) and
+compared, as multisets, with the rows the index tables hold for it. Differences, by resource:
+
+- ``missing``: a row the content gives that the index lacks (a search would not find it);
+- ``extra``: a row the index holds that the content does not give (a search would find it
+  wrongly), including rows of a deleted resource or of no resource at all;
+- a missing and an extra row of the same parameter are one ``wrong`` row (a value altered).
+
+The store is read in batches of resources by ``rid``; each batch's resources and index rows are
+read in one snapshot, so a write during the check cannot look like damage. ``repair`` rewrites a
+damaged resource's index rows from its content in a write transaction that reads the content
+again (what a write would have stored), and deletes the rows of resources that are gone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, delete, func, select
+
+from takamul.store.indexing import VALUE_COLUMNS, index_tuples
+from takamul.store.repository import Session, Store
+from takamul.store.schema import INDEX_TABLES, resource
+
+__all__ = ["CheckReport", "IndexDifference", "check_index"]
+
+BATCH = 2_000
+KEEP = 1_000  # differences kept for the report; the counts cover them all
+
+Row = tuple[Any, ...]  # (res_type, param, *values): an index row without its rid
+
+
+@dataclass(frozen=True, slots=True)
+class IndexDifference:
+    """How one resource's rows of one index table differ from what its content gives."""
+
+    rid: int
+    resource: str  # Type/id, or "(no resource, rid N)" for rows of a rid not stored
+    kind: str  # string | token | date | reference | quantity | number | uri
+    missing: tuple[Row, ...]
+    extra: tuple[Row, ...]
+
+    def wrong_params(self) -> list[str]:
+        """Parameters with both a missing and an extra row: a value altered in place."""
+        return sorted({r[1] for r in self.missing} & {r[1] for r in self.extra})
+
+    def describe(self) -> str:
+        parts = []
+        wrong = self.wrong_params()
+        if wrong:
+            parts.append(f"wrong {', '.join(wrong)}")
+        missing = [r for r in self.missing if r[1] not in wrong]
+        extra = [r for r in self.extra if r[1] not in wrong]
+        if missing:
+            parts.append(f"{len(missing)} missing ({_params(missing)})")
+        if extra:
+            parts.append(f"{len(extra)} extra ({_params(extra)})")
+        return f"{self.resource} sp_{self.kind}: " + "; ".join(parts)
+
+
+def _params(rows: Iterable[Row]) -> str:
+    return ", ".join(sorted({str(r[1]) for r in rows}))
+
+
+@dataclass(slots=True)
+class CheckReport:
+    resources: int = 0  # resources checked (deleted ones included: they must have no rows)
+    rows: int = 0  # index rows read
+    damaged: int = 0  # resources (or stray rids) with any difference
+    missing: int = 0
+    extra: int = 0
+    repaired: int = 0  # resources (or stray rids) whose rows were rewritten
+    differences: list[IndexDifference] = field(default_factory=list)  # the first KEEP
+
+    @property
+    def clean(self) -> bool:
+        return self.damaged == 0
+
+    def add(self, found: list[IndexDifference]) -> None:
+        self.damaged += len({d.rid for d in found})
+        self.missing += sum(len(d.missing) for d in found)
+        self.extra += sum(len(d.extra) for d in found)
+        room = KEEP - len(self.differences)
+        if room > 0:
+            self.differences.extend(found[:room])
+
+
+Progress = Callable[[int], None]  # resources checked so far
+
+
+def count_resources(store: Store) -> int:
+    with store.reading() as session:
+        return int(session.conn.execute(select(func.count()).select_from(resource)).scalar_one())
+
+
+def check_index(
+    store: Store, repair: bool = False, progress: Progress | None = None, batch: int = BATCH
+) -> CheckReport:
+    """Compare every resource's index rows with its content; with ``repair``, fix them."""
+    report = CheckReport()
+    after = 0
+    while True:
+        found, last, resources, rows = _check_batch(store, after, batch)
+        report.resources += resources
+        report.rows += rows
+        report.add(found)
+        if repair and found:
+            report.repaired += _repair(store, sorted({d.rid for d in found}))
+        if progress is not None:
+            progress(report.resources)
+        if last is None:
+            return report
+        after = last
+
+
+def _check_batch(
+    store: Store, after: int, batch: int
+) -> tuple[list[IndexDifference], int | None, int, int]:
+    """Differences of the resources with rid in (after, last], where last is the batch's
+    last resource (None when no resource is left: then every rid above ``after`` is checked)."""
+    with _snapshot(store) as conn:
+        rows = conn.execute(
+            select(
+                resource.c.rid,
+                resource.c.res_type,
+                resource.c.res_id,
+                resource.c.deleted,
+                resource.c.content,
+            )
+            .where(resource.c.rid > after)
+            .order_by(resource.c.rid)
+            .limit(batch)
+        ).all()
+        last = rows[-1].rid if len(rows) == batch else None
+        expected = {r.rid: _expected(store, r) for r in rows}
+        names = {r.rid: f"{r.res_type}/{r.res_id}" for r in rows}
+        stored, count = _stored(conn, after, last)
+    found: list[IndexDifference] = []
+    for rid in sorted(set(expected) | {rid for rid, _kind in stored}):
+        want = expected.get(rid, {})
+        for kind in sorted(INDEX_TABLES):
+            have = stored.get((rid, kind), Counter())
+            need = want.get(kind, Counter())
+            if have != need:
+                found.append(
+                    IndexDifference(
+                        rid,
+                        names.get(rid, f"(no resource, rid {rid})"),
+                        kind,
+                        tuple(sorted((need - have).elements(), key=repr)),
+                        tuple(sorted((have - need).elements(), key=repr)),
+                    )
+                )
+    return found, last, len(rows), count
+
+
+@contextmanager
+def _snapshot(store: Store) -> Iterator[Connection]:
+    """A read transaction that sees one snapshot for all its statements (PostgreSQL's default
+    READ COMMITTED would give each statement its own)."""
+    with store.reader.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin() as transaction:
+            yield conn
+            transaction.rollback()
+
+
+def _expected(store: Store, row: Any) -> dict[str, Counter[Row]]:
+    if row.deleted or not row.content:
+        return {}
+    body = orjson.loads(row.content)
+    return {
+        kind: Counter(_normal(r) for r in rows)
+        for kind, rows in index_tuples(store.indexer, row.res_type, body).items()
+        if rows
+    }
+
+
+def _stored(
+    conn: Connection, after: int, last: int | None
+) -> tuple[dict[tuple[int, str], Counter[Row]], int]:
+    out: dict[tuple[int, str], Counter[Row]] = {}
+    count = 0
+    for kind, table in INDEX_TABLES.items():
+        columns = [table.c.rid, table.c.res_type, table.c.param]
+        columns += [table.c[name] for name in VALUE_COLUMNS[kind]]
+        query = select(*columns).where(table.c.rid > after)
+        if last is not None:
+            query = query.where(table.c.rid <= last)
+        for rid, *values in conn.execute(query):
+            out.setdefault((rid, kind), Counter())[_normal(tuple(values))] += 1
+            count += 1
+    return out, count
+
+
+def _normal(row: Row) -> Row:
+    # numbers as floats: a date's bounds or a quantity read back from an integer-valued float
+    # column compare equal to the floats the indexer computes
+    return tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in row)
+
+
+def _repair(store: Store, rids: list[int]) -> int:
+    def work(session: Session) -> int:
+        for rid in rids:
+            row = session.conn.execute(
+                select(resource.c.res_type, resource.c.deleted, resource.c.content).where(
+                    resource.c.rid == rid
+                )
+            ).first()
+            if row is None or row.deleted or not row.content:
+                for table in INDEX_TABLES.values():
+                    session.conn.execute(delete(table).where(table.c.rid == rid))
+            else:
+                session.reindex(rid, row.res_type, orjson.loads(row.content))
+        return len(rids)
+
+    return store.write(work)
