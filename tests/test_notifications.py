@@ -477,8 +477,10 @@ def test_down_across_a_restart_then_back_gets_every_event_once_in_order(own_db: 
         arrived = receiver.numbers(sid)
         deduplicated = list(dict.fromkeys(arrived))
         assert deduplicated == list(range(1, total + 1)), arrived
-        status = status_of(site, "centre", sid)
-        assert status["status"] == "active"
+        # acknowledged once the last delivery's answer is recorded
+        status = wait_for(
+            lambda: (st := status_of(site, "centre", sid))["status"] == "active" and st
+        )
         assert status["events-since-subscription-start"] == str(total)
         events = ok(site.clients["centre"].get(f"/Subscription/{sid}/$events"))
         numbers = [
