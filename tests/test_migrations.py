@@ -227,23 +227,38 @@ def test_a_store_whose_tables_differ_is_not_adopted(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "cannot be adopted" in result.output
 
 
-def test_start_up_upgrades_sqlite_and_refuses_a_postgresql_record_behind(
+def test_start_up_adopts_the_previous_release_and_runs_additive_revisions(
     empty_url: str,
 ) -> None:
-    """The server upgrades the previous release's SQLite store itself; on PostgreSQL, a store
-    holding a record with a revision to run is refused, with the command to run."""
+    make_previous_release_store(empty_url)
+    Store(Settings.from_env(database_url=empty_url, auth=False)).close()
+    engine = _engine(empty_url)
+    with engine.connect() as conn:
+        assert read_state(conn).up_to_date
+    engine.dispose()
+
+
+def test_start_up_refuses_a_postgresql_record_with_a_changing_revision_pending(
+    empty_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were 0002 a revision that changes the record's tables, the server would upgrade SQLite
+    itself and refuse PostgreSQL with the command to run, which then works."""
+    monkeypatch.setattr("takamul.store.migrations.additive", lambda revision: revision == BASELINE)
     make_previous_release_store(empty_url)
     settings = Settings.from_env(database_url=empty_url, auth=False)
-    if empty_url.startswith("sqlite"):
-        Store(settings).close()
-    else:
+    if empty_url.startswith("postgresql"):
         with pytest.raises(SchemaError) as refused:
             Store(settings)
         message = str(refused.value)
-        assert "takamul db upgrade --db URL" in message and "0002_notifications" in message
         assert "from before schema migrations" in message
+        assert "0002_notifications changes tables" in message
+        assert "takamul db upgrade --db URL" in message
+        status = CliRunner().invoke(app, ["db", "status", "--db", empty_url])
+        assert status.exit_code == 1 and "pending: 0001_baseline, 0002_notifications" in (
+            status.output
+        )
         assert CliRunner().invoke(app, ["db", "upgrade", "--db", empty_url]).exit_code == 0
-        Store(settings).close()
+    Store(settings).close()
     engine = _engine(empty_url)
     with engine.connect() as conn:
         assert read_state(conn).up_to_date

@@ -9,10 +9,10 @@ runner serves the server's start-up and ``takamul db upgrade``:
   compared by reading both back from the database (a different table is reported, not guessed
   at); the tables it lacked are created, as ``create_all`` did before;
 - a store behind the head is upgraded in one transaction. At start-up that happens on SQLite
-  (one process owns the file) and on a PostgreSQL store that holds no resources yet; a
-  PostgreSQL store with a record and a revision to run is refused with the command to run
-  (see docs/operations.md: a national store is upgraded deliberately, after a backup). Adopting
-  a matching store at the baseline changes nothing in it, so the server does that itself.
+  (one process owns the file), on a PostgreSQL store that holds no resources yet, and for
+  revisions marked ``additive`` (they only create tables: nothing of the record changes); a
+  PostgreSQL store holding a record with any other revision to run is refused with the command
+  to run (docs/operations.md: such a migration is run deliberately, after a backup).
 
 On PostgreSQL the migration holds a transaction-scoped advisory lock, so several server
 processes or hosts starting together migrate once and the others wait, then find it done.
@@ -38,6 +38,7 @@ __all__ = [
     "BASELINE",
     "SchemaError",
     "SchemaState",
+    "additive",
     "adoption_problems",
     "create_tables",
     "head_revision",
@@ -130,6 +131,13 @@ def pending_revisions(current: str | None) -> list[str]:
             "upgraded by a newer release. Run that release, or restore a backup made before"
         )
     return chain[chain.index(current) + 1 :]
+
+
+def additive(revision: str) -> bool:
+    """A revision that only creates tables (and their indexes) that did not exist: it cannot
+    lose data nor hold locks on the record's tables, so the server may run it at start. Every
+    other revision (a changed column, a data migration) is the operator's to run."""
+    return bool(getattr(_scripts().get_revision(revision).module, "additive", False))
 
 
 def read_state(conn: Connection) -> SchemaState:
@@ -251,15 +259,16 @@ def prepare_at_start(engine: Engine, where: str) -> None:
         conn.rollback()
     if state.up_to_date:
         return
-    # adopting a store made before migrations with nothing after the baseline only records
-    # what the store already is (and adds missing tables, as create_all did): not a migration
-    adoption_only = state.before_migrations and state.pending() == [BASELINE]
-    if state.dialect == "sqlite" or not state.holds_record or adoption_only:
+    pending = state.pending()
+    # adopting a store made before migrations records what it already is (and adds missing
+    # tables, as create_all did); additive revisions only add tables: neither changes the record
+    if state.dialect == "sqlite" or not state.holds_record or all(map(additive, pending)):
         upgrade(engine)
         return
+    changing = [r for r in pending if not additive(r)]
     raise SchemaError(
         f"The PostgreSQL store {where} is {state.describe()}; this release needs revision "
-        f"{state.head} (pending: {', '.join(state.pending())}). Back it up (pg_dump -Fc), then "
-        f"run: takamul db upgrade --db URL (see docs/operations.md). The server does not "
-        "migrate a national store on its own"
+        f"{state.head}, and {', '.join(changing)} changes tables that hold the record. Back it "
+        "up (pg_dump -Fc), then run: takamul db upgrade --db URL (see docs/operations.md). The "
+        "server does not run such a migration on a national store on its own"
     )

@@ -23,6 +23,8 @@ revision = "0001_baseline"
 down_revision: str | None = None
 branch_labels = None
 depends_on = None
+# it creates only the tables a store lacks; a table it has is kept only when equal
+additive = True
 
 
 def upgrade() -> None:

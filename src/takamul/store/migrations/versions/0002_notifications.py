@@ -30,6 +30,8 @@ revision = "0002_notifications"
 down_revision: str | None = "0001_baseline"
 branch_labels = None
 depends_on = None
+# new tables only: the server runs it at start (takamul.store.migrations.additive)
+additive = True
 
 TABLES = ("notification_outbox", "subscription_channel", "subscription_event", "notification_lease")
 
