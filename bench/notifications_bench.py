@@ -214,13 +214,19 @@ def task(patient: str, request: str) -> dict[str, Any]:
 
 
 def load(
-    clients: list[httpx.Client], body: dict[str, Any], rate: float, seconds: float
+    clients: list[httpx.Client], body: dict[str, Any], rate: float, seconds: float, batch: int
 ) -> dict[str, float]:
-    """Referral Tasks at ``rate`` per second in all; the commit stamp of each."""
+    """Referral Tasks at ``rate`` per second in all, ``batch`` to a transaction Bundle; the
+    commit stamp of each."""
     commits: dict[str, float] = {}
     lock = threading.Lock()
     start = time.time() + 0.5
-    per_writer = rate / len(clients)
+    per_writer = rate / batch / len(clients)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": body, "request": {"method": "POST", "url": "Task"}}] * batch,
+    }
 
     def writer(i: int, c: httpx.Client) -> None:
         n = 0
@@ -229,12 +235,18 @@ def load(
             if due > start + seconds:
                 return
             time.sleep(max(0.0, due - time.time()))
-            r = c.post("/Task", json=body)
-            r.raise_for_status()
-            made = r.json()
-            stamp = datetime.fromisoformat(made["meta"]["lastUpdated"]).timestamp()
+            if batch == 1:
+                r = c.post("/Task", json=body)
+                r.raise_for_status()
+                made = [r.json()]
+            else:
+                r = c.post("", json=bundle)
+                r.raise_for_status()
+                made = [e["resource"] for e in r.json()["entry"]]
             with lock:
-                commits[f"Task/{made['id']}/{made['meta']['versionId']}"] = stamp
+                for task in made:
+                    stamp = datetime.fromisoformat(task["meta"]["lastUpdated"]).timestamp()
+                    commits[f"Task/{task['id']}/{task['meta']['versionId']}"] = stamp
             n += 1
 
     threads = [threading.Thread(target=writer, args=(i, c)) for i, c in enumerate(clients)]
@@ -245,7 +257,7 @@ def load(
     return commits
 
 
-def run(kind: str, rate: float, seconds: float) -> dict[str, str]:
+def run(kind: str, rate: float, seconds: float, batch: int) -> dict[str, str]:
     db = database(kind)
     server, base = serve(db)
     try:
@@ -267,7 +279,7 @@ def run(kind: str, rate: float, seconds: float) -> dict[str, str]:
         receiver = Receiver()
         subscribe(clinic, f"http://127.0.0.1:{receiver.port}/hook")
         began = time.time()
-        commits = load(centre, task(patient, request), rate, seconds)
+        commits = load(centre, task(patient, request), rate, seconds, batch)
         elapsed = time.time() - began
         deadline = time.time() + 60
         while len(receiver.arrivals) < len(commits) and time.time() < deadline:
@@ -302,10 +314,11 @@ def write(kind: str, args: argparse.Namespace, figures: dict[str, str]) -> Path:
         f"{load_avg[1]:.1f} / {load_avg[2]:.1f} (other work shares the machine)",
         "- one `takamul serve` process, access control and audit on; the subscriber is an HTTP "
         "server in the benchmark's process; one Subscription (topic referral-task, "
-        "full-resource, filtered by owner); referral Tasks POSTed by 4 facility clients, paced",
+        "full-resource, filtered by owner); referral Tasks POSTed by 4 facility clients, paced "
+        f"({args.batch} per request" + (", as a transaction Bundle)" if args.batch > 1 else ")"),
         "- target: notification delivery p95 <= 1 s from commit at 100 events/s",
         f"- command: `python bench/notifications_bench.py --db {kind} --rate {args.rate:g} "
-        f"--seconds {args.seconds:g}`",
+        f"--seconds {args.seconds:g} --batch {args.batch}`",
         "",
         "| measure | value |",
         "| --- | --- |",
@@ -313,7 +326,8 @@ def write(kind: str, args: argparse.Namespace, figures: dict[str, str]) -> Path:
         "",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{now:%Y-%m-%d}-vm-notifications-{kind}.md"
+    suffix = f"-batch{args.batch}" if args.batch > 1 else ""
+    out = RESULTS / f"{now:%Y-%m-%d}-vm-notifications-{kind}{suffix}.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     return out
 
@@ -323,9 +337,12 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="Tasks per request (a transaction Bundle when > 1)"
+    )
     args = parser.parse_args()
     for kind in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
-        figures = run(kind, args.rate, args.seconds)
+        figures = run(kind, args.rate, args.seconds, args.batch)
         out = write(kind, args, figures)
         print(out.read_text(encoding="utf-8"))
 

@@ -1206,6 +1206,21 @@ class SearchIndexer:
                     out[code] = entries
         return out
 
+    def extract_some(
+        self, resource: dict[str, Any], codes: Iterable[str]
+    ) -> dict[str, list[Entry]]:
+        """``extract`` for the parameters ``codes`` only (a subscription's filters)."""
+        plans, root = self._root(resource)
+        out: dict[str, list[Entry]] = {}
+        for code in codes:
+            plan = plans.get(code)
+            nodes = plan.evaluate(root) if plan is not None else None
+            if plan is not None and nodes:
+                entries = plan.entries(nodes)
+                if entries:
+                    out[code] = entries
+        return out
+
     def values(self, resource: dict[str, Any], param_code: str) -> list[Any]:
         """The raw FHIRPath result nodes of one parameter (for debugging and tests)."""
         plan, root = self._plan_for(resource, param_code)
