@@ -253,6 +253,8 @@ def test_start_up_refuses_a_postgresql_record_with_a_changing_revision_pending(
         assert "from before schema migrations" in message
         assert "0002_notifications changes tables" in message
         assert "takamul db upgrade --db URL" in message
+        served = CliRunner().invoke(app, ["serve", "--db", empty_url, "--port", "1"])
+        assert served.exit_code == 1 and "0002_notifications changes tables" in served.output
         status = CliRunner().invoke(app, ["db", "status", "--db", empty_url])
         assert status.exit_code == 1 and "pending: 0001_baseline, 0002_notifications" in (
             status.output

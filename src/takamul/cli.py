@@ -38,6 +38,9 @@ def serve(
 
     settings = Settings.from_env(database_url=db)
     os.environ["TAKAMUL_DATABASE_URL"] = settings.database_url
+    from takamul.store.cli import schema_ready
+
+    schema_ready(settings)  # the schema at this release's revision, or why not (exit 1)
     console.print(
         f"[bold]Takamul[/] FHIR R4 server on [cyan]http://{host}:{port}/fhir[/] "
         f"(store: {_redact(settings.database_url)})"

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from takamul.fhir.outcome import FhirError
 from takamul.settings import Settings
 
-__all__ = ["db_app"]
+__all__ = ["db_app", "schema_ready"]
 
 db_app = typer.Typer(
     help="The store's database: schema migrations, search index check and repair, backup.",
@@ -41,6 +41,23 @@ def _url(db: str | None) -> str:
 
 def _where(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def schema_ready(settings: Settings) -> None:
+    """Bring the schema to this release as the server's start does, or say plainly why not and
+    exit 1 (rather than a traceback from inside the server's start)."""
+    from takamul.store.engine import make_engines
+    from takamul.store.migrations import SchemaError, prepare_at_start
+
+    writer, reader = make_engines(settings.database_url)
+    try:
+        prepare_at_start(writer, _where(settings.database_url))
+    except SchemaError as err:
+        console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(1) from err
+    finally:
+        writer.dispose()
+        reader.dispose()
 
 
 @db_app.command("status")
