@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -319,3 +321,25 @@ def test_a_table_made_in_another_shape_stops_the_revision(tmp_path: Path) -> Non
     with engine.connect() as conn:
         assert read_state(conn).before_migrations  # one transaction: nothing was done
     engine.dispose()
+
+
+def test_processes_starting_together_on_a_new_database_migrate_it_once(empty_url: str) -> None:
+    """Four processes open a new store at the same moment (as `serve --workers 4` on hosts that
+    start together): one migrates, the others wait for it (PostgreSQL's advisory lock, SQLite's
+    write lock) and find the schema current."""
+    code = (
+        "import sys; from takamul.settings import Settings; from takamul.store import Store; "
+        "Store(Settings.from_env(database_url=sys.argv[1], auth=False)).close()"
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, empty_url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in starts]
+    assert [p.returncode for p in starts] == [0, 0, 0, 0], errors
+    engine = _engine(empty_url)
+    with engine.connect() as conn:
+        assert read_state(conn).up_to_date
+        versions = conn.execute(text("SELECT COUNT(*) FROM alembic_version")).scalar()
+    engine.dispose()
+    assert versions == 1
