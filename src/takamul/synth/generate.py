@@ -13,6 +13,7 @@ from random import Random
 from typing import Any
 
 from takamul.synth import tables
+from takamul.synth.caregiving import Caregiving
 from takamul.synth.clinical import Clinic
 from takamul.synth.facilities import Network, build_network
 from takamul.synth.mentalhealth import CollaborativeCare
@@ -54,6 +55,7 @@ class BlockGenerator:
         self.clinic = Clinic(config, self.table, self.network)
         self.mental_health = CollaborativeCare(config, self.table, self.network)
         self.referrals = ReferralMaker(config, self.table, self.network)
+        self.caregiving = Caregiving(config, self.table, self.network)
 
     def run(self, block: int) -> BlockOutput:
         cfg = self.config
@@ -73,6 +75,9 @@ class BlockGenerator:
                 # the books of a person with depression or anxiety watch what is written
                 books = self.mental_health.books(person)
                 emit = out.emit if books is None else books.watch(out.emit)
+                # and a dependent adult's watch notes the caregiver RelatedPerson written
+                carer = self.caregiving.watcher(person)
+                emit = emit if carer is None else carer.watch(emit)
                 outcome = self.clinic.history(rng, person, records, members, emit, plan)
                 if books is not None:
                     self.mental_health.care(person, records, books, plan is not None, out.emit)
@@ -80,6 +85,12 @@ class BlockGenerator:
                     if row is not None:
                         out.mental_health.append(row)
                 out.referrals.extend(self.referrals.refer(person, records, out.emit))
+                if carer is not None:
+                    out.caregivers.extend(
+                        self.caregiving.screen(
+                            person, records, members, carer, outcome.get("caregiver", ""), out.emit
+                        )
+                    )
                 if plan is not None:
                     out.programmes.extend(plan.rows(person.pid))
                 out.persons.append(_person_row(person, records, outcome))

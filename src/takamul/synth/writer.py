@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import orjson
 
+from takamul.synth.caregiving import CAREGIVER_COLUMNS
 from takamul.synth.followup import STATUS_COLUMNS
 from takamul.synth.mentalhealth import MH_COLUMNS
 from takamul.synth.referrals import REFERRAL_COLUMNS
@@ -39,6 +40,7 @@ class BlockOutput:
     programmes: list[list[str]] = field(default_factory=list)  # truth/programme_status.csv
     mental_health: list[list[str]] = field(default_factory=list)  # truth/mh_registry.csv
     referrals: list[list[str]] = field(default_factory=list)  # truth/referrals.csv
+    caregivers: list[list[str]] = field(default_factory=list)  # truth/caregivers.csv
 
     def emit(self, rtype: str, body: dict[str, Any]) -> None:
         self.resources.setdefault(rtype, []).append(orjson.dumps(body))
@@ -64,6 +66,7 @@ class OutputWriter:
             ("programme_status", STATUS_COLUMNS),
             ("mh_registry", MH_COLUMNS),
             ("referrals", REFERRAL_COLUMNS),
+            ("caregivers", CAREGIVER_COLUMNS),
         ):
             handle = (out_dir / "truth" / f"{name}.csv").open("w", newline="", encoding="utf-8")
             w = csv.writer(handle, lineterminator="\n")
@@ -90,6 +93,7 @@ class OutputWriter:
         self.truth["programme_status"][1].writerows(block.programmes)
         self.truth["mh_registry"][1].writerows(block.mental_health)
         self.truth["referrals"][1].writerows(block.referrals)
+        self.truth["caregivers"][1].writerows(block.caregivers)
 
     def write_json(self, relative: str, value: Any) -> None:
         opts = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
