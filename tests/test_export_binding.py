@@ -198,6 +198,10 @@ def test_a_database_from_before_binding_gains_the_table_and_old_jobs_belong_to_n
     and a job stored without a requester is nobody's once access control is on."""
     store = Store(Settings(database_url=database_url, export_dir=tmp_path / "exports"))
     try:
+        # a database from before binding had export_job but no requester table (the schema
+        # migrations now make both, so the old shape is made here)
+        with store.writer.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE export_requester")
         assert "export_requester" not in inspect(store.writer).get_table_names()
         store.write(
             lambda s: s.conn.execute(
