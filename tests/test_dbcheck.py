@@ -116,6 +116,11 @@ def test_check_finds_each_broken_row_and_repair_fixes_them(db_url: str) -> None:
         assert report.damaged == 5 and report.missing == 2 and report.extra == 4
         assert "wrong date" in found[("Observation/o2", "date")].describe()
 
+        # the same in two worker processes, batch by batch
+        parallel = check_index(store, batch=2, workers=2)
+        assert {(d.resource, d.kind) for d in parallel.differences} == set(found)
+        assert (parallel.resources, parallel.rows) == (report.resources, report.rows)
+
         repaired = check_index(store, repair=True)
         assert repaired.damaged == repaired.repaired == 5
         assert check_index(store).clean
@@ -137,7 +142,7 @@ def test_the_db_check_command(db_url: str) -> None:
     assert "Observation/o2 sp_date: wrong date" in found.output
     assert "(no resource, rid 987654) sp_string: 1 extra (name)" in found.output
     assert "5 damaged (2 rows missing, 4 extra)" in found.output
-    repaired = runner.invoke(app, ["db", "check", "--db", db_url, "--repair"])
+    repaired = runner.invoke(app, ["db", "check", "--db", db_url, "--repair", "--workers", "2"])
     assert repaired.exit_code == 0 and "repaired 5" in repaired.output
     clean = runner.invoke(app, ["db", "check", "--db", db_url])
     assert clean.exit_code == 0 and "the index agrees with the resources" in clean.output

@@ -124,6 +124,9 @@ def check_command(
         bool, typer.Option("--repair", help="Rewrite the damaged resources' index rows")
     ] = False,
     show: Annotated[int, typer.Option(help="Differences to list")] = 50,
+    workers: Annotated[
+        int, typer.Option(help="Processes that recompute the index (the cost is CPU)")
+    ] = 1,
 ) -> None:
     """Recompute every resource's search index rows from its content and compare them with the
     index tables. Exit 0 when they agree (or were all repaired), 1 when they differ."""
@@ -147,7 +150,10 @@ def check_command(
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("check", total=total)
             report = check_index(
-                store, repair=repair, progress=lambda n: bar.update(task, completed=n)
+                store,
+                repair=repair,
+                progress=lambda n: bar.update(task, completed=n),
+                workers=workers,
             )
     finally:
         store.close()

@@ -9,22 +9,26 @@ compared, as multisets, with the rows the index tables hold for it. Differences,
   wrongly), including rows of a deleted resource or of no resource at all;
 - a missing and an extra row of the same parameter are one ``wrong`` row (a value altered).
 
-The store is read in batches of resources by ``rid``; each batch's resources and index rows are
-read in one snapshot, so a write during the check cannot look like damage. ``repair`` rewrites a
+The store is read in batches of 2,000 resources by ``rid`` (in several processes with
+``workers``); each batch's resources and index rows are read in one snapshot, so a write during
+the check cannot look like damage. ``repair`` rewrites a
 damaged resource's index rows from its content in a write transaction that reads the content
 again (what a write would have stored), and deletes the rows of resources that are gone.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, text
 
 from takamul.store.indexing import VALUE_COLUMNS, index_tuples
 from takamul.store.repository import Session, Store
@@ -102,47 +106,90 @@ def count_resources(store: Store) -> int:
 
 
 def check_index(
-    store: Store, repair: bool = False, progress: Progress | None = None, batch: int = BATCH
+    store: Store,
+    repair: bool = False,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+    workers: int = 1,
 ) -> CheckReport:
-    """Compare every resource's index rows with its content; with ``repair``, fix them."""
+    """Compare every resource's index rows with its content; with ``repair``, fix them.
+
+    ``workers`` > 1 checks batches in that many processes (recomputing the index is the cost,
+    and it is CPU work); differences are repaired here, in this process, as they come in."""
     report = CheckReport()
-    after = 0
-    while True:
-        found, last, resources, rows = _check_batch(store, after, batch)
-        report.resources += resources
-        report.rows += rows
-        report.add(found)
-        if repair and found:
-            report.repaired += _repair(store, sorted({d.rid for d in found}))
-        if progress is not None:
-            progress(report.resources)
-        if last is None:
-            return report
-        after = last
+    ranges = _ranges(store, batch)
+    if workers > 1:
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_open_worker_store,
+            initargs=(store.settings,),
+        )
+        results: Iterator[Checked] = pool.map(_check_in_worker, ranges)
+    else:
+        pool = None
+        results = (_check_range(store, low, high) for low, high in ranges)
+    try:
+        for found, resources, rows in results:
+            report.resources += resources
+            report.rows += rows
+            report.add(found)
+            if repair and found:
+                report.repaired += _repair(store, sorted({d.rid for d in found}))
+            if progress is not None:
+                progress(report.resources)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return report
 
 
-def _check_batch(
-    store: Store, after: int, batch: int
-) -> tuple[list[IndexDifference], int | None, int, int]:
-    """Differences of the resources with rid in (after, last], where last is the batch's
-    last resource (None when no resource is left: then every rid above ``after`` is checked)."""
-    with _snapshot(store) as conn:
-        rows = conn.execute(
-            select(
-                resource.c.rid,
-                resource.c.res_type,
-                resource.c.res_id,
-                resource.c.deleted,
-                resource.c.content,
+Range = tuple[int | None, int | None]  # rids in (low, high]; None: no bound on that side
+Checked = tuple[list[IndexDifference], int, int]  # differences, resources, index rows
+
+
+def _ranges(store: Store, batch: int) -> list[Range]:
+    """Consecutive rid ranges of ``batch`` resources each, covering every rid (index rows of
+    no resource, below the first or above the last, included)."""
+    with store.reading() as session:
+        bounds = [
+            int(rid)
+            for (rid,) in session.conn.execute(
+                text(
+                    "SELECT rid FROM (SELECT rid, ROW_NUMBER() OVER (ORDER BY rid) AS n "
+                    "FROM resource) numbered WHERE n % :batch = 0 ORDER BY rid"
+                ),
+                {"batch": batch},
             )
-            .where(resource.c.rid > after)
-            .order_by(resource.c.rid)
-            .limit(batch)
-        ).all()
-        last = rows[-1].rid if len(rows) == batch else None
+        ]
+    edges: list[int | None] = [None, *bounds, None]
+    return list(pairwise(edges))
+
+
+_worker_store: Store | None = None
+
+
+def _open_worker_store(settings: Any) -> None:
+    global _worker_store
+    _worker_store = Store(settings)
+
+
+def _check_in_worker(span: Range) -> Checked:
+    assert _worker_store is not None, "the worker's store is opened by its initializer"
+    return _check_range(_worker_store, *span)
+
+
+def _check_range(store: Store, low: int | None, high: int | None) -> Checked:
+    """Differences of the resources and index rows with rid in (low, high]."""
+    with _snapshot(store) as conn:
+        query = select(
+            resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.deleted,
+            resource.c.content,
+        )  # fmt: skip
+        rows = conn.execute(_within(query, resource.c.rid, low, high)).all()
         expected = {r.rid: _expected(store, r) for r in rows}
         names = {r.rid: f"{r.res_type}/{r.res_id}" for r in rows}
-        stored, count = _stored(conn, after, last)
+        stored, count = _stored(conn, low, high)
     found: list[IndexDifference] = []
     for rid in sorted(set(expected) | {rid for rid, _kind in stored}):
         want = expected.get(rid, {})
@@ -159,7 +206,15 @@ def _check_batch(
                         tuple(sorted((have - need).elements(), key=repr)),
                     )
                 )
-    return found, last, len(rows), count
+    return found, len(rows), count
+
+
+def _within(query: Any, column: Any, low: int | None, high: int | None) -> Any:
+    if low is not None:
+        query = query.where(column > low)
+    if high is not None:
+        query = query.where(column <= high)
+    return query
 
 
 @contextmanager
@@ -186,17 +241,14 @@ def _expected(store: Store, row: Any) -> dict[str, Counter[Row]]:
 
 
 def _stored(
-    conn: Connection, after: int, last: int | None
+    conn: Connection, low: int | None, high: int | None
 ) -> tuple[dict[tuple[int, str], Counter[Row]], int]:
     out: dict[tuple[int, str], Counter[Row]] = {}
     count = 0
     for kind, table in INDEX_TABLES.items():
         columns = [table.c.rid, table.c.res_type, table.c.param]
         columns += [table.c[name] for name in VALUE_COLUMNS[kind]]
-        query = select(*columns).where(table.c.rid > after)
-        if last is not None:
-            query = query.where(table.c.rid <= last)
-        for rid, *values in conn.execute(query):
+        for rid, *values in conn.execute(_within(select(*columns), table.c.rid, low, high)):
             out.setdefault((rid, kind), Counter())[_normal(tuple(values))] += 1
             count += 1
     return out, count
