@@ -244,7 +244,8 @@ def test_start_up_refuses_a_postgresql_record_with_a_changing_revision_pending(
     empty_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Were 0002 a revision that changes the record's tables, the server would upgrade SQLite
-    itself and refuse PostgreSQL with the command to run, which then works."""
+    itself (keeping a copy first) and refuse PostgreSQL with the command to run, which then
+    works."""
     monkeypatch.setattr("takamul.store.migrations.additive", lambda revision: revision == BASELINE)
     make_previous_release_store(empty_url)
     settings = Settings.from_env(database_url=empty_url, auth=False)
@@ -267,6 +268,14 @@ def test_start_up_refuses_a_postgresql_record_with_a_changing_revision_pending(
     with engine.connect() as conn:
         assert read_state(conn).up_to_date
     engine.dispose()
+    if empty_url.startswith("sqlite"):
+        # the server kept a copy of the embedded store as it was before it changed its tables
+        path = Path(empty_url.removeprefix("sqlite:///"))
+        copy = _engine(f"sqlite:///{path.with_name(path.name + '.before-0002_notifications')}")
+        with copy.connect() as conn:
+            kept = read_state(conn)
+        copy.dispose()
+        assert kept.before_migrations and kept.holds_record
 
 
 def test_a_new_postgresql_database_is_created_at_start_whatever_it_holds(tmp_path: Path) -> None:

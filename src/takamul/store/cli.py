@@ -3,7 +3,6 @@ online backup of an embedded SQLite store. See docs/operations.md."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from takamul.fhir.outcome import FhirError
 from takamul.settings import Settings
+from takamul.store.backup import backup_sqlite
 
 __all__ = ["db_app", "schema_ready"]
 
@@ -199,26 +199,3 @@ def backup_command(
         f"{target.stat().st_size / 1e6:,.1f} MB) in {time.perf_counter() - started:.1f} s",
         highlight=False,
     )
-
-
-def backup_sqlite(source: Path, target: Path) -> int:
-    """A consistent copy of a live SQLite database; the number of pages copied.
-
-    Copied in steps of 1,000 pages so writers are not held off for the whole copy (SQLite
-    restarts a step that a write interrupts); the copy then leaves WAL mode, so it is one file.
-    """
-    copied = 0
-
-    def progress(_status: int, remaining: int, total: int) -> None:
-        nonlocal copied
-        copied = total - remaining
-
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    dst = sqlite3.connect(target)
-    try:
-        src.backup(dst, pages=1_000, progress=progress)
-        dst.execute("PRAGMA journal_mode=DELETE")
-    finally:
-        dst.close()
-        src.close()
-    return copied

@@ -9,7 +9,8 @@ runner serves the server's start-up and ``takamul db upgrade``:
   compared by reading both back from the database (a different table is reported, not guessed
   at); the tables it lacked are created, as ``create_all`` did before;
 - a store behind the head is upgraded in one transaction. At start-up that happens on SQLite
-  (one process owns the file), on a PostgreSQL store that holds no resources yet, and for
+  (one process owns the file; a copy of a store with a record is kept beside it first when a
+  revision changes its tables), on a PostgreSQL store that holds no resources yet, and for
   revisions marked ``additive`` (they only create tables: nothing of the record changes); a
   PostgreSQL store holding a record with any other revision to run is refused with the command
   to run (docs/operations.md: such a migration is run deliberately, after a backup).
@@ -249,6 +250,21 @@ def upgrade(engine: Engine, target: str = "head") -> Upgrade:
     return Upgrade(before, str(after), applied)
 
 
+def _keep_a_copy(engine: Engine, revision: str) -> None:
+    """Before the server changes an embedded store's tables, a copy of it beside the file
+    (``<store>.before-<revision>``), kept until the operator removes it."""
+    from takamul.store.backup import backup_sqlite
+
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return
+    source = Path(database)
+    target = source.with_name(f"{source.name}.before-{revision}")
+    if not target.exists():
+        backup_sqlite(source, target)
+        log.warning("copied %s to %s before migrating it to %s", source, target, revision)
+
+
 def prepare_at_start(engine: Engine, where: str) -> None:
     """The server's and the CLI's start: the schema at the head, or a clear refusal.
 
@@ -262,10 +278,12 @@ def prepare_at_start(engine: Engine, where: str) -> None:
     pending = state.pending()
     # adopting a store made before migrations records what it already is (and adds missing
     # tables, as create_all did); additive revisions only add tables: neither changes the record
-    if state.dialect == "sqlite" or not state.holds_record or all(map(additive, pending)):
+    changing = [r for r in pending if not additive(r)]
+    if state.dialect == "sqlite" and state.holds_record and changing:
+        _keep_a_copy(engine, changing[0])
+    if state.dialect == "sqlite" or not state.holds_record or not changing:
         upgrade(engine)
         return
-    changing = [r for r in pending if not additive(r)]
     raise SchemaError(
         f"The PostgreSQL store {where} is {state.describe()}; this release needs revision "
         f"{state.head}, and {', '.join(changing)} changes tables that hold the record. Back it "
