@@ -17,7 +17,7 @@ made for it.
 
 Totals follow a gamma distribution with the mean and standard deviation of a representative
 sample of family caregivers of people with dementia living at home: Hébert, Bravo and Préville
-(Can J Aging 2000;19(4):494-507, Canadian Study of Health and Aging, 312 caregivers) report a
+(Can J Aging 2000;19:494-507, Canadian Study of Health and Aging, 312 caregivers) report a
 ZBI-22 mean of 22.4 (SD 16.2) of 88 and a median of 18.5. Scaled to the 12 items (×12/22, the
 same mean item score: a modelling assumption), that is a mean of 12.2 and an SD of 8.8; the
 gamma with that mean and SD has a median of about 10.2, close to the scaled published median
