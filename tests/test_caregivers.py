@@ -517,3 +517,30 @@ def test_caregiver_login_screens_itself_and_consent_hides_the_burden(
         again = zbi(pid, rid, 30)
         del again["id"]
         assert caregiver.post("/QuestionnaireResponse", json=again).status_code == 403
+
+
+def test_a_bulk_loaded_high_burden_gets_its_proposal_at_start(
+    database: str, tmp_path: Path
+) -> None:
+    """Responses stored without hooks (a bulk load) are judged when the service starts: the
+    support proposal is made once, and a second start makes no other."""
+    store = Store(Settings(database_url=database, export_dir=tmp_path / "exports"))
+    try:
+
+        def put(body: dict[str, Any]) -> None:
+            store.write(lambda s: s.update(body["resourceType"], body["id"], body))
+
+        put({"resourceType": "Organization", "id": "fac", "name": "fac"})
+        put({"resourceType": "Patient", "id": "p1",
+             "managingOrganization": {"reference": "Organization/fac"}})  # fmt: skip
+        put({"resourceType": "RelatedPerson", "id": "c1", "patient": {"reference": "Patient/p1"}})
+        put(zbi("p1", "c1", 12))
+        put(zbi("p1", "c1", 20, "2026-03-02T10:00:00Z"))
+        assert referrals_in(store) == []  # no hook saw them
+        assert Caregivers(store).attach() == 2
+        made = referrals_in(store)
+        assert len(made) == 1 and made[0]["subject"] == {"reference": "Patient/p1"}
+        assert Caregivers(store).attach() == 0  # the next start reads on from where it was
+        assert len(referrals_in(store)) == 1
+    finally:
+        store.close()

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+from sqlalchemy import delete, func, insert, select
+
 from takamul.fhir.outcome import FhirError
 from takamul.mentalhealth.instruments import Instrument, instrument
 from takamul.mentalhealth.safety import find_all, psy_meta
 from takamul.mentalhealth.scoring import Score, derived_id, identify, score_response
+from takamul.mentalhealth.service import mh_state
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store
+from takamul.store.schema import resource, resource_version
 
 __all__ = [
     "CAREGIVER_SYSTEM",
@@ -183,6 +188,10 @@ def support_referral(
     return body
 
 
+MARK = "caregivers-seq"  # how far the catch-up has read the record's changes
+CATCH_UP_BATCH = 500
+
+
 class Caregivers:
     """Attach once at start-up, after ``MentalHealth`` (which stores the score)."""
 
@@ -190,10 +199,57 @@ class Caregivers:
         self.store = store
         self._hooked = False
 
-    def attach(self) -> None:
+    def attach(self) -> int:
+        """Follow writes, and catch up on responses stored without hooks (a bulk load).
+        Returns the number of responses the catch-up looked at."""
         if not self._hooked:
             self.store.write_hooks.append(self._on_write)
             self._hooked = True
+        return self.catch_up()
+
+    def catch_up(self) -> int:
+        """Judge every response version stored since the last pass (``mh_state`` key
+        ``caregivers-seq``): a bulk-loaded caregiver's ZBI-12 at high burden gets its support
+        proposal as one written through the API would. ``process`` finds a proposal already
+        made, so a response the hook saw is not proposed twice."""
+        with self.store.reader.connect() as conn:
+            mark = int(
+                conn.execute(select(mh_state.c.value).where(mh_state.c.key == MARK)).scalar() or 0
+            )
+            end = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
+            ids = sorted(
+                {
+                    r.res_id
+                    for r in conn.execute(
+                        select(resource_version.c.res_id).where(
+                            resource_version.c.seq > mark,
+                            resource_version.c.seq <= end,
+                            resource_version.c.res_type == RESPONSE,
+                        )
+                    )
+                }
+            )
+        for start in range(0, len(ids), CATCH_UP_BATCH):
+            chunk = ids[start : start + CATCH_UP_BATCH]
+
+            def work(session: Session, chunk: list[str] = chunk) -> None:
+                for row in session.conn.execute(
+                    select(resource.c.res_id, resource.c.content).where(
+                        resource.c.res_type == RESPONSE,
+                        resource.c.res_id.in_(chunk),
+                        resource.c.deleted.is_(False),
+                    )
+                ):
+                    if row.content:
+                        self.process(session, row.res_id, orjson.loads(row.content))
+
+            with unguarded():
+                self.store.write(work)
+        if end > mark:
+            with self.store.writer.begin() as conn:
+                conn.execute(delete(mh_state).where(mh_state.c.key == MARK))
+                conn.execute(insert(mh_state), [{"key": MARK, "value": str(end)}])
+        return len(ids)
 
     def _on_write(
         self, session: Session, resource_type: str, resource_id: str, body: dict[str, Any] | None
