@@ -20,14 +20,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
 from takamul.fhir.search_values import ReferenceEntry, SearchIndexer
 from takamul.security.consent import (
+    ConsentState,
     Restriction,
     authorises_caregiver,
+    consent_register,
     restrictions_of,
     sensitivity,
 )
@@ -49,6 +51,8 @@ __all__ = ["AccessGuard"]
 
 # matches no resource: the facility has no patients yet
 NOBODY = "takamul-no-patient"
+# facilities whose withheld patients one consent state keeps (a bound on memory)
+MAX_FACILITIES_KEPT = 1000
 
 
 class AccessGuard:
@@ -60,7 +64,12 @@ class AccessGuard:
         self.indexer: SearchIndexer = store.indexer
         self._facility_patients: frozenset[str] | None = None
         self._consents: dict[str, list[Restriction]] = {}
-        self._any: bool | None = None
+        # the process's register of the record's Consents, and its state for this request
+        # (looked up once, when consent first matters; see ``ConsentRegister``)
+        self._consent_register = consent_register(store)
+        self._consent_state: ConsentState | None = None
+        # (session, type) -> the patients a search being parsed names (``restrictions``)
+        self._named: dict[tuple[int, str], tuple[str, frozenset[str]] | None] = {}
         self._caregiver: bool | None = None
         self._withheld_cache: dict[str, tuple[str, ...]] | None = None
         # patients whose data this request was allowed to write (for the audit log)
@@ -170,19 +179,72 @@ class AccessGuard:
             params: tuple[str, ...] = ("_id",)
         else:
             params = tuple(definitions().patient_data().get(resource_type, ()))
+        withheld = self._withheld()
+        named = self._named.pop((id(session), resource_type), None)
+        if named is not None and withheld:
+            # only the patients the matches can be about need naming in the SQL: the national
+            # list of restricting patients would otherwise be bound into every search
+            about = self._about(session, resource_type, params, named)
+            withheld = {
+                label: tuple(p for p in patients if p in about)
+                for label, patients in withheld.items()
+            }
         return by_role + [
             RestrictedFilter(resource_type, label, patients, params)
-            for label, patients in sorted(self._withheld().items())
+            for label, patients in sorted(withheld.items())
+            if patients
         ]
 
+    def _about(
+        self,
+        session: Any,
+        resource_type: str,
+        params: tuple[str, ...],
+        named: tuple[str, frozenset[str]],
+    ) -> frozenset[str]:
+        """Every patient a match of the search can be about, when a plain clause of the search
+        names its patients (``named``: the clause's parameter and ids): the named ones and,
+        through the type's Patient-compartment parameters, any other patient the resources
+        naming them refer to (one indexed lookup)."""
+        key, ids = named
+        if resource_type == "Patient":
+            return ids
+        naming = sp_reference.alias("naming")
+        rids = select(naming.c.rid).where(
+            naming.c.res_type == resource_type,
+            naming.c.param == key,
+            naming.c.target_type == "Patient",
+            naming.c.target_id.in_(sorted(ids)),
+        )
+        others = session.conn.execute(
+            select(sp_reference.c.target_id)
+            .where(
+                sp_reference.c.rid.in_(rids),
+                sp_reference.c.res_type == resource_type,
+                sp_reference.c.param.in_(params),
+                sp_reference.c.target_type == "Patient",
+            )
+            .distinct()
+        )
+        return ids | frozenset(row.target_id for row in others)
+
     def _withheld(self) -> dict[str, tuple[str, ...]]:
+        """Per label, the patients whose consent withholds it from this requester's facility
+        (worked out once per consent state and facility, shared by the process's requests)."""
         if self._withheld_cache is None:
-            out: dict[str, set[str]] = {}
-            for patient, restriction in _all_restrictions(self.store):
-                if not self._permitted(restriction):
-                    for label in restriction.labels:
-                        out.setdefault(label, set()).add(patient)
-            self._withheld_cache = {k: tuple(sorted(v)) for k, v in out.items()}
+            state = self._state()
+            kept = state.withheld.get(self._facility)
+            if kept is None:
+                out: dict[str, set[str]] = {}
+                for patient, restriction in self._consent_register.everyone(state):
+                    if not self._permitted(restriction):
+                        for label in restriction.labels:
+                            out.setdefault(label, set()).add(patient)
+                kept = {k: tuple(sorted(v)) for k, v in out.items()}
+                if len(state.withheld) >= MAX_FACILITIES_KEPT:
+                    state.withheld.clear()
+                state.withheld[self._facility] = kept
+            self._withheld_cache = kept
         return self._withheld_cache
 
     # -- consent ----------------------------------------------------------------------------
@@ -202,16 +264,13 @@ class AccessGuard:
     def _permitted(self, restriction: Restriction) -> bool:
         return self._facility is not None and self._facility in restriction.permitted
 
+    def _state(self) -> ConsentState:
+        if self._consent_state is None:
+            self._consent_state = self._consent_register.current()
+        return self._consent_state
+
     def _any_restriction(self) -> bool:
-        if self._any is None:
-            with self.store.reading() as session:
-                row = session.conn.execute(
-                    select(resource.c.rid)
-                    .where(resource.c.res_type == "Consent", resource.c.deleted.is_(False))
-                    .limit(1)
-                ).first()
-            self._any = row is not None
-        return self._any
+        return self._state().any_consent
 
     def _restrictions(self, patient: str) -> list[Restriction]:
         cached = self._consents.get(patient)
@@ -223,24 +282,13 @@ class AccessGuard:
 
     def _consents_of(self, patient: str) -> list[dict[str, Any]]:
         """The patient's current Consent resources."""
-        query = select(resource.c.content).where(
-            resource.c.res_type == "Consent",
-            resource.c.deleted.is_(False),
-            resource.c.rid.in_(
-                select(sp_reference.c.rid).where(
-                    sp_reference.c.res_type == "Consent",
-                    sp_reference.c.param == "patient",
-                    sp_reference.c.target_type == "Patient",
-                    sp_reference.c.target_id == patient,
-                )
-            ),
-        )
-        with self.store.reading() as session:
-            return [orjson.loads(row.content) for row in session.conn.execute(query) if row.content]
+        return self._consent_register.consents_of(self._state(), patient)
 
     def restrictions(
         self, session: Any, resource_type: str, params: Sequence[tuple[str, str]] = ()
     ) -> list[tuple[str, str]]:
+        # for ``filters``, which the same parse calls next: the patients the search names
+        self._named[(id(session), resource_type)] = _named_patients(resource_type, params)
         out = list(self.access.search_restrictions(resource_type))
         if not self.access.facility_scoped or not _patient_data(resource_type):
             return out
@@ -498,37 +546,25 @@ def _patient_id(value: str, bare: bool) -> str | None:
     return None
 
 
+def _named_patients(
+    resource_type: str, params: Sequence[tuple[str, str]]
+) -> tuple[str, frozenset[str]] | None:
+    """A plain clause of a search that names its patients (``_id`` of Patients, ``patient`` or
+    ``subject`` of other types): its parameter and the ids; the matches are about them."""
+    if resource_type == "Patient":
+        keys = {"_id"}
+    else:
+        defs = definitions()
+        keys = {"patient"} & set(defs.search_params_for(resource_type))
+        keys |= {"subject"} & set(defs.patient_data().get(resource_type, ()))
+    for key, value in params:
+        if key not in keys or not value:
+            continue
+        ids = [_patient_id(v, bare=key != "subject") for v in value.split(",")]
+        if ids and all(ids):
+            return key, frozenset(i for i in ids if i)
+    return None
+
+
 def _patient_data(resource_type: str) -> bool:
     return resource_type == "Patient" or resource_type in definitions().patient_data()
-
-
-# Every active restriction in the record, per process, refreshed when a Consent changes (the
-# count and newest change of Consent rows are its key).
-_RESTRICTIONS: dict[int, tuple[tuple[int, float], list[tuple[str, Restriction]]]] = {}
-
-
-def _all_restrictions(store: Store) -> list[tuple[str, Restriction]]:
-    with store.reading() as session:
-        state = session.conn.execute(
-            select(func.count(), func.max(resource.c.last_updated)).where(
-                resource.c.res_type == "Consent"
-            )
-        ).one()
-        key = (int(state[0]), float(state[1] or 0.0))
-        cached = _RESTRICTIONS.get(id(store))
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        rows = session.conn.execute(
-            select(resource.c.content).where(
-                resource.c.res_type == "Consent", resource.c.deleted.is_(False)
-            )
-        )
-        found = []
-        for row in rows:
-            consent = orjson.loads(row.content) if row.content else {}
-            restriction = restrictions_of(consent)
-            reference = str((consent.get("patient") or {}).get("reference") or "")
-            if restriction is not None and reference.startswith("Patient/"):
-                found.append((reference.removeprefix("Patient/"), restriction))
-    _RESTRICTIONS[id(store)] = (key, found)
-    return found
