@@ -273,8 +273,18 @@ def _service_requests(conn: Connection, ids: Sequence[str]) -> dict[str, dict[st
                 resource.c.deleted.is_(False),
             )
         )
-        found.update({r.res_id: orjson.loads(r.content) for r in rows if r.content})
+        found.update({r.res_id: _slim_request(orjson.loads(r.content)) for r in rows if r.content})
     return found
+
+
+def _slim_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """What a referral keeps of its ServiceRequest: its date, type and parties (the rest of
+    hundreds of thousands of them need not stay in memory)."""
+    return {
+        k: request[k]
+        for k in ("authoredOn", "code", "category", "requester", "subject")
+        if k in request
+    }
 
 
 @contextmanager
@@ -413,34 +423,50 @@ def _within(days: int | None, limit: int) -> bool:
     return days is not None and days <= limit
 
 
-def _unit_rows(
-    referrals: Sequence[Referral],
-    as_of: date,
-    rules: ReferralRules,
-    route: str,
-    kind: str,
-    **extra: Any,
-) -> list[MetricRow]:
-    made = len(referrals)
+@dataclass(frozen=True, slots=True)
+class _Course:
+    """What the metrics ask of one referral on D, worked out once: a referral is counted in
+    four groups (its route and type, its route, its type, overall) and in its equity subgroups."""
+
+    accepted: int | None  # days to the first acceptance
+    completed: int | None  # days to completion
+    feedback: bool
+    window_closed: bool  # made 30 days or more before D
+    completed_in_window: bool  # completed within 30 days, day 30 included
+    late_accept: bool | None  # None: not yet N days old; else not answered within N days
+    late_close: bool | None  # None: not yet M days old; else not closed within M days
+
+
+def _course(r: Referral, as_of: date, rules: ReferralRules) -> _Course:
+    limits, age = rules.of(r.kind), (as_of - r.authored).days
+    completed = r.days(r.completed)
+    return _Course(
+        r.days(r.accepted),
+        completed,
+        r.feedback,
+        age >= COMPLETION_WINDOW,
+        _within(completed, COMPLETION_WINDOW),
+        None if age <= limits.accept_days else not _within(r.days(r.answered), limits.accept_days),
+        None
+        if age <= limits.complete_days
+        else not _within(r.days(r.closed), limits.complete_days),
+    )
+
+
+def _unit_rows(courses: Sequence[_Course], route: str, kind: str, **extra: Any) -> list[MetricRow]:
+    made = len(courses)
 
     def row(metric: str, n: int, d: int, value: float | None, unit: str) -> MetricRow:
         return MetricRow(metric, route, kind, n, d, value, unit, **extra)
 
-    closed_window = [r for r in referrals if (as_of - r.authored).days >= COMPLETION_WINDOW]
-    accepted = [r.days(r.accepted) for r in referrals if r.accepted is not None]
-    completed = [r.days(r.completed) for r in referrals if r.completed is not None]
-    late_accept = [r for r in referrals if (as_of - r.authored).days > rules.of(r.kind).accept_days]
-    late_close = [
-        r for r in referrals if (as_of - r.authored).days > rules.of(r.kind).complete_days
-    ]
-    n_accept = sum(
-        1 for r in late_accept if not _within(r.days(r.answered), rules.of(r.kind).accept_days)
-    )
-    n_close = sum(
-        1 for r in late_close if not _within(r.days(r.closed), rules.of(r.kind).complete_days)
-    )
-    n30 = sum(1 for r in closed_window if _within(r.days(r.completed), COMPLETION_WINDOW))
-    fed = sum(1 for r in referrals if r.feedback)
+    closed_window = [c for c in courses if c.window_closed]
+    accepted = [c.accepted for c in courses if c.accepted is not None]
+    completed = [c.completed for c in courses if c.completed is not None]
+    late_accept = [c.late_accept for c in courses if c.late_accept is not None]
+    late_close = [c.late_close for c in courses if c.late_close is not None]
+    n_accept, n_close = sum(late_accept), sum(late_close)
+    n30 = sum(1 for c in closed_window if c.completed_in_window)
+    fed = sum(1 for c in courses if c.feedback)
     return [
         row("referrals-made", made, made, float(made), "n"),
         row("accepted", len(accepted), made, _pct(len(accepted), made), "%"),
@@ -462,14 +488,17 @@ def metric_rows(
     referrals: Sequence[Referral], as_of: date, rules: ReferralRules = ReferralRules()
 ) -> list[MetricRow]:
     """Every metric per (route, type), per route, per type and overall (``all``), sorted."""
-    groups: dict[tuple[str, str], list[Referral]] = {}
+    groups: dict[tuple[str, str], list[_Course]] = {}
+    everyone = []
     for r in referrals:
+        course = _course(r, as_of, rules)
+        everyone.append(course)
         for key in ((r.route, r.kind), (r.route, ALL), (ALL, r.kind)):
-            groups.setdefault(key, []).append(r)
+            groups.setdefault(key, []).append(course)
     rows: list[MetricRow] = []
     for route, kind in sorted(groups):
-        rows += _unit_rows(groups[route, kind], as_of, rules, route, kind)
-    return rows + _unit_rows(referrals, as_of, rules, ALL, ALL)
+        rows += _unit_rows(groups[route, kind], route, kind)
+    return rows + _unit_rows(everyone, ALL, ALL)
 
 
 def overdue(
@@ -512,14 +541,15 @@ def by_dimension(
     patient view), with the HEAT difference and ratio of the proportions."""
     values = dimension_values(store, (r.patient for r in referrals if r.patient))
     rows: list[MetricRow] = []
+    courses = [_course(r, as_of, rules) for r in referrals]
     for dim in dimensions or list(EQUITY_DIMENSIONS):
-        groups: dict[str, list[Referral]] = {}
-        for r in referrals:
+        groups: dict[str, list[_Course]] = {}
+        for r, course in zip(referrals, courses, strict=True):
             v = values.get(r.patient or "", {}).get(dim)
             if v not in (None, ""):
-                groups.setdefault(str(v), []).append(r)
+                groups.setdefault(str(v), []).append(course)
         per_group = [
-            _unit_rows(members, as_of, rules, ALL, ALL, dimension=dim, subgroup=name)
+            _unit_rows(members, ALL, ALL, dimension=dim, subgroup=name)
             for name, members in sorted(groups.items())
         ]
         for metric in METRICS:
