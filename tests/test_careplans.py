@@ -242,3 +242,32 @@ def test_the_cli(store: Store) -> None:
     assert "hypertension" in wrong.output  # the error names the programmes
     bad_date = runner.invoke(app, [*args[:-1], "30/06/2025"])
     assert bad_date.exit_code == 2 and "--as-of" in bad_date.output
+
+
+def test_the_record_page_reads_a_worklist_tasks_status_and_due_date() -> None:
+    """An activity that is a worklist Task shows the Task's own status and due date: its
+    restriction period's end, else the date in the overdue list's identifier."""
+    from takamul.careplans.record import _activity, task_due
+    from takamul.equity.outreach import OUTREACH_SYSTEM, TASK_IDENTIFIER_SYSTEM
+
+    task = {
+        "resourceType": "Task",
+        "id": "t1",
+        "status": "in-progress",
+        "identifier": [
+            {"system": TASK_IDENTIFIER_SYSTEM, "value": "hypertension-follow-up-20250415-p-1"}
+        ],
+        "code": {"coding": [{"system": OUTREACH_SYSTEM, "code": "hypertension-follow-up"}],
+                 "text": "Hypertension follow-up visit"},
+    }  # fmt: skip
+    assert task_due(task) == "2025-04-15"
+    assert task_due({**task, "restriction": {"period": {"end": "2025-05-01T00:00:00Z"}}}) == (
+        "2025-05-01"
+    )
+    activity = {"reference": {"reference": "Task/t1", "display": "Hypertension follow-up visit"}}
+    shown = _activity(activity, {"Task/t1": task})
+    assert (shown.status, shown.due, shown.code, shown.task) == (
+        "in-progress", "2025-04-15", "hypertension-follow-up", "Task/t1"
+    )  # fmt: skip
+    hidden = _activity(activity, {})  # the viewer may not read the Task
+    assert (hidden.text, hidden.status, hidden.due) == ("Hypertension follow-up visit", None, None)

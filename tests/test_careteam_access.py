@@ -532,3 +532,26 @@ def test_a_facility_cannot_give_itself_a_team_member(web_site: WebSite, world: W
         assert outsider.post("/fhir/PractitionerRole", json=own).status_code == 201
     finally:
         outsider.close()
+
+
+def test_the_membership_rule_on_its_own() -> None:
+    """``roles.current_participant``: status, the team's and the participant's periods."""
+    from takamul.fhir.search_values import date_range
+    from takamul.security.roles import current_participant, current_period
+
+    now = date_range("2026-06-15")[0]
+    me = frozenset({"Organization/f"})
+    team = {"status": "active", "participant": [{"member": {"reference": "Organization/f"}}]}
+    assert current_participant(team, me, now)
+    assert current_participant({**team, "status": None}, me, now)  # no status recorded
+    for status in ("proposed", "suspended", "inactive", "entered-in-error"):
+        assert not current_participant({**team, "status": status}, me, now), status
+    assert not current_participant(team, frozenset({"Organization/g"}), now)
+    assert current_period({"end": "2026-06-15"}, now)  # to the end of that day
+    assert not current_period({"end": "2026-06-14"}, now)
+    assert not current_period({"start": "2026-06-16"}, now)  # not begun
+    assert not current_period({"end": "15/06/2026"}, now)  # malformed: grants nothing
+    assert not current_participant({**team, "period": {"end": "2026-01-01"}}, me, now)
+    ended = {**team, "participant": [{"member": {"reference": "Organization/f"},
+                                      "period": {"end": "2026-01-01"}}]}  # fmt: skip
+    assert not current_participant(ended, me, now)
