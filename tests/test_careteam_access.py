@@ -473,6 +473,17 @@ def test_the_web_record_page_follows_membership(
     assert (world.name in page.text) == (status == 200)
 
 
+def test_the_web_search_finds_the_patient_for_members_only(
+    clients: dict[str, httpx.Client], world: World
+) -> None:
+    """The web app's patient search narrows names to the facility's reach (the guard's own
+    list), so a member finds the patient by name and a non-member does not."""
+    for facility in (*MEMBERS, *NOT_MEMBERS):
+        page = clients[login_of(facility)].get("/app/patients", params={"q": world.name})
+        assert page.status_code == 200, page.text[:300]
+        assert (world.patient in page.text) == (facility in MEMBERS), facility
+
+
 def test_membership_ends_with_the_team_or_the_role(web_site: WebSite, world: World) -> None:
     """A team made inactive, a participation ended and a role deactivated each stop the
     access they gave, at the next request."""
