@@ -38,6 +38,7 @@ __all__ = ["MAX_EVENTS", "Notifications", "settings_from_env", "subscriber_of"]
 
 log = logging.getLogger("takamul.notifications")
 IDLE = 1.0  # seconds between looks at a quiet outbox
+GATHER = 0.05  # seconds a woken dispatcher waits for the commits that follow
 MAX_EVENTS = 1_000  # events in one $events answer; ask again from the last number for more
 
 
@@ -108,6 +109,9 @@ class Notifications:
         settings = self.dispatcher.settings
         failures = 0
         while not self._stop.is_set():
+            # commits arriving together are numbered in one round (one write transaction),
+            # at the cost of at most GATHER seconds of delay
+            time.sleep(GATHER)
             self.dispatcher.woken.clear()
             wait = settings.poll
             try:
