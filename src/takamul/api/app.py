@@ -47,6 +47,7 @@ from takamul.rest import bundles, compartments
 from takamul.rest import interactions as ix
 from takamul.rest.capability import capability_statement
 from takamul.rest.interactions import RequestContext, Result
+from takamul.security.consent import consent_register
 from takamul.settings import Settings
 from takamul.store.guard import current_guard
 from takamul.store.repository import Store
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.state.store = store
     app.state.settings = settings
+    # every server raises the consent version with the Consents it writes (auth off too), so
+    # that the restrictions other processes keep in memory follow them (security/consent.py)
+    consent_register(store)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.exception_handler(FhirError)
