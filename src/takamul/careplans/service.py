@@ -1,8 +1,9 @@
 """Writing the programmes' care plans: for every person in a programme's registry (or one
 person), the CarePlan and its Goal, updated in place when made again.
 
-A run reads what the plan refers to from the record by the reference index (the person's
-programme Conditions, current CareTeams and open overdue follow-up Task), builds the resources
+A run reads what the plan refers to by searches of the person's records (their programme
+Conditions, current CareTeams and open overdue follow-up Task: under the caller's guard when
+there is one, so a plan refers only to what its writer may see), builds the resources
 (:mod:`takamul.careplans.plans`) and writes only what changed, so a second run on the same day
 writes nothing. A plan of a person who left the registry (died, diagnosis refuted) or whose
 responsible facility is no longer the one the run is for is ``revoked`` by a run that covers
@@ -63,6 +64,23 @@ def _codings(concept: Any) -> Iterable[tuple[str, str]]:
             yield str(c["system"]), str(c["code"])
 
 
+def _of_patient(
+    session: Session, rtype: str, record: str, *params: tuple[str, str]
+) -> list[dict[str, Any]]:
+    """A patient's resources of a type by search, so that under a requester's guard (the web
+    app, the API) the plan refers only to what that requester may see; none when its role
+    does not read the type."""
+    try:
+        page = session.search(
+            session.parse_search(rtype, [("patient", record), *params, ("_count", "1000")])
+        )
+    except FhirError as err:
+        if err.status == 403:
+            return []
+        raise
+    return [m.json() for m in page.matches]
+
+
 def _records(status: PersonStatus) -> list[str]:
     return [f"Patient/{p}" for p in status.patient_ids]
 
@@ -73,7 +91,7 @@ def _conditions(
     """The person's Conditions of the programme's condition, not refuted nor resolved."""
     found = []
     for record in records:
-        for c in session.referring("Condition", "patient", record):
+        for c in _of_patient(session, "Condition", record):
             verification = {code for _, code in _codings(c.get("verificationStatus"))}
             clinical = {code for _, code in _codings(c.get("clinicalStatus"))}
             if verification & {"refuted", "entered-in-error"} or clinical & ENDED_CONDITION:
@@ -88,7 +106,7 @@ def _care_teams(session: Session, records: list[str], now: float) -> list[str]:
     recorded, period containing now)."""
     found = []
     for record in records:
-        for t in session.referring("CareTeam", "patient", record):
+        for t in _of_patient(session, "CareTeam", record):
             if (t.get("status") or "active") in TEAM_STATUSES and current_period(
                 t.get("period"), now
             ):
@@ -103,7 +121,7 @@ def _open_task(session: Session, programme: Programme, records: list[str]) -> st
     open_states = set(OPEN.split(","))
     best: tuple[str, str] | None = None
     for record in records:
-        for task in session.referring("Task", "patient", record):
+        for task in _of_patient(session, "Task", record, ("code", f"{OUTREACH_SYSTEM}|{wanted}")):
             if task.get("status") not in open_states:
                 continue
             if (OUTREACH_SYSTEM, wanted) not in set(_codings(task.get("code"))):
