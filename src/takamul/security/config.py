@@ -7,10 +7,12 @@ The key secret never appears in a repr, so that logging the config cannot leak i
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
-__all__ = ["SecurityConfig", "fhir_base_of", "server_root"]
+__all__ = ["ClientRate", "SecurityConfig", "fhir_base_of", "parse_rate_limits", "server_root"]
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -35,6 +37,9 @@ class SecurityConfig:
     min_password_length: int = 12
     rate_limit: float = 100.0  # requests per second per client (0: no limit)
     rate_burst: int = 200  # bucket size: requests allowed at once after a quiet period
+    # Per-client rates that replace the default (a facility system reading in bulk):
+    # TAKAMUL_RATE_LIMITS="olaya-ehr=1000,lab-feed=50/100" (requests/s, optional /burst)
+    rate_limits: Mapping[str, ClientRate] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_env(cls, **overrides: object) -> SecurityConfig:
@@ -56,6 +61,7 @@ class SecurityConfig:
             min_password_length=int(env.get("TAKAMUL_MIN_PASSWORD_LENGTH", d.min_password_length)),
             rate_limit=float(env.get("TAKAMUL_RATE_LIMIT", d.rate_limit)),
             rate_burst=int(env.get("TAKAMUL_RATE_BURST", d.rate_burst)),
+            rate_limits=parse_rate_limits(env.get("TAKAMUL_RATE_LIMITS", "")),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(config, **clean)  # type: ignore[arg-type]
@@ -63,6 +69,37 @@ class SecurityConfig:
     @property
     def https(self) -> bool:
         return bool(self.base_url and self.base_url.startswith("https://"))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRate:
+    """One client's own rate limit: ``rate`` requests a second (0: none), ``burst`` at once."""
+
+    rate: float
+    burst: int
+
+
+def parse_rate_limits(text: str) -> Mapping[str, ClientRate]:
+    """``client=rate[/burst]`` pairs separated by commas; the burst defaults to two seconds'
+    worth. A ValueError names the pair that is wrong."""
+    out: dict[str, ClientRate] = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        client, sep, value = pair.partition("=")
+        rate_text, _, burst_text = value.partition("/")
+        try:
+            rate = float(rate_text)
+            burst = int(burst_text) if burst_text else max(1, int(rate * 2))
+        except ValueError:
+            rate = burst = -1
+        if not sep or not client.strip() or rate < 0 or burst < 1:
+            raise ValueError(
+                f"TAKAMUL_RATE_LIMITS: '{pair}' is not client=requests-per-second[/burst], "
+                "e.g. olaya-ehr=1000 or lab-feed=50/100"
+            )
+        out[client.strip()] = ClientRate(rate, burst)
+    return MappingProxyType(out)
 
 
 def _secret(env: os._Environ[str] | dict[str, str]) -> str | None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from takamul.fhir.outcome import OutcomeIssue, operation_outcome
+from takamul.security.config import ClientRate
 
 __all__ = ["CSP_DOCS", "CSP_HTML", "RateLimit", "SecurityHeaders", "TokenBucket"]
 
@@ -72,40 +73,60 @@ def _add_headers(headers: MutableHeaders, path: str, https: bool) -> None:
 
 
 class TokenBucket:
-    """Per-key token buckets: ``rate`` tokens a second up to ``burst``; one per request."""
+    """Per-key token buckets: ``rate`` tokens a second up to ``burst``; one per request.
+    ``clients`` gives some clients (keys ``client:<id>``) their own rate and burst, e.g. a
+    facility system that reads in bulk (a rate of 0: not limited)."""
 
     _MAX_KEYS = 100_000
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float],
+        clients: Mapping[str, ClientRate] | None = None,
+    ) -> None:
         self.rate = rate
         self.burst = max(burst, 1)
         self.clock = clock
+        self._own = {f"client:{c}": (r.rate, max(r.burst, 1)) for c, r in (clients or {}).items()}
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self.rate > 0
+        return self.rate > 0 or any(rate > 0 for rate, _ in self._own.values())
+
+    def limit(self, key: str) -> tuple[float, int]:
+        """(rate, burst) of a key: its client's own, else the default."""
+        return self._own.get(key, (self.rate, self.burst))
 
     def take(self, key: str) -> float:
         """0 if the request may go ahead, else the seconds until it may."""
+        rate, burst = self.limit(key)
+        if rate <= 0:
+            return 0.0
         now = self.clock()
         with self._lock:
-            tokens, at = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            tokens, at = self._buckets.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - at) * rate)
             if tokens >= 1:
                 self._buckets[key] = (tokens - 1, now)
                 self._prune(now)
                 return 0.0
             self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
+            return (1 - tokens) / rate
 
     def _prune(self, now: float) -> None:
         # Buckets that have refilled are the same as absent ones: drop them when memory grows.
         if len(self._buckets) <= self._MAX_KEYS:
             return
-        full = self.burst / self.rate
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full}
+
+        def full(key: str) -> float:
+            rate, burst = self.limit(key)
+            return burst / rate if rate > 0 else 0.0
+
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full(k)}
 
 
 class RateLimit:

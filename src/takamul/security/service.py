@@ -58,7 +58,9 @@ class Security:
         self.clients = ClientRegistry(engine, clock, reader)
         self.users = UserDirectory(engine, self.config, clock, hasher, reader)
         self.tokens = TokenService(self.keys, self.clients, engine, self.config, clock)
-        self.limiter = TokenBucket(self.config.rate_limit, self.config.rate_burst, clock)
+        self.limiter = TokenBucket(
+            self.config.rate_limit, self.config.rate_burst, clock, self.config.rate_limits
+        )
 
     @classmethod
     def open(cls, database_url: str, config: SecurityConfig | None = None) -> Security:

@@ -38,7 +38,10 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_SECONDS = 300  # SMART: an assertion's exp is no more than five minutes ahead
 CLOCK_SKEW = 60  # seconds of disagreement tolerated between a client's clock and ours
 ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068: keeps our other JWTs from passing as access tokens
-_CACHE_SIZE = 10_000
+_CACHE_SIZE = 10_000  # verified tokens kept (each until it expires)
+# How long a client's registration (active or disabled) is taken as read: disabling a client
+# refuses the tokens it holds on every server within this many seconds.
+CLIENT_RECHECK_SECONDS = 1.0
 
 Clock = Callable[[], float]
 
@@ -74,7 +77,10 @@ class TokenService:
         self.engine = engine
         self.config = config
         self.clock = clock
+        # verified tokens by their text, each until its exp (never past it)
         self._cache: dict[str, AccessToken] = {}
+        # client id -> (active, when read): disabling a client ends its tokens' use
+        self._clients: dict[str, tuple[bool, float]] = {}
         self._lock = threading.Lock()
 
     # -- the token endpoint -----------------------------------------------------------
@@ -286,18 +292,44 @@ class TokenService:
         """
         cached = self._cache.get(token)
         if cached is not None and self._still_valid(cached):
-            self._check_audience(cached, audience)
-            return cached
-        checked = self._verify(token)
+            checked = cached
+        else:
+            checked = self._verify(token)
+            self._keep(token, checked)
         self._check_audience(checked, audience)
+        if not self._client_active(checked.client_id):
+            raise unauthenticated(
+                f"Client '{checked.client_id}' is disabled; its tokens are no longer accepted"
+            )
+        return checked
+
+    def _keep(self, token: str, checked: AccessToken) -> None:
         with self._lock:
             if len(self._cache) >= _CACHE_SIZE:
-                self._cache.pop(next(iter(self._cache)))
+                now = self.clock()
+                expired = [t for t, a in self._cache.items() if a.expires_at <= now]
+                for text in expired or [next(iter(self._cache))]:
+                    del self._cache[text]
             self._cache[token] = checked
-        return checked
 
     def _still_valid(self, token: AccessToken) -> bool:
         return self.clock() < token.expires_at and self.keys.verification_key(token.kid) is not None
+
+    def _client_active(self, client_id: str) -> bool:
+        """The client is not disabled, as read at most ``CLIENT_RECHECK_SECONDS`` ago (one
+        primary-key lookup a second per client). A token we signed for a client that is not
+        registered keeps what it was issued with."""
+        now = self.clock()
+        known = self._clients.get(client_id)
+        if known is not None and 0 <= now - known[1] < CLIENT_RECHECK_SECONDS:
+            return known[0]
+        client = self.clients.get(client_id)
+        active = client is None or client.active
+        with self._lock:
+            if len(self._clients) >= _CACHE_SIZE:
+                self._clients.clear()
+            self._clients[client_id] = (active, now)
+        return active
 
     def _verify(self, token: str) -> AccessToken:
         try:
