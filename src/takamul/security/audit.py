@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -579,10 +579,58 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     return entities
 
 
+def _shared_agents(record: AuditRecord) -> list[dict[str, Any]]:
+    """``_agents`` of a record, the same objects for every event of the same requester (for
+    events serialised at once and never changed)."""
+    return _agents_of(
+        record.user,
+        record.user_display,
+        record.roles,
+        record.client_id,
+        record.token_id,
+        record.facility,
+        record.address,
+        record.purpose,
+        record.break_glass_reason,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _agents_of(
+    user: str | None,
+    user_display: str | None,
+    roles: tuple[str, ...],
+    client_id: str | None,
+    token_id: str | None,
+    facility: str | None,
+    address: str | None,
+    purpose: str,
+    break_glass_reason: str | None,
+) -> list[dict[str, Any]]:
+    return _agents(
+        AuditRecord(
+            "read",
+            user=user,
+            user_display=user_display,
+            roles=roles,
+            client_id=client_id,
+            token_id=token_id,
+            facility=facility,
+            address=address,
+            purpose=purpose,
+            break_glass_reason=break_glass_reason,
+        )
+    )
+
+
 def to_audit_event(
-    record: AuditRecord, seq: int | None = None, observer: str = "takamul"
+    record: AuditRecord,
+    seq: int | None = None,
+    observer: str = "takamul",
+    agents: Callable[[AuditRecord], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The FHIR R4 AuditEvent of ``record``; its id is the chain sequence number when given."""
+    """The FHIR R4 AuditEvent of ``record``; its id is the chain sequence number when given.
+    ``agents`` makes its agents (default: new objects for this event alone)."""
     kind = _kind(record.interaction)
     subtype = [_coding(*kind.subtype)] if kind.subtype else []
     subtype.append(_coding(INTERACTION_SYSTEM, record.interaction))
@@ -603,7 +651,7 @@ def to_audit_event(
     if outcome != "0":
         event["outcomeDesc"] = record.outcome_text or f"HTTP {record.status}"
     event["purposeOfEvent"] = _purpose(record)
-    event["agent"] = _agents(record)
+    event["agent"] = (agents or _agents)(record)
     event["source"] = {
         "observer": {"display": observer},
         "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
@@ -735,15 +783,30 @@ class AuditQuery:
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    """An event ready to append: its JSON without id, its query columns, its patients."""
+    """An event ready to append: its canonical JSON on either side of the ``id`` its position
+    in the chain will give it, its query columns, its patients.
 
-    body: bytes
+    The canonical JSON sorts keys, so the members that sort before ``id`` and those after it
+    are serialised once, outside the chain's lock, and the appender only splices the id in
+    between (``canonical``): the same bytes as ``canonical_json`` of the event with its id.
+    """
+
+    before_id: bytes  # '{"action":…,"entity":[…]' (no closing brace)
+    after_id: bytes  # '"outcome":…,"type":{…}}' (no opening brace)
     columns: dict[str, Any]
     patients: tuple[str, ...]
 
     @classmethod
     def of(cls, event: dict[str, Any]) -> _Prepared:
-        return cls(orjson.dumps(event), _index_columns(event), tuple(_patients_of(event)))
+        before = canonical_json({k: v for k, v in event.items() if k < "id"})[:-1]
+        after = canonical_json({k: v for k, v in event.items() if k > "id"})[1:]
+        return cls(before, after, _index_columns(event), tuple(_patients_of(event)))
+
+    def canonical(self, seq: int) -> bytes:
+        """The event's canonical JSON with ``id`` = ``seq``."""
+        head = self.before_id + b"," if len(self.before_id) > 1 else self.before_id
+        tail = b"," + self.after_id if len(self.after_id) > 1 else self.after_id
+        return head + b'"id":"' + str(seq).encode("ascii") + b'"' + tail
 
 
 class AuditChainError(RuntimeError):
@@ -930,8 +993,12 @@ class AuditLog:
     def _append(self, records: Sequence[AuditRecord]) -> None:
         # Everything that does not depend on the position in the chain is done before the
         # lock; each event's dicts are freed as soon as it is serialised, so that a batch does
-        # not leave thousands of live containers for the garbage collector to walk.
-        prepared = [_Prepared.of(to_audit_event(r, None, self.observer)) for r in records]
+        # not leave thousands of live containers for the garbage collector to walk. The agents
+        # of a requester are made once and shared by its events (they are serialised at once).
+        prepared = [
+            _Prepared.of(to_audit_event(r, None, self.observer, agents=_shared_agents))
+            for r in records
+        ]
         with self._write_lock:
             for attempt in range(_RETRIES):
                 try:
@@ -963,22 +1030,22 @@ class AuditLog:
                 "the audit chain head is missing; run `takamul audit verify` and investigate"
             )
         seq, prev = int(head.seq), str(head.hash)
-        rows: list[dict[str, Any]] = []
-        patients: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
+        patients: list[tuple[int, str]] = []
         for item in prepared:
             seq += 1
-            event = orjson.loads(item.body)
-            event["id"] = str(seq)  # the position is part of what is hashed
-            canonical = canonical_json(event)
+            canonical = item.canonical(seq)  # the position is part of what is hashed
             digest = chain_hash(prev, canonical)
-            row = dict(item.columns)
-            row.update(seq=seq, event=canonical, prev_hash=prev, hash=digest)
-            rows.append(row)
-            patients.extend({"seq": seq, "patient_id": p} for p in item.patients)
+            columns = item.columns
+            rows.append((seq, canonical, prev, digest, *(columns[name] for name in _COLUMN_ORDER)))
+            patients.extend((seq, p) for p in item.patients)
             prev = digest
-        conn.execute(insert(audit_log), rows)
+        # straight to the driver's executemany: the rows are already in the columns' types,
+        # and a batch of hundreds skips the per-row parameter processing of the SQL layer
+        log_sql, patient_sql = _insert_statements(conn.dialect.paramstyle)
+        conn.exec_driver_sql(log_sql, rows)
         if patients:
-            conn.execute(insert(audit_patient), patients)
+            conn.exec_driver_sql(patient_sql, patients)
         conn.execute(
             update(audit_chain_head)
             .where(audit_chain_head.c.id == 1)
@@ -1096,6 +1163,34 @@ class AuditLog:
         """Recompute the whole chain: every hash, every link, the query columns, the head."""
         with self._read() as conn, conn.begin():
             return _verify(conn, batch_size)
+
+
+# the query columns in the order of the driver-level insert (after seq, event and the hashes)
+_COLUMN_ORDER = (
+    "recorded",
+    "patient_id",
+    "agent_user",
+    "agent_client",
+    "action",
+    "outcome",
+    "interaction",
+    "entity_type",
+    "entity_id",
+    "break_glass",
+)
+
+
+@lru_cache(maxsize=4)
+def _insert_statements(paramstyle: str) -> tuple[str, str]:
+    """The INSERTs of the log and its patient index in the driver's own placeholders."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    names = ("seq", "event", "prev_hash", "hash", *_COLUMN_ORDER)
+    log_sql = (
+        f"INSERT INTO {audit_log.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join(mark for _ in names)})"
+    )
+    patient_sql = f"INSERT INTO {audit_patient.name} (seq, patient_id) VALUES ({mark}, {mark})"
+    return log_sql, patient_sql
 
 
 def _bad(checked: int, seq: int | None, reason: str, head: Any) -> VerifyResult:
