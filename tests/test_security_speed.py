@@ -1,0 +1,425 @@
+"""Security at full speed (issue 17), still security: what the fast paths keep in memory never
+outlives what it stands for.
+
+* Consent: each process keeps the record's restrictions and looks for other processes' Consents
+  at most every ``TAKAMUL_CONSENT_RECHECK_MS`` (zero: every request). A Consent written through
+  one store (a process of its own: its own engines and register) applies to the next read of
+  another within that window, on SQLite and PostgreSQL; one written by the same process applies
+  at once; a search's SQL names only the restricted patients its matches can be about.
+* Tokens: a verified token is kept until it expires, never past it; disabling its client
+  refuses it within ``CLIENT_RECHECK_SECONDS``, in this process and in another.
+* Audit: a batch of events is one transaction, and the chain still verifies.
+* Rate limits: a client given its own rate (``TAKAMUL_RATE_LIMITS``) is not held to the default.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+
+from takamul.fhir.outcome import FhirError
+from takamul.security.audit import AuditLog, AuditRecord, audit_log, canonical_json
+from takamul.security.config import ClientRate, SecurityConfig, parse_rate_limits
+from takamul.security.consent import consent_register, recheck_seconds
+from takamul.security.context import AccessContext
+from takamul.security.errors import AuthError
+from takamul.security.guard import AccessGuard
+from takamul.security.middleware import TokenBucket
+from takamul.security.scopes import ScopeSet, use_indexer
+from takamul.security.tokens import CLIENT_RECHECK_SECONDS
+from takamul.settings import Settings
+from takamul.store.guard import guarded
+from takamul.store.repository import Store
+from tests.server import postgres_database
+from tests.test_security_auth import BASE, FHIR, Clock, bearer, make_app, make_security, register
+
+ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+FACILITY = "phc-olaya"
+CLINIC = "mh-clinic"
+
+
+# -- the world: one patient of the centre with a depression diagnosis (labelled PSY) ----------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'speed.sqlite'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def stores(database: str) -> Iterator[tuple[Store, Store]]:
+    """Two stores on one database: two server processes, each with its own register."""
+    first, second = Store(Settings(database_url=database)), Store(Settings(database_url=database))
+    use_indexer(first.indexer)
+    for store in (first, second):
+        consent_register(store)  # as every server does at start-up (api.app)
+    first.write(lambda s: s.update("Patient", "p1", patient("p1")))
+    first.write(lambda s: s.update("Condition", "c1", depression("c1", "p1")))
+    yield first, second
+    first.close()
+    second.close()
+
+
+def patient(pid: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "managingOrganization": {"reference": f"Organization/{FACILITY}"},
+    }
+
+
+def depression(cid: str, pid: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "F32.1"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+
+
+def restriction(pid: str, permitted: str = CLINIC) -> dict[str, Any]:
+    return {
+        "resourceType": "Consent",
+        "id": f"consent-{pid}",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"},
+        "provision": {
+            "type": "deny",
+            "securityLabel": [{"system": ACT, "code": "PSY"}],
+            "provision": [
+                {
+                    "type": "permit",
+                    "actor": [
+                        {
+                            "role": {"text": "treating team"},
+                            "reference": {"reference": f"Organization/{permitted}"},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+CENTRE = AccessContext(
+    client_id="olaya-ehr",
+    user=None,
+    roles=frozenset({"clinician"}),
+    facility=FACILITY,
+    scopes=ScopeSet.parse("system/*.rs"),
+)
+
+
+def sees(store: Store, access: AccessContext = CENTRE) -> tuple[bool, list[str]]:
+    """(the Condition is read, the Conditions a search of the patient finds) under ``access``,
+    as one request of the process that holds ``store``."""
+    with guarded(AccessGuard(access, store)), store.reading() as session:
+        try:
+            session.read("Condition", "c1")
+            read = True
+        except FhirError as err:
+            assert err.status == 404
+            read = False
+        query = session.parse_search("Condition", [("patient", "p1")])
+        page = session.search(query)
+        found = [r.id for r in page.matches]
+        assert page.total in (None, len(found))  # the total counts only what is seen
+    return read, found
+
+
+# -- consent across processes ------------------------------------------------------------------
+
+
+def test_consent_of_another_process_applies_within_the_window(
+    stores: tuple[Store, Store],
+) -> None:
+    writer, reader = stores
+    clock = [100.0]
+    register = consent_register(reader)
+    register.clock = lambda: clock[0]
+    register.recheck = 0.25
+    assert sees(reader) == (True, ["c1"])  # nothing restricted yet: the key is kept
+    writer.write(lambda s: s.update("Consent", "consent-p1", restriction("p1")))
+    clock[0] += 0.1  # within the window the kept state may still answer...
+    sees(reader)
+    clock[0] += 0.2  # ...but not once the window has passed: the next read applies it
+    assert sees(reader) == (False, [])
+    # and lifting the restriction (a delete) is seen the same way
+    writer.write(lambda s: s.delete("Consent", "consent-p1"))
+    clock[0] += 0.3
+    assert sees(reader) == (True, ["c1"])
+
+
+def test_consent_with_no_window_applies_to_the_next_read(stores: tuple[Store, Store]) -> None:
+    writer, reader = stores
+    register = consent_register(reader)
+    register.recheck = 0.0  # TAKAMUL_CONSENT_RECHECK_MS=0: the key is read by every request
+    assert sees(reader) == (True, ["c1"])
+    writer.write(lambda s: s.update("Consent", "consent-p1", restriction("p1")))
+    assert sees(reader) == (False, [])
+    # the permitted clinic still sees it (the restriction is not a blanket one)
+    clinic = AccessContext(
+        client_id="clinic-ehr",
+        user=None,
+        roles=frozenset({"clinician"}),
+        facility=CLINIC,
+        scopes=ScopeSet.parse("system/*.rs"),
+    )
+    writer.write(lambda s: s.update("Encounter", "e1", encounter("e1", "p1", CLINIC)))
+    assert sees(reader, clinic) == (True, ["c1"])
+
+
+def test_consent_written_by_the_same_process_applies_at_once(stores: tuple[Store, Store]) -> None:
+    store, _ = stores
+    register = consent_register(store)
+    register.recheck = 3600.0  # however long the window, this process's own writes count
+    assert sees(store) == (True, ["c1"])
+    store.write(lambda s: s.update("Consent", "consent-p1", restriction("p1")))
+    assert sees(store) == (False, [])
+
+
+def test_a_bulk_written_consent_moves_the_key_too(stores: tuple[Store, Store]) -> None:
+    """A writer that calls no write hooks (``takamul load``) raises no version; the newest
+    lastUpdated of the Consents, also in the key, still shows the change."""
+    writer, reader = stores
+    consent_register(reader).recheck = 0.0
+    assert sees(reader) == (True, ["c1"])
+    writer.write_hooks.clear()  # as the bulk loader writes: no hooks
+    writer.write(lambda s: s.update("Consent", "consent-p1", restriction("p1")))
+    assert sees(reader) == (False, [])
+
+
+def test_a_search_names_only_the_restricted_patients_it_can_reach(
+    stores: tuple[Store, Store],
+) -> None:
+    """Restrictions of patients the search is not about are not bound into its SQL; one the
+    matches are also about (another patient they refer to) still is."""
+    store, _ = stores
+    consent_register(store).recheck = 0.0
+    for pid in ("p2", "p3"):
+        store.write(lambda s, pid=pid: s.update("Patient", pid, patient(pid)))
+        store.write(lambda s, pid=pid: s.update("Consent", f"consent-{pid}", restriction(pid)))
+    guard = AccessGuard(CENTRE, store)
+    with guarded(guard), store.reading() as session:
+        session.parse_search("Condition", [("patient", "p1")])
+        assert guard._named == {}  # consumed by the parse
+        guard.restrictions(session, "Condition", [("patient", "p1")])
+        alone = guard.filters(session, "Condition")
+    # p1 restricts nothing and its Conditions are about no one else: no list at all
+    assert [f for f in alone if not f.everyone] == []
+    # a Condition of p1 that also names p3 (as its asserter) is about p3 as well
+    shared = depression("c3", "p1") | {"asserter": {"reference": "Patient/p3"}}
+    store.write(lambda s: s.update("Condition", "c3", shared))
+    guard = AccessGuard(CENTRE, store)
+    with guarded(guard), store.reading() as session:
+        guard.restrictions(session, "Condition", [("patient", "p1")])
+        narrowed = guard.filters(session, "Condition")
+        everyone = guard.filters(session, "Condition")  # no search named patients this time
+        page = session.search(session.parse_search("Condition", [("patient", "p1")]))
+    assert [f.patients for f in narrowed if f.label == "PSY"] == [("p3",)]
+    assert [f.patients for f in everyone if f.label == "PSY"] == [("p2", "p3")]
+    assert [r.id for r in page.matches] == ["c1"]
+
+
+def encounter(eid: str, pid: str, org: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "finished",
+        "class": {"system": ACT, "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "serviceProvider": {"reference": f"Organization/{org}"},
+    }
+
+
+def test_recheck_setting() -> None:
+    assert recheck_seconds(None) == 0.25
+    assert recheck_seconds("0") == 0.0
+    assert recheck_seconds("1500") == 1.5
+    with pytest.raises(ValueError, match="TAKAMUL_CONSENT_RECHECK_MS"):
+        recheck_seconds("soon")
+    with pytest.raises(ValueError, match="TAKAMUL_CONSENT_RECHECK_MS"):
+        recheck_seconds("-5")
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def test_an_expired_token_is_refused_even_when_kept(tmp_path: Path) -> None:
+    clock = Clock()
+    security = make_security(f"sqlite:///{tmp_path / 'sec.sqlite'}", clock)
+    security.check_startup(False)
+    register(security)
+    token = security.tokens.mint("olaya-ehr", "system/*.rs", FHIR, lifetime=60)
+    assert security.tokens.verify(token, FHIR).client_id == "olaya-ehr"
+    assert token in security.tokens._cache  # kept
+    clock.advance(59)
+    assert security.tokens.verify(token, FHIR).client_id == "olaya-ehr"
+    clock.advance(1)
+    with pytest.raises(AuthError, match="expired"):
+        security.tokens.verify(token, FHIR)
+    security.engine.dispose()
+
+
+def test_a_disabled_clients_kept_token_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    url = f"sqlite:///{tmp_path / 'sec.sqlite'}"
+    security = make_security(url, clock)
+    security.check_startup(False)
+    register(security)
+    token = security.tokens.mint("olaya-ehr", "system/*.rs", FHIR)
+    with TestClient(make_app(security), base_url=BASE) as http:
+        assert http.get("/fhir/Observation/lab", headers=bearer(token)).status_code == 200
+        # the operator disables the client from another process (the CLI)
+        operator = make_security(url, clock)
+        assert operator.clients.set_active("olaya-ehr", False)
+        operator.engine.dispose()
+        clock.advance(CLIENT_RECHECK_SECONDS)
+        refused = http.get("/fhir/Observation/lab", headers=bearer(token))
+        assert refused.status_code == 401
+        assert "disabled" in refused.json()["issue"][0]["diagnostics"]
+        # enabling it again lets the same token through (it has not expired)
+        assert security.clients.set_active("olaya-ehr", True)
+        clock.advance(CLIENT_RECHECK_SECONDS)
+        assert http.get("/fhir/Observation/lab", headers=bearer(token)).status_code == 200
+    security.engine.dispose()
+
+
+def test_kept_tokens_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from takamul.security import tokens as tokens_module
+
+    monkeypatch.setattr(tokens_module, "_CACHE_SIZE", 3)
+    clock = Clock()
+    security = make_security(f"sqlite:///{tmp_path / 'sec.sqlite'}", clock)
+    security.check_startup(False)
+    register(security)
+    minted = [security.tokens.mint("olaya-ehr", "system/*.rs", FHIR) for _ in range(5)]
+    for token in minted:
+        security.tokens.verify(token, FHIR)
+    assert len(security.tokens._cache) <= 3
+    assert all(security.tokens.verify(t, FHIR) for t in minted)  # evicted ones verify again
+    security.engine.dispose()
+
+
+# -- the audit log -------------------------------------------------------------------------------
+
+
+def test_batched_audit_is_one_transaction_per_batch_and_verifies(database: str) -> None:
+    # the background writer stays asleep (no interval, no full batch): the test drains
+    log = AuditLog.from_url(database, buffered=True, flush_interval=3600, max_batch=10_000)
+    commits = []
+    event.listen(log.writer, "commit", lambda conn: commits.append(1))
+
+    def requests(worker: int) -> None:
+        for n in range(250):
+            log.record(
+                AuditRecord(
+                    "read",
+                    client_id=f"ehr-{worker % 2}",
+                    roles=("clinician",),
+                    facility="Organization/phc-1",
+                    address="10.0.0.1",
+                    resource_type="Patient",
+                    resource_id=f"p{n}",
+                    patient_ids=(f"p{n}",),
+                )
+            )
+
+    threads = [threading.Thread(target=requests, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert log.pending == 1000
+    log.max_batch = 250
+    log.flush()
+    assert len(commits) == 4  # 1,000 events, batches of 250: a transaction each
+    result = log.verify()
+    assert result.ok, result.reason
+    assert result.checked == 1000
+    with log.reader.connect() as conn:
+        stored = [row.event for row in conn.execute(select(audit_log.c.event).limit(20))]
+    # what is stored is the canonical form (verify recomputes hashes over exactly that)
+    assert all(canonical_json(orjson.loads(b)) == b for b in stored)
+    assert [orjson.loads(b)["id"] for b in stored[:3]] == ["1", "2", "3"]
+    # events of one requester share their agents in memory, never in what is stored
+    events = [orjson.loads(b) for b in stored]
+    assert events[0]["agent"][0]["network"]["address"] == "10.0.0.1"
+    log.close()
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+
+
+def test_rate_limits_setting() -> None:
+    limits = parse_rate_limits(" bulk-ehr=1000 , lab=50/80,,free=0")
+    assert limits == {
+        "bulk-ehr": ClientRate(1000.0, 2000),
+        "lab": ClientRate(50.0, 80),
+        "free": ClientRate(0.0, 1),
+    }
+    for wrong in ("bulk-ehr", "=5", "x=fast", "x=-1", "x=5/0"):
+        with pytest.raises(ValueError, match="TAKAMUL_RATE_LIMITS"):
+            parse_rate_limits(wrong)
+
+
+def test_a_client_with_its_own_rate_is_not_held_to_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAKAMUL_RATE_LIMITS", "bulk-ehr=0,lab-feed=5/3")
+    config = SecurityConfig.from_env()
+    assert config.rate_limits["lab-feed"] == ClientRate(5.0, 3)
+    clock = Clock()
+    security = make_security(
+        f"sqlite:///{tmp_path / 'rl.sqlite'}",
+        clock,
+        rate_limit=1.0,
+        rate_burst=2,
+        rate_limits=config.rate_limits,
+    )
+    security.check_startup(False)
+    for client in ("olaya-ehr", "bulk-ehr", "lab-feed"):
+        register(security, client_id=client)
+    token = {c: security.tokens.mint(c, "system/*.rs", FHIR) for c in ("olaya-ehr", "bulk-ehr")}
+    token["lab-feed"] = security.tokens.mint("lab-feed", "system/*.rs", FHIR)
+
+    def status(client: str) -> int:
+        return http.get("/fhir/Observation/lab", headers=bearer(token[client])).status_code
+
+    with TestClient(make_app(security), base_url=BASE) as http:
+        assert [status("olaya-ehr") for _ in range(3)] == [200, 200, 429]  # the default
+        assert {status("bulk-ehr") for _ in range(50)} == {200}  # no limit of its own
+        assert [status("lab-feed") for _ in range(4)] == [200, 200, 200, 429]  # burst 3
+        clock.advance(0.2)  # 5 a second: one more
+        assert status("lab-feed") == 200
+    security.engine.dispose()
+
+
+def test_token_bucket_own_rates() -> None:
+    clock = Clock()
+    bucket = TokenBucket(0, 1, clock, {"bulk": ClientRate(2.0, 2)})
+    assert bucket.enabled  # the default is off, one client still has a limit
+    assert bucket.take("client:other") == 0.0
+    assert [bucket.take("client:bulk") for _ in range(2)] == [0.0, 0.0]
+    assert bucket.take("client:bulk") == pytest.approx(0.5)
+    assert not TokenBucket(0, 1, clock).enabled
