@@ -209,13 +209,21 @@ class ConsentRegister:
     def __init__(
         self, store: Store, recheck: float = 0.25, clock: Callable[[], float] = monotonic
     ) -> None:
-        self.store = store
+        # weakly: the process-wide map of registers must not keep a closed store alive
+        self._store = weakref.ref(store)
         self.recheck = recheck
         self.clock = clock
         self._state: ConsentState | None = None
         self._checked = -inf  # when the key was last looked up (``clock``)
         self._following = False
         self._lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        store = self._store()
+        if store is None:
+            raise RuntimeError("the store of this consent register was closed")
+        return store
 
     # -- the write side ------------------------------------------------------------------
 
