@@ -4,8 +4,9 @@ outlives what it stands for.
 * Consent: each process keeps the record's restrictions and looks for other processes' Consents
   at most every ``TAKAMUL_CONSENT_RECHECK_MS`` (zero: every request). A Consent written through
   one store (a process of its own: its own engines and register) applies to the next read of
-  another within that window, on SQLite and PostgreSQL; one written by the same process applies
-  at once; a search's SQL names only the restricted patients its matches can be about.
+  another within that window, on SQLite and PostgreSQL (and over HTTP between two ``takamul
+  serve`` processes, the reader with no window); one written by the same process applies at
+  once; a search's SQL names only the restricted patients its matches can be about.
 * Tokens: a verified token is kept until it expires, never past it; disabling its client
   refuses it within ``CLIENT_RECHECK_SECONDS``, in this process and in another.
 * Audit: a batch of events is one transaction, and the chain still verifies.
@@ -423,3 +424,59 @@ def test_token_bucket_own_rates() -> None:
     assert [bucket.take("client:bulk") for _ in range(2)] == [0.0, 0.0]
     assert bucket.take("client:bulk") == pytest.approx(0.5)
     assert not TokenBucket(0, 1, clock).enabled
+
+
+# -- over HTTP, two server processes -------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """(database, writer's FHIR base, reader's FHIR base): two ``takamul serve`` processes with
+    access control on, the reader looking for other processes' Consents on every request."""
+    from contextlib import ExitStack
+
+    from tests.server import running_server
+
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'two.sqlite'}"
+        else:
+            url = stack.enter_context(postgres_database())
+        env = {"TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "0"}
+        writer = stack.enter_context(running_server(url, env))
+        reader = stack.enter_context(
+            running_server(url, {**env, "TAKAMUL_CONSENT_RECHECK_MS": "0"})
+        )
+        yield url, writer, reader
+
+
+def test_consent_written_in_one_server_applies_to_the_next_read_in_another(
+    two_servers: tuple[str, str, str],
+) -> None:
+    import httpx
+    from joserfc.jwk import ECKey
+
+    from takamul.security.service import Security
+
+    url, writer, reader = two_servers
+    security = Security.open(url)
+    jwks = {"keys": [ECKey.generate_key("P-384").as_dict(private=False)]}
+    security.clients.add("olaya-ehr", "Olaya EHR", jwks, "system/*.cruds", FACILITY, ["clinician"])
+    write = {
+        "Authorization": "Bearer " + security.tokens.mint("olaya-ehr", "system/*.cruds", writer)
+    }
+    read = {"Authorization": "Bearer " + security.tokens.mint("olaya-ehr", "system/*.rs", reader)}
+    security.engine.dispose()
+    with httpx.Client(timeout=30) as http:
+        for body in (patient("p1"), depression("c1", "p1")):
+            answer = http.put(
+                f"{writer}/{body['resourceType']}/{body['id']}", json=body, headers=write
+            )
+            assert answer.status_code in (200, 201), answer.text
+        assert http.get(f"{reader}/Condition/c1", headers=read).status_code == 200
+        answer = http.put(f"{writer}/Consent/consent-p1", json=restriction("p1"), headers=write)
+        assert answer.status_code in (200, 201), answer.text
+        # the very next read of the other server applies it: on the read and in a search
+        assert http.get(f"{reader}/Condition/c1", headers=read).status_code == 404
+        found = http.get(f"{reader}/Condition", params={"patient": "p1"}, headers=read).json()
+        assert found.get("total", 0) == 0 and not found.get("entry")
