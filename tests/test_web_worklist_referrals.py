@@ -212,6 +212,9 @@ def test_the_rules_file_changes_the_days(world: World) -> None:
         section = _section(_worklist(world.site, "coordinator"))
         assert "The referral rules file could not be read" in section
         assert "accept_days must be a whole number of days" in section
+        # the Referrals screen names it too, rather than failing without a word
+        r = world.site.login_http("coordinator").get("/app/referrals")
+        assert r.status_code == 500 and "accept_days must be a whole number of days" in r.text
     finally:
         world.rules.write_text("{}", encoding="utf-8")
     assert ids["urgent"] not in _listed(_worklist(world.site, "coordinator"))

@@ -49,6 +49,7 @@ from takamul.web.calendars import parse_date
 from takamul.web.context import Screen, Viewer, WebServices, read_form
 from takamul.web.i18n import N_, translations
 from takamul.web.pages import page
+from takamul.web.people import person_name
 from takamul.web.record import guarded_search
 from takamul.web.screens.mentalhealth import (
     Problems,
@@ -57,7 +58,6 @@ from takamul.web.screens.mentalhealth import (
     screening_form,
 )
 from takamul.web.screens.registry import typed_date
-from takamul.web.screens.worklist import person_name
 
 __all__ = [
     "SCREEN",

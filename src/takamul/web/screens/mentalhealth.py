@@ -64,8 +64,8 @@ from takamul.store.repository import Session
 from takamul.web.context import Screen, Viewer, WebServices, read_form
 from takamul.web.i18n import N_, translations
 from takamul.web.pages import page
+from takamul.web.people import person_name
 from takamul.web.record import guarded_search
-from takamul.web.screens.worklist import person_name
 
 __all__ = [
     "PAGE_SIZE",

@@ -44,7 +44,7 @@ from takamul.store.repository import Session
 from takamul.web.context import Screen, Viewer, WebServices, read_form
 from takamul.web.i18n import N_
 from takamul.web.pages import page
-from takamul.web.screens.worklist import person_name
+from takamul.web.people import person_name
 
 __all__ = [
     "ANSWERS",
@@ -447,10 +447,12 @@ def _show(
     refusal: str = "",
     refusal_msgid: str = "",
 ) -> Response:
+    try:
+        rules = ReferralRules.configured()
+    except ValueError as err:  # the operator's rules file: named, not guessed around
+        return page(web, viewer, "frame/error.html", 500, status=500, message=str(err))
     with web.guarded(viewer), web.store.reading() as session:
-        received, sent = referral_lists(
-            session, _facility(viewer), date.today(), ReferralRules.configured()
-        )
+        received, sent = referral_lists(session, _facility(viewer), date.today(), rules)
     web.audit_page(
         request,
         viewer,

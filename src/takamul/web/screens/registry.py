@@ -44,9 +44,10 @@ from takamul.web.charts import LineChart, line_chart
 from takamul.web.context import Screen, Viewer, WebServices
 from takamul.web.i18n import N_, translations
 from takamul.web.pages import page
+from takamul.web.people import person_name
 from takamul.web.record import PROGRAMME_TITLES, STATUS_LABELS, guarded_search
 from takamul.web.render import Formatter
-from takamul.web.screens.worklist import age_on, person_name
+from takamul.web.screens.worklist import age_on
 
 __all__ = ["PAGE_SIZE", "SCREEN", "Registry", "control_rate", "register", "typed_date"]
 

@@ -48,6 +48,8 @@ from takamul.store.repository import Session
 from takamul.web.context import Screen, Viewer, WebServices, read_form
 from takamul.web.i18n import N_
 from takamul.web.pages import fragment, page
+from takamul.web.people import person_name
+from takamul.web.screens.referrals import NOT_ACCEPTED, referral_lists
 
 __all__ = [
     "OUTCOMES",
@@ -255,15 +257,6 @@ def _outcome_of(task: dict[str, Any]) -> Outcome | None:
     return None
 
 
-def person_name(patient: dict[str, Any]) -> str:
-    """The name to call someone by: the official (else first) name, given names then family."""
-    names = patient.get("name") or []
-    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
-    if name.get("text"):
-        return str(name["text"])
-    return " ".join([*name.get("given", []), name.get("family", "")]).strip()
-
-
 def age_on(birth_date: str | None, today: date) -> int | None:
     """Whole years at ``today``; None for a missing or partial (year-only) birth date."""
     try:
@@ -312,9 +305,6 @@ def overdue_referrals(
 ) -> list[OverdueReferral]:
     """The facility's overdue referrals, read under the session's guard: those it received
     first (its own work), then those it sent; the oldest first in each."""
-    # imported here: the Referrals screen imports ``person_name`` from this module
-    from takamul.web.screens.referrals import NOT_ACCEPTED, referral_lists
-
     received, sent = referral_lists(session, facility, today, rules)
     out = []
     for side, rows in (("received", received), ("sent", sent)):
