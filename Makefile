@@ -8,7 +8,7 @@ PORT ?= 8080
 DB ?= sqlite:///data/takamul.sqlite
 PYTEST_ARGS ?= -n 2 --durations=15
 
-.PHONY: demo test lint typecheck unit serve definitions clean bench bench-registry browser
+.PHONY: demo test lint typecheck unit serve definitions clean bench bench-registry bench-coordination browser
 
 $(STAMP): pyproject.toml package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,14 @@ clean:
 SCALE ?= 10000
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --scale $(SCALE)
+
+# Care coordination (issue 16): notification delay from commit at 100 events/s, and the loop
+# metrics for 1,000,000 persons (its stores are built on the first run, which takes long).
+bench-coordination: $(STAMP)
+	$(BIN)/python bench/notifications_bench.py --db both --batch 10
+	$(BIN)/python bench/notifications_bench.py --db both
+	$(BIN)/python bench/referral_metrics_bench.py --db sqlite --reuse
+	$(BIN)/python bench/referral_metrics_bench.py --db postgresql --reuse
 
 # The client registry on independently written registrations, next to Splink (issue 12).
 bench-registry: $(STAMP)
