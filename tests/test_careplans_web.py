@@ -6,6 +6,7 @@ no plan or team content, and neither the CarePlan nor the Goal through the FHIR 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from takamul.store.repository import Store
 from tests.web_world import PASSWORD, WebSite, axe_violations, signed_in
 
 LOINC = "http://loinc.org"
-SUFFIX = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids are made from it), new in every run
+SUFFIX = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 HOME = f"cpw-home-{SUFFIX}"
 MEMBER_SA = f"cpw-sa-{SUFFIX}"  # on the team through its practitioner; Arabic by its country
 MEMBER_IR = f"cpw-ir-{SUFFIX}"  # on the team itself; Persian

@@ -20,6 +20,7 @@ centre: members see their blood pressure, never their PHQ-9.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ PHQ9_ITEMS = (
     "44260-8",
 )
 NOT_AT_ALL = "LA6568-5"
-SUFFIX = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids are made from it), new in every run
+SUFFIX = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 HOME = f"ct-home-{SUFFIX}"
 MEMBERS = {  # facility -> how it is on the team
     f"ct-org-{SUFFIX}": "organization member",
