@@ -6,6 +6,7 @@ in Arabic, Persian and English with axe-core on every section.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -16,7 +17,8 @@ from joserfc.jwk import ECKey
 from takamul.web.i18n import translations
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 SECTIONS = ("logins", "clients", "keys", "audit")
 
 

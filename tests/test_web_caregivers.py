@@ -11,6 +11,7 @@ No ZBI wording is written here (the instrument is licensed): answers are scores 
 from __future__ import annotations
 
 import html
+import os
 import re
 import time
 import uuid
@@ -34,7 +35,8 @@ from takamul.store.repository import Store
 from takamul.web.i18n import translations
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 FAC, OTHER = f"org-cg-{RUN}", f"org-cg-other-{RUN}"
 CLIN, CLIN_OTHER = f"cg-clin-{RUN}", f"cg-clin-other-{RUN}"
 # caregiver logins: consent in force, revoked later, expired, never given

@@ -14,6 +14,7 @@ them, one screened positive on item 9 through the API.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -32,7 +33,8 @@ from takamul.web.i18n import translations
 from takamul.web.screens.mentalhealth import urgency
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 FAC = f"org-mh-{RUN}"
 OTHER = f"org-mh-other-{RUN}"
 CLIN = f"mh-clin-{RUN}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 import time
 import uuid
@@ -23,7 +24,8 @@ from takamul.coordination.referrals import TASK_CODE_SYSTEM
 from takamul.web.i18n import translations
 from tests.web_world import FACILITIES, WebSite
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 RIYADH, TEHRAN = "org-riyadh", "org-tehran"
 
 

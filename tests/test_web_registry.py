@@ -8,6 +8,7 @@ page's open care gap.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -27,7 +28,8 @@ from takamul.web.i18n import translations
 from tests.test_programmes_status import bp, condition, encounter, patient
 from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 FAC = f"org-reg-{RUN}"
 AS_OF = date(2025, 6, 30)
 SA_ID = "https://takamul.health/fhir/sid/sa-national-id"

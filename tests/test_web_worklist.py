@@ -6,6 +6,7 @@ axe-core on every state.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import date
@@ -25,7 +26,8 @@ from takamul.web.screens.worklist import (
 )
 from tests.web_world import WebSite, axe_violations, set_preferences, signed_in
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 
 
 def _patient(site: WebSite, given: str, family: str, org: str, phone: str) -> str:

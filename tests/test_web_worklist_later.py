@@ -7,6 +7,7 @@ the restriction back as it was. In a real Chromium on both stores.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import date, timedelta
 from typing import Any
@@ -23,7 +24,8 @@ from takamul.web.screens.worklist import (
 from tests.test_web_worklist import _patient, _row_ids, _task, _task_json
 from tests.web_world import WebSite, axe_violations, set_preferences, signed_in
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ from takamul.web.i18n import translations
 from tests.server import postgres_database, running_server
 from tests.web_world import FACILITIES, PASSWORD, WebSite, _site
 
-RUN = uuid.uuid4().hex[:6]
+# the same in every xdist worker of a run (test ids may be made from it), new in every run
+RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
 RIYADH, TEHRAN, THIRD = "org-riyadh", "org-tehran", "org-third"
 CARDIOLOGY, URGENT = f"cardiology-{RUN}", f"urgent-{RUN}"
 
