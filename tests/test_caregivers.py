@@ -414,7 +414,10 @@ def _consent(patient: str, provision: dict[str, Any]) -> dict[str, Any]:
 def secured(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str]]:
-    env = {**ENV, "TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "10000"}
+    # the Consent below is written through another store (another process): the server is to
+    # apply it on the very next request (no re-check window; docs/security.md)
+    env = {**ENV, "TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "10000",
+           "TAKAMUL_CONSENT_RECHECK_MS": "0"}  # fmt: skip
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('cgs') / 'cgs.sqlite'}"
         with running_server(url, env) as base:
