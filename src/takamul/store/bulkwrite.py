@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, tuple_
+from sqlalchemy import BigInteger, Connection, Float, String, Text, delete, insert, select, tuple_
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
@@ -74,8 +74,43 @@ def put_many(conn: Connection, items: list[PreparedResource]) -> tuple[int, int]
     """Store a batch (ids unique within it); returns (created, updated)."""
     if not items:
         return 0, 0
+    postgres = conn.dialect.name == "postgresql"
+    existing = _existing_postgres(conn, items) if postgres else _existing(conn, items)
+    new = [p for p in items if (p.resource_type, p.id) not in existing]
+    old = [p for p in items if (p.resource_type, p.id) in existing]
+    rids: dict[tuple[str, str], int] = {}
+    versions: dict[tuple[str, str], int] = {}
+    if new and postgres:
+        _copy_new(conn, new, rids, versions)
+    elif new:
+        result = conn.execute(INSERT_NEW, [_resource_row(p, 1) for p in new])
+        for row in result:
+            rids[(row.res_type, row.res_id)] = row.rid
+            versions[(row.res_type, row.res_id)] = 1
+    if old:
+        _update_existing(conn, old, existing, rids, versions)
+    if postgres:
+        _copy_versions(conn, items, rids, versions)
+    else:
+        conn.execute(
+            insert(resource_version),
+            [
+                {
+                    **_resource_row(p, versions[(p.resource_type, p.id)]),
+                    "rid": rids[(p.resource_type, p.id)],
+                    "method": "PUT",
+                }
+                for p in items
+            ],
+        )
+    _insert_index(conn, items, rids)
+    return len(new), len(old)
+
+
+def _existing(conn: Connection, items: list[PreparedResource]) -> dict[tuple[str, str], Any]:
+    """The stored rows of the batch's resources, locked until the batch commits."""
     keys = [(p.resource_type, p.id) for p in items]
-    existing = {
+    return {
         (r.res_type, r.res_id): r
         for r in conn.execute(
             select(resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.version)
@@ -83,30 +118,74 @@ def put_many(conn: Connection, items: list[PreparedResource]) -> tuple[int, int]
             .with_for_update()
         )
     }
-    new = [p for p in items if (p.resource_type, p.id) not in existing]
-    old = [p for p in items if (p.resource_type, p.id) in existing]
-    rids: dict[tuple[str, str], int] = {}
-    versions: dict[tuple[str, str], int] = {}
-    if new:
-        result = conn.execute(INSERT_NEW, [_resource_row(p, 1) for p in new])
-        for row in result:
-            rids[(row.res_type, row.res_id)] = row.rid
-            versions[(row.res_type, row.res_id)] = 1
-    if old:
-        _update_existing(conn, old, existing, rids, versions)
-    conn.execute(
-        insert(resource_version),
-        [
-            {
-                **_resource_row(p, versions[(p.resource_type, p.id)]),
-                "rid": rids[(p.resource_type, p.id)],
-                "method": "PUT",
-            }
-            for p in items
-        ],
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    rid: int
+    res_type: str
+    res_id: str
+    version: int
+
+
+def _existing_postgres(
+    conn: Connection, items: list[PreparedResource]
+) -> dict[tuple[str, str], Any]:
+    """As ``_existing``, with the keys sent as two arrays: a thousand-pair ``IN`` list cost
+    PostgreSQL more to parse and plan (13 s of a 300 s load) than the lookup itself."""
+    sql = (
+        "SELECT r.rid, r.res_type, r.res_id, r.version FROM resource r"
+        " JOIN unnest(%s::text[], %s::text[]) AS k(t, i) ON r.res_type = k.t AND r.res_id = k.i"
+        " FOR UPDATE OF r"
     )
-    _insert_index(conn, items, rids)
-    return len(new), len(old)
+    types = [p.resource_type for p in items]
+    ids = [p.id for p in items]
+    with _pg_cursor(conn) as cursor:
+        cursor.execute(sql, (types, ids))
+        return {(t, i): _Row(rid, t, i, v) for rid, t, i, v in cursor.fetchall()}
+
+
+def _copy_new(
+    conn: Connection,
+    new: list[PreparedResource],
+    rids: dict[tuple[str, str], int],
+    versions: dict[tuple[str, str], int],
+) -> None:
+    """New resources by COPY, their rids drawn from the table's sequence first (COPY returns
+    nothing). Five times cheaper than the multi-row INSERT ... RETURNING it replaces."""
+    with _pg_cursor(conn) as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('resource', 'rid')) FROM generate_series(1, %s)",
+            (len(new),),
+        )
+        drawn = [r[0] for r in cursor.fetchall()]
+        columns = "rid, res_type, res_id, version, last_updated, deleted, content"
+        with cursor.copy(f"COPY resource ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "varchar", "varchar", "int4", "float8", "bool", "bytea"])
+            for rid, p in zip(drawn, new, strict=True):
+                copy.write_row((rid, p.resource_type, p.id, 1, p.last_updated, False, p.content))
+                rids[(p.resource_type, p.id)] = rid
+                versions[(p.resource_type, p.id)] = 1
+
+
+def _copy_versions(
+    conn: Connection,
+    items: list[PreparedResource],
+    rids: dict[tuple[str, str], int],
+    versions: dict[tuple[str, str], int],
+) -> None:
+    """The batch's versions by COPY; ``seq`` comes from its sequence in row order."""
+    columns = "rid, res_type, res_id, version, last_updated, method, deleted, content"
+    types = ["int8", "varchar", "varchar", "int4", "float8", "varchar", "bool", "bytea"]
+    with (
+        _pg_cursor(conn) as cursor,
+        cursor.copy(f"COPY resource_version ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.set_types(types)
+        for p in items:
+            key = (p.resource_type, p.id)
+            row = (rids[key], p.resource_type, p.id, versions[key], p.last_updated)
+            copy.write_row((*row, "PUT", False, p.content))
 
 
 def _resource_row(p: PreparedResource, version: int) -> dict[str, Any]:
@@ -173,10 +252,28 @@ def _insert_index(
 
 def _copy(cursor: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
     """PostgreSQL's COPY, several times faster than INSERTs for many small rows."""
-    columns = ", ".join(("rid", "res_type", "param", *VALUE_COLUMNS[kind]))
-    with cursor.copy(f"COPY {INDEX_TABLES[kind].name} ({columns}) FROM STDIN") as copy:
+    table = INDEX_TABLES[kind]
+    names = ("rid", "res_type", "param", *VALUE_COLUMNS[kind])
+    with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([_pg_type(table.c[name].type) for name in names])
         for row in rows:
             copy.write_row(row)
+
+
+def _pg_cursor(conn: Connection) -> Any:
+    """The psycopg cursor under SQLAlchemy's connection, for COPY and array parameters."""
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def _pg_type(column_type: Any) -> str:
+    """The PostgreSQL type a binary COPY must name for a column (it converts nothing)."""
+    if isinstance(column_type, BigInteger):
+        return "int8"
+    if isinstance(column_type, Float):
+        return "float8"
+    if isinstance(column_type, String) and not isinstance(column_type, Text):
+        return "varchar"
+    return "text"
 
 
 def _insert_sql(conn: Connection, kind: str) -> str:
