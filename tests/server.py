@@ -44,11 +44,16 @@ def postgres_database() -> Iterator[str]:
 
 
 @contextmanager
-def running_server(db_url: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start ``takamul serve`` on a free port; yield its FHIR base URL."""
+def running_server(
+    db_url: str, env: dict[str, str] | None = None, workers: int = 1
+) -> Iterator[str]:
+    """Start ``takamul serve`` (with ``workers`` processes) on a free port; yield its FHIR base
+    URL."""
     port = free_port()
     export_dir = tempfile.mkdtemp(prefix="takamul-export-")
     cmd = [sys.executable, "-m", "takamul.cli", "serve", "--db", db_url, "--port", str(port)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,

@@ -24,7 +24,15 @@ from sqlalchemy import (
 
 from takamul.store.schema import RowId
 
-__all__ = ["mpi_decision", "mpi_event", "mpi_member", "mpi_metadata", "mpi_model", "mpi_review"]
+__all__ = [
+    "mpi_change",
+    "mpi_decision",
+    "mpi_event",
+    "mpi_member",
+    "mpi_metadata",
+    "mpi_model",
+    "mpi_review",
+]
 
 mpi_metadata = MetaData()
 
@@ -90,4 +98,16 @@ mpi_model = Table(
     Column("id", RowId, primary_key=True, autoincrement=True),
     Column("created", Float, nullable=False),
     Column("model", LargeBinary, nullable=False),
+)
+
+# The registry's change journal: a row for each patient whose record, person or reviewer
+# decisions a transaction changed. Rows are only written under the registry's lock (a
+# PostgreSQL advisory lock held to the end of the transaction; SQLite's one writer), so their
+# numbers follow commit order: a server process that has applied every change up to ``seq`` n
+# finds each change another process commits later above n, and reloads just those patients.
+mpi_change = Table(
+    "mpi_change",
+    mpi_metadata,
+    Column("seq", RowId, primary_key=True, autoincrement=True),
+    Column("patient_id", String(64), nullable=False),
 )

@@ -8,6 +8,20 @@ belongs to whom. The mirror changes under one lock held from the first registry 
 transaction until it commits or rolls back; a rollback replays an undo log, so memory never
 shows a change the database does not have.
 
+Several server processes (``serve --workers 4``, or several hosts on one PostgreSQL) each keep
+a mirror, and link against the same, current state: the first registry change of a transaction
+takes the registry's lock in the database too (``pg_advisory_xact_lock``, held to commit; on
+SQLite every write transaction already holds the one write lock from BEGIN IMMEDIATE), then
+catches up with what other processes committed: every registry transaction writes a row to
+the change journal (``mpi_change``) for each patient whose record, person or decisions it
+changed, and the process reloads just those patients (record, membership, not-duplicate
+pairs) from the rows numbered above the last it applied. Journal rows are written only under
+the lock, so their numbers follow commit order and none is ever skipped. Reads (``$match``,
+a patient's person, the review queue) catch up the same way first. Why not the blocking keys
+in a table: scoring needs every candidate's whole record in memory anyway (tens of
+microseconds a candidate, against a query and a parse per candidate from a table), and the
+journal costs one indexed query per link when no other process wrote, a few when one did.
+
 Rules, in order of precedence:
 1. A reviewer's decision: records a reviewer placed (``manual``) are never moved by automatic
    linking; a 'not-duplicate' pair is never linked automatically.
@@ -20,21 +34,25 @@ queue with the evidence per field.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import resources as package_data
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.engine import make_url
 
 from takamul.fhir.outcome import FhirError
 from takamul.mpi.persons import Member, assurance_level, match_grade, person_body
 from takamul.mpi.schema import (
+    mpi_change,
     mpi_decision,
     mpi_event,
     mpi_member,
@@ -58,6 +76,11 @@ log = logging.getLogger(__name__)
 MPI_SOURCE = WriteOptions(source="urn:takamul:mpi", trusted=True)
 AUTOMATIC = "takamul-mpi"
 LOCK_TIMEOUT = 30.0
+# pg_advisory_xact_lock key of registry changes ("takmpi" in ASCII), held by one transaction
+# of all server processes at a time, and the session lock of one process's start-up linking
+REGISTRY_LOCK = 0x74616B6D7069
+START_LOCK = 0x74616B6D7073
+TAKE_REGISTRY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 # Below this many unlinked Patients in a registry with no persons yet, start-up links them one
 # by one (the real-time path); above it, as a batch.
 BATCH_FROM = 2000
@@ -116,6 +139,8 @@ class ClientRegistry:
         self.manual: set[str] = set()
         self.cannot: dict[str, set[str]] = {}
         self._lock = threading.RLock()
+        # the last change journal row (mpi_change.seq) this process's mirror includes
+        self._seen = 0
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -130,8 +155,19 @@ class ClientRegistry:
         self, progress: Callable[[int], None] | None = None, batch_from: int = BATCH_FROM
     ) -> int:
         """Load the registry into memory, link Patients stored without a person (a bulk load),
-        and start linking every Patient write. Returns the number of records linked now."""
+        and start linking every Patient write. Returns the number of records linked now.
+
+        Server processes starting together do this one at a time, so the first links what a
+        bulk load left and the others load its persons instead of making their own."""
+        with self._one_start_at_a_time():
+            linked = self._load_and_link(progress, batch_from)
+        self.store.write_hooks.append(self._on_write)
+        return linked
+
+    def _load_and_link(self, progress: Callable[[int], None] | None, batch_from: int) -> int:
         with self.store.reading() as s:
+            # first: whatever is committed after this is above it and caught up again
+            self._seen = _last_change(s.conn)
             for row in s.conn.execute(select(mpi_member)):
                 self._set_member(row.patient_id, row.person_id, bool(row.manual), undo=None)
             for row in s.conn.execute(
@@ -153,8 +189,33 @@ class ClientRegistry:
             for start in range(0, len(unlinked), 500):
                 chunk = unlinked[start : start + 500]
                 self.store.write(lambda s, chunk=chunk: self._link_many(s, chunk))  # type: ignore[misc]
-        self.store.write_hooks.append(self._on_write)
         return len(unlinked)
+
+    @contextmanager
+    def _one_start_at_a_time(self) -> Iterator[None]:
+        """Hold the registry's start-up lock of the store: a PostgreSQL session advisory lock
+        (another key than the write lock, which the linking below takes in each transaction),
+        or an exclusive lock on a file beside the SQLite database."""
+        if self.store.dialect == "postgresql":
+            with self.store.writer.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": START_LOCK})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": START_LOCK})
+                    conn.commit()
+            return
+        database = make_url(self.store.settings.database_url).database
+        if not database or database == ":memory:":
+            yield  # a database of this process alone
+            return
+        with open(f"{database}.registry-start.lock", "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _link_fresh(self, patient_ids: list[str], progress: Callable[[int], None] | None) -> None:
         """A store bulk-loaded before it had a registry: link its Patients as the batch run
@@ -201,11 +262,18 @@ class ClientRegistry:
 
             def work(
                 session: Session, rows: list[dict[str, Any]] = rows, persons: list[Any] = persons
-            ) -> None:
+            ) -> int:
+                # journal rows are numbered under the lock, after what others committed
+                self._lock_shared(session)
+                self._catch_up(session.conn)
                 session.conn.execute(insert(mpi_member), rows)
                 put_many(session.conn, persons)
+                changed = [{"patient_id": r["patient_id"]} for r in rows]
+                session.conn.execute(insert(mpi_change), changed)
+                return _last_change(session.conn)
 
-            self.store.write(work)
+            # this process's own rows: no reason to reload them at the next catch-up
+            self._seen = self.store.write(work)
             for person, members in chunk:
                 for pid in members:
                     self._set_member(pid, person, False, undo=None)
@@ -227,13 +295,16 @@ class ClientRegistry:
         self._begin(session)
         for pid in patient_ids:
             record = self.index.get(pid)
-            if record is not None:
+            # linked by another process since this one loaded the registry: caught up by _begin
+            if record is not None and pid not in self.member_of:
                 self._link(session, record)
 
     # -- the transaction protocol ---------------------------------------------------------
 
     def _begin(self, session: Session) -> list[Callable[[], None]]:
-        """Take the registry lock for this transaction (once) and return its undo log."""
+        """Take the registry lock for this transaction (once): this process's, then the
+        store's, so the mirror is brought up to what other processes committed and nobody
+        else links until this transaction ends. Returns the transaction's undo log."""
         undo: list[Callable[[], None]] | None = session.extras.get("mpi-undo")
         if undo is not None:
             return undo
@@ -241,8 +312,12 @@ class ClientRegistry:
             raise FhirError(503, "The client registry is busy; retry the request", "transient")
         undo = []
         session.extras["mpi-undo"] = undo
+        journal = _Journal()
+        session.extras["mpi-journal"] = journal
 
         def commit() -> None:
+            # caught up under the lock, then only this transaction wrote journal rows
+            self._seen = max(self._seen, journal.last)
             self._lock.release()
 
         def rollback() -> None:
@@ -254,7 +329,98 @@ class ClientRegistry:
 
         session.after_commit.append(commit)
         session.after_rollback.append(rollback)
+        self._lock_shared(session)
+        self._catch_up(session.conn)
         return undo
+
+    def _lock_shared(self, session: Session) -> None:
+        """The store's registry lock, to the end of the transaction. SQLite: nothing to do,
+        the transaction holds the database's one write lock since BEGIN IMMEDIATE."""
+        if self.store.dialect == "postgresql":
+            session.conn.execute(TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
+
+    def _changed(self, session: Session, *patient_ids: str) -> None:
+        """Note in the journal that these patients' record, person or decisions changed (once
+        a transaction each), so other processes reload them."""
+        journal: _Journal = session.extras["mpi-journal"]
+        for pid in patient_ids:
+            if pid in journal.patients:
+                continue
+            journal.patients.add(pid)
+            seq = session.conn.execute(
+                insert(mpi_change).values(patient_id=pid).returning(mpi_change.c.seq)
+            ).scalar_one()
+            journal.last = max(journal.last, int(seq))
+
+    def _catch_up(self, conn: Connection) -> None:
+        """Apply what other processes committed since this mirror's last journal row: reload
+        each patient named after it. Called with this process's registry lock held."""
+        rows = conn.execute(
+            select(mpi_change.c.seq, mpi_change.c.patient_id)
+            .where(mpi_change.c.seq > self._seen)
+            .order_by(mpi_change.c.seq)
+        ).all()
+        if not rows:
+            return
+        patient_ids = sorted({r.patient_id for r in rows})
+        for start in range(0, len(patient_ids), 900):  # SQLite's bound-parameter limit
+            self._reload(conn, patient_ids[start : start + 900])
+        self._seen = max(self._seen, int(rows[-1].seq))
+
+    def _reload(self, conn: Connection, patient_ids: list[str]) -> None:
+        """The mirror of these patients as the database has it: record, person, refusals."""
+        bodies = {
+            r.res_id: r.content
+            for r in conn.execute(
+                select(resource.c.res_id, resource.c.content).where(
+                    resource.c.res_type == "Patient",
+                    resource.c.res_id.in_(patient_ids),
+                    resource.c.deleted.is_(False),
+                )
+            )
+        }
+        members = {
+            r.patient_id: r
+            for r in conn.execute(
+                select(mpi_member).where(mpi_member.c.patient_id.in_(patient_ids))
+            )
+        }
+        refusals = conn.execute(
+            select(mpi_decision.c.patient_a, mpi_decision.c.patient_b).where(
+                mpi_decision.c.active,
+                mpi_decision.c.decision == "not-duplicate",
+                or_(
+                    mpi_decision.c.patient_a.in_(patient_ids),
+                    mpi_decision.c.patient_b.in_(patient_ids),
+                ),
+            )
+        ).all()
+        for pid in patient_ids:
+            content = bodies.get(pid)
+            if content:
+                self.index.add(from_patient(orjson.loads(content)))
+            else:
+                self.index.remove(pid)
+            row = members.get(pid)
+            self._set_member(
+                pid, row.person_id if row else None, bool(row.manual) if row else False, None
+            )
+            for partner in self.cannot.pop(pid, set()):
+                self.cannot.get(partner, set()).discard(pid)
+        for row in refusals:
+            self.cannot.setdefault(row.patient_a, set()).add(row.patient_b)
+            self.cannot.setdefault(row.patient_b, set()).add(row.patient_a)
+
+    def refresh(self) -> None:
+        """Bring this process's mirror up to what every process has committed (before a read
+        that answers from it)."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT):
+            raise FhirError(503, "The client registry is busy; retry the request", "transient")
+        try:
+            with self.store.reading() as s:
+                self._catch_up(s.conn)
+        finally:
+            self._lock.release()
 
     def _on_write(
         self, session: Session, resource_type: str, resource_id: str, body: dict[str, Any] | None
@@ -262,6 +428,7 @@ class ClientRegistry:
         if resource_type != "Patient":
             return
         self._begin(session)
+        self._changed(session, resource_id)
         if body is None:
             self._remove(session, resource_id)
         else:
@@ -476,6 +643,7 @@ class ClientRegistry:
         undo: list[Callable[[], None]],
     ) -> None:
         conn = session.conn
+        self._changed(session, pid)
         conn.execute(delete(mpi_member).where(mpi_member.c.patient_id == pid))
         if person is not None:
             conn.execute(
@@ -616,6 +784,7 @@ class ClientRegistry:
         """Stored Patients that may be the person of ``patient`` (not stored by this call),
         most probable first; a pair a reviewer marked not-duplicate is certainly-not."""
         record = from_patient(patient)
+        self.refresh()
         with self._lock:
             scored = self.index.score(record, self.review_floor)
             refused = self.cannot.get(record.patient_id, set())
@@ -645,6 +814,7 @@ class ClientRegistry:
     def reviews(
         self, status: str | None = "open", count: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
+        self.refresh()
         with self.store.reading() as s:
             where = mpi_review.c.status == status if status else mpi_review.c.id.is_not(None)
             total = s.conn.execute(
@@ -660,6 +830,7 @@ class ClientRegistry:
             return [self._review_json(s, r) for r in rows], total
 
     def review(self, review_id: int) -> dict[str, Any]:
+        self.refresh()
         with self.store.reading() as s:
             row = s.conn.execute(select(mpi_review).where(mpi_review.c.id == review_id)).first()
             if row is None:
@@ -732,6 +903,7 @@ class ClientRegistry:
             .values(status=status, decided_by=reviewer, decided_at=time.time())
         )
         undo = self._begin(session)
+        self._changed(session, a, b)
         self._forbid(a, b, undo, on=decision == "not-duplicate")
         return [int(added)], retired
 
@@ -892,6 +1064,7 @@ class ClientRegistry:
         session.conn.execute(
             update(mpi_decision).where(mpi_decision.c.id == decision_id).values(active=active)
         )
+        self._changed(session, row.patient_a, row.patient_b)
         if row.decision == "not-duplicate":
             self._forbid(row.patient_a, row.patient_b, undo, on=active)
 
@@ -920,6 +1093,9 @@ class ClientRegistry:
             return _bodies(s, patient_ids)
 
     def person_of(self, pid: str) -> str | None:
+        """The person of a record as every process has committed it (the members, manual
+        marks and refusals in memory are then current too)."""
+        self.refresh()
         return self.member_of.get(pid)
 
     def decisions(self, pid: str) -> list[dict[str, Any]]:
@@ -943,6 +1119,18 @@ class ClientRegistry:
 
     def score(self, a: RegistryRecord, b: RegistryRecord) -> ScoredCandidate:
         return score_pair(self.model, a, b)
+
+
+@dataclass(slots=True)
+class _Journal:
+    """The journal rows of one transaction: the patients named, the last row's number."""
+
+    patients: set[str] = field(default_factory=set)
+    last: int = 0
+
+
+def _last_change(conn: Connection) -> int:
+    return int(conn.execute(select(func.max(mpi_change.c.seq))).scalar() or 0)
 
 
 def _without_meta(body: dict[str, Any]) -> dict[str, Any]:
