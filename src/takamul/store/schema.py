@@ -60,6 +60,17 @@ resource_version = Table(
     Index("ix_version_updated", "last_updated"),
     Index("ix_version_type_updated", "res_type", "last_updated"),
 )
+# a version row's columns as the store writes them (``seq`` comes from its sequence)
+VERSION_COLUMNS = (
+    "rid",
+    "res_type",
+    "res_id",
+    "version",
+    "last_updated",
+    "method",
+    "deleted",
+    "content",
+)
 
 # Facts about the store itself, such as which one-time migrations have run.
 store_setting = Table(
@@ -108,6 +119,8 @@ export_job = Table(
 )
 
 
+# The value indexes end with the rid (revision 0003): a clause's candidates, a count and the
+# other clauses' checks are then answered from the index alone, without reading the table.
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
     table = Table(
         name,
@@ -127,27 +140,27 @@ sp_string = _index_table(
     "sp_string",
     Column("normalized", OrderedText, nullable=False),
     Column("exact", Text, nullable=False),
-    indexes=(("normalized",),),
+    indexes=(("normalized", "rid"),),
 )
 sp_token = _index_table(
     "sp_token",
     Column("system", Text, nullable=True),
     Column("code", Text, nullable=True),
     Column("text", OrderedText, nullable=True),
-    indexes=(("code", "system"),),
+    indexes=(("code", "system", "rid"),),
 )
 sp_date = _index_table(
     "sp_date",
     Column("low", Float, nullable=False),
     Column("high", Float, nullable=False),
-    indexes=(("low",), ("high",)),
+    indexes=(("low", "high", "rid"), ("high", "low", "rid")),
 )
 sp_reference = _index_table(
     "sp_reference",
     Column("target_type", String(64), nullable=True),
     Column("target_id", String(64), nullable=True),
     Column("url", Text, nullable=True),
-    indexes=(("target_id", "target_type"), ("url",)),
+    indexes=(("target_id", "target_type", "rid"), ("url",)),
 )
 # Reverse lookups (_revinclude, _has, chains, $everything) start from the target.
 Index("ix_sp_reference_target", sp_reference.c.target_type, sp_reference.c.target_id)
