@@ -60,17 +60,6 @@ resource_version = Table(
     Index("ix_version_updated", "last_updated"),
     Index("ix_version_type_updated", "res_type", "last_updated"),
 )
-# a version row's columns as the store writes them (``seq`` comes from its sequence)
-VERSION_COLUMNS = (
-    "rid",
-    "res_type",
-    "res_id",
-    "version",
-    "last_updated",
-    "method",
-    "deleted",
-    "content",
-)
 
 # Facts about the store itself, such as which one-time migrations have run.
 store_setting = Table(
@@ -119,7 +108,7 @@ export_job = Table(
 )
 
 
-# The value indexes end with the rid (revision 0003): a clause's candidates, a count and the
+# The value indexes end with the rid (revision 0005): a clause's candidates, a count and the
 # other clauses' checks are then answered from the index alone, without reading the table.
 def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...]) -> Table:
     table = Table(

@@ -82,7 +82,7 @@ def _from_index(filters: list[Filter], driver: int) -> Select[Any]:
     current version of a resource that is not deleted (a write replaces them, a delete drops
     them, ``takamul db check`` verifies it), so the table adds nothing but a lookup per
     candidate (a count of 2,663 Conditions by code read 10,652 pages of it, issue 17); with the
-    rid in the index (revision 0003) a count is an index-only scan."""
+    rid in the index (revision 0005) a count is an index-only scan."""
     lead = filters[driver]
     assert isinstance(lead, ParamFilter)
     table, where = _clause(lead)

@@ -12,16 +12,16 @@ Not additive: it rebuilds indexes of the tables that hold the record, so a Postg
 a record is upgraded by ``takamul db upgrade`` (after a backup), which holds each table's write
 lock while its index is built (about 15 s in all at 10k persons, 340k resources).
 
-Revision ID: 0003_search_indexes
-Revises: 0002_notifications
+Revision ID: 0005_search_indexes
+Revises: 0004_registry_changes
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0003_search_indexes"
-down_revision: str | None = "0002_notifications"
+revision = "0005_search_indexes"
+down_revision: str | None = "0004_registry_changes"
 branch_labels = None
 depends_on = None
 additive = False
