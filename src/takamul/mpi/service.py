@@ -738,13 +738,14 @@ class ClientRegistry:
                     select(mpi_member).where(mpi_member.c.patient_id.in_(members))
                 )
             }
+            bodies = _bodies(session, members)  # one query for the members, not one each
             entries = [
                 Member(
                     pid,
                     assurance_level(
                         rows[pid].probability, bool(rows[pid].manual), self.threshold, self.probable
                     ),
-                    _read(session, "Patient", pid),
+                    bodies.get(pid),
                 )
                 for pid in members
                 if pid in rows
