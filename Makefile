@@ -74,8 +74,10 @@ clean:
 	rm -rf $(VENV) node_modules .cache .pytest_cache .mypy_cache .ruff_cache data/
 
 SCALE ?= 10000
+# make bench DB=postgresql://... runs on that (empty) database; by default on both stores
+BENCH_DB := $(if $(filter command line environment,$(origin DB)),$(DB),both)
 bench: $(STAMP)
-	$(BIN)/python bench/run.py --scale $(SCALE)
+	$(BIN)/python bench/run.py --scale $(SCALE) --db $(BENCH_DB)
 
 # Care coordination (issue 16): notification delay from commit at 100 events/s, and the loop
 # metrics for 1,000,000 persons (its stores are built on the first run, which takes long).

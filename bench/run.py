@@ -1,8 +1,12 @@
 """Takamul's benchmark: one table of the shared record's speed, written to bench/results/.
 
 Data comes from the synthetic population generator (``takamul synth``). Usage:
-    python bench/run.py [--scale 10000] [--postgres URL] [--seconds 10]
-Every figure is measured here, on this machine; the table records the date, cores and memory.
+    python bench/run.py [--scale 10000] [--db both|sqlite|postgresql|postgresql://...]
+                        [--seconds 8] [--workers 2]
+The server runs as production runs it: authentication on (a national system's token), the
+audit log written; reads are also measured on a second server over the same store with
+authentication off, alternating with the first, for the auth-on / auth-off ratio. Every figure
+is measured here, on this machine; the table records the date, cores and memory.
 """
 
 from __future__ import annotations
@@ -38,11 +42,15 @@ from takamul.store import Store  # noqa: E402
 
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
+# a national system: every search and read without facility scoping
+CLIENT = "bench-national-system"
+SCOPES = "system/*.cruds"
 TARGETS = {
     "bulk load (resources/s)": ">= 3,000",
     "transaction Bundles over HTTP (resources/s)": ">= 1,000",
-    "single reads, 16 clients (requests/s)": ">= 1,500, p95 <= 20 ms",
-    "typical search p95 (ms)": "<= 100 at 10k patients",
+    "single reads, 16 clients (requests/s)": ">= 3,000, p95 <= 20 ms",
+    "auth-on / auth-off reads": ">= 0.90",
+    "typical search p95 (ms)": "<= 100",
     "$export (resources/s)": ">= 20,000",
     "synthetic population written (resources/s)": ">= 20,000, memory flat in N",
 }
@@ -86,43 +94,62 @@ def bulk_load(db_url: str, files: list[Path]) -> dict[str, Any]:
 
 
 class Server:
-    def __init__(self, db_url: str, workers: int) -> None:
+    def __init__(self, db_url: str, workers: int, auth: bool = True) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
-        env = {**os.environ, "TAKAMUL_EXPORT_DIR": tempfile.mkdtemp(prefix="bench-export-")}
+        env = {
+            **os.environ,
+            "TAKAMUL_AUTH": "true" if auth else "false",
+            # one bulk-reading system is the whole load here: its rate limit would measure itself
+            "TAKAMUL_RATE_LIMITS": f"{CLIENT}=1000000",
+            "TAKAMUL_EXPORT_DIR": tempfile.mkdtemp(prefix="bench-export-"),
+        }
+        command = [sys.executable, "-m", "takamul.cli", "serve", "--db", db_url]
+        command += ["--port", str(self.port), "--workers", str(workers)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "takamul.cli",
-                "serve",
-                "--db",
-                db_url,
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while time.time() < deadline:
             try:
                 if httpx.get(f"{self.base}/metadata", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
+        self.stop()
         raise RuntimeError("server did not start")
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(20)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
-def loadgen(urls: list[str], concurrency: int, seconds: float) -> dict[str, float]:
+def register_client(db_url: str) -> None:
+    """The national system's client, with a key of its own (tokens are minted here)."""
+    from joserfc.jwk import ECKey
+
+    from takamul.security.service import Security
+
+    security = Security.open(db_url)
+    if security.clients.get(CLIENT) is None:
+        key = {"keys": [ECKey.generate_key("P-384").as_dict(private=False)]}
+        security.clients.add(CLIENT, "Benchmark national system", key, SCOPES)
+    security.engine.dispose()
+
+
+def mint(db_url: str, base: str) -> str:
+    from takamul.security.service import Security
+
+    security = Security.open(db_url)
+    token = str(security.tokens.mint(CLIENT, SCOPES, base, lifetime=3600))
+    security.engine.dispose()
+    return token
+
+
+def loadgen(urls: list[str], concurrency: int, seconds: float, token: str = "") -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
         fh.write("\n".join(urls))
     out = subprocess.run(
@@ -136,8 +163,12 @@ def loadgen(urls: list[str], concurrency: int, seconds: float) -> dict[str, floa
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "LOADGEN_TOKEN": token},
     )
-    return dict(json.loads(out.stdout))
+    result = dict(json.loads(out.stdout))
+    if result.get("errors"):
+        raise RuntimeError(f"{result['errors']} requests failed: {result}")
+    return result
 
 
 def sample_ids(files: list[Path], rtype: str, n: int) -> list[str]:
@@ -167,12 +198,14 @@ def first_values(files: list[Path], rtype: str, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def transactions(base: str, files: list[Path], bundles: int = 30, size: int = 100) -> float:
+def transactions(
+    base: str, token: str, files: list[Path], bundles: int = 30, size: int = 100
+) -> float:
     """Transaction Bundles of `size` new Observations for existing patients, one at a time."""
     obs = first_values(files, "Observation", size)
     total = 0
     started = time.perf_counter()
-    with httpx.Client(timeout=120) as http:
+    with httpx.Client(timeout=120, headers=_bearer(token)) as http:
         for _ in range(bundles):
             entries = []
             for o in obs:
@@ -235,7 +268,11 @@ def search_urls(base: str, files: list[Path]) -> dict[str, list[str]]:
     return {k: v for k, v in urls.items() if v}
 
 
-def everything(base: str, files: list[Path]) -> dict[str, float]:
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def everything(base: str, token: str, files: list[Path]) -> dict[str, float]:
     """$everything for a patient given about 1,000 resources of its own."""
     pid = f"bench-everything-{uuid.uuid4().hex[:8]}"
     obs = first_values(files, "Observation", 1)[0]
@@ -249,7 +286,7 @@ def everything(base: str, files: list[Path]) -> dict[str, float]:
         body = {k: v for k, v in obs.items() if k not in ("id", "meta")}
         body["subject"] = {"reference": f"Patient/{pid}"}
         entries.append({"resource": body, "request": {"method": "POST", "url": "Observation"}})
-    with httpx.Client(timeout=300) as http:
+    with httpx.Client(timeout=300, headers=_bearer(token)) as http:
         http.post(
             base,
             json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
@@ -268,8 +305,8 @@ def everything(base: str, files: list[Path]) -> dict[str, float]:
     return {"resources": n, "seconds": statistics.median(times)}
 
 
-def export(base: str) -> dict[str, float]:
-    with httpx.Client(timeout=300) as http:
+def export(base: str, token: str) -> dict[str, float]:
+    with httpx.Client(timeout=600, headers=_bearer(token)) as http:
         started = time.perf_counter()
         r = http.get(f"{base}/$export", headers={"Prefer": "respond-async"})
         location = r.headers["Content-Location"]
@@ -302,33 +339,69 @@ def measure(db_url: str, files: list[Path], seconds: float, workers: int) -> dic
     results: dict[str, Any] = {}
     load = bulk_load(db_url, files)
     results["bulk load (resources/s)"] = f"{load['rate']:,.0f} ({load['resources']:,} resources)"
+    print(f"  bulk load: {results['bulk load (resources/s)']}", flush=True)
     resources = int(load["resources"])
-    server = Server(db_url, workers)
+    register_client(db_url)
+    server = Server(db_url, workers, auth=True)
+    open_server = Server(db_url, workers, auth=False)
     try:
-        results["transaction Bundles over HTTP (resources/s)"] = (
-            f"{transactions(server.base, files):,.0f}"
-        )
+        # a token lasts an hour at most: a fresh one for each part of a long run
+        rate = transactions(server.base, mint(db_url, server.base), files)
+        results["transaction Bundles over HTTP (resources/s)"] = f"{rate:,.0f}"
         ids = sample_ids(files, "Patient", 2000)
-        urls = [f"{server.base}/Patient/{i}" for i in ids]
-        for c in (1, 4, 16):
-            r = loadgen(urls, c, seconds)
-            results[f"single reads, {c} clients (requests/s)"] = (
-                f"{r['rps']:,.0f}; p50 {r['p50_ms']:.1f} / p95 {r['p95_ms']:.1f} / "
-                f"p99 {r['p99_ms']:.1f} ms"
-            )
+        results.update(reads(server, open_server, mint(db_url, server.base), ids, seconds))
+        print(f"  reads: {results['auth-on / auth-off reads']}", flush=True)
+        token = mint(db_url, server.base)
         for name, search in search_urls(server.base, files).items():
-            r = loadgen(search, 1, max(2.0, seconds / 3))
+            r = loadgen(search, 1, max(2.0, seconds / 3), token)
             results[f"search p95: {name} (ms)"] = f"{r['p95_ms']:.1f} (p50 {r['p50_ms']:.1f})"
-        ev = everything(server.base, files)
+        ev = everything(server.base, mint(db_url, server.base), files)
         results["$everything, patient with ~1,000 resources (s)"] = (
             f"{ev['seconds']:.2f} ({ev['resources']:,} resources)"
         )
-        ex = export(server.base)
+        ex = export(server.base, mint(db_url, server.base))
         results["$export (resources/s)"] = f"{ex['rate']:,.0f} ({ex['resources']:,} resources)"
         results["database size per resource (bytes)"] = f"{db_size(db_url, resources):,.0f}"
     finally:
         server.stop()
+        open_server.stop()
     return results
+
+
+def reads(
+    server: Server, open_server: Server, token: str, ids: list[str], seconds: float
+) -> dict[str, str]:
+    """``GET Patient/{id}`` with auth on at 1, 4 and 16 clients; at 16 also with auth off,
+    the two servers taking turns (three rounds each) so that both see the same machine."""
+    out: dict[str, str] = {}
+    paths = [f"/fhir/Patient/{i}" for i in ids]
+    for c in (1, 4):
+        r = loadgen([f"http://127.0.0.1:{server.port}{p}" for p in paths], c, seconds, token)
+        out[f"single reads, {c} clients (requests/s)"] = _latency(r)
+    on: list[dict[str, float]] = []
+    off: list[dict[str, float]] = []
+    for _ in range(3):
+        on.append(
+            loadgen([f"http://127.0.0.1:{server.port}{p}" for p in paths], 16, seconds, token)
+        )
+        off.append(loadgen([f"http://127.0.0.1:{open_server.port}{p}" for p in paths], 16, seconds))
+    best_on = statistics.median_low([r["rps"] for r in on])
+    best_off = statistics.median_low([r["rps"] for r in off])
+    median_on = next(r for r in on if r["rps"] == best_on)
+    median_off = next(r for r in off if r["rps"] == best_off)
+    out["single reads, 16 clients (requests/s)"] = _latency(median_on)
+    out["single reads, 16 clients, auth off (requests/s)"] = _latency(median_off)
+    out["auth-on / auth-off reads"] = (
+        f"{best_on / best_off:.2f} (median of 3 alternating rounds: "
+        f"{best_on:,.0f} / {best_off:,.0f} requests/s)"
+    )
+    return out
+
+
+def _latency(r: dict[str, float]) -> str:
+    return (
+        f"{r['rps']:,.0f}; p50 {r['p50_ms']:.1f} / p95 {r['p95_ms']:.1f} / p99 {r['p99_ms']:.1f} ms"
+    )
 
 
 def machine() -> str:
@@ -344,12 +417,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per read measurement")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument(
-        "--postgres",
-        default=os.environ.get(
-            "TAKAMUL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
+        "--db",
+        default="both",
+        help="sqlite, postgresql (a throwaway database on the test server), both, or a "
+        "postgresql://... URL of an empty database to run on",
     )
-    parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 
     data, synth = synthesize(args.scale, args.seed)
@@ -360,13 +432,24 @@ def main() -> None:
         f"{total / synth['seconds']:,.0f} (whole command, {synth['seconds']:.1f} s; "
         f"peak memory {synth['peak_mb']:.0f} MB)"
     )
-    sqlite_path = WORK / f"bench-{args.scale}.sqlite"
-    for p in WORK.glob(sqlite_path.name + "*"):
-        p.unlink()
-    columns = {"SQLite": measure(f"sqlite:///{sqlite_path}", files, args.seconds, args.workers)}
-    if not args.no_postgres:
+    columns: dict[str, dict[str, Any]] = {}
+    if args.db in ("sqlite", "both"):
+        sqlite_path = WORK / f"bench-{args.scale}.sqlite"
+        for p in WORK.glob(sqlite_path.name + "*"):
+            p.unlink()
+        print("SQLite", flush=True)
+        columns["SQLite"] = measure(f"sqlite:///{sqlite_path}", files, args.seconds, args.workers)
+    if args.db.startswith("sqlite:///"):
+        columns["SQLite"] = measure(args.db, files, args.seconds, args.workers)
+    if args.db.startswith("postgresql://"):
+        print("PostgreSQL", flush=True)
+        columns["PostgreSQL"] = measure(args.db, files, args.seconds, args.workers)
+    elif args.db in ("postgresql", "both"):
+        print("PostgreSQL", flush=True)
         with postgres_database() as url:
             columns["PostgreSQL"] = measure(url, files, args.seconds, args.workers)
+    if not columns:
+        parser.error(f"--db {args.db!r}: give sqlite, postgresql, both or a postgresql:// URL")
     for column in columns.values():
         column["synthetic population written (resources/s)"] = synth_row
     write_table(columns, args, total)
@@ -381,13 +464,19 @@ def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, to
         "",
         f"- machine: {machine()}",
         f"- data: synthetic population, Saudi Arabia, {args.scale:,} persons, seed {args.seed}, "
-        f"{total:,} resources; validation on; server: {args.workers} worker processes",
+        f"{total:,} resources; validation on; server: {args.workers} worker processes, "
+        "authentication on (a national system's bearer token, scopes system/*.cruds) and the "
+        "audit log written, except the auth-off row",
         "",
         "| " + " | ".join(header) + " |",
         "| " + " | ".join("---" for _ in header) + " |",
     ]
     for row in rows:
         target = next((t for k, t in TARGETS.items() if row.startswith(k.split(" (")[0])), "")
+        if "auth off" in row:
+            target = ""
+        if row.startswith("auth-on"):
+            target = TARGETS["auth-on / auth-off reads"]
         if row.startswith("search p95"):
             target = TARGETS["typical search p95 (ms)"]
         cells = [row, *(c.get(row, "") for c in columns.values()), target]
@@ -395,7 +484,8 @@ def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, to
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{now:%Y-%m-%d}-{platform.node()}-{args.scale}.md"
+    stores = "-".join(columns).lower()
+    out = RESULTS / f"{now:%Y-%m-%d}-{platform.node()}-{args.scale}-{stores}.md"
     out.write_text(table, encoding="utf-8")
     print(f"written to {out}")
 

@@ -174,6 +174,7 @@ def _base(settings: Settings, request: Request) -> str:
 
 def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
     count = settings.default_page_size
+    inline_reads = store.dialect == "sqlite"
 
     def ctx(request: Request) -> RequestContext:
         prefer = _prefer(request)
@@ -310,12 +311,18 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.get("/fhir/{rtype}/{rid}")
     async def read(rtype: str, rid: str, request: Request) -> Response:
-        # The hottest route runs on the event loop: one indexed lookup costs less than the
-        # hand-off to a worker thread (measured on SQLite, 16 clients: 1,392 -> 3,008 req/s).
         args = dict(_query(request))
         elements = args["_elements"].split(",") if "_elements" in args else None
-        with store.reading() as s:
-            return _result(ix.read(s, rtype_of(rtype), rid, args.get("_summary"), elements))
+
+        def work() -> Response:
+            with store.reading() as s:
+                return _result(ix.read(s, rtype_of(rtype), rid, args.get("_summary"), elements))
+
+        # The hottest route runs on the event loop on SQLite: one indexed lookup in the
+        # process costs less than the hand-off to a worker thread (16 clients: 1,392 -> 3,008
+        # req/s). On PostgreSQL each of its round trips would stall every other request of the
+        # worker, so it waits in a thread (16 clients: 298 -> see docs/scale.md).
+        return work() if inline_reads else await _thread(work)
 
     @app.put("/fhir/{rtype}/{rid}")
     async def update(rtype: str, rid: str, request: Request) -> Response:

@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Connection, Float, String, Text, delete, insert, select, tuple_
+from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
-from takamul.store.indexing import VALUE_COLUMNS, index_tuples
+from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, index_tuples
 from takamul.store.records import instant
 from takamul.store.repository import UPDATE_RESOURCE
+from takamul.store.rowcopy import copy_rows, driver_cursor
 from takamul.store.schema import INDEX_TABLES, resource, resource_version
 
 INSERT_NEW = insert(resource).returning(
@@ -89,20 +90,7 @@ def put_many(conn: Connection, items: list[PreparedResource]) -> tuple[int, int]
             versions[(row.res_type, row.res_id)] = 1
     if old:
         _update_existing(conn, old, existing, rids, versions)
-    if postgres:
-        _copy_versions(conn, items, rids, versions)
-    else:
-        conn.execute(
-            insert(resource_version),
-            [
-                {
-                    **_resource_row(p, versions[(p.resource_type, p.id)]),
-                    "rid": rids[(p.resource_type, p.id)],
-                    "method": "PUT",
-                }
-                for p in items
-            ],
-        )
+    _copy_versions(conn, items, rids, versions)
     _insert_index(conn, items, rids)
     return len(new), len(old)
 
@@ -140,7 +128,7 @@ def _existing_postgres(
     )
     types = [p.resource_type for p in items]
     ids = [p.id for p in items]
-    with _pg_cursor(conn) as cursor:
+    with driver_cursor(conn) as cursor:
         cursor.execute(sql, (types, ids))
         return {(t, i): _Row(rid, t, i, v) for rid, t, i, v in cursor.fetchall()}
 
@@ -153,19 +141,19 @@ def _copy_new(
 ) -> None:
     """New resources by COPY, their rids drawn from the table's sequence first (COPY returns
     nothing). Five times cheaper than the multi-row INSERT ... RETURNING it replaces."""
-    with _pg_cursor(conn) as cursor:
+    with driver_cursor(conn) as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence('resource', 'rid')) FROM generate_series(1, %s)",
             (len(new),),
         )
         drawn = [r[0] for r in cursor.fetchall()]
-        columns = "rid, res_type, res_id, version, last_updated, deleted, content"
-        with cursor.copy(f"COPY resource ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "varchar", "varchar", "int4", "float8", "bool", "bytea"])
-            for rid, p in zip(drawn, new, strict=True):
-                copy.write_row((rid, p.resource_type, p.id, 1, p.last_updated, False, p.content))
-                rids[(p.resource_type, p.id)] = rid
-                versions[(p.resource_type, p.id)] = 1
+    rows = []
+    for rid, p in zip(drawn, new, strict=True):
+        rows.append((rid, p.resource_type, p.id, 1, p.last_updated, False, p.content))
+        rids[(p.resource_type, p.id)] = rid
+        versions[(p.resource_type, p.id)] = 1
+    columns = ("rid", "res_type", "res_id", "version", "last_updated", "deleted", "content")
+    copy_rows(conn, resource, columns, rows)
 
 
 def _copy_versions(
@@ -174,18 +162,12 @@ def _copy_versions(
     rids: dict[tuple[str, str], int],
     versions: dict[tuple[str, str], int],
 ) -> None:
-    """The batch's versions by COPY; ``seq`` comes from its sequence in row order."""
-    columns = "rid, res_type, res_id, version, last_updated, method, deleted, content"
-    types = ["int8", "varchar", "varchar", "int4", "float8", "varchar", "bool", "bytea"]
-    with (
-        _pg_cursor(conn) as cursor,
-        cursor.copy(f"COPY resource_version ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
-    ):
-        copy.set_types(types)
-        for p in items:
-            key = (p.resource_type, p.id)
-            row = (rids[key], p.resource_type, p.id, versions[key], p.last_updated)
-            copy.write_row((*row, "PUT", False, p.content))
+    """The batch's versions in one round trip; ``seq`` comes from its sequence in row order."""
+    rows = []
+    for p in items:
+        key = (p.resource_type, p.id)
+        rows.append((rids[key], *key, versions[key], p.last_updated, "PUT", False, p.content))
+    copy_rows(conn, resource_version, VERSION_COLUMNS, rows)
 
 
 def _resource_row(p: PreparedResource, version: int) -> dict[str, Any]:
@@ -237,50 +219,8 @@ def _insert_index(
         rid = rids[(p.resource_type, p.id)]
         for kind, rows in p.index.items():
             per_kind.setdefault(kind, []).extend((rid, *row) for row in rows)
-    # Straight to the driver's executemany: for the dozen index rows of every resource,
-    # SQLAlchemy's per-row parameter processing cost more than the inserts themselves.
-    cursor = conn.connection.cursor()
-    try:
-        for kind, rows in per_kind.items():
-            if conn.dialect.name == "postgresql":
-                _copy(cursor, kind, rows)
-            else:
-                cursor.executemany(_insert_sql(conn, kind), rows)
-    finally:
-        cursor.close()
-
-
-def _copy(cursor: Any, kind: str, rows: list[tuple[Any, ...]]) -> None:
-    """PostgreSQL's COPY, several times faster than INSERTs for many small rows."""
-    table = INDEX_TABLES[kind]
-    names = ("rid", "res_type", "param", *VALUE_COLUMNS[kind])
-    with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types([_pg_type(table.c[name].type) for name in names])
-        for row in rows:
-            copy.write_row(row)
-
-
-def _pg_cursor(conn: Connection) -> Any:
-    """The psycopg cursor under SQLAlchemy's connection, for COPY and array parameters."""
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-
-def _pg_type(column_type: Any) -> str:
-    """The PostgreSQL type a binary COPY must name for a column (it converts nothing)."""
-    if isinstance(column_type, BigInteger):
-        return "int8"
-    if isinstance(column_type, Float):
-        return "float8"
-    if isinstance(column_type, String) and not isinstance(column_type, Text):
-        return "varchar"
-    return "text"
-
-
-def _insert_sql(conn: Connection, kind: str) -> str:
-    columns = ("rid", "res_type", "param", *VALUE_COLUMNS[kind])
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    table = INDEX_TABLES[kind].name
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(mark for _ in columns)})"
+    for kind, rows in per_kind.items():
+        copy_rows(conn, INDEX_TABLES[kind], INDEX_COLUMNS[kind], rows)
 
 
 __all__ = ["PreparedResource", "prepare", "put_many"]

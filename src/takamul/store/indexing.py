@@ -36,6 +36,22 @@ VALUE_COLUMNS: dict[str, tuple[str, ...]] = {
     kind: tuple(f.name for f in fields(entry)) for entry, kind in KIND_OF.items()
 }
 
+# a version row's columns as the store writes them (``seq`` comes from its sequence)
+VERSION_COLUMNS = (
+    "rid",
+    "res_type",
+    "res_id",
+    "version",
+    "last_updated",
+    "method",
+    "deleted",
+    "content",
+)
+# the columns of each index table, in the order of ``index_tuples`` rows with the rid in front
+INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
+    kind: ("rid", "res_type", "param", *columns) for kind, columns in VALUE_COLUMNS.items()
+}
+
 
 def index_tuples(
     indexer: SearchIndexer, resource_type: str, body: dict[str, Any]

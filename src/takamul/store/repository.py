@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    event,
     false,
     func,
     insert,
@@ -40,12 +41,13 @@ from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
 from takamul.store.engine import make_engines, redacted
 from takamul.store.guard import Guard, current_guard
-from takamul.store.indexing import index_rows
+from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, index_tuples
 from takamul.store.labels import ensure_labelled
 from takamul.store.migrations import prepare_at_start
 from takamul.store.nested import guard_nested
 from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
+from takamul.store.rowcopy import copy_rows
 from takamul.store.schema import (
     INDEX_TABLES,
     conditional_claim,
@@ -82,6 +84,12 @@ SELECT_REFERRING = text(
     "AND x.target_id = :target_id AND x.res_type = :res_type AND x.param = :param) "
     "ORDER BY r.res_id"
 )
+# Statements that touch only the resource table: they need not see the version and index rows
+# of the transaction's earlier writes, so those may wait (see ``PendingRows``).
+RESOURCE_ONLY = frozenset(
+    {INSERT_RESOURCE, UPDATE_RESOURCE, SELECT_CURRENT, SELECT_CURRENT_FOR_UPDATE}
+)
+PENDING = "takamul.pending_rows"
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 RETRIES = 20
 
@@ -104,12 +112,51 @@ class WriteOptions:
 WriteHook = Callable[["Session", str, str, "dict[str, Any] | None"], None]
 
 
+class PendingRows:
+    """The version and search-index rows of a transaction's writes not yet sent.
+
+    A transaction Bundle of a hundred resources wrote some eight statements per resource, each
+    a round trip; the version and index rows now wait here and go in one round trip per table
+    (``copy_rows``) when the transaction next runs a statement that could read them (any
+    statement but ``RESOURCE_ONLY``: the writer engine's ``before_cursor_execute`` listener
+    sends them), and at commit. So every read inside the transaction still sees every write
+    before it.
+    """
+
+    def __init__(self) -> None:
+        self.versions: list[tuple[Any, ...]] = []
+        self.index: dict[str, list[tuple[Any, ...]]] = {}
+
+    def flush(self, conn: Connection) -> None:
+        versions, index = self.versions, self.index
+        if not versions and not index:
+            return
+        self.versions, self.index = [], {}
+        copy_rows(conn, resource_version, VERSION_COLUMNS, versions)
+        for kind, rows in index.items():
+            copy_rows(conn, INDEX_TABLES[kind], INDEX_COLUMNS[kind], rows)
+
+
+def _send_pending(
+    conn: Connection, _cursor: Any, _sql: str, _params: Any, context: Any, _many: bool
+) -> None:
+    """Before any statement of a writing connection (``before_cursor_execute`` sees them all,
+    driver SQL too): send the pending rows unless it touches only the resource table."""
+    pending: PendingRows | None = conn.info.get(PENDING)
+    if pending is None or not (pending.versions or pending.index):
+        return
+    compiled = getattr(context, "compiled", None)
+    if compiled is None or compiled.statement not in RESOURCE_ONLY:
+        pending.flush(conn)
+
+
 class Store:
     """The shared record on one database (SQLite file or PostgreSQL)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.writer, self.reader = make_engines(settings.database_url)
+        event.listen(self.writer, "before_cursor_execute", _send_pending)
         prepare_at_start(self.writer, redacted(settings.database_url))
         self.indexer = SearchIndexer()
         self.defs = definitions()
@@ -150,7 +197,12 @@ class Store:
             try:
                 with self.writer.connect() as conn, conn.begin():
                     session = Session(self, conn)
-                    result = work(session)
+                    conn.info[PENDING] = session.pending
+                    try:
+                        result = work(session)
+                        session.pending.flush(conn)
+                    finally:
+                        conn.info.pop(PENDING, None)
                 session.finish(committed=True)
                 return result
             except IntegrityError as err:
@@ -184,6 +236,7 @@ class Session:
         self.after_rollback: list[Callable[[], None]] = []
         # per-transaction state of write hooks (the registry's undo log)
         self.extras: dict[str, Any] = {}
+        self.pending = PendingRows()
 
     def finish(self, committed: bool) -> None:
         """Run the callbacks of how the transaction ended (each list once)."""
@@ -767,7 +820,9 @@ class Session:
             rid = row.rid
             self.conn.execute(UPDATE_RESOURCE, {**values, "b_rid": rid})
             self._drop_index(rid)
-        self.conn.execute(INSERT_VERSION, {**values, "rid": rid, "method": method})
+        self.pending.versions.append(
+            (rid, resource_type, resource_id, version, now, method, False, content)
+        )
         self._write_index(rid, resource_type, stored_body)
         self._written(resource_type, resource_id, stored_body)
         return StoredResource(
@@ -835,9 +890,9 @@ class Session:
         self._write_index(rid, resource_type, body)
 
     def _write_index(self, rid: int, resource_type: str, body: dict[str, Any]) -> None:
-        for kind, rows in index_rows(self.store.indexer, rid, resource_type, body).items():
-            if rows:
-                self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+        index = self.pending.index
+        for kind, rows in index_tuples(self.store.indexer, resource_type, body).items():
+            index.setdefault(kind, []).extend((rid, *row) for row in rows)
 
     def _drop_index(self, rid: int) -> None:
         for table in INDEX_TABLES.values():
