@@ -263,6 +263,27 @@ def test_uncertain_pairs_are_queued_with_evidence_and_a_reviewer_links_them(
     assert person_of(api, a)["person"] == person_of(api, b)["person"]
 
 
+def test_an_open_review_is_settled_when_its_records_come_to_share_a_person(
+    http: httpx.Client, api: httpx.Client
+) -> None:
+    """An uncertain pair waits for a reviewer until an update makes it certain: the record joins
+    the other's person automatically and the pair's review is resolved, not left open."""
+    family_a, _ = _family()
+    family_b, _ = _family(unlike=family_a)
+    nid = _luhn_id()
+    a = create(http, patient("Nasser", family_a, D["settled"], nid))
+    b = create(http, patient("Nasser", family_b, D["settled"]))
+    assert _queued(api, a, b)["status"] == "open"
+    body = http.get(f"/Patient/{b}").json()
+    body["identifier"] = [{"system": SA_ID, "value": nid}]
+    assert http.put(f"/Patient/{b}", json=body).status_code == 200
+    assert person_of(api, a)["person"] == person_of(api, b)["person"]
+    reviews = api.get("/mpi/reviews", params={"status": "all", "_count": 1000}).json()["reviews"]
+    pair = {f"Patient/{a}", f"Patient/{b}"}
+    mine = [r for r in reviews if {r["a"]["patient"], r["b"]["patient"]} == pair]
+    assert [(r["status"], r["decidedBy"]) for r in mine] == [("resolved", "takamul-mpi")]
+
+
 def test_not_duplicate_splits_and_survives_relinking(http: httpx.Client, api: httpx.Client) -> None:
     latin, _ = _family()
     a = create(http, patient("Nasser", latin, D["1959-01-30"]))

@@ -46,7 +46,18 @@ from importlib import resources as package_data
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import make_url
 
 from takamul.fhir.outcome import FhirError
@@ -662,6 +673,7 @@ class ClientRegistry:
     ) -> None:
         """Queue the uncertain pairs of a record with another person; settle open ones whose
         records now share a person."""
+        settled: list[tuple[str, str]] = []
         for s in scored:
             other_person = self.member_of.get(s.patient_id)
             if other_person is None:
@@ -669,11 +681,7 @@ class ClientRegistry:
             a, b = _pair(record.patient_id, s.patient_id)
             where = and_(mpi_review.c.patient_a == a, mpi_review.c.patient_b == b)
             if other_person == person:
-                session.conn.execute(
-                    update(mpi_review)
-                    .where(where, mpi_review.c.status == "open")
-                    .values(status="resolved", decided_by=AUTOMATIC, decided_at=time.time())
-                )
+                settled.append((a, b))
                 continue
             if s.probability >= self.threshold and not self._conflicts(record, other_person):
                 continue  # would have been linked; another candidate won
@@ -696,6 +704,19 @@ class ClientRegistry:
                     .where(where)
                     .values(probability=s.probability, evidence=evidence)
                 )
+        # one statement for the pairs now in one person (it was a round trip each); 400 pairs
+        # at a time keep under SQLite's bound-parameter limit
+        for start in range(0, len(settled), 400):
+            session.conn.execute(
+                update(mpi_review)
+                .where(
+                    tuple_(mpi_review.c.patient_a, mpi_review.c.patient_b).in_(
+                        settled[start : start + 400]
+                    ),
+                    mpi_review.c.status == "open",
+                )
+                .values(status="resolved", decided_by=AUTOMATIC, decided_at=time.time())
+            )
 
     def _remove(self, session: Session, pid: str) -> None:
         """A deleted Patient leaves its person (and the index)."""
