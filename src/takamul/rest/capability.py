@@ -9,6 +9,7 @@ from takamul import __version__
 from takamul.fhir.definitions import FHIR_VERSION, definitions
 from takamul.rest.compartments import compartment_canonicals
 from takamul.store.query import SUPPORTED_MODIFIERS
+from takamul.store.totals import EXACT_UP_TO
 
 TYPE_INTERACTIONS = [
     "read",
@@ -26,6 +27,16 @@ BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 PATIENT_EXPORT = f"{BULK}/patient-export"
 GROUP_EXPORT = f"{BULK}/group-export"
 DEQM_CARE_GAPS = "http://hl7.org/fhir/us/davinci-deqm/OperationDefinition/care-gaps"
+# a result parameter, listed so that a client can see which totals the server gives
+TOTAL_PARAM = {
+    "name": "_total",
+    "type": "special",
+    "documentation": (
+        "none | estimate | accurate (search.html#total). estimate, also what a search that "
+        f"does not ask gets, counts exactly up to {EXACT_UP_TO:,} matches; above that "
+        "PostgreSQL gives its planner's estimate (SQLite counts). _summary=count is exact."
+    ),
+}
 
 
 def capability_statement(base: str, now: str) -> dict[str, Any]:
@@ -55,6 +66,7 @@ def _resource_entries() -> list[dict[str, Any]]:
                 "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
                 "type": "date",
             },
+            TOTAL_PARAM,
         ]
         seen: set[str] = set()
         params = [p for p in params if not (p["name"] in seen or seen.add(p["name"]))]  # type: ignore[func-returns-value]

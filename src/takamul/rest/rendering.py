@@ -106,7 +106,7 @@ def _links(
         links.append({"relation": "next", "url": url(page.offset + page.count)})
     if page.offset > 0:
         links.append({"relation": "previous", "url": url(max(0, page.offset - page.count))})
-    if page.total is not None and page.count > 0:
+    if page.total is not None and page.total_exact and page.count > 0:
         last = max(0, (page.total - 1) // page.count * page.count)
         links.append({"relation": "last", "url": url(last)})
     return links

@@ -130,7 +130,7 @@ class SearchQuery:
     revincludes: list[IncludeSpec] = field(default_factory=list)
     summary: str | None = None
     elements: list[str] | None = None
-    total: str = "accurate"
+    total: str | None = None  # _total as asked; None: an estimate when the result is large
     warnings: list[OutcomeIssue] = field(default_factory=list)
     # The parameters as understood, for the self link.
     used: list[tuple[str, str]] = field(default_factory=list)

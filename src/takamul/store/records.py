@@ -50,11 +50,15 @@ class SearchPage:
     offset: int
     count: int
     outcome_warnings: list[Any] = field(default_factory=list)
+    total_exact: bool = True  # False: ``total`` is the planner's estimate (_total=estimate)
+    more: bool | None = None  # whether matches follow this page, when the store looked
 
     @property
     def has_next(self) -> bool:
         if self.count == 0:  # _summary=count and _count=0 have no pages to follow
             return False
-        if self.total is not None:
+        if self.more is not None:
+            return self.more
+        if self.total is not None and self.total_exact:
             return self.offset + self.count < self.total
-        return len(self.matches) == self.count and self.count > 0
+        return len(self.matches) == self.count
