@@ -7,6 +7,8 @@ record holding all of its registrations (issue 17: one person, one golden record
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
-from tests.server import postgres_database, running_server
+from tests.server import ROOT, postgres_database, running_server
 
 GOLDEN = "https://takamul.health/fhir/CodeSystem/client-registry|golden-record"
 SA_ID = "https://takamul.health/fhir/sid/sa-national-id"
@@ -90,14 +93,20 @@ def registrations() -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture(params=BACKENDS)
-def workers_base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A ``takamul serve --workers 4`` on a new store of each kind."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty store of each kind."""
     if request.param == "sqlite":
-        with running_server(f"sqlite:///{tmp_path / 'takamul.sqlite'}", workers=WORKERS) as base:
-            yield base
+        yield f"sqlite:///{tmp_path / 'takamul.sqlite'}"
     else:
-        with postgres_database() as url, running_server(url, workers=WORKERS) as base:
-            yield base
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def workers_base(store_url: str) -> Iterator[str]:
+    """A ``takamul serve --workers 4`` on a new store of each kind."""
+    with running_server(store_url, workers=WORKERS) as base:
+        yield base
 
 
 def _register_all(base: str, work: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
@@ -156,3 +165,31 @@ def test_four_workers_registering_one_person_at_once_make_one_golden_record(
         answer = r.json()
         assert answer["person"] == f"Person/{person_of[pid]}"
         assert answer["members"] == sorted(f"Patient/{p}" for p in expected[key])
+
+
+def test_four_workers_starting_on_a_bulk_load_link_it_once(store_url: str, tmp_path: Path) -> None:
+    """Registrations bulk-loaded (no write hooks, so no person yet) are linked when the server
+    starts: four workers starting together take turns, so the first links them and the others
+    load its persons instead of making persons of their own."""
+    work = registrations()
+    path = tmp_path / "Patient.ndjson"
+    ids = {f"loaded-{n}": key for n, (key, _) in enumerate(work)}
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({**body, "id": f"loaded-{n}"}) + b"\n" for n, (_, body) in enumerate(work)
+        )
+    )
+    command = [sys.executable, "-m", "takamul.cli", "load", str(path), "--db", store_url]
+    loaded = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    expected: dict[str, set[str]] = {}
+    for pid, key in ids.items():
+        expected.setdefault(key, set()).add(pid)
+    with running_server(store_url, workers=WORKERS) as base:
+        golden = _golden_records(base)
+        assert sorted(map(sorted, golden.values())) == sorted(map(sorted, expected.values()))
+        root = base.rsplit("/fhir", 1)[0]
+        for pid in sorted(ids)[:12]:  # any worker answers alike
+            r = httpx.get(f"{root}/mpi/patients/{pid}", headers=CLOSE, timeout=60)
+            assert r.status_code == 200, r.text
+            assert set(r.json()["members"]) == {f"Patient/{p}" for p in expected[ids[pid]]}

@@ -204,18 +204,15 @@ class ClientRegistry:
 
     @contextmanager
     def _one_start_at_a_time(self) -> Iterator[None]:
-        """Hold the registry's start-up lock of the store: a PostgreSQL session advisory lock
-        (another key than the write lock, which the linking below takes in each transaction),
-        or an exclusive lock on a file beside the SQLite database."""
+        """Hold the registry's start-up lock of the store: on PostgreSQL an advisory lock of a
+        transaction kept open meanwhile on a connection of its own (another key than the
+        write lock, which the linking below takes in each of its transactions; transaction
+        scoped, so it is released however the start ends, and safe behind pgbouncer in
+        transaction mode), on SQLite an exclusive lock on a file beside the database."""
         if self.store.dialect == "postgresql":
-            with self.store.writer.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": START_LOCK})
-                conn.commit()
-                try:
-                    yield
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": START_LOCK})
-                    conn.commit()
+            with self.store.writer.connect() as conn, conn.begin():
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": START_LOCK})
+                yield
             return
         database = make_url(self.store.settings.database_url).database
         if not database or database == ":memory:":

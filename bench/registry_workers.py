@@ -1,0 +1,331 @@
+"""Link on create behind ``takamul serve --workers 4``: how long a POST Patient takes until the
+registration is stored and linked into its person (one transaction: the 201 means linked), with
+every server process linking against the same registry (issue 17; target p95 <= 20 ms).
+
+    python bench/registry_workers.py [--db sqlite|postgresql|both] [--base 10000]
+        [--registrations 2000] [--clients 4] [--workers 4] [--compare]
+
+Steps: a population of ``--base`` Patients (one registration of each person, ids known) is
+bulk-loaded hookless into a new store; ``takamul serve --workers N`` starts (the first process
+links them as a batch, the others load its persons); then ``--clients`` closed-loop clients POST
+the measured registrations, each on a new connection so they spread over the workers: half
+are other facilities' registrations of base persons (same national ID and birth date, names
+spelled another way), half new persons registered twice during the run. Latency is the
+client's, request sent to 201 received. Afterwards the registry's tables are read: every
+person must have one person id, and no two persons share one.
+
+Writes ``bench/results/<date>-vm-registry-workers-<db>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.server import postgres_database, running_server  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SA_ID = "https://takamul.health/fhir/sid/sa-national-id"
+CLOSE = {"Connection": "close", "Accept": "application/fhir+json"}
+
+# one person's given name as facilities spell it
+GIVEN = [
+    ["Mohammed", "Muhammad", "محمد"],
+    ["Abdulrahman", "Abdul Rahman", "عبد الرحمن"],
+    ["Khalid", "Khaled", "خالد"],
+    ["Saad", "Sa'ad", "سعد"],
+    ["Faisal", "Faysal", "فيصل"],
+    ["Yousef", "Yusuf", "يوسف"],
+    ["Fatimah", "Fatima", "فاطمة"],
+    ["Noura", "Nora", "نورة"],
+    ["Reem", "Rim", "ريم"],
+    ["Aisha", "Aysha", "عائشة"],
+]
+FAMILY = [
+    ["Al-Qahtani", "القحطاني"],
+    ["Al-Dosari", "الدوسري"],
+    ["Al-Harbi", "الحربي"],
+    ["Al-Shammari", "الشمري"],
+    ["Al-Ghamdi", "الغامدي"],
+    ["Al-Mutairi", "المطيري"],
+    ["Al-Otaibi", "العتيبي"],
+    ["Al-Zahrani", "الزهراني"],
+    ["Al-Anazi", "العنزي"],
+    ["Al-Subaie", "السبيعي"],
+]
+
+
+def luhn_id(rng: random.Random) -> str:
+    body = "1" + "".join(rng.choices("0123456789", k=8))
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch) * 2 if i % 2 == 0 else int(ch)
+        total += d - 9 if d > 9 else d
+    return body + str((10 - total % 10) % 10)
+
+
+class Person:
+    def __init__(self, rng: random.Random) -> None:
+        self.nid = luhn_id(rng)
+        self.given = rng.randrange(len(GIVEN))
+        self.family = rng.randrange(len(FAMILY))
+        self.female = self.given >= 6
+        self.born = f"{rng.randint(1935, 2020)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+    def registration(self, variant: int, facility: int, pid: str | None = None) -> dict[str, Any]:
+        givens, families = GIVEN[self.given], FAMILY[self.family]
+        body: dict[str, Any] = {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": SA_ID, "value": self.nid},
+                {
+                    "system": f"https://takamul.health/fhir/sid/mrn/facility-{facility}",
+                    "value": f"{self.nid}-{facility}",
+                },
+            ],
+            "name": [
+                {
+                    "given": [givens[variant % len(givens)]],
+                    "family": families[variant % len(families)],
+                }
+            ],
+            "gender": "female" if self.female else "male",
+            "birthDate": self.born,
+        }
+        if pid:
+            body["id"] = pid
+        return body
+
+
+def base_file(people: list[Person], folder: Path) -> Path:
+    path = folder / "Patient.ndjson"
+    with path.open("wb") as out:
+        for n, person in enumerate(people):
+            out.write(orjson.dumps(person.registration(0, 0, f"base-{n}")) + b"\n")
+    return path
+
+
+def workload(
+    people: list[Person], rng: random.Random, count: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(person's national ID, Patient) for each measured registration."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for _ in range(count // 2):
+        person = rng.choice(people)
+        out.append((person.nid, person.registration(rng.randint(1, 2), rng.randint(1, 50))))
+    for _ in range(count - len(out)):
+        person = Person(rng)
+        if len(out) % 2:  # the same new person again, later in the run
+            out.append((person.nid, person.registration(0, 1)))
+        out.append((person.nid, person.registration(1, 2)))
+    out = out[:count]
+    rng.shuffle(out)
+    return out
+
+
+@contextmanager
+def store(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'takamul.sqlite'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+def load(url: str, path: Path) -> float:
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "takamul.cli", "load", str(path), "--db", url]
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - started
+
+
+def drive(
+    base: str, work: list[tuple[str, dict[str, Any]]], clients: int
+) -> tuple[list[float], dict[str, str], float]:
+    """POST every registration from ``clients`` closed-loop threads; (latencies in ms,
+    patient id -> national ID, seconds)."""
+    latencies: list[float] = []
+    made: dict[str, str] = {}
+    lock = threading.Lock()
+    shares = [work[i::clients] for i in range(clients)]
+    start = threading.Barrier(clients + 1)
+
+    def client(share: list[tuple[str, dict[str, Any]]]) -> None:
+        # no connection kept: each request connects anew and lands on any worker
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(limits=fresh, headers=CLOSE, timeout=120) as http:
+            start.wait()
+            for nid, body in share:
+                post(http, nid, body)
+
+    def post(http: httpx.Client, nid: str, body: dict[str, Any]) -> None:
+        sent = time.perf_counter()
+        r = http.post(f"{base}/Patient", json=body)
+        took = (time.perf_counter() - sent) * 1000
+        if r.status_code != 201:
+            raise RuntimeError(f"POST Patient answered {r.status_code}: {r.text[:300]}")
+        with lock:
+            latencies.append(took)
+            made[str(r.json()["id"])] = nid
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in shares]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join()
+    return latencies, made, time.perf_counter() - began
+
+
+def verify(url: str, people: list[Person], made: dict[str, str]) -> tuple[int, int]:
+    """(persons wrongly split, persons wrongly joined) among the base and measured ones."""
+    nid_of = {f"base-{n}": p.nid for n, p in enumerate(people)} | made
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        member = dict(conn.execute(text("SELECT patient_id, person_id FROM mpi_member")).all())
+    engine.dispose()
+    persons_of: dict[str, set[str]] = {}
+    nids_of: dict[str, set[str]] = {}
+    for pid, nid in nid_of.items():
+        person = member.get(pid, f"missing-{pid}")
+        persons_of.setdefault(nid, set()).add(person)
+        nids_of.setdefault(person, set()).add(nid)
+    split = sum(1 for persons in persons_of.values() if len(persons) > 1)
+    joined = sum(1 for nids in nids_of.values() if len(nids) > 1)
+    return split, joined
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def without_registry(kind: str, args: argparse.Namespace) -> dict[str, str]:
+    """The same POSTs on the same base with the registry off (TAKAMUL_MPI=false): what the
+    store's write costs by itself on this machine, beside which the registry's share shows."""
+    rng = random.Random(args.seed)
+    people = [Person(rng) for _ in range(args.base)]
+    work = workload(people, rng, args.registrations)
+    with tempfile.TemporaryDirectory(prefix="takamul-registry-workers-") as tmp:
+        folder = Path(tmp)
+        with store(kind, folder) as url:
+            load(url, base_file(people, folder))
+            env = {"TAKAMUL_MPI": "false"}
+            with running_server(url, env=env, workers=args.workers) as base:
+                drive(base, workload(people, random.Random(args.seed + 1), 40), args.clients)
+                latencies, _, _ = drive(base, work, args.clients)
+                one, _, _ = drive(base, workload(people, random.Random(args.seed + 2), 200), 1)
+    return {
+        f"registry off, {args.clients} clients: p50 / p95 / p99 (ms)": " / ".join(
+            f"{percentile(latencies, q):.1f}" for q in (0.5, 0.95, 0.99)
+        ),
+        "registry off, 1 client: p50 / p95 / p99 (ms)": " / ".join(
+            f"{percentile(one, q):.1f}" for q in (0.5, 0.95, 0.99)
+        ),
+    }
+
+
+def run(kind: str, args: argparse.Namespace) -> dict[str, str]:
+    rng = random.Random(args.seed)
+    people = [Person(rng) for _ in range(args.base)]
+    work = workload(people, rng, args.registrations)
+    figures: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="takamul-registry-workers-") as tmp:
+        folder = Path(tmp)
+        with store(kind, folder) as url:
+            figures["bulk load of the base population"] = (
+                f"{args.base:,} Patients in {load(url, base_file(people, folder)):.1f} s"
+            )
+            started = time.perf_counter()
+            with running_server(url, workers=args.workers) as base:
+                figures["server start (batch link of the base, every worker loaded)"] = (
+                    f"{time.perf_counter() - started:.1f} s"
+                )
+                warm = workload(people, random.Random(args.seed + 1), 40)
+                drive(base, warm, args.clients)  # every worker's first requests
+                latencies, made, seconds = drive(base, work, args.clients)
+                one, _, _ = drive(base, workload(people, random.Random(args.seed + 2), 200), 1)
+            split, joined = verify(url, people, made)
+    figures["registrations measured"] = (
+        f"{len(latencies):,} in {seconds:.1f} s ({len(latencies) / seconds:.0f} per second)"
+    )
+    figures[f"link on create, {args.clients} clients: p50 / p95 / p99 / max (ms)"] = " / ".join(
+        f"{percentile(latencies, q):.1f}" for q in (0.5, 0.95, 0.99, 1.0)
+    )
+    figures["link on create, 1 client: p50 / p95 / p99 (ms)"] = " / ".join(
+        f"{percentile(one, q):.1f}" for q in (0.5, 0.95, 0.99)
+    )
+    figures["persons split over two person ids / persons joined"] = f"{split} / {joined}"
+    if args.compare:
+        figures.update(without_registry(kind, args))
+    return figures
+
+
+def write_result(kind: str, figures: dict[str, str], args: argparse.Namespace) -> Path:
+    now = datetime.now(UTC)
+    load1, load5, load15 = os.getloadavg()
+    lines = [
+        f"# Client registry: link on create with {args.workers} server workers ({kind})",
+        "",
+        f"- date: {now:%Y-%m-%d %H:%M} UTC; machine: vm, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; load average at the end {load1:.1f} / {load5:.1f} / "
+        f"{load15:.1f} (other work shares the machine)",
+        f"- `takamul serve --workers {args.workers}` (access control off: the registry's cost "
+        "is measured), every POST on a new connection so requests spread over the workers; "
+        "latency seen by the client, request to 201 (stored and linked, one transaction)",
+        "- target: link on create p95 <= 20 ms with 4 workers",
+        f"- command: `python bench/registry_workers.py --db {kind} --base {args.base} "
+        f"--registrations {args.registrations} --clients {args.clients} "
+        f"--workers {args.workers}{' --compare' if args.compare else ''}`",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in figures.items()),
+        "",
+    ]
+    out = RESULTS / f"{now:%Y-%m-%d}-vm-registry-workers-{kind}.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--base", type=int, default=10_000)
+    parser.add_argument("--registrations", type=int, default=2_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument(
+        "--compare", action="store_true", help="also the same POSTs with the registry off"
+    )
+    args = parser.parse_args()
+    for kind in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
+        figures = run(kind, args)
+        print(write_result(kind, figures, args))
+        for k, v in figures.items():
+            print(f"  {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
