@@ -233,11 +233,14 @@ def test_start_up_adopts_the_previous_release_and_runs_additive_revisions(
     empty_url: str,
 ) -> None:
     """SQLite is brought to the head at start; a PostgreSQL record is adopted and upgraded by
-    ``takamul db upgrade`` because 0005 rebuilds the search indexes of the record's tables."""
+    ``takamul db upgrade`` because 0005 rebuilds the search indexes of the record's tables and
+    0006 adds the compartment column to them."""
     make_previous_release_store(empty_url)
     settings = Settings.from_env(database_url=empty_url, auth=False)
     if empty_url.startswith("postgresql"):
-        with pytest.raises(SchemaError, match="0005_search_indexes changes tables"):
+        with pytest.raises(
+            SchemaError, match="0005_search_indexes, 0006_compartment change tables"
+        ):
             Store(settings)
         assert CliRunner().invoke(app, ["db", "upgrade", "--db", empty_url]).exit_code == 0
     Store(settings).close()

@@ -16,7 +16,7 @@ from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
-from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, index_tuples
+from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, compartment_of, index_tuples
 from takamul.store.records import instant
 from takamul.store.repository import UPDATE_RESOURCE
 from takamul.store.rowcopy import copy_rows, driver_cursor
@@ -35,6 +35,7 @@ class PreparedResource:
     content: bytes
     index: dict[str, list[tuple[Any, ...]]]  # kind -> (res_type, param, *values), no rid
     last_updated: float
+    compartment: str  # the patient whose compartment holds it ('' for none)
 
 
 def prepare(
@@ -58,7 +59,8 @@ def prepare(
             )
     stamped = _stamp(label_sensitive(body), 1, now, source)
     rows = index_tuples(indexer, str(rtype), stamped)
-    return PreparedResource(str(rtype), rid, stamped, orjson.dumps(stamped), rows, now)
+    compartment = compartment_of(str(rtype), rid, rows)
+    return PreparedResource(str(rtype), rid, stamped, orjson.dumps(stamped), rows, now, compartment)
 
 
 def _stamp(body: dict[str, Any], version: int, now: float, source: str) -> dict[str, Any]:
@@ -149,11 +151,13 @@ def _copy_new(
         drawn = [r[0] for r in cursor.fetchall()]
     rows = []
     for rid, p in zip(drawn, new, strict=True):
-        rows.append((rid, p.resource_type, p.id, 1, p.last_updated, False, p.content))
+        rows.append(
+            (rid, p.resource_type, p.id, 1, p.last_updated, False, p.content, p.compartment)
+        )
         rids[(p.resource_type, p.id)] = rid
         versions[(p.resource_type, p.id)] = 1
     columns = ("rid", "res_type", "res_id", "version", "last_updated", "deleted", "content")
-    copy_rows(conn, resource, columns, rows)
+    copy_rows(conn, resource, (*columns, "compartment"), rows)
 
 
 def _copy_versions(
@@ -166,7 +170,8 @@ def _copy_versions(
     rows = []
     for p in items:
         key = (p.resource_type, p.id)
-        rows.append((rids[key], *key, versions[key], p.last_updated, "PUT", False, p.content))
+        row = (rids[key], *key, versions[key], p.last_updated, "PUT", False, p.content)
+        rows.append((*row, p.compartment))
     copy_rows(conn, resource_version, VERSION_COLUMNS, rows)
 
 
@@ -178,6 +183,7 @@ def _resource_row(p: PreparedResource, version: int) -> dict[str, Any]:
         "last_updated": p.last_updated,
         "deleted": False,
         "content": p.content,
+        "compartment": p.compartment,
     }
 
 

@@ -7,8 +7,10 @@ index tables' value columns, so a row is the entry's fields after (res_type, par
 from __future__ import annotations
 
 from dataclasses import fields
+from functools import cache
 from typing import Any
 
+from takamul.fhir.definitions import definitions
 from takamul.fhir.search_values import (
     DateEntry,
     NumberEntry,
@@ -46,6 +48,7 @@ VERSION_COLUMNS = (
     "method",
     "deleted",
     "content",
+    "compartment",
 )
 # the columns of each index table, in the order of ``index_tuples`` rows with the rid in front
 INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -77,3 +80,29 @@ def index_rows(
         names = ("res_type", "param", *VALUE_COLUMNS[kind])
         out[kind] = [{"rid": rid, **dict(zip(names, row, strict=True))} for row in rows]
     return out
+
+
+@cache
+def _compartment_params() -> dict[str, frozenset[str]]:
+    return {t: frozenset(ps) for t, ps in definitions().patient_compartment().items()}
+
+
+def compartment_of(
+    resource_type: str, resource_id: str, index: dict[str, list[tuple[Any, ...]]]
+) -> str:
+    """The patient whose compartment holds a resource, from its index rows: a Patient's own id;
+    else the least patient id its compartment parameters (R4 CompartmentDefinition patient)
+    refer to; '' for a resource in no patient's compartment. The least, so that the rule
+    gives one answer for a resource in several compartments and SQL can apply it too
+    (revision 0006 fills stored rows with ``min``)."""
+    if resource_type == "Patient":
+        return resource_id
+    params = _compartment_params().get(resource_type)
+    if not params:
+        return ""
+    patients = [
+        row[3]
+        for row in index.get("reference", ())
+        if row[1] in params and row[2] == "Patient" and row[3]
+    ]
+    return min(patients) if patients else ""

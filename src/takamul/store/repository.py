@@ -41,7 +41,7 @@ from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
 from takamul.store.engine import make_engines, redacted
 from takamul.store.guard import Guard, current_guard
-from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, index_tuples
+from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, compartment_of, index_tuples
 from takamul.store.labels import ensure_labelled
 from takamul.store.migrations import prepare_at_start
 from takamul.store.nested import guard_nested
@@ -69,6 +69,7 @@ UPDATE_RESOURCE = (
         last_updated=bindparam("last_updated"),
         deleted=bindparam("deleted"),
         content=bindparam("content"),
+        compartment=bindparam("compartment"),
     )
 )
 INSERT_VERSION = insert(resource_version)
@@ -777,6 +778,7 @@ class Session:
                 method="DELETE",
                 deleted=True,
                 content=None,
+                compartment=row.compartment,
             )
         )
         self._drop_index(row.rid)
@@ -806,6 +808,8 @@ class Session:
         version = current + 1
         stored_body = self._prepare(body, resource_type, resource_id, version, now, options)
         content = orjson.dumps(stored_body)
+        index = index_tuples(self.store.indexer, resource_type, stored_body)
+        compartment = compartment_of(resource_type, resource_id, index)
         values = {
             "res_type": resource_type,
             "res_id": resource_id,
@@ -813,6 +817,7 @@ class Session:
             "last_updated": now,
             "deleted": False,
             "content": content,
+            "compartment": compartment,
         }
         if row is None:
             rid = self.conn.execute(INSERT_RESOURCE, values).scalar_one()
@@ -821,9 +826,9 @@ class Session:
             self.conn.execute(UPDATE_RESOURCE, {**values, "b_rid": rid})
             self._drop_index(rid)
         self.pending.versions.append(
-            (rid, resource_type, resource_id, version, now, method, False, content)
+            (rid, resource_type, resource_id, version, now, method, False, content, compartment)
         )
-        self._write_index(rid, resource_type, stored_body)
+        self._add_index(rid, index)
         self._written(resource_type, resource_id, stored_body)
         return StoredResource(
             resource_type,
@@ -890,9 +895,12 @@ class Session:
         self._write_index(rid, resource_type, body)
 
     def _write_index(self, rid: int, resource_type: str, body: dict[str, Any]) -> None:
-        index = self.pending.index
-        for kind, rows in index_tuples(self.store.indexer, resource_type, body).items():
-            index.setdefault(kind, []).extend((rid, *row) for row in rows)
+        self._add_index(rid, index_tuples(self.store.indexer, resource_type, body))
+
+    def _add_index(self, rid: int, index: dict[str, list[tuple[Any, ...]]]) -> None:
+        pending = self.pending.index
+        for kind, rows in index.items():
+            pending.setdefault(kind, []).extend((rid, *row) for row in rows)
 
     def _drop_index(self, rid: int) -> None:
         for table in INDEX_TABLES.values():

@@ -40,6 +40,9 @@ resource = Table(
     Column("last_updated", Float, nullable=False),  # epoch seconds, for _lastUpdated and _since
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", LargeBinary, nullable=True),  # orjson bytes of the current version
+    # the patient whose compartment holds the resource ('' for none): the distribution column
+    # of a sharded record (docs/scale.md), kept on every write; revision 0006
+    Column("compartment", String(64), nullable=False, server_default=""),
     UniqueConstraint("res_type", "res_id", name="uq_resource_type_id"),
     Index("ix_resource_type_updated", "res_type", "last_updated"),
 )
@@ -56,6 +59,7 @@ resource_version = Table(
     Column("method", String(8), nullable=False),  # POST | PUT | PATCH | DELETE
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", LargeBinary, nullable=True),
+    Column("compartment", String(64), nullable=False, server_default=""),
     UniqueConstraint("rid", "version", name="uq_version_rid_version"),
     Index("ix_version_updated", "last_updated"),
     Index("ix_version_type_updated", "res_type", "last_updated"),

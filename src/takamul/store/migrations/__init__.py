@@ -286,7 +286,8 @@ def prepare_at_start(engine: Engine, where: str) -> None:
         return
     raise SchemaError(
         f"The PostgreSQL store {where} is {state.describe()}; this release needs revision "
-        f"{state.head}, and {', '.join(changing)} changes tables that hold the record. Back it "
+        f"{state.head}, and {', '.join(changing)} "
+        f"{'changes' if len(changing) == 1 else 'change'} tables that hold the record. Back it "
         "up (pg_dump -Fc), then run: takamul db upgrade --db URL (see docs/operations.md). The "
         "server does not run such a migration on a national store on its own"
     )
