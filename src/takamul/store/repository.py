@@ -300,8 +300,7 @@ class Session:
         row = self.conn.execute(
             select(resource_version.c.content)
             .where(
-                resource_version.c.res_type == stored.resource_type,
-                resource_version.c.res_id == stored.id,
+                resource_version.c.rid == _rid_of(stored.resource_type, stored.id),
                 resource_version.c.deleted == false(),
                 resource_version.c.version < stored.version,
             )
@@ -331,8 +330,7 @@ class Session:
         row = self.conn.execute(
             select(resource_version).where(
                 and_(
-                    resource_version.c.res_type == resource_type,
-                    resource_version.c.res_id == resource_id,
+                    resource_version.c.rid == _rid_of(resource_type, resource_id),
                     resource_version.c.version == int(version),
                 )
             )
@@ -362,7 +360,9 @@ class Session:
         conds: list[ColumnElement[bool]] = []
         if resource_type:
             conds.append(resource_version.c.res_type == resource_type)
-        if resource_id:
+        if resource_type and resource_id:
+            conds.append(resource_version.c.rid == _rid_of(resource_type, resource_id))
+        elif resource_id:
             conds.append(resource_version.c.res_id == resource_id)
         if since is not None:
             # Half a microsecond of slack absorbs float rounding of the parsed instant.
@@ -916,6 +916,17 @@ def _may(guard: Guard, resource_type: str, interaction: str) -> bool:
     except FhirError:
         return False
     return True
+
+
+def _rid_of(resource_type: str, resource_id: str) -> Any:
+    """The resource's rid, as a subquery: its versions are then found through the (rid,
+    version) key; resource_version has no index on (res_type, res_id), so a condition on
+    those read every version of the type (a full scan per vread at national scale)."""
+    return (
+        select(resource.c.rid)
+        .where(resource.c.res_type == resource_type, resource.c.res_id == resource_id)
+        .scalar_subquery()
+    )
 
 
 def _stored(row: Any, method: str = "PUT") -> StoredResource:
