@@ -31,7 +31,9 @@ INSERT_NEW = insert(resource).returning(
 class PreparedResource:
     resource_type: str
     id: str
-    body: dict[str, Any]  # stamped as version 1; re-stamped if the resource already exists
+    # the serialised resource stamped as version 1 (re-stamped if the resource already exists);
+    # only the bytes travel back from the worker process: the dict as well cost the loading
+    # process more to unpickle than the rest of its work on the batch
     content: bytes
     index: dict[str, list[tuple[Any, ...]]]  # kind -> (res_type, param, *values), no rid
     last_updated: float
@@ -60,7 +62,7 @@ def prepare(
     stamped = _stamp(label_sensitive(body), 1, now, source)
     rows = index_tuples(indexer, str(rtype), stamped)
     compartment = compartment_of(str(rtype), rid, rows)
-    return PreparedResource(str(rtype), rid, stamped, orjson.dumps(stamped), rows, now, compartment)
+    return PreparedResource(str(rtype), rid, orjson.dumps(stamped), rows, now, compartment)
 
 
 def _stamp(body: dict[str, Any], version: int, now: float, source: str) -> dict[str, Any]:
@@ -197,9 +199,9 @@ def _update_existing(
     for p in old:
         row = existing[(p.resource_type, p.id)]
         version = row.version + 1
-        source = str(p.body["meta"].get("source", ""))
-        p.body = _stamp(p.body, version, p.last_updated, source)
-        p.content = orjson.dumps(p.body)
+        body = orjson.loads(p.content)
+        source = str(body["meta"].get("source", ""))
+        p.content = orjson.dumps(_stamp(body, version, p.last_updated, source))
         rids[(p.resource_type, p.id)] = row.rid
         versions[(p.resource_type, p.id)] = version
     conn.execute(
