@@ -254,6 +254,7 @@ def _post(session: Session, e: Entry, parts: list[str], ctx: RequestContext) -> 
             None,
             ix.WriteOptions(ctx.source),
             method="POST",
+            expect_new=True,  # a new uuid4 of _assign_ids
         )
         stored.created = True
         return ix.resource_result(stored, ctx, 201, location=True)

@@ -689,7 +689,11 @@ class Session:
         if_match: str | None = None,
         options: WriteOptions = WriteOptions(),
         method: str = "PUT",
+        expect_new: bool = False,
     ) -> StoredResource:
+        """Store a version of ``resource_type/resource_id``. ``expect_new``: the id was made
+        here just now (a transaction's POST), so there is no stored row to read first; the
+        unique key still refuses a clash."""
         _check_body_type(body, resource_type)
         body_id = body.get("id")
         if body_id is None:
@@ -715,7 +719,9 @@ class Session:
             )
         if not valid_id(resource_id):
             raise FhirError(400, f"'{resource_id}' is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})")
-        return self._put(resource_type, resource_id, body, if_match, method, options)
+        return self._put(
+            resource_type, resource_id, body, if_match, method, options, expect_new=expect_new
+        )
 
     def conditional_update(
         self,
