@@ -6,6 +6,7 @@ that starts with (res_type, param) and the planner intersects them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -477,4 +478,19 @@ def _sort_value(resource_type: str, key: SortKey) -> Any:
         )
         .correlate(resource)
         .scalar_subquery()
+    )
+
+
+def typed_keys(
+    type_column: Any, id_column: Any, keys: Iterable[tuple[str, str]]
+) -> ColumnElement[bool]:
+    """``(type, id) IN keys`` as one ``id IN (...)`` per type: SQLite answers a row-value IN
+    by reading the whole table (158 ms for the 20 patients an ``_include`` brings in, at 10k
+    persons), whereas each per-type IN is a lookup in the (type, id) index on both stores."""
+    by_type: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        by_type.setdefault(rtype, set()).add(rid)
+    return or_(
+        false(),
+        *(and_(type_column == t, id_column.in_(sorted(ids))) for t, ids in sorted(by_type.items())),
     )
