@@ -28,7 +28,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -55,7 +54,8 @@ from takamul.store.schema import (
     resource_version,
     sp_reference,
 )
-from takamul.store.search import matching_rids, sort_expressions
+from takamul.store.search import matching_rids, sort_expressions, typed_keys
+from takamul.store.totals import exact_count, search_total
 
 T = TypeVar("T")
 
@@ -426,21 +426,21 @@ class Session:
         if guard is not None and guard.exhaustive(query.resource_type):
             return self._exhaustive_search(guard, query)
         rids = matching_rids(query.resource_type, query.filters)
-        total = None
-        if query.total != "none" or query.summary == "count":
-            total = self.conn.execute(
-                select(func.count()).select_from(rids.subquery())
-            ).scalar_one()
         if query.summary == "count":
-            return SearchPage([], [], total, query.offset, 0)
+            return SearchPage([], [], exact_count(self.conn, rids), query.offset, 0)
+        total = search_total(self.conn, rids, query.total)
+        # without an exact total, one row more than the page tells whether a next page exists
+        peek = 0 if total.exact and total.value is not None else 1
         stmt = (
             select(resource)
             .where(resource.c.rid.in_(rids))
             .order_by(*sort_expressions(query.resource_type, query.sort))
-            .limit(query.count)
+            .limit(query.count + peek)
             .offset(query.offset)
         )
         rows = self.conn.execute(stmt).all()
+        more = len(rows) > query.count if peek else None
+        rows = rows[: query.count]
         matches = [_stored(r) for r in rows]
         included = self._includes(query, [r.rid for r in rows], matches)
         guard = current_guard.get()
@@ -452,7 +452,16 @@ class Session:
                 if _may(guard, r.resource_type, "r")
                 and guard.visible(r.resource_type, r.json(), "r")
             ]
-        return SearchPage(matches, included, total, query.offset, query.count, query.warnings)
+        return SearchPage(
+            matches,
+            included,
+            total.value,
+            query.offset,
+            query.count,
+            query.warnings,
+            total_exact=total.exact,
+            more=more,
+        )
 
     def _exhaustive_search(self, guard: Guard, query: SearchQuery) -> SearchPage:
         """Every match checked by the guard and the total counted from what it lets through,
@@ -468,9 +477,12 @@ class Session:
             for row in self.conn.execute(stmt)
             if guard.visible(rtype, (stored := _stored(row)).json(), "r")
         ]
-        total = len(visible)
+        total: int | None = len(visible)
         if query.summary == "count":
             return SearchPage([], [], total, query.offset, 0)
+        more = query.offset + query.count < len(visible)
+        if query.total == "none":
+            total = None
         page = visible[query.offset : query.offset + query.count]
         matches = [stored for _, stored in page]
         included = [
@@ -478,7 +490,9 @@ class Session:
             for r in self._includes(query, [rid for rid, _ in page], matches)
             if _may(guard, r.resource_type, "r") and guard.visible(r.resource_type, r.json(), "r")
         ]
-        return SearchPage(matches, included, total, query.offset, query.count, query.warnings)
+        return SearchPage(
+            matches, included, total, query.offset, query.count, query.warnings, more=more
+        )
 
     def find(self, resource_type: str, params: list[tuple[str, str]]) -> list[StoredResource]:
         """All current resources matching search parameters (for conditional interactions)."""
@@ -552,7 +566,7 @@ class Session:
             keys = [(m.resource_type, m.id) for m in sources]
             conds = [
                 sp_reference.c.res_type == spec.source_type,
-                tuple_(sp_reference.c.target_type, sp_reference.c.target_id).in_(keys),
+                typed_keys(sp_reference.c.target_type, sp_reference.c.target_id, keys),
             ]
             if spec.param is not None:
                 conds.append(sp_reference.c.param == spec.param.code)
@@ -577,7 +591,7 @@ class Session:
         rows = self.conn.execute(
             select(resource).where(
                 and_(
-                    tuple_(resource.c.res_type, resource.c.res_id).in_(sorted(keys)),
+                    typed_keys(resource.c.res_type, resource.c.res_id, keys),
                     resource.c.deleted == false(),
                 )
             )
