@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,8 +24,7 @@ POPULATED = "encounters by date with _include, weeks of 2024"
 
 
 def measure(db_url: str, data: Path, seconds: float, workers: int) -> dict[str, dict[str, float]]:
-    os.environ["TAKAMUL_AUTH"] = "false"  # the server inherits the environment
-    server = Server(db_url, workers)
+    server = Server(db_url, workers, auth=False)
     try:
         urls = search_urls(server.base, ndjson_files(data))
         # the benchmark's weeks are in 2025, after the synthetic record ends (2024-12-31):
