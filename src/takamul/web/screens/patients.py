@@ -380,7 +380,9 @@ def _care_labels(viewer: Viewer) -> dict[str, Any]:
 def _members(web: WebServices, person: str | None) -> list[str]:
     if web.registry is None or person is None:
         return []
-    # the registry's membership, all of it; the guarded search then filters it
+    # the registry's membership, all of it, as every server process has committed it; the
+    # guarded search then filters it
+    web.registry.refresh()
     return sorted(web.registry.persons.get(person, ()))
 
 
