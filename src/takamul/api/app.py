@@ -270,7 +270,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
 
     @app.get("/fhir/{rtype}")
     def search_get(rtype: str, request: Request) -> Response:
-        with store.reading() as s:
+        with store.reading(snapshot=False) as s:
             return _result(ix.search(s, rtype_of(rtype), _query(request), ctx(request)))
 
     @app.post("/fhir/{rtype}/_search")
@@ -279,7 +279,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         c = ctx(request)
 
         def run() -> Result:
-            with store.reading() as s:
+            with store.reading(snapshot=False) as s:
                 return ix.search(s, rtype_of(rtype), params, c)
 
         return _result(await _thread(run))
@@ -315,7 +315,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         elements = args["_elements"].split(",") if "_elements" in args else None
 
         def work() -> Response:
-            with store.reading() as s:
+            with store.reading(snapshot=False) as s:
                 return _result(ix.read(s, rtype_of(rtype), rid, args.get("_summary"), elements))
 
         # The hottest route runs on the event loop on SQLite: one indexed lookup in the

@@ -181,9 +181,17 @@ class Store:
         self.reader.dispose()
 
     @contextmanager
-    def reading(self) -> Iterator[Session]:
-        with self.reader.connect() as conn, conn.begin():
-            yield Session(self, conn)
+    def reading(self, snapshot: bool = True) -> Iterator[Session]:
+        """A reading session. ``snapshot=False`` (PostgreSQL): no transaction around its
+        statements, for a request's short reads: PostgreSQL's READ COMMITTED gives each
+        statement its own snapshot anyway, and BEGIN and COMMIT were two of a read's three
+        round trips. Server-side cursors (``yield_per``) and ``SET LOCAL`` need the default."""
+        with self.reader.connect() as conn:
+            if not snapshot and conn.dialect.name == "postgresql":
+                yield Session(self, conn.execution_options(isolation_level="AUTOCOMMIT"))
+                return
+            with conn.begin():
+                yield Session(self, conn)
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, again from the start if a concurrent writer
