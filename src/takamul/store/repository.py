@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -612,24 +613,36 @@ class Session:
     ) -> tuple[list[StoredResource], int]:
         """The Patient compartment (CompartmentDefinition 'patient' of R4) of one patient."""
         self.read("Patient", patient_id)
-        branches: list[ColumnElement[bool]] = [
-            and_(resource.c.res_type == "Patient", resource.c.res_id == patient_id)
+        # One scan of the patient's references (the reverse reference index leads with the
+        # target) and the Patient itself, as one set of rids: an OR of an IN-subquery per type
+        # made PostgreSQL read the whole resource table for every page (2.6 s at 336k).
+        kinds = [
+            and_(sp_reference.c.res_type == rtype, sp_reference.c.param.in_(params))
+            for rtype, params in self.defs.patient_compartment().items()
+            if types is None or rtype in types
         ]
-        for rtype, params in self.defs.patient_compartment().items():
-            if types is not None and rtype not in types:
-                continue
-            refs = select(sp_reference.c.rid).where(
-                and_(
-                    sp_reference.c.target_type == "Patient",
-                    sp_reference.c.target_id == patient_id,
-                    sp_reference.c.res_type == rtype,
-                    sp_reference.c.param.in_(params),
+        parts = []
+        if types is None or "Patient" in types:
+            parts.append(
+                select(resource.c.rid).where(
+                    resource.c.res_type == "Patient", resource.c.res_id == patient_id
                 )
             )
-            branches.append(resource.c.rid.in_(refs))
-        if types is not None and "Patient" not in types:
-            branches = branches[1:]
-        conds: list[ColumnElement[bool]] = [resource.c.deleted == false(), or_(*branches)]
+        if kinds:
+            parts.append(
+                select(sp_reference.c.rid).where(
+                    sp_reference.c.target_type == "Patient",
+                    sp_reference.c.target_id == patient_id,
+                    or_(*kinds),
+                )
+            )
+        members = union_all(*parts) if len(parts) > 1 else parts[0] if parts else None
+        if members is None:
+            return [], 0
+        conds: list[ColumnElement[bool]] = [
+            resource.c.deleted == false(),
+            resource.c.rid.in_(members),
+        ]
         if since is not None:
             conds.append(resource.c.last_updated >= since - 5e-7)
         where = and_(*conds)
