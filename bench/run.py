@@ -110,7 +110,8 @@ class Server:
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.time() + 120
+        # the first start after a bulk load links its Patients into persons: minutes at 100k
+        deadline = time.time() + 1800
         while time.time() < deadline:
             try:
                 if httpx.get(f"{self.base}/metadata", timeout=2).status_code == 200:

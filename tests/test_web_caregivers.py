@@ -33,7 +33,14 @@ from takamul.settings import Settings
 from takamul.store.guard import unguarded
 from takamul.store.repository import Store
 from takamul.web.i18n import translations
-from tests.web_world import PASSWORD, WebSite, axe_violations, set_preferences, signed_in
+from tests.web_world import (
+    PASSWORD,
+    FreshToken,
+    WebSite,
+    axe_violations,
+    set_preferences,
+    signed_in,
+)
 
 # the same in every xdist worker of a run (test ids may be made from it), new in every run
 RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
@@ -219,9 +226,8 @@ def _facility_client(site: WebSite, facility: str) -> httpx.Client:
     client_id = f"{facility}-{uuid.uuid4().hex[:8]}"
     jwks = {"keys": [{**key.as_dict(private=False), "kid": key.thumbprint(), "alg": "ES384"}]}
     site.security.clients.add(client_id, facility, jwks, "system/*.cruds", facility, ("clinician",))
-    token = site.security.tokens.mint(client_id, "system/*.cruds", site.root + "/fhir")
-    headers = {"Authorization": f"Bearer {token}"}
-    return httpx.Client(base_url=site.root + "/fhir", timeout=60, headers=headers)
+    auth = FreshToken(site.security, client_id, site.root + "/fhir")
+    return httpx.Client(base_url=site.root + "/fhir", timeout=60, auth=auth)
 
 
 def _psy_restriction(key: str) -> dict[str, Any]:

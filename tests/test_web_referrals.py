@@ -22,7 +22,7 @@ from joserfc.jwk import ECKey
 
 from takamul.coordination.referrals import TASK_CODE_SYSTEM
 from takamul.web.i18n import translations
-from tests.web_world import FACILITIES, WebSite
+from tests.web_world import FACILITIES, FreshToken, WebSite
 
 # the same in every xdist worker of a run (test ids may be made from it), new in every run
 RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
@@ -41,10 +41,8 @@ def facility_client(site: WebSite, facility: str) -> httpx.Client:
     client_id = f"{facility}-{uuid.uuid4().hex[:8]}"
     jwks = {"keys": [{**key.as_dict(private=False), "kid": key.thumbprint(), "alg": "ES384"}]}
     site.security.clients.add(client_id, facility, jwks, "system/*.cruds", facility, ("clinician",))
-    token = site.security.tokens.mint(client_id, "system/*.cruds", site.root + "/fhir")
-    return httpx.Client(
-        base_url=site.root + "/fhir", timeout=60, headers={"Authorization": f"Bearer {token}"}
-    )
+    auth = FreshToken(site.security, client_id, site.root + "/fhir")
+    return httpx.Client(base_url=site.root + "/fhir", timeout=60, auth=auth)
 
 
 def _days_ago(days: int) -> str:

@@ -25,7 +25,7 @@ from joserfc.jwk import ECKey
 from takamul.coordination.referrals import TASK_CODE_SYSTEM
 from takamul.web.i18n import translations
 from tests.server import postgres_database, running_server
-from tests.web_world import FACILITIES, PASSWORD, WebSite, _site
+from tests.web_world import FACILITIES, PASSWORD, FreshToken, WebSite, _site
 
 # the same in every xdist worker of a run (test ids may be made from it), new in every run
 RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex)[:6]
@@ -51,10 +51,8 @@ def _facility_client(site: WebSite, facility: str) -> httpx.Client:
     client_id = f"{facility}-{uuid.uuid4().hex[:8]}"
     jwks = {"keys": [{**key.as_dict(private=False), "kid": key.thumbprint(), "alg": "ES384"}]}
     site.security.clients.add(client_id, facility, jwks, "system/*.cruds", facility, ("clinician",))
-    token = site.security.tokens.mint(client_id, "system/*.cruds", site.root + "/fhir")
-    return httpx.Client(
-        base_url=site.root + "/fhir", timeout=60, headers={"Authorization": f"Bearer {token}"}
-    )
+    auth = FreshToken(site.security, client_id, site.root + "/fhir")
+    return httpx.Client(base_url=site.root + "/fhir", timeout=60, auth=auth)
 
 
 def _refer(client: httpx.Client, patient: str, days_ago: int, code: str = CARDIOLOGY) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,6 +96,22 @@ def _seed(site: WebSite) -> None:
         site.ids[key] = r.json()["id"]
 
 
+class FreshToken(httpx.Auth):
+    """A bearer token minted again before it expires: the site lives for the whole test
+    session, which on a loaded machine outlasts a token's five minutes."""
+
+    def __init__(self, security: Security, client_id: str, base: str) -> None:
+        self.security, self.client_id, self.base = security, client_id, base
+        self.token, self.minted = "", 0.0
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        if time.monotonic() - self.minted > 120:
+            self.token = self.security.tokens.mint(self.client_id, "system/*.cruds", self.base)
+            self.minted = time.monotonic()
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def web_site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -121,8 +138,7 @@ def _site(base: str, url: str) -> WebSite:
     security.clients.add(
         client_id, "web test admin", jwks, "system/*.cruds", None, ("administrator",)
     )
-    token = security.tokens.mint(client_id, "system/*.cruds", base)
-    fhir = httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"})
+    fhir = httpx.Client(base_url=base, timeout=60, auth=FreshToken(security, client_id, base))
     site = WebSite(base.rsplit("/fhir", 1)[0], url, security, fhir)
     _seed(site)
     return site
