@@ -71,17 +71,6 @@ def index_tuples(
     return rows
 
 
-def index_rows(
-    indexer: SearchIndexer, rid: int, resource_type: str, body: dict[str, Any]
-) -> dict[str, list[dict[str, Any]]]:
-    """kind -> rows as dicts by column name, for SQLAlchemy inserts."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for kind, rows in index_tuples(indexer, resource_type, body).items():
-        names = ("res_type", "param", *VALUE_COLUMNS[kind])
-        out[kind] = [{"rid": rid, **dict(zip(names, row, strict=True))} for row in rows]
-    return out
-
-
 @cache
 def _compartment_params() -> dict[str, frozenset[str]]:
     return {t: frozenset(ps) for t, ps in definitions().patient_compartment().items()}

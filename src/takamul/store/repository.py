@@ -73,7 +73,6 @@ UPDATE_RESOURCE = (
         compartment=bindparam("compartment"),
     )
 )
-INSERT_VERSION = insert(resource_version)
 SELECT_CURRENT = select(resource).where(
     and_(resource.c.res_type == bindparam("res_type"), resource.c.res_id == bindparam("res_id"))
 )
