@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -276,3 +277,45 @@ def test_xml_body_is_refused_with_415(http: httpx.Client) -> None:
     )
     assert r.status_code == 415
     assert "application/fhir+json" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_the_fast_read_route_takes_only_reads(http: httpx.Client) -> None:
+    """The read route the router tries first must leave every other GET path to its own route:
+    a type-level operation, a system path, an id FHIR does not allow, an unknown type."""
+    pid = create(http, patient())["id"]
+    assert http.get(f"/Patient/{pid}").json()["id"] == pid
+    history = http.get("/Patient/_history", params={"_count": 1})
+    assert history.status_code == 200 and history.json()["type"] == "history"
+    found = http.get("/Patient/_search")  # POST only: never a Patient read as "_search"
+    assert found.status_code in (404, 405) and found.json()["resourceType"] == "OperationOutcome"
+    bad = http.get("/Patient/no$such*id")  # not a FHIR id: the read's own answer, not 405
+    assert bad.status_code in (400, 404) and bad.json()["resourceType"] == "OperationOutcome"
+    assert http.get("/Spaceship/abc").status_code == 404
+
+
+def test_no_route_of_its_own_is_shadowed_by_the_fast_read_route(tmp_path: Path) -> None:
+    """Every GET route of the shape /fhir/<Type>/{param} is for a type the fast route leaves."""
+    from starlette.routing import Route
+
+    from takamul.api.app import OWN_READ_ROUTES, create_app
+    from takamul.settings import Settings
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/routes.sqlite", auth=True))
+    fast = next(r for r in app.router.routes if getattr(r, "path", "").endswith("{rid:fhir_id}"))
+    assert isinstance(fast, Route)
+    own = {
+        r.path.split("/")[2]
+        for r in app.router.routes
+        if isinstance(r, Route)
+        and r is not fast
+        and "GET" in (r.methods or ())
+        and r.path.count("/") == 3
+        and r.path.split("/")[2][:1].isupper()
+        and r.path.split("/")[3].startswith("{")
+    }
+    assert own, "the audit log's AuditEvent read is such a route"
+    assert own <= set(OWN_READ_ROUTES)
+    for name in own:
+        assert fast.path_regex.match(f"/fhir/{name}/x1") is None
+    assert fast.path_regex.match("/fhir/Patient/x1") is not None
+    assert fast.path_regex.match("/fhir/Patient/$everything") is None

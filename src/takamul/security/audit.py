@@ -59,6 +59,7 @@ from sqlalchemy.exc import OperationalError
 
 from takamul.fhir.outcome import FhirError, bad_request
 from takamul.fhir.search_values import date_range
+from takamul.store.rowcopy import copy_rows
 
 __all__ = [
     "ACTIONS",
@@ -1040,12 +1041,12 @@ class AuditLog:
             rows.append((seq, canonical, prev, digest, *(columns[name] for name in _COLUMN_ORDER)))
             patients.extend((seq, p) for p in item.patients)
             prev = digest
-        # straight to the driver's executemany: the rows are already in the columns' types,
-        # and a batch of hundreds skips the per-row parameter processing of the SQL layer
-        log_sql, patient_sql = _insert_statements(conn.dialect.paramstyle)
-        conn.exec_driver_sql(log_sql, rows)
-        if patients:
-            conn.exec_driver_sql(patient_sql, patients)
+        # straight to the driver (binary COPY on PostgreSQL, executemany on SQLite): the rows
+        # are already in the columns' types, and a batch of hundreds skips the per-row
+        # parameter processing of the SQL layer (on PostgreSQL, a pipelined INSERT per row
+        # cost about a third of an audited read's CPU)
+        copy_rows(conn, audit_log, _LOG_COLUMNS, rows)
+        copy_rows(conn, audit_patient, ("seq", "patient_id"), patients)
         conn.execute(
             update(audit_chain_head)
             .where(audit_chain_head.c.id == 1)
@@ -1180,17 +1181,7 @@ _COLUMN_ORDER = (
 )
 
 
-@lru_cache(maxsize=4)
-def _insert_statements(paramstyle: str) -> tuple[str, str]:
-    """The INSERTs of the log and its patient index in the driver's own placeholders."""
-    mark = "?" if paramstyle == "qmark" else "%s"
-    names = ("seq", "event", "prev_hash", "hash", *_COLUMN_ORDER)
-    log_sql = (
-        f"INSERT INTO {audit_log.name} ({', '.join(names)}) "
-        f"VALUES ({', '.join(mark for _ in names)})"
-    )
-    patient_sql = f"INSERT INTO {audit_patient.name} (seq, patient_id) VALUES ({mark}, {mark})"
-    return log_sql, patient_sql
+_LOG_COLUMNS = ("seq", "event", "prev_hash", "hash", *_COLUMN_ORDER)
 
 
 def _bad(checked: int, seq: int | None, reason: str, head: Any) -> VerifyResult:

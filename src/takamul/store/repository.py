@@ -39,7 +39,7 @@ from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
-from takamul.store.engine import make_engines, redacted
+from takamul.store.engine import make_engines, redacted, statement_engine
 from takamul.store.guard import Guard, current_guard
 from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, compartment_of, index_tuples
 from takamul.store.labels import ensure_labelled
@@ -157,6 +157,8 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.writer, self.reader = make_engines(settings.database_url)
+        # PostgreSQL: connections that read outside any transaction (``reading(snapshot=False)``)
+        self.statement_reader = statement_engine(settings.database_url)
         event.listen(self.writer, "before_cursor_execute", _send_pending)
         prepare_at_start(self.writer, redacted(settings.database_url))
         self.indexer = SearchIndexer()
@@ -179,6 +181,8 @@ class Store:
     def close(self) -> None:
         self.writer.dispose()
         self.reader.dispose()
+        if self.statement_reader is not None:
+            self.statement_reader.dispose()
 
     @contextmanager
     def reading(self, snapshot: bool = True) -> Iterator[Session]:
@@ -186,12 +190,12 @@ class Store:
         statements, for a request's short reads: PostgreSQL's READ COMMITTED gives each
         statement its own snapshot anyway, and BEGIN and COMMIT were two of a read's three
         round trips. Server-side cursors (``yield_per``) and ``SET LOCAL`` need the default."""
-        with self.reader.connect() as conn:
-            if not snapshot and conn.dialect.name == "postgresql":
-                yield Session(self, conn.execution_options(isolation_level="AUTOCOMMIT"))
-                return
-            with conn.begin():
+        if not snapshot and self.statement_reader is not None:
+            with self.statement_reader.connect() as conn:
                 yield Session(self, conn)
+            return
+        with self.reader.connect() as conn, conn.begin():
+            yield Session(self, conn)
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, again from the start if a concurrent writer
