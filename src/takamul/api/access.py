@@ -163,11 +163,15 @@ def interaction_of(method: str, path: str) -> tuple[str, str | None, str | None]
     return verb.get(method, "read"), rtype, rid
 
 
-def _patients(request: Request, rtype: str | None, rid: str | None) -> tuple[str, ...]:
+def _patients(
+    request: Request, path: str, query: str, rtype: str | None, rid: str | None
+) -> tuple[str, ...]:
     found = [rid] if rtype == "Patient" and rid else []
-    parts = [p for p in request.url.path.split("/") if p]
+    parts = [p for p in path.split("/") if p]
     if len(parts) >= 4 and parts[:2] == ["fhir", "Patient"] and parts[3][:1].isupper():
         found.append(parts[2])  # a search in the patient's compartment
+    if not query:
+        return tuple(dict.fromkeys(found))
     for key in ("patient", "subject"):
         value = request.query_params.get(key)
         if value and "/" not in value.removeprefix("Patient/"):
@@ -186,13 +190,19 @@ def _audit(
     """``written``: the patients whose data the request wrote (from the bodies, which the URL
     does not show), so that a write, above all one made breaking the glass, is found by
     patient when it is reviewed."""
-    interaction, rtype, rid = interaction_of(request.method, request.url.path)
+    # the path and query straight from the ASGI scope: ``request.url`` parses a whole URL, a
+    # cost on every audited request
+    path = request.scope["path"]
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    interaction, rtype, rid = interaction_of(request.method, path)
     fields = {
         "status": status,
         "resource_type": rtype,
         "resource_id": rid,
-        "query": request.url.query or None,
-        "patient_ids": tuple(dict.fromkeys((*_patients(request, rtype, rid), *written))),
+        "query": query or None,
+        "patient_ids": tuple(
+            dict.fromkeys((*_patients(request, path, query, rtype, rid), *written))
+        ),
         "address": request.client.host if request.client else None,
         "outcome_text": outcome_text,
     }

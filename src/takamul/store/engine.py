@@ -55,7 +55,9 @@ def statement_engine(url: str) -> Engine | None:
     options = _postgres_pool()
     options["pool_size"] = int(os.environ.get("TAKAMUL_DB_READ_POOL_SIZE", "10"))
     options["max_overflow"] = int(os.environ.get("TAKAMUL_DB_READ_MAX_OVERFLOW", "10"))
-    return _postgres_engine(parsed, {**options, "isolation_level": "AUTOCOMMIT"})
+    # nothing to roll back when a connection comes back: every statement committed itself
+    autocommit = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
+    return _postgres_engine(parsed, {**options, **autocommit})
 
 
 def _postgres_engine(url: URL, options: dict[str, Any]) -> Engine:
