@@ -38,6 +38,8 @@ import httpx
 import orjson
 from sqlalchemy import create_engine, text
 
+from takamul.synth.people import luhn_digit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -75,12 +77,9 @@ FAMILY = [
 
 
 def luhn_id(rng: random.Random) -> str:
+    """A valid Saudi national ID (10 digits, Luhn check digit)."""
     body = "1" + "".join(rng.choices("0123456789", k=8))
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch) * 2 if i % 2 == 0 else int(ch)
-        total += d - 9 if d > 9 else d
-    return body + str((10 - total % 10) % 10)
+    return body + luhn_digit(body)
 
 
 class Person:

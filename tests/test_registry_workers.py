@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 
+from takamul.synth.people import luhn_digit
 from tests.server import ROOT, postgres_database, running_server
 
 GOLDEN = "https://takamul.health/fhir/CodeSystem/client-registry|golden-record"
@@ -51,11 +52,7 @@ SINGLES: list[tuple[str, str, str]] = [
 def _luhn_id(rng: random.Random) -> str:
     """A valid Saudi national ID (10 digits, Luhn check digit)."""
     body = "1" + "".join(rng.choices("0123456789", k=8))
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch) * 2 if i % 2 == 0 else int(ch)
-        total += d - 9 if d > 9 else d
-    return body + str((10 - total % 10) % 10)
+    return body + luhn_digit(body)
 
 
 def _patient(

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import insert, or_, select, tuple_, update
+from sqlalchemy import insert, or_, select, update
 
 from takamul.notifications.bundles import EventItem, StatusInfo, notification_bundle
 from takamul.notifications.outbox import SERVER_WRITE
@@ -44,7 +44,7 @@ from takamul.security.guard import AccessGuard
 from takamul.security.scopes import ScopeSet
 from takamul.store.guard import Guard, guarded, unguarded
 from takamul.store.repository import Session, Store
-from takamul.store.schema import resource, resource_version
+from takamul.store.schema import pairs_in, resource, resource_version
 
 __all__ = ["DispatchSettings", "Dispatcher", "event_items", "subscriber_context"]
 
@@ -446,8 +446,10 @@ def versions(s: Session, keys: Sequence[tuple[str, str, int]]) -> dict[Key, dict
             (r.res_type, r.res_id): r.rid
             for r in s.conn.execute(
                 select(resource.c.rid, resource.c.res_type, resource.c.res_id).where(
-                    tuple_(resource.c.res_type, resource.c.res_id).in_(
-                        list(dict.fromkeys((t, i) for t, i, _ in chunk))
+                    pairs_in(
+                        resource.c.res_type,
+                        resource.c.res_id,
+                        dict.fromkeys((t, i) for t, i, _ in chunk),
                     )
                 )
             )
@@ -457,7 +459,7 @@ def versions(s: Session, keys: Sequence[tuple[str, str, int]]) -> dict[Key, dict
             continue
         rows = s.conn.execute(
             select(resource_version.c.rid, resource_version.c.version, resource_version.c.content)
-            .where(tuple_(resource_version.c.rid, resource_version.c.version).in_(list(named)))
+            .where(pairs_in(resource_version.c.rid, resource_version.c.version, named))
             .where(resource_version.c.deleted.is_(False))
         )
         for r in rows:

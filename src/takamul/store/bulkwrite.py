@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, tuple_
+from sqlalchemy import Connection, delete, insert, select
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
@@ -20,7 +20,7 @@ from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, compartment_o
 from takamul.store.records import instant
 from takamul.store.repository import UPDATE_RESOURCE
 from takamul.store.rowcopy import copy_rows, driver_cursor
-from takamul.store.schema import INDEX_TABLES, resource, resource_version
+from takamul.store.schema import INDEX_TABLES, pairs_in, resource, resource_version
 
 INSERT_NEW = insert(resource).returning(
     resource.c.rid, resource.c.res_type, resource.c.res_id, sort_by_parameter_order=True
@@ -106,7 +106,7 @@ def _existing(conn: Connection, items: list[PreparedResource]) -> dict[tuple[str
         (r.res_type, r.res_id): r
         for r in conn.execute(
             select(resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.version)
-            .where(tuple_(resource.c.res_type, resource.c.res_id).in_(keys))
+            .where(pairs_in(resource.c.res_type, resource.c.res_id, keys))
             .with_for_update()
         )
     }

@@ -6,6 +6,9 @@ Index rows point at the integer ``rid`` of a resource so that searches join on s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,7 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    false,
+    or_,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
 
@@ -189,3 +196,19 @@ INDEX_TABLES: dict[str, Table] = {
     "number": sp_number,
     "uri": sp_uri,
 }
+
+
+def pairs_in(
+    first: ColumnElement[Any], second: ColumnElement[Any], pairs: Iterable[tuple[Any, Any]]
+) -> ColumnElement[bool]:
+    """``(first, second) IN pairs`` that both stores answer from a two-column index.
+
+    SQLite answers a row-value ``IN`` list by scanning the whole index (a bulk load's lookup of
+    1,000 stored resources took 0.26 s at 336k resources and grew with the store); grouped by
+    the first column, ``first = a AND second IN (...) OR ...`` is one index search per pair.
+    """
+    grouped: dict[Any, list[Any]] = {}
+    for a, b in pairs:
+        grouped.setdefault(a, []).append(b)
+    clauses = [and_(first == a, second.in_(bs)) for a, bs in grouped.items()]
+    return or_(*clauses) if clauses else false()

@@ -65,7 +65,8 @@ class Person:
         return f"P{self.index:07d}"
 
 
-def _luhn_digit(digits: str) -> str:
+def luhn_digit(digits: str) -> str:
+    """The Luhn check digit of ``digits`` (the last digit of a Saudi national or iqama id)."""
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = int(ch)
@@ -86,7 +87,7 @@ def national_id(index: int, group: str, country: str) -> str:
     if country == "SA":
         body = f"{(index * 48271 + 12345678) % 10**8:08d}"
         stem = ("1" if group == "citizen" else "2") + body
-        return stem + _luhn_digit(stem)
+        return stem + luhn_digit(stem)
     stem = f"{(index * 48271 + 123456789) % 10**9:09d}"
     if group != "citizen":
         stem = "9" + stem[1:]  # foreign nationals' numbers set apart (a Takamul convention)
