@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from takamul.bulk.export import ExportRequester
@@ -163,17 +164,16 @@ def interaction_of(method: str, path: str) -> tuple[str, str | None, str | None]
     return verb.get(method, "read"), rtype, rid
 
 
-def _patients(
-    request: Request, path: str, query: str, rtype: str | None, rid: str | None
-) -> tuple[str, ...]:
+def _patients(path: str, query: str, rtype: str | None, rid: str | None) -> tuple[str, ...]:
     found = [rid] if rtype == "Patient" and rid else []
     parts = [p for p in path.split("/") if p]
     if len(parts) >= 4 and parts[:2] == ["fhir", "Patient"] and parts[3][:1].isupper():
         found.append(parts[2])  # a search in the patient's compartment
     if not query:
         return tuple(dict.fromkeys(found))
+    params = QueryParams(query)
     for key in ("patient", "subject"):
-        value = request.query_params.get(key)
+        value = params.get(key)
         if value and "/" not in value.removeprefix("Patient/"):
             found.append(value.removeprefix("Patient/"))
     return tuple(dict.fromkeys(found))
@@ -200,9 +200,7 @@ def _audit(
         "resource_type": rtype,
         "resource_id": rid,
         "query": query or None,
-        "patient_ids": tuple(
-            dict.fromkeys((*_patients(request, path, query, rtype, rid), *written))
-        ),
+        "patient_ids": tuple(dict.fromkeys((*_patients(path, query, rtype, rid), *written))),
         "address": request.client.host if request.client else None,
         "outcome_text": outcome_text,
     }

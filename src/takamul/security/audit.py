@@ -1043,8 +1043,7 @@ class AuditLog:
             prev = digest
         # straight to the driver (binary COPY on PostgreSQL, executemany on SQLite): the rows
         # are already in the columns' types, and a batch of hundreds skips the per-row
-        # parameter processing of the SQL layer (on PostgreSQL, a pipelined INSERT per row
-        # cost about a third of an audited read's CPU)
+        # parameter processing of the SQL layer (and, on PostgreSQL, an INSERT per row)
         copy_rows(conn, audit_log, _LOG_COLUMNS, rows)
         copy_rows(conn, audit_patient, ("seq", "patient_id"), patients)
         conn.execute(
