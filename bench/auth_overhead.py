@@ -371,9 +371,9 @@ def profile(pid: int, seconds: int, drive_load: Any) -> list[tuple[str, float]]:
     keep = [
         (name, 100 * n / total)
         for name, n in inclusive.most_common()
-        if "takamul" in name or "sqlalchemy" in name or "psycopg" in name
+        if any(k in name for k in ("takamul", "sqlalchemy", "psycopg", "starlette", "uvicorn"))
     ]
-    return keep[:40]
+    return keep[:60]
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -473,7 +473,9 @@ def run_rounds(
             name: profile(
                 on.proc.pid,
                 args.profile,
-                lambda s, t=targets: drive(on.port, t, token, args.concurrency, s),  # type: ignore[misc]
+                lambda s, t=targets: drive(  # type: ignore[misc]
+                    on.port, t, tokens[args.profile_as], args.concurrency, s
+                ),
             )
             for name, targets in workloads(patients).items()
         }
@@ -526,6 +528,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="processes per server")
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds (0: none)")
+    parser.add_argument(
+        "--profile-as",
+        choices=("on", "on_national"),
+        default="on",
+        help="whose token the profiled load carries (facility-bound or national)",
+    )
     parser.add_argument("--store", help="a database URL to keep between runs (loaded once)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()

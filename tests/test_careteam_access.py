@@ -568,3 +568,43 @@ def test_the_membership_rule_on_its_own() -> None:
     ended = {**team, "participant": [{"member": {"reference": "Organization/f"},
                                       "period": {"end": "2026-01-01"}}]}  # fmt: skip
     assert not current_participant(ended, me, now)
+
+
+def test_the_targeted_reach_agrees_with_the_whole_list(web_site: WebSite, world: World) -> None:
+    """A read asks whether the facility reaches its few patients (``_reached``), a search that
+    names no patient takes the facility's whole list (``_patients``): the two must agree for
+    every facility and every patient, members and not, the team's patient and the other."""
+    from takamul.security.context import AccessContext
+    from takamul.security.guard import AccessGuard
+    from takamul.security.scopes import ScopeSet
+    from takamul.settings import Settings
+    from takamul.store.repository import Store
+
+    store = Store(Settings(database_url=web_site.db))
+    try:
+        with store.reading() as session:
+            everyone = {
+                str(r[0])
+                for r in session.conn.exec_driver_sql(
+                    "SELECT res_id FROM resource WHERE res_type = 'Patient'"
+                )
+            }
+        assert {world.patient, world.restricted} <= everyone
+        for facility in (HOME, *MEMBERS, *NOT_MEMBERS):
+            access = AccessContext(
+                client_id=f"{facility}-ehr",
+                user=None,
+                roles=frozenset({"clinician"}),
+                facility=facility,
+                scopes=ScopeSet.parse("system/*.rs"),
+            )
+            whole = AccessGuard(access, store)._patients()
+            for pid in sorted(everyone):
+                alone = AccessGuard(access, store)._reached({pid})
+                assert alone == whole & {pid}, (facility, pid)
+            together = AccessGuard(access, store)._reached(set(everyone))
+            assert together == whole & everyone, facility
+            if facility in (HOME, f"ct-none-{SUFFIX}"):  # not vacuous: one reaches, one not
+                assert (world.patient in whole) == (facility == HOME)
+    finally:
+        store.close()

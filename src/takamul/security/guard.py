@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, exists, or_, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
@@ -63,6 +63,8 @@ class AccessGuard:
         self.store = store
         self.indexer: SearchIndexer = store.indexer
         self._facility_patients: frozenset[str] | None = None
+        # patient -> whether the facility reaches them, learnt by targeted queries (``_reached``)
+        self._reach: dict[str, bool] = {}
         self._consents: dict[str, list[Restriction]] = {}
         # the process's register of the record's Consents, and its state for this request
         # (looked up once, when consent first matters; see ``ConsentRegister``)
@@ -137,7 +139,7 @@ class AccessGuard:
         entries = self._entries(resource)
         patients = self._patients_in(resource_type, resource, entries)
         if self.access.facility_scoped and not (
-            self._registers(resource_type, entries, patients) or patients & self._patients()
+            self._registers(resource_type, entries, patients) or self._reached(patients)
         ):
             return False
         if labels and not self._consented(labels, patients):
@@ -317,12 +319,12 @@ class AccessGuard:
             # resource in the patient's compartment where the compartment says so
             keys = {"patient"} & set(defs.search_params_for(resource_type))
             keys |= {"subject"} & set(defs.patient_data().get(resource_type, ()))
-        reachable = self._patients()
         for key, value in params:
             if key not in keys or not value:
                 continue
             ids = [_patient_id(v, bare=key != "subject") for v in value.split(",")]
-            if all(i is not None and i in reachable for i in ids):
+            named = {i for i in ids if i is not None}
+            if len(named) == len(ids) and self._reached(named) == named:
                 return True
         return False
 
@@ -381,7 +383,9 @@ class AccessGuard:
 
     def _patients(self) -> frozenset[str]:
         """The facility's patients, found once per request through the reference index (on
-        a reading connection: what is committed)."""
+        a reading connection: what is committed). Only a search that does not name its
+        patients needs the whole list; reads and searches about named patients ask
+        ``_reached``, whose cost does not grow with the facility."""
         if self._facility_patients is not None:
             return self._facility_patients
         assert self._facility is not None
@@ -400,6 +404,36 @@ class AccessGuard:
         self._facility_patients = frozenset(found)
         return self._facility_patients
 
+    def _reached(self, patients: set[str] | frozenset[str]) -> frozenset[str]:
+        """Those of ``patients`` the facility reaches: the same rule as ``_patients``, asked
+        of these patients only (a facility of 50,000 patients made every read fetch all of
+        their ids); the answers are kept for the rest of the request."""
+        if self._facility_patients is not None:
+            return self._facility_patients & patients
+        unknown = {p for p in patients if p not in self._reach}
+        if unknown:
+            found = self._query_reach(unknown)
+            self._reach.update((p, p in found) for p in unknown)
+        return frozenset(p for p in patients if self._reach[p])
+
+    def _query_reach(self, ids: set[str]) -> set[str]:
+        assert self._facility is not None
+        org_type, org_id = self._facility.split("/", 1)
+        found: set[str] = set()
+        now = time.time()
+        with self.store.reading() as session:
+            for link in FACILITY_LINKS:
+                if link.membership:
+                    found |= _member_patients_of(
+                        session.conn, link, self._facility, ids - found, now
+                    )
+                else:
+                    query = _link_query(link, org_type, org_id, ids - found)
+                    found.update(r[0] for r in session.conn.execute(query) if r[0])
+                if ids <= found:  # the first link (the managing facility) usually settles it
+                    break
+        return found & ids
+
     def _widens_reach(self, role: dict[str, Any]) -> bool:
         """Writing this PractitionerRole would tie the facility to patients it does not reach:
         the care-team patients of the role (or of its practitioner) that are not its own. A
@@ -415,11 +449,15 @@ class AccessGuard:
         link = next(ln for ln in FACILITY_LINKS if ln.membership)
         with self.store.reading() as session:
             reached = _member_patients(session.conn, link, frozenset(refs), time.time())
-        return bool(reached - self._patients())
+        return bool(reached - self._reached(reached))
 
 
-def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
-    """Patient ids a facility link ties to ``org_type/org_id``."""
+def _link_query(
+    link: FacilityLink, org_type: str, org_id: str, among: set[str] | None = None
+) -> Any:
+    """Patient ids a facility link ties to ``org_type/org_id`` (only of ``among`` if given)."""
+    if among is not None:
+        return _link_query_among(link, org_type, org_id, among)
     org = sp_reference.alias("org")
     if link.patient_param == "_id":
         rids = select(org.c.rid).where(_org_match(org, link, org_type, org_id))
@@ -433,6 +471,31 @@ def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
             pat.c.param == link.patient_param,
             pat.c.target_type == "Patient",
         )
+    )
+
+
+def _link_query_among(link: FacilityLink, org_type: str, org_id: str, among: set[str]) -> Any:
+    """The query of ``_link_query`` driven from the patients' side: their few resources, each
+    asked whether it names the facility (an ``IN`` of the facility's rows instead made SQLite
+    list all of its encounters, thousands, to answer for one patient)."""
+    org = sp_reference.alias("org")
+    if link.patient_param == "_id":
+        names = exists().where(org.c.rid == resource.c.rid, _org_match(org, link, org_type, org_id))
+        return select(resource.c.res_id).where(
+            resource.c.res_type == "Patient", resource.c.res_id.in_(sorted(among)), names
+        )
+    pat = sp_reference.alias("pat")
+    names = exists().where(org.c.rid == pat.c.rid, _org_match(org, link, org_type, org_id))
+    return (
+        select(pat.c.target_id)
+        .where(
+            pat.c.res_type == link.resource_type,
+            pat.c.param == link.patient_param,
+            pat.c.target_type == "Patient",
+            pat.c.target_id.in_(sorted(among)),
+            names,
+        )
+        .distinct()
     )
 
 
@@ -457,13 +520,109 @@ def _facility_members(conn: Any, facility: str, now: float) -> frozenset[str]:
     )
     for row in rows:
         role = orjson.loads(row.content) if row.content else {}
-        if role.get("active") is False or not current_period(role.get("period"), now):
+        if not _current_role(role, now):
             continue
         out.add(f"PractitionerRole/{row.res_id}")
         practitioner = str((role.get("practitioner") or {}).get("reference") or "")
         if practitioner.startswith("Practitioner/"):
             out.add(practitioner)
     return frozenset(out)
+
+
+def _current_role(role: dict[str, Any], now: float) -> bool:
+    return role.get("active") is not False and current_period(role.get("period"), now)
+
+
+def _members_among(conn: Any, facility: str, refs: set[str], now: float) -> frozenset[str]:
+    """Those of ``refs`` that stand for ``facility`` on a care team: ``_facility_members``
+    asked of these references only (the roles read are those they name, not all of the
+    facility's)."""
+    org_type, org_id = facility.split("/", 1)
+    out = {facility} & refs
+    role_ids = sorted(r.split("/", 1)[1] for r in refs if r.startswith("PractitionerRole/"))
+    practitioners = sorted(r.split("/", 1)[1] for r in refs if r.startswith("Practitioner/"))
+    if not (role_ids or practitioners):
+        return frozenset(out)
+    at, by = sp_reference.alias("at"), sp_reference.alias("by")
+    at_facility = select(at.c.rid).where(
+        at.c.res_type == "PractitionerRole",
+        at.c.param == "organization",
+        at.c.target_type == org_type,
+        at.c.target_id == org_id,
+    )
+    named = [resource.c.res_id.in_(role_ids)] if role_ids else []
+    if practitioners:
+        held_by = select(by.c.rid).where(
+            by.c.res_type == "PractitionerRole",
+            by.c.param == "practitioner",
+            by.c.target_type == "Practitioner",
+            by.c.target_id.in_(practitioners),
+        )
+        named.append(resource.c.rid.in_(held_by))
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == "PractitionerRole",
+            resource.c.rid.in_(at_facility),
+            resource.c.deleted.is_(False),
+            or_(*named),
+        )
+    )
+    for row in rows:
+        role = orjson.loads(row.content) if row.content else {}
+        if not _current_role(role, now):
+            continue
+        out.add(f"PractitionerRole/{row.res_id}")
+        practitioner = str((role.get("practitioner") or {}).get("reference") or "")
+        if practitioner.startswith("Practitioner/"):
+            out.add(practitioner)
+    return frozenset(out & refs)
+
+
+def _member_patients_of(
+    conn: Any, link: FacilityLink, facility: str, ids: set[str], now: float
+) -> set[str]:
+    """Those of ``ids`` on a current team of ``link`` with a current participant standing for
+    ``facility``: ``_member_patients`` asked from the patients' side (their few teams)."""
+    pat = sp_reference.alias("pat")
+    teams_of = select(pat.c.rid).where(
+        pat.c.res_type == link.resource_type,
+        pat.c.param == link.patient_param,
+        pat.c.target_type == "Patient",
+        pat.c.target_id.in_(sorted(ids)),
+    )
+    teams = {
+        row.rid: orjson.loads(row.content)
+        for row in conn.execute(
+            select(resource.c.rid, resource.c.content).where(
+                resource.c.rid.in_(teams_of), resource.c.deleted.is_(False)
+            )
+        )
+        if row.content
+    }
+    refs = {
+        str((p.get("member") or {}).get("reference") or "")
+        for team in teams.values()
+        for p in team.get("participant") or ()
+    }
+    refs = {r for r in refs if r.partition("/")[0] in MEMBER_TYPES}
+    if not refs:
+        return set()
+    members = _members_among(conn, facility, refs, now)
+    current = sorted(rid for rid, team in teams.items() if current_participant(team, members, now))
+    if not current:
+        return set()
+    return {
+        row.target_id
+        for row in conn.execute(
+            select(pat.c.target_id).where(
+                pat.c.rid.in_(current),
+                pat.c.res_type == link.resource_type,
+                pat.c.param == link.patient_param,
+                pat.c.target_type == "Patient",
+            )
+        )
+        if row.target_id
+    }
 
 
 def _member_patients(
