@@ -157,7 +157,7 @@ class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.writer, self.reader = make_engines(settings.database_url)
-        # PostgreSQL: connections that read outside any transaction (``reading(snapshot=False)``)
+        # connections that read outside any transaction of ours (``reading(snapshot=False)``)
         self.statement_reader = statement_engine(settings.database_url)
         event.listen(self.writer, "before_cursor_execute", _send_pending)
         prepare_at_start(self.writer, redacted(settings.database_url))
@@ -186,10 +186,11 @@ class Store:
 
     @contextmanager
     def reading(self, snapshot: bool = True) -> Iterator[Session]:
-        """A reading session. ``snapshot=False`` (PostgreSQL): no transaction around its
-        statements, for a request's short reads: PostgreSQL's READ COMMITTED gives each
-        statement its own snapshot anyway, and BEGIN and COMMIT were two of a read's three
-        round trips. Server-side cursors (``yield_per``) and ``SET LOCAL`` need the default."""
+        """A reading session. ``snapshot=False``: no transaction around its statements, for a
+        request's short reads: PostgreSQL's READ COMMITTED gives each statement its own
+        snapshot anyway, and BEGIN and COMMIT were two of a read's three round trips (on
+        SQLite, each statement is its own implicit read transaction). Server-side cursors
+        (``yield_per``) and ``SET LOCAL`` need the default."""
         if not snapshot and self.statement_reader is not None:
             with self.statement_reader.connect() as conn:
                 yield Session(self, conn)
