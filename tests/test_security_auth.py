@@ -1062,3 +1062,35 @@ def get_token_from(http: TestClient, signed: str) -> str:
     response = token_request(http, signed)
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
+
+
+def test_security_headers_once_each_and_never_over_the_routes_own() -> None:
+    """The common answer gets the three headers appended ready-made; one that sets one of them
+    itself, or is HTML, goes the long way (its own value kept, a CSP added)."""
+    import asyncio
+
+    from takamul.security.middleware import SecurityHeaders
+
+    def answer(headers: list[tuple[bytes, bytes]], path: str = "/fhir/Patient/p") -> list[Any]:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "scheme": "http", "headers": []}
+        asyncio.run(SecurityHeaders(app)(scope, None, send))  # type: ignore[arg-type]
+        return [(k.decode().lower(), v.decode()) for k, v in sent[0]["headers"]]
+
+    json_answer = answer([(b"content-type", b"application/fhir+json")])
+    names = [k for k, _ in json_answer]
+    for name in ("x-content-type-options", "referrer-policy", "x-frame-options"):
+        assert names.count(name) == 1, name
+    own = dict(answer([(b"x-frame-options", b"SAMEORIGIN")]))
+    assert own["x-frame-options"] == "SAMEORIGIN" and own["referrer-policy"] == "no-referrer"
+    html = dict(answer([(b"content-type", b"text/html; charset=utf-8")], "/app/"))
+    assert "frame-ancestors 'none'" in html["content-security-policy"]
+    assert "content-security-policy" not in dict(json_answer)

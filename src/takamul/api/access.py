@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -44,6 +45,8 @@ log = logging.getLogger("takamul.api")
 PUBLIC_PATHS = ("/fhir/metadata", "/fhir/.well-known/")
 PROTECTED = ("/fhir", "/mpi", "/equity")
 AUDITED_PUBLIC = ("/auth/token", "/auth/login", "/auth/logout")
+# FHIR bases remembered by the access control (one per scheme, Host and root path in use)
+MAX_BASES_KEPT = 64
 
 
 def _protected(path: str) -> bool:
@@ -224,6 +227,7 @@ class AccessControl:
         self.store = store
         self.audit = audit
         self.settings = settings
+        self._bases: dict[tuple[Any, ...], str] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -242,7 +246,7 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        base = self.settings.base_url or str(request.base_url).rstrip("/") + "/fhir"
+        base = self.settings.base_url or self._base_of(scope, request)
         access: AccessContext | None = None
         try:
             access = self.security.authenticate(request.headers, base)
@@ -260,6 +264,18 @@ class AccessControl:
                 await self._answer(scope, receive, send, answered)
         finally:  # a request that failed is audited too
             _audit(self.audit, request, access, answered[0], written=guard.written_patients)
+
+    def _base_of(self, scope: Scope, request: Request) -> str:
+        """The FHIR base the request was sent to (the audience its token must name), kept per
+        scheme, Host and root path: Starlette builds it by parsing a whole URL, about a tenth
+        of an authorised read's CPU. The Host is the caller's to choose, so few are kept."""
+        key = (scope.get("scheme"), request.headers.get("host"), scope.get("root_path"))
+        base = self._bases.get(key)
+        if base is None:
+            if len(self._bases) >= MAX_BASES_KEPT:
+                self._bases.clear()
+            base = self._bases[key] = str(request.base_url).rstrip("/") + "/fhir"
+        return base
 
     async def _answer(
         self, scope: Scope, receive: Receive, send: Send, answered: list[int]

@@ -52,10 +52,33 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                _add_headers(MutableHeaders(scope=message), path, https)
+                raw = message.get("headers") or []
+                if https or path.startswith("/auth/") or _has_any(raw, _SPECIAL):
+                    _add_headers(MutableHeaders(scope=message), path, https)
+                else:
+                    # the common answer (JSON over http, none of these set by the route):
+                    # three ready-made headers appended, no header object built per response
+                    message["headers"] = [*raw, *_ALWAYS]
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+_ALWAYS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+# answers that need ``_add_headers``' rules: HTML (a CSP), or a route that set one of these
+_SPECIAL = frozenset({name for name, _ in _ALWAYS})
+
+
+def _has_any(raw: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> bool:
+    for name, value in raw:
+        lower = name.lower()
+        if lower in names or (lower == b"content-type" and value.startswith(b"text/html")):
+            return True
+    return False
 
 
 def _add_headers(headers: MutableHeaders, path: str, https: bool) -> None:
