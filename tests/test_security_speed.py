@@ -369,6 +369,40 @@ def test_batched_audit_is_one_transaction_per_batch_and_verifies(database: str) 
     log.close()
 
 
+def test_a_flush_writes_what_was_queued_and_leaves_new_arrivals_for_the_next(
+    database: str,
+) -> None:
+    """Requests keep coming while the writer appends: a flush that also took them drained in
+    batches of the few that arrived meanwhile, one transaction each (on PostgreSQL ~0.36 ms of
+    CPU per event); it writes what was queued when it began, and the rest waits a round."""
+    # the background writer stays asleep (no interval, no full batch): the test drains
+    log = AuditLog.from_url(database, buffered=True, flush_interval=3600, max_batch=10_000)
+    batches: list[int] = []
+    append = log._append
+
+    def appending(records: Any) -> None:
+        batches.append(len(records))
+        for n in range(3):  # arrivals during the append
+            log.record(
+                AuditRecord("read", client_id="ehr", resource_type="Patient", resource_id=f"n{n}")
+            )
+        append(records)
+
+    log._append = appending  # type: ignore[method-assign]
+    for n in range(250):
+        log.record(
+            AuditRecord("read", client_id="ehr", resource_type="Patient", resource_id=f"p{n}")
+        )
+    log.flush()
+    assert batches == [250]  # what was queued
+    assert log.pending == 3  # the arrivals, for the next flush
+    log.flush()
+    assert batches == [250, 3] and log.pending == 3
+    log._append = append  # type: ignore[method-assign]
+    log.close()
+    assert log.verify().checked == 256
+
+
 # -- rate limits ---------------------------------------------------------------------------------
 
 

@@ -940,17 +940,25 @@ class AuditLog:
             return len(self._pending)
 
     def flush(self) -> None:
-        """Write every queued event now (raises if the database refuses them)."""
+        """Write every event queued when it is called (raises if the database refuses them).
+
+        Events recorded meanwhile wait for the next flush: a drain that also took them went on
+        for as long as requests came, in batches of the few that arrived during the last
+        append, and on PostgreSQL (six round trips an append) that made every event cost
+        about 0.36 ms of CPU instead of a tenth of it."""
         with self._drain_lock:
-            while True:
+            with self._cond:
+                left = len(self._pending)
+            while left > 0:
                 with self._cond:
-                    batch = self._pending[: self.max_batch]
+                    batch = self._pending[: min(self.max_batch, left)]
                 if not batch:
                     return
                 self._append(batch)
                 with self._cond:
                     # Only this drain removes from the front, so these are the ones written.
                     del self._pending[: len(batch)]
+                left -= len(batch)
 
     def close(self) -> None:
         """Stop the background writer after writing what is queued; dispose owned engines."""
