@@ -515,6 +515,28 @@ def summarise(per: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def table(summary: dict[str, Any]) -> str:
+    """The summary's workloads as a Markdown table (for ``bench/results/``)."""
+    lines = [
+        "| workload | mode | req/s (per round) | p50 ms | p95 ms | p99 ms | cpu ms/req "
+        "| ratio (per round) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, modes in summary["workloads"].items():
+        for mode, r in modes.items():
+            rounds = ", ".join(f"{x:.0f}" for x in r["rps_rounds"])
+            ratio = ""
+            if "ratio" in r:
+                per = ", ".join(f"{x:.2f}" for x in r["ratio_rounds"])
+                ratio = f"**{r['ratio']:.2f}** ({per})"
+            lines.append(
+                f"| `{name}` | {mode} | {r['rps']:.0f} ({rounds}) | {r['p50_ms']:.1f} "
+                f"| {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_ms_per_request']:.2f} "
+                f"| {ratio} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--drive":
         _drive_main(sys.argv[2])
@@ -542,6 +564,7 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
+    print(table(summary), file=sys.stderr)
 
 
 if __name__ == "__main__":
