@@ -476,10 +476,12 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         return _result(await _thread(run))
 
 
-# The request threads: as many as anyio's default limiter allowed (40). Handed to directly,
-# as anyio's ``to_thread`` (Starlette's ``run_in_threadpool``) spent about 15 us more CPU
-# per hand-off, on every PostgreSQL read.
-_REQUEST_THREADS = concurrent.futures.ThreadPoolExecutor(40, thread_name_prefix="takamul-request")
+# The request threads of a server process (``TAKAMUL_REQUEST_THREADS``, default 40: what
+# anyio's limiter allowed before). Handed to directly, as anyio's ``to_thread`` (Starlette's
+# ``run_in_threadpool``) spent about 15 us more CPU per hand-off, on every PostgreSQL read.
+_REQUEST_THREADS = concurrent.futures.ThreadPoolExecutor(
+    int(os.environ.get("TAKAMUL_REQUEST_THREADS", "40")), thread_name_prefix="takamul-request"
+)
 
 
 async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
