@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, bindparam, exists, or_, select
 
 from takamul.fhir.definitions import definitions
 from takamul.fhir.outcome import FhirError
@@ -426,7 +426,8 @@ class AccessGuard:
         org_type, org_id = self._facility.split("/", 1)
         found: set[str] = set()
         now = time.time()
-        with self.store.reading() as session:
+        # statement by statement: each link is asked on its own, and the answer is their union
+        with self.store.reading(snapshot=False) as session:
             for link in FACILITY_LINKS:
                 if link.membership:
                     found |= _member_patients_of(
@@ -482,22 +483,34 @@ def _link_query(
 def _link_query_among(link: FacilityLink, org_type: str, org_id: str, among: set[str]) -> Any:
     """The query of ``_link_query`` driven from the patients' side: their few resources, each
     asked whether it names the facility (an ``IN`` of the facility's rows instead made SQLite
-    list all of its encounters, thousands, to answer for one patient)."""
+    list all of its encounters, thousands, to answer for one patient). Built once per link
+    with bound parameters: building it per request cost more than running it."""
+    return _among_statement(link, org_type).params(org_id=org_id, ids=sorted(among))
+
+
+@functools.cache
+def _among_statement(link: FacilityLink, org_type: str) -> Any:
     org = sp_reference.alias("org")
     if link.patient_param == "_id":
-        names = exists().where(org.c.rid == resource.c.rid, _org_match(org, link, org_type, org_id))
+        names = exists().where(
+            org.c.rid == resource.c.rid, _org_match(org, link, org_type, bindparam("org_id"))
+        )
         return select(resource.c.res_id).where(
-            resource.c.res_type == "Patient", resource.c.res_id.in_(sorted(among)), names
+            resource.c.res_type == "Patient",
+            resource.c.res_id.in_(bindparam("ids", expanding=True)),
+            names,
         )
     pat = sp_reference.alias("pat")
-    names = exists().where(org.c.rid == pat.c.rid, _org_match(org, link, org_type, org_id))
+    names = exists().where(
+        org.c.rid == pat.c.rid, _org_match(org, link, org_type, bindparam("org_id"))
+    )
     return (
         select(pat.c.target_id)
         .where(
             pat.c.res_type == link.resource_type,
             pat.c.param == link.patient_param,
             pat.c.target_type == "Patient",
-            pat.c.target_id.in_(sorted(among)),
+            pat.c.target_id.in_(bindparam("ids", expanding=True)),
             names,
         )
         .distinct()
@@ -583,25 +596,29 @@ def _members_among(conn: Any, facility: str, refs: set[str], now: float) -> froz
     return frozenset(out & refs)
 
 
-def _member_patients_of(
-    conn: Any, link: FacilityLink, facility: str, ids: set[str], now: float
-) -> set[str]:
-    """Those of ``ids`` on a current team of ``link`` with a current participant standing for
-    ``facility``: ``_member_patients`` asked from the patients' side (their few teams)."""
+@functools.cache
+def _teams_statement(link: FacilityLink) -> Any:
+    """The current content of the teams of ``link`` naming the patients ``ids`` (bound)."""
     pat = sp_reference.alias("pat")
     teams_of = select(pat.c.rid).where(
         pat.c.res_type == link.resource_type,
         pat.c.param == link.patient_param,
         pat.c.target_type == "Patient",
-        pat.c.target_id.in_(sorted(ids)),
+        pat.c.target_id.in_(bindparam("ids", expanding=True)),
     )
+    return select(resource.c.rid, resource.c.content).where(
+        resource.c.rid.in_(teams_of), resource.c.deleted.is_(False)
+    )
+
+
+def _member_patients_of(
+    conn: Any, link: FacilityLink, facility: str, ids: set[str], now: float
+) -> set[str]:
+    """Those of ``ids`` on a current team of ``link`` with a current participant standing for
+    ``facility``: ``_member_patients`` asked from the patients' side (their few teams)."""
     teams = {
         row.rid: orjson.loads(row.content)
-        for row in conn.execute(
-            select(resource.c.rid, resource.c.content).where(
-                resource.c.rid.in_(teams_of), resource.c.deleted.is_(False)
-            )
-        )
+        for row in conn.execute(_teams_statement(link).params(ids=sorted(ids)))
         if row.content
     }
     refs = {
@@ -616,6 +633,7 @@ def _member_patients_of(
     current = sorted(rid for rid, team in teams.items() if current_participant(team, members, now))
     if not current:
         return set()
+    pat = sp_reference.alias("pat")
     return {
         row.target_id
         for row in conn.execute(
@@ -692,7 +710,7 @@ def _member_patients(
     return found
 
 
-def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: str) -> Any:
+def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: Any) -> Any:
     return and_(
         org.c.res_type == link.resource_type,
         org.c.param == link.org_param,
