@@ -319,3 +319,12 @@ def test_no_route_of_its_own_is_shadowed_by_the_fast_read_route(tmp_path: Path) 
         assert fast.path_regex.match(f"/fhir/{name}/x1") is None
     assert fast.path_regex.match("/fhir/Patient/x1") is not None
     assert fast.path_regex.match("/fhir/Patient/$everything") is None
+
+
+def test_telemetry_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from takamul.api.app import _telemetry
+
+    monkeypatch.delenv("TAKAMUL_TELEMETRY", raising=False)
+    assert _telemetry() == {"tracing": False, "metrics": False, "logs": False}
+    monkeypatch.setenv("TAKAMUL_TELEMETRY", "true")
+    assert _telemetry() == {"tracing": True, "metrics": True, "logs": True}

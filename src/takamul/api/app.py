@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         version="0.1.0",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        telemetry=_telemetry(),
     )
     app.state.store = store
     app.state.settings = settings
@@ -157,6 +158,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         )
     _routes(app, store, settings)
     return app
+
+
+def _telemetry() -> Any:
+    """FastAPI's OpenTelemetry signals, on with ``TAKAMUL_TELEMETRY=true`` (off by default).
+    Left on with no provider configured, FastAPI asked OpenTelemetry for its three providers on
+    every request, to learn that there were none."""
+    on = os.environ.get("TAKAMUL_TELEMETRY", "").strip().lower() in ("1", "true", "yes")
+    return {"tracing": on, "metrics": on, "logs": on}
 
 
 def _notifications(app: FastAPI, store: Store, settings: Settings) -> Notifications:
