@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     Column,
@@ -23,9 +25,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     false,
     or_,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 
 metadata = MetaData()
@@ -212,3 +216,44 @@ def pairs_in(
         grouped.setdefault(a, []).append(b)
     clauses = [and_(first == a, second.in_(bs)) for a, bs in grouped.items()]
     return or_(*clauses) if clauses else false()
+
+
+# Longer lists than this go to the database as one parameter (``values_in``).
+MANY_VALUES = 1000
+
+
+class _ManyValues(ColumnElement[bool]):
+    """``column IN values`` with the values in one bound parameter (see ``values_in``)."""
+
+    type = Boolean()
+    inherit_cache = False  # the values are part of the statement: none is cached
+
+    def __init__(self, column: ColumnElement[Any], values: list[Any]) -> None:
+        self.column = column
+        self.values = values
+
+
+@compiles(_ManyValues, "postgresql")
+def _many_values_postgresql(element: _ManyValues, compiler: Any, **kw: Any) -> str:
+    array = bindparam(None, element.values, type_=ARRAY(element.column.type))
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(array, **kw)})"
+
+
+@compiles(_ManyValues)
+def _many_values_json(element: _ManyValues, compiler: Any, **kw: Any) -> str:
+    listed = bindparam(None, orjson.dumps(element.values).decode(), type_=Text())
+    column = compiler.process(element.column, **kw)
+    return f"{column} IN (SELECT value FROM json_each({compiler.process(listed, **kw)}))"
+
+
+def values_in(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+    """``column IN values`` for any number of values.
+
+    Each value of an ``IN`` list is a bound parameter, and PostgreSQL's protocol takes at most
+    65,535 per statement: a facility-bound search of a facility with more patients than that
+    failed. A long list goes as one parameter instead: an array on PostgreSQL (``= ANY``), JSON
+    on SQLite (``IN (SELECT value FROM json_each(...))``); a short one stays a plain list."""
+    listed = list(values)
+    if len(listed) <= MANY_VALUES:
+        return column.in_(listed)
+    return _ManyValues(column, listed)

@@ -38,7 +38,7 @@ from takamul.store.query import (
     split_prefix,
     unescape,
 )
-from takamul.store.schema import INDEX_TABLES, resource, sp_reference
+from takamul.store.schema import INDEX_TABLES, resource, sp_reference, values_in
 
 # The largest code point: a prefix range [v, v + MAX_CHAR) holds every string starting with v,
 # in the byte order both stores use for these columns (binary in SQLite, "C" in PostgreSQL).
@@ -158,7 +158,7 @@ def _special(f: SpecialFilter, res: Any) -> ColumnElement[bool]:
     if f.name == "_id":
         if f.modifier == "missing":
             return false() if f.values[0] == "true" else true()
-        cond = res.c.res_id.in_(list(f.values))
+        cond = values_in(res.c.res_id, f.values)
         return not_(cond) if f.modifier == "not" else cond
     if f.modifier == "missing":
         return false() if f.values[0] == "true" else true()
@@ -218,7 +218,7 @@ def _values_predicate(f: ParamFilter, table: Any) -> ColumnElement[bool]:
                 rest.append(value)
         values = rest
     terms = [
-        and_(table.c.target_type == rtype, table.c.target_id.in_(ids))
+        and_(table.c.target_type == rtype, values_in(table.c.target_id, ids))
         for rtype, ids in grouped.items()
     ]
     terms.extend(_value_predicate(f, table, v) for v in values)
@@ -417,7 +417,7 @@ def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
     if f.everyone:
         return not_(labelled)
     if f.params == ("_id",):
-        about: ColumnElement[bool] = res.c.res_id.in_(list(f.patients))
+        about: ColumnElement[bool] = values_in(res.c.res_id, f.patients)
     else:
         ref = sp_reference.alias()
         about = exists().where(
@@ -426,7 +426,7 @@ def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
                 ref.c.res_type == f.resource_type,
                 ref.c.param.in_(list(f.params)),
                 ref.c.target_type == "Patient",
-                ref.c.target_id.in_(list(f.patients)),
+                values_in(ref.c.target_id, f.patients),
             )
         )
     return not_(and_(labelled, about))

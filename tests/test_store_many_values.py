@@ -1,0 +1,81 @@
+"""Searches that name more values than a statement takes parameters (issue 17).
+
+A facility-bound search that names no patient is restricted to the facility's patients, all of
+them named in the SQL; PostgreSQL's protocol takes at most 65,535 parameters per statement, so a
+facility with more patients than that could not search at all. Long lists now go as one
+parameter (``schema.values_in``); the answers must be the same as with a short list, totals too,
+on both stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from takamul.rest import interactions as ix
+from takamul.settings import Settings
+from takamul.store import Store
+from takamul.store.schema import MANY_VALUES
+from tests.server import postgres_database
+
+MANY = 70_000  # more than PostgreSQL's 65,535 parameters
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'many.sqlite'}"
+        opened = Store(Settings(database_url=url))
+        yield opened
+        opened.close()
+        return
+    with postgres_database() as url:
+        opened = Store(Settings(database_url=url))
+        yield opened
+        opened.close()
+
+
+def _observation(oid: str, patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def _search(store: Store, rtype: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+    ctx = ix.RequestContext(base="http://example.org/fhir")
+    with store.reading(snapshot=False) as session:
+        result = ix.search(session, rtype, [*params, ("_total", "accurate")], ctx)
+    assert result.status == 200
+    return dict(result.body)
+
+
+def _ids(bundle: dict[str, Any]) -> set[str]:
+    return {e["resource"]["id"] for e in bundle.get("entry", [])}
+
+
+def test_a_search_naming_more_values_than_a_statement_takes(store: Store) -> None:
+    def seed(s: Any) -> None:
+        for pid in ("p1", "p2", "p3"):
+            s.update("Patient", pid, {"resourceType": "Patient", "id": pid})
+            s.update("Observation", f"o-{pid}", _observation(f"o-{pid}", pid))
+
+    store.write(seed)
+    unknown = [f"nobody-{i}" for i in range(MANY)]
+    assert MANY > MANY_VALUES
+    for named in (["p1", "p3"], [*unknown, "p1", "p3"]):  # short list, then the long one
+        patients = ",".join(f"Patient/{p}" for p in named)
+        observations = _search(store, "Observation", [("patient", patients)])
+        assert _ids(observations) == {"o-p1", "o-p3"}
+        assert observations["total"] == 2
+        by_id = _search(store, "Patient", [("_id", ",".join(named))])
+        assert _ids(by_id) == {"p1", "p3"} and by_id["total"] == 2
+    # the long list leaves nothing out that it names: every one of 1,001+ known ids is found
+    known = _search(store, "Patient", [("_id", ",".join(["p2", *unknown[: MANY_VALUES + 1]]))])
+    assert _ids(known) == {"p2"}
