@@ -1068,6 +1068,7 @@ def test_security_headers_once_each_and_never_over_the_routes_own() -> None:
     """The common answer gets the three headers appended ready-made; one that sets one of them
     itself, or is HTML, goes the long way (its own value kept, a CSP added)."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from takamul.security.middleware import SecurityHeaders
 
@@ -1082,7 +1083,10 @@ def test_security_headers_once_each_and_never_over_the_routes_own() -> None:
             sent.append(message)
 
         scope = {"type": "http", "path": path, "scheme": "http", "headers": []}
-        asyncio.run(SecurityHeaders(app)(scope, None, send))  # type: ignore[arg-type]
+        middleware = SecurityHeaders(app)
+        # a loop of its own in a thread of its own: another test may leave one running here
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, middleware(scope, None, send)).result()  # type: ignore[arg-type]
         return [(k.decode().lower(), v.decode()) for k, v in sent[0]["headers"]]
 
     json_answer = answer([(b"content-type", b"application/fhir+json")])
