@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection
 from takamul.mpi.schema import mpi_member
 from takamul.programmes.definitions import ICD10, LOINC, PROGRAMME_SYSTEM, SNOMED, Catalog
 from takamul.store.repository import Session, Store
-from takamul.store.schema import resource, resource_version
+from takamul.store.schema import resource, resource_version, values_in
 
 __all__ = ["CareFacts", "Fact", "care_fact", "day_number", "extract", "from_day"]
 
@@ -477,7 +477,7 @@ class CareFacts:
         for res_type, ids in by_type.items():
             found = conn.execute(
                 select(resource.c.res_id, resource.c.deleted, resource.c.content).where(
-                    resource.c.res_type == res_type, resource.c.res_id.in_(ids)
+                    resource.c.res_type == res_type, values_in(resource.c.res_id, ids, many=100)
                 )
             )
             for row in found:
@@ -487,9 +487,7 @@ class CareFacts:
                     continue
                 body = orjson.loads(row.content)
                 rows.extend(_rows(source, extract(res_type, body, self.codes)))
-        for start in range(0, len(sources), 1000):
-            conn.execute(
-                delete(care_fact).where(care_fact.c.source.in_(sources[start : start + 1000]))
-            )
+        if sources:
+            conn.execute(delete(care_fact).where(values_in(care_fact.c.source, sources, many=100)))
         if rows:
             conn.execute(insert(care_fact), rows)

@@ -246,14 +246,18 @@ def _many_values_json(element: _ManyValues, compiler: Any, **kw: Any) -> str:
     return f"{column} IN (SELECT value FROM json_each({compiler.process(listed, **kw)}))"
 
 
-def values_in(column: ColumnElement[Any], values: Iterable[Any]) -> ColumnElement[bool]:
+def values_in(
+    column: ColumnElement[Any], values: Iterable[Any], many: int = MANY_VALUES
+) -> ColumnElement[bool]:
     """``column IN values`` for any number of values.
 
     Each value of an ``IN`` list is a bound parameter, and PostgreSQL's protocol takes at most
     65,535 per statement: a facility-bound search of a facility with more patients than that
     failed. A long list goes as one parameter instead: an array on PostgreSQL (``= ANY``), JSON
-    on SQLite (``IN (SELECT value FROM json_each(...))``); a short one stays a plain list."""
+    on SQLite (``IN (SELECT value FROM json_each(...))``); a short one stays a plain list.
+    ``many``: the longest plain list (a batch job's lower bound spares psycopg from parsing a
+    statement of thousands of placeholders on every batch, which it does not cache)."""
     listed = list(values)
-    if len(listed) <= MANY_VALUES:
+    if len(listed) <= many:
         return column.in_(listed)
     return _ManyValues(column, listed)
