@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -434,8 +434,9 @@ class AccessGuard:
                         session.conn, link, self._facility, ids - found, now
                     )
                 else:
-                    query = _link_query(link, org_type, org_id, ids - found)
-                    found.update(r[0] for r in session.conn.execute(query) if r[0])
+                    query = _among_statement(link, org_type)
+                    bound = query.params(org_id=org_id, ids=sorted(ids - found))
+                    found.update(r[0] for r in session.conn.execute(bound) if r[0])
                 if ids <= found:  # the first link (the managing facility) usually settles it
                     break
         return found & ids
@@ -458,12 +459,8 @@ class AccessGuard:
         return bool(reached - self._reached(reached))
 
 
-def _link_query(
-    link: FacilityLink, org_type: str, org_id: str, among: set[str] | None = None
-) -> Any:
-    """Patient ids a facility link ties to ``org_type/org_id`` (only of ``among`` if given)."""
-    if among is not None:
-        return _link_query_among(link, org_type, org_id, among)
+def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
+    """Patient ids a facility link ties to ``org_type/org_id``."""
     org = sp_reference.alias("org")
     if link.patient_param == "_id":
         rids = select(org.c.rid).where(_org_match(org, link, org_type, org_id))
@@ -480,16 +477,13 @@ def _link_query(
     )
 
 
-def _link_query_among(link: FacilityLink, org_type: str, org_id: str, among: set[str]) -> Any:
-    """The query of ``_link_query`` driven from the patients' side: their few resources, each
-    asked whether it names the facility (an ``IN`` of the facility's rows instead made SQLite
-    list all of its encounters, thousands, to answer for one patient). Built once per link
-    with bound parameters: building it per request cost more than running it."""
-    return _among_statement(link, org_type).params(org_id=org_id, ids=sorted(among))
-
-
 @functools.cache
 def _among_statement(link: FacilityLink, org_type: str) -> Any:
+    """``_link_query`` for the patients ``ids`` (bound, with ``org_id``), driven from the
+    patients' side: their few resources, each asked whether it names the facility (an ``IN``
+    of the facility's rows instead made SQLite list all of its encounters, thousands, to
+    answer for one patient). Built once per link: building it per request cost more than
+    running it."""
     org = sp_reference.alias("org")
     if link.patient_param == "_id":
         names = exists().where(
@@ -522,52 +516,51 @@ def _facility_members(conn: Any, facility: str, now: float) -> frozenset[str]:
     PractitionerRoles (``active`` not false, ``period`` containing now) and their
     Practitioners. The roles are found by the reference index and judged on their content
     (a facility has hundreds of roles, not millions)."""
+    rows = conn.execute(
+        select(resource.c.res_id, resource.c.content).where(
+            resource.c.rid.in_(_roles_at(facility)), resource.c.deleted.is_(False)
+        )
+    )
+    return frozenset({facility, *_role_references(rows, now)})
+
+
+def _roles_at(facility: str) -> Any:
+    """The rows of the PractitionerRoles whose ``organization`` is ``facility``."""
     org_type, org_id = facility.split("/", 1)
     at = sp_reference.alias("at")
-    roles = select(at.c.rid).where(
+    return select(at.c.rid).where(
         at.c.res_type == "PractitionerRole",
         at.c.param == "organization",
         at.c.target_type == org_type,
         at.c.target_id == org_id,
     )
-    out = {facility}
-    rows = conn.execute(
-        select(resource.c.res_id, resource.c.content).where(
-            resource.c.rid.in_(roles), resource.c.deleted.is_(False)
-        )
-    )
+
+
+def _role_references(rows: Any, now: float) -> set[str]:
+    """The current roles of ``rows`` (``res_id``, ``content``: ``active`` not false,
+    ``period`` containing now) and their Practitioners, as references."""
+    out: set[str] = set()
     for row in rows:
         role = orjson.loads(row.content) if row.content else {}
-        if not _current_role(role, now):
+        if role.get("active") is False or not current_period(role.get("period"), now):
             continue
         out.add(f"PractitionerRole/{row.res_id}")
         practitioner = str((role.get("practitioner") or {}).get("reference") or "")
         if practitioner.startswith("Practitioner/"):
             out.add(practitioner)
-    return frozenset(out)
-
-
-def _current_role(role: dict[str, Any], now: float) -> bool:
-    return role.get("active") is not False and current_period(role.get("period"), now)
+    return out
 
 
 def _members_among(conn: Any, facility: str, refs: set[str], now: float) -> frozenset[str]:
     """Those of ``refs`` that stand for ``facility`` on a care team: ``_facility_members``
     asked of these references only (the roles read are those they name, not all of the
     facility's)."""
-    org_type, org_id = facility.split("/", 1)
     out = {facility} & refs
     role_ids = sorted(r.split("/", 1)[1] for r in refs if r.startswith("PractitionerRole/"))
     practitioners = sorted(r.split("/", 1)[1] for r in refs if r.startswith("Practitioner/"))
     if not (role_ids or practitioners):
         return frozenset(out)
-    at, by = sp_reference.alias("at"), sp_reference.alias("by")
-    at_facility = select(at.c.rid).where(
-        at.c.res_type == "PractitionerRole",
-        at.c.param == "organization",
-        at.c.target_type == org_type,
-        at.c.target_id == org_id,
-    )
+    by = sp_reference.alias("by")
     named = [resource.c.res_id.in_(role_ids)] if role_ids else []
     if practitioners:
         held_by = select(by.c.rid).where(
@@ -580,20 +573,12 @@ def _members_among(conn: Any, facility: str, refs: set[str], now: float) -> froz
     rows = conn.execute(
         select(resource.c.res_id, resource.c.content).where(
             resource.c.res_type == "PractitionerRole",
-            resource.c.rid.in_(at_facility),
+            resource.c.rid.in_(_roles_at(facility)),
             resource.c.deleted.is_(False),
             or_(*named),
         )
     )
-    for row in rows:
-        role = orjson.loads(row.content) if row.content else {}
-        if not _current_role(role, now):
-            continue
-        out.add(f"PractitionerRole/{row.res_id}")
-        practitioner = str((role.get("practitioner") or {}).get("reference") or "")
-        if practitioner.startswith("Practitioner/"):
-            out.add(practitioner)
-    return frozenset(out & refs)
+    return frozenset((out | _role_references(rows, now)) & refs)
 
 
 @functools.cache
@@ -630,22 +615,8 @@ def _member_patients_of(
     if not refs:
         return set()
     members = _members_among(conn, facility, refs, now)
-    current = sorted(rid for rid, team in teams.items() if current_participant(team, members, now))
-    if not current:
-        return set()
-    pat = sp_reference.alias("pat")
-    return {
-        row.target_id
-        for row in conn.execute(
-            select(pat.c.target_id).where(
-                pat.c.rid.in_(current),
-                pat.c.res_type == link.resource_type,
-                pat.c.param == link.patient_param,
-                pat.c.target_type == "Patient",
-            )
-        )
-        if row.target_id
-    }
+    current = [rid for rid, team in teams.items() if current_participant(team, members, now)]
+    return _team_patients(conn, link, current)
 
 
 def _member_patients(
@@ -693,21 +664,27 @@ def _member_patients(
             )
             if row.content and current_participant(orjson.loads(row.content), members, now)
         }
-        if not current:
-            continue
-        found.update(
-            row.target_id
-            for row in conn.execute(
-                select(sp_reference.c.target_id).where(
-                    sp_reference.c.rid.in_(sorted(current)),
-                    sp_reference.c.res_type == link.resource_type,
-                    sp_reference.c.param == link.patient_param,
-                    sp_reference.c.target_type == "Patient",
-                )
-            )
-            if row.target_id
-        )
+        found |= _team_patients(conn, link, current)
     return found
+
+
+def _team_patients(conn: Any, link: FacilityLink, teams: Iterable[int]) -> set[str]:
+    """The patients of the teams (rows) ``teams``."""
+    rids = sorted(teams)
+    if not rids:
+        return set()
+    return {
+        row.target_id
+        for row in conn.execute(
+            select(sp_reference.c.target_id).where(
+                sp_reference.c.rid.in_(rids),
+                sp_reference.c.res_type == link.resource_type,
+                sp_reference.c.param == link.patient_param,
+                sp_reference.c.target_type == "Patient",
+            )
+        )
+        if row.target_id
+    }
 
 
 def _org_match(org: Any, link: FacilityLink, org_type: str, org_id: Any) -> Any:
