@@ -70,9 +70,6 @@ def population(patients: int, seed: int) -> Path:
         command = [sys.executable, "-m", "takamul.cli", "synth", "--country", "SA"]
         command += ["--patients", str(patients), "--seed", str(seed), "--out", str(out)]
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    errors = WORK / "load-errors.ndjson"
-    if errors.exists() and b'"resourceType":"Consent"' in errors.read_bytes():
-        raise RuntimeError(f"the store refused the benchmark's Consents: see {errors}")
         write_consents(out)
     return out
 
@@ -132,6 +129,9 @@ def load(db_url: str, folder: Path) -> None:
     command = [sys.executable, "-m", "takamul.cli", "load", *files, "--db", db_url]
     command += ["--errors", str(WORK / "load-errors.ndjson")]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    errors = WORK / "load-errors.ndjson"
+    if errors.exists() and b'"resourceType":"Consent"' in errors.read_bytes():
+        raise RuntimeError(f"the store refused the benchmark's Consents: see {errors}")
 
 
 def facility_patients(folder: Path) -> list[str]:
@@ -355,7 +355,9 @@ def profile(pid: int, seconds: int, drive_load: Any) -> list[tuple[str, float]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
     command = [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200"]
-    command += ["-f", "raw", "-o", str(raw), "--nonblocking"]
+    command += ["-f", "raw", "-o", str(raw), "--nonblocking"] + (
+        ["--gil"] if os.environ.get("PYSPY_GIL") else []
+    )
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     drive_load(seconds)
     proc.wait(seconds + 60)
@@ -365,7 +367,9 @@ def profile(pid: int, seconds: int, drive_load: Any) -> list[tuple[str, float]]:
         stack, _, count = line.rpartition(" ")
         n = int(count)
         total += n
-        frames = {_LINE.sub(")", f) for f in stack.split(";")}
+        frames = {
+            f if os.environ.get("PYSPY_LINES") else _LINE.sub(")", f) for f in stack.split(";")
+        }
         for frame in frames:
             inclusive[frame] += n
     keep = [

@@ -212,22 +212,8 @@ class AccessGuard:
         key, ids = named
         if resource_type == "Patient":
             return ids
-        naming = sp_reference.alias("naming")
-        rids = select(naming.c.rid).where(
-            naming.c.res_type == resource_type,
-            naming.c.param == key,
-            naming.c.target_type == "Patient",
-            naming.c.target_id.in_(sorted(ids)),
-        )
         others = session.conn.execute(
-            select(sp_reference.c.target_id)
-            .where(
-                sp_reference.c.rid.in_(rids),
-                sp_reference.c.res_type == resource_type,
-                sp_reference.c.param.in_(params),
-                sp_reference.c.target_type == "Patient",
-            )
-            .distinct()
+            _about_statement(resource_type, key, params).params(ids=sorted(ids))
         )
         return ids | frozenset(row.target_id for row in others)
 
@@ -474,6 +460,30 @@ def _link_query(link: FacilityLink, org_type: str, org_id: str) -> Any:
             pat.c.param == link.patient_param,
             pat.c.target_type == "Patient",
         )
+    )
+
+
+@functools.cache
+def _about_statement(resource_type: str, key: str, params: tuple[str, ...]) -> Any:
+    """``_about``'s query for the patients ``ids`` (bound): the Patient-compartment references
+    of the resources that name them in ``key``. Built once per type and clause: building it
+    per search (about 175 us) cost as much as running it."""
+    naming = sp_reference.alias("naming")
+    rids = select(naming.c.rid).where(
+        naming.c.res_type == resource_type,
+        naming.c.param == key,
+        naming.c.target_type == "Patient",
+        naming.c.target_id.in_(bindparam("ids", expanding=True)),
+    )
+    return (
+        select(sp_reference.c.target_id)
+        .where(
+            sp_reference.c.rid.in_(rids),
+            sp_reference.c.res_type == resource_type,
+            sp_reference.c.param.in_(params),
+            sp_reference.c.target_type == "Patient",
+        )
+        .distinct()
     )
 
 
