@@ -328,3 +328,31 @@ def test_telemetry_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> N
     assert _telemetry() == {"tracing": False, "metrics": False, "logs": False}
     monkeypatch.setenv("TAKAMUL_TELEMETRY", "true")
     assert _telemetry() == {"tracing": True, "metrics": True, "logs": True}
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("sqlite:///data/takamul.sqlite", True),
+        ("postgresql://postgres@127.0.0.1:5432/takamul", True),
+        ("postgresql://postgres@localhost/takamul", True),
+        ("postgresql:///takamul", True),  # the default Unix socket
+        ("postgresql:///takamul?host=/var/run/postgresql", True),
+        ("postgresql://takamul@db.moh.example:5432/takamul", False),
+        ("postgresql://takamul@10.20.0.5/takamul", False),
+    ],
+)
+def test_reads_run_on_the_event_loop_only_next_to_their_database(
+    monkeypatch: pytest.MonkeyPatch, url: str, local: bool
+) -> None:
+    from takamul.api.app import inline_reads
+
+    monkeypatch.delenv("TAKAMUL_INLINE_READS", raising=False)
+    assert inline_reads(url) is local
+    monkeypatch.setenv("TAKAMUL_INLINE_READS", "false")
+    assert inline_reads(url) is False
+    monkeypatch.setenv("TAKAMUL_INLINE_READS", "true")
+    assert inline_reads(url) is True
+    monkeypatch.setenv("TAKAMUL_INLINE_READS", "sometimes")
+    with pytest.raises(ValueError, match="TAKAMUL_INLINE_READS"):
+        inline_reads(url)

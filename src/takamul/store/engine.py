@@ -63,6 +63,19 @@ def statement_engine(url: str) -> Engine | None:
     return _postgres_engine(_psycopg(parsed), {**options, **autocommit})
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def database_is_local(url: str) -> bool:
+    """The database is on this machine: an SQLite file, or PostgreSQL reached over a Unix
+    socket or the loopback interface, so that a round trip takes tens of microseconds."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return True
+    host = parsed.host or str(parsed.query.get("host") or "")
+    return not host or host.startswith("/") or host in LOOPBACK_HOSTS
+
+
 def _psycopg(url: URL) -> URL:
     """A bare postgresql:// URL names psycopg (3), the driver installed."""
     return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
