@@ -356,3 +356,12 @@ def test_reads_run_on_the_event_loop_only_next_to_their_database(
     monkeypatch.setenv("TAKAMUL_INLINE_READS", "sometimes")
     with pytest.raises(ValueError, match="TAKAMUL_INLINE_READS"):
         inline_reads(url)
+
+
+def test_last_modified_is_an_english_http_date_whatever_the_locale() -> None:
+    from email.utils import formatdate
+
+    from takamul.store.records import http_date
+
+    for epoch in (0.0, 951782400.0, 1733400000.123456, 1709251199.9, 4102444800.0):
+        assert http_date(epoch) == formatdate(int(epoch), usegmt=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,7 @@ class StoredResource:
 
     @property
     def last_modified(self) -> str:
-        return datetime.fromtimestamp(self.last_updated, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+        return http_date(self.last_updated)
 
     def json(self) -> dict[str, Any]:
         return orjson.loads(self.content) if self.content else {}
@@ -40,6 +41,20 @@ class StoredResource:
     @property
     def reference(self) -> str:
         return f"{self.resource_type}/{self.id}"
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(epoch: float) -> str:
+    """An HTTP date (RFC 9110 IMF-fixdate), always in English: ``strftime``'s ``%a`` and
+    ``%b`` follow the process's locale, and it was a tenth of a read's own CPU."""
+    t = time.gmtime(epoch)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 @dataclass(slots=True)
