@@ -319,6 +319,10 @@ def test_no_route_of_its_own_is_shadowed_by_the_fast_read_route(tmp_path: Path) 
         assert fast.path_regex.match(f"/fhir/{name}/x1") is None
     assert fast.path_regex.match("/fhir/Patient/x1") is not None
     assert fast.path_regex.match("/fhir/Patient/$everything") is None
+    # tried first of all, ahead of FastAPI's documentation routes, which it cannot take
+    assert app.router.routes[0] is fast
+    for path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
+        assert fast.path_regex.match(path) is None
 
 
 def test_telemetry_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:

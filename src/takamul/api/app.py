@@ -236,6 +236,8 @@ def _first_routes(app: FastAPI, store: Store) -> None:
     app.add_route(
         "/fhir/{rtype:fhir_type}/{rid:fhir_id}", fast_read, methods=["GET"], include_in_schema=False
     )
+    # ahead of FastAPI's own four (/openapi.json, /docs, ...), which no FHIR path can match
+    app.router.routes.insert(0, app.router.routes.pop())
 
 
 def _resource_type(store: Store, name: str) -> str:
