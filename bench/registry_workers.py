@@ -83,8 +83,13 @@ def luhn_id(rng: random.Random) -> str:
 
 
 class Person:
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, taken: set[str]) -> None:
+        # national IDs are one per person: 10,000 random draws of 10^8 bodies share one about
+        # half the time (a new person who drew a base person's ID was counted as a split)
         self.nid = luhn_id(rng)
+        while self.nid in taken:
+            self.nid = luhn_id(rng)
+        taken.add(self.nid)
         self.given = rng.randrange(len(GIVEN))
         self.family = rng.randrange(len(FAMILY))
         self.female = self.given >= 6
@@ -131,8 +136,9 @@ def workload(
     for _ in range(count // 2):
         person = rng.choice(people)
         out.append((person.nid, person.registration(rng.randint(1, 2), rng.randint(1, 50))))
+    taken = {p.nid for p in people}
     for _ in range(count - len(out)):
-        person = Person(rng)
+        person = Person(rng, taken)
         if len(out) % 2:  # the same new person again, later in the run
             out.append((person.nid, person.registration(0, 1)))
         out.append((person.nid, person.registration(1, 2)))
@@ -223,7 +229,8 @@ def without_registry(kind: str, args: argparse.Namespace) -> dict[str, str]:
     """The same POSTs on the same base with the registry off (TAKAMUL_MPI=false): what the
     store's write costs by itself on this machine, beside which the registry's share shows."""
     rng = random.Random(args.seed)
-    people = [Person(rng) for _ in range(args.base)]
+    taken: set[str] = set()
+    people = [Person(rng, taken) for _ in range(args.base)]
     work = workload(people, rng, args.registrations)
     with tempfile.TemporaryDirectory(prefix="takamul-registry-workers-") as tmp:
         folder = Path(tmp)
@@ -246,7 +253,8 @@ def without_registry(kind: str, args: argparse.Namespace) -> dict[str, str]:
 
 def run(kind: str, args: argparse.Namespace) -> dict[str, str]:
     rng = random.Random(args.seed)
-    people = [Person(rng) for _ in range(args.base)]
+    taken: set[str] = set()
+    people = [Person(rng, taken) for _ in range(args.base)]
     work = workload(people, rng, args.registrations)
     figures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="takamul-registry-workers-") as tmp:
