@@ -414,17 +414,12 @@ _RESTRICTED_REF = sp_reference.alias("restricted_ref")
 def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
     """NOT (labelled ``f.label`` AND about one of ``f.patients``), each an indexed lookup."""
     label = _RESTRICTED_LABEL
-    labelled = (
-        exists()
-        .where(
-            and_(
-                label.c.rid == res.c.rid,
-                label.c.res_type == f.resource_type,
-                label.c.param == "_security",
-                label.c.code == f.label,
-            )
-        )
-        .correlate_except(label)
+    labelled = _exists_apart(
+        label,
+        label.c.rid == res.c.rid,
+        label.c.res_type == f.resource_type,
+        label.c.param == "_security",
+        label.c.code == f.label,
     )
     if f.everyone:
         return not_(labelled)
@@ -432,20 +427,20 @@ def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
         about: ColumnElement[bool] = values_in(res.c.res_id, f.patients)
     else:
         ref = _RESTRICTED_REF
-        about = (
-            exists()
-            .where(
-                and_(
-                    ref.c.rid == res.c.rid,
-                    ref.c.res_type == f.resource_type,
-                    ref.c.param.in_(list(f.params)),
-                    ref.c.target_type == "Patient",
-                    values_in(ref.c.target_id, f.patients),
-                )
-            )
-            .correlate_except(ref)
+        about = _exists_apart(
+            ref,
+            ref.c.rid == res.c.rid,
+            ref.c.res_type == f.resource_type,
+            ref.c.param.in_(list(f.params)),
+            ref.c.target_type == "Patient",
+            values_in(ref.c.target_id, f.patients),
         )
     return not_(and_(labelled, about))
+
+
+def _exists_apart(alias: Any, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """EXISTS over a shared ``alias`` that is never correlated with an enclosing query."""
+    return exists().where(and_(*conditions)).correlate_except(alias)
 
 
 # -- sorting -------------------------------------------------------------------------
