@@ -525,6 +525,33 @@ def test_score_operation_explains_why_no_score(record: tuple[str, str]) -> None:
         assert _search(client, "/QuestionnaireResponse?subject=Patient/nobody") == []
 
 
+def _facility_score(pid: str) -> dict[str, Any]:
+    """The facility's own PHQ-9 total (8) of ``qr-{pid}``."""
+    return {
+        "resourceType": "Observation",
+        "id": f"fac-{pid}",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "valueInteger": 8,
+        "derivedFrom": [{"reference": f"QuestionnaireResponse/qr-{pid}"}],
+    }
+
+
+def _mh_team(pid: str) -> dict[str, Any]:
+    category = {
+        "system": "https://takamul.health/fhir/CodeSystem/mental-health",
+        "code": "care-team",
+    }
+    return {
+        "resourceType": "CareTeam",
+        "id": f"ct-{pid}",
+        "status": "active",
+        "category": [{"coding": [category]}],
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
     backend: str, tmp_path: Path
@@ -542,12 +569,16 @@ def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
             path = tmp_path / "bulk.ndjson"
             lines = [patient("bulk-p"), patient("bulk-n"), phq9("bulk-p", 3, "qr-bulk-p")]
             lines.append(phq9("bulk-n", 0, "qr-bulk-n"))
+            # the catch-up reads a batch's derived scores and care teams at once: a facility's
+            # own score of the same total is kept alone, and the team owns the safety Task
+            lines += [patient("bulk-f"), phq9("bulk-f", 0, "qr-bulk-f"), _facility_score("bulk-f")]
+            lines.append(_mh_team("bulk-p"))
             path.write_text("".join(json.dumps(r) + "\n" for r in lines))
             load_paths(store, [path], tmp_path / "errors.ndjson", workers=1)
             with store.reading() as session:
                 assert session.find("Flag", [("subject", "Patient/bulk-p")]) == []
             restarted = MentalHealth(store)
-            assert restarted.attach() == 2  # two responses caught up
+            assert restarted.attach() == 3  # three responses caught up
             assert restarted.catch_up() == 0  # and not again
             with store.reading() as session:
                 flags = session.find("Flag", [("subject", "Patient/bulk-p")])
@@ -556,6 +587,13 @@ def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
                 assert [t.id for t in tasks] == ["mht-qr-bulk-p"]
                 assert session.find("Flag", [("subject", "Patient/bulk-n")]) == []
                 assert session.read("Observation", "mhs-qr-bulk-n").json()["valueInteger"] == 8
+                assert session.read_any("Task", "mht-qr-bulk-p").json()["owner"] == {
+                    "reference": "CareTeam/ct-bulk-p"
+                }
+                derived = session.find(
+                    "Observation", [("derived-from", "QuestionnaireResponse/qr-bulk-f")]
+                )
+                assert [o.id for o in derived] == ["fac-bulk-f"]
         finally:
             store.close()
 

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select
 
 from takamul.mentalhealth.instruments import instruments, merge_wording, questionnaire
@@ -36,7 +35,7 @@ from takamul.mentalhealth.scoring import (
 )
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store, WriteOptions
-from takamul.store.schema import resource, resource_version
+from takamul.store.schema import resource_version
 
 __all__ = ["MentalHealth", "mh_state"]
 
@@ -52,18 +51,6 @@ mh_state = Table(
 
 RESPONSE = "QuestionnaireResponse"
 TRUSTED = WriteOptions(trusted=True)
-
-
-def _current(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-    row = session.conn.execute(
-        select(resource.c.content, resource.c.deleted).where(
-            resource.c.res_type == resource_type, resource.c.res_id == resource_id
-        )
-    ).first()
-    if row is None or row.deleted or not row.content:
-        return None
-    body: dict[str, Any] = orjson.loads(row.content)
-    return body
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -104,7 +91,7 @@ class MentalHealth:
 
         def work(session: Session) -> None:
             for inst in instruments():
-                stored = _current(session, "Questionnaire", inst.id)
+                stored = session.current("Questionnaire", inst.id)
                 body = merge_wording(questionnaire(inst), stored)
                 if stored is None or not _same(stored, body):
                     session.update("Questionnaire", inst.id, body)
@@ -121,7 +108,7 @@ class MentalHealth:
 
     def stored_questionnaire(self, instrument_id: str) -> dict[str, Any] | None:
         with self.store.reading() as session:
-            return _current(session, "Questionnaire", instrument_id)
+            return session.current("Questionnaire", instrument_id)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -133,9 +120,14 @@ class MentalHealth:
                 self.process(session, resource_id, body)
 
     def process(
-        self, session: Session, response_id: str, response: Mapping[str, Any]
+        self,
+        session: Session,
+        response_id: str,
+        response: Mapping[str, Any],
+        derived: list[dict[str, Any]] | None = None,
     ) -> Score | None:
-        """Score one stored response and raise its safety Flag and Task, in ``session``."""
+        """Score one stored response and raise its safety Flag and Task, in ``session``.
+        ``derived``: the current Observations derived from it, when the caller has read them."""
         score = score_response(response)
         if score is None:
             return None
@@ -143,7 +135,7 @@ class MentalHealth:
             return score
         observation = scored_observation(response, response_id, score)
         if observation is not None:
-            self._store_score(session, response_id, observation)
+            self._store_score(session, response_id, observation, derived)
         else:
             log.info(
                 "QuestionnaireResponse/%s not scored: %s",
@@ -155,18 +147,25 @@ class MentalHealth:
             # judged on the answer itself, whatever the status of the form: an answered item 9
             # is known to the record and must be followed up
             flag = safety_flag(response, response_id, score)
-            if _current(session, "Flag", flag["id"]) is None:
+            if session.current("Flag", flag["id"]) is None:
                 session.update("Flag", flag["id"], flag)
             task_id = derived_id("mht", response_id)
-            if _current(session, "Task", task_id) is None:
+            if session.current("Task", task_id) is None:
                 task = safety_task(session, response, response_id, score)
                 session.update("Task", task_id, task)
         return score
 
-    def _store_score(self, session: Session, response_id: str, observation: dict[str, Any]) -> None:
+    def _store_score(
+        self,
+        session: Session,
+        response_id: str,
+        observation: dict[str, Any],
+        derived: list[dict[str, Any]] | None,
+    ) -> None:
         coding = observation["code"]["coding"][0]
-        # one lookup finds both the facility's scores of this response and our own earlier one
-        derived = session.referring("Observation", "derived-from", f"{RESPONSE}/{response_id}")
+        if derived is None:
+            # one lookup finds both the facility's scores of this response and our own earlier
+            derived = session.referring("Observation", "derived-from", f"{RESPONSE}/{response_id}")
         stored = next((o for o in derived if o["id"] == observation["id"]), None)
         facility_scores = [
             o
@@ -217,10 +216,17 @@ class MentalHealth:
                 chunk = ids[start : start + self.BATCH]
 
                 def work(session: Session, chunk: list[str] = chunk) -> None:
+                    # the batch's responses and their derived Observations read in two
+                    # statements: read one by one, each read was a round trip and sent the
+                    # previous response's pending rows on its own (10k persons: 20.7 s)
+                    bodies = session.current_many(RESPONSE, chunk)
+                    derived = session.referring_many(
+                        "Observation", "derived-from", [f"{RESPONSE}/{i}" for i in chunk]
+                    )
                     for response_id in chunk:
-                        body = _current(session, RESPONSE, response_id)
-                        if body is not None:
-                            self.process(session, response_id, body)
+                        if (body := bodies.get(response_id)) is not None:
+                            known = derived.get(f"{RESPONSE}/{response_id}", [])
+                            self.process(session, response_id, body, known)
 
                 with unguarded():
                     self.store.write(work)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -54,6 +54,7 @@ from takamul.store.schema import (
     resource,
     resource_version,
     sp_reference,
+    values_in,
 )
 from takamul.store.search import matching_rids, sort_expressions, typed_keys
 from takamul.store.totals import exact_count, search_total
@@ -109,7 +110,14 @@ SELECT_REFERRING = text(
 RESOURCE_ONLY = frozenset(
     {INSERT_RESOURCE, UPDATE_RESOURCE, SELECT_CURRENT, SELECT_CURRENT_FOR_UPDATE}
 )
+# Statements that send the pending rows themselves, only when one could change their answer
+# (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
+# rows of every write before it, a COPY per table each time.
+SENDS_OWN_PENDING = RESOURCE_ONLY | {SELECT_REFERRING}
+_REF = {name: i for i, name in enumerate(INDEX_COLUMNS["reference"])}
 PENDING = "takamul.pending_rows"
+# a batch job's id lists longer than this go as one array parameter (``values_in``)
+BATCH_LIST = 100
 # A write transaction's statements are key lookups and inserts, the same plan whatever the
 # values: PostgreSQL may keep one generic plan for each (the store otherwise plans every
 # statement for its values, which searches need, ``engine._custom_plans``). Planning each of
@@ -153,6 +161,17 @@ class PendingRows:
         self.versions: list[tuple[Any, ...]] = []
         self.index: dict[str, list[tuple[Any, ...]]] = {}
 
+    def refer_to(self, resource_type: str, param: str, target_type: str, target_id: str) -> bool:
+        """Whether a pending reference index row says ``resource_type.param`` -> target."""
+        kind, p, tt, ti = _REF["res_type"], _REF["param"], _REF["target_type"], _REF["target_id"]
+        return any(
+            row[ti] == target_id
+            and row[tt] == target_type
+            and row[p] == param
+            and row[kind] == resource_type
+            for row in self.index.get("reference", ())
+        )
+
     def flush(self, conn: Connection) -> None:
         versions, index = self.versions, self.index
         if not versions and not index:
@@ -172,7 +191,7 @@ def _send_pending(
     if pending is None or not (pending.versions or pending.index):
         return
     compiled = getattr(context, "compiled", None)
-    if compiled is None or compiled.statement not in RESOURCE_ONLY:
+    if compiled is None or compiled.statement not in SENDS_OWN_PENDING:
         pending.flush(conn)
 
 
@@ -329,6 +348,9 @@ class Session:
             "res_type": resource_type,
             "param": param,
         }
+        pending: PendingRows | None = self.conn.info.get(PENDING)
+        if pending is not None and pending.refer_to(resource_type, param, target_type, target_id):
+            pending.flush(self.conn)
         out = []
         for row in self.conn.execute(SELECT_REFERRING, params):
             if row.content:
@@ -336,6 +358,66 @@ class Session:
                 body.setdefault("id", row.res_id)
                 out.append(body)
         return out
+
+    def current(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The current body of one resource (None when missing or deleted), by the key read:
+        inside a write transaction it does not send the pending rows first, as a read through
+        SQLAlchemy would. Not guarded, as ``referring``: for the server's own checks."""
+        row = self._row(resource_type, resource_id)
+        if row is None or row.deleted or not row.content:
+            return None
+        body: dict[str, Any] = orjson.loads(row.content)
+        return body
+
+    def current_many(self, resource_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current bodies of many ``resource_type`` resources by id, deleted and missing
+        ones left out: one statement. For batch jobs over what a bulk load stored without
+        hooks, where one read per resource was a round trip each and, between the batch's
+        writes, sent their pending rows one resource at a time. Not guarded, as ``referring``."""
+        found: dict[str, dict[str, Any]] = {}
+        if not ids:
+            return found
+        statement = select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == resource_type,
+            values_in(resource.c.res_id, ids, many=BATCH_LIST),
+            resource.c.deleted == false(),
+        )
+        for row in self.conn.execute(statement):
+            if row.content:
+                body: dict[str, Any] = orjson.loads(row.content)
+                body.setdefault("id", row.res_id)
+                found[row.res_id] = body
+        return found
+
+    def referring_many(
+        self, resource_type: str, param: str, targets: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """``referring`` for many targets ("Type/id") at once: each target's current referrers
+        in id order (targets that none refers to left out). One statement, for batch jobs."""
+        by_type: dict[str, list[str]] = {}
+        for target in targets:
+            target_type, _, target_id = target.partition("/")
+            by_type.setdefault(target_type, []).append(target_id)
+        found: dict[str, list[dict[str, Any]]] = {}
+        for target_type, target_ids in by_type.items():
+            statement = (
+                select(sp_reference.c.target_id, resource.c.res_id, resource.c.content)
+                .join(resource, resource.c.rid == sp_reference.c.rid)
+                .where(
+                    sp_reference.c.target_type == target_type,
+                    values_in(sp_reference.c.target_id, target_ids, many=BATCH_LIST),
+                    sp_reference.c.res_type == resource_type,
+                    sp_reference.c.param == param,
+                    resource.c.deleted == false(),
+                )
+                .order_by(resource.c.res_id)
+            )
+            for row in self.conn.execute(statement):
+                if row.content:
+                    body: dict[str, Any] = orjson.loads(row.content)
+                    body.setdefault("id", row.res_id)
+                    found.setdefault(f"{target_type}/{row.target_id}", []).append(body)
+        return found
 
     def read(self, resource_type: str, resource_id: str, interaction: str = "r") -> StoredResource:
         row = self._row(resource_type, resource_id)
