@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from takamul.settings import Settings
+
+if TYPE_CHECKING:
+    from takamul.store import Store
 
 app = typer.Typer(help="Takamul: the shared FHIR R4 health record.", no_args_is_help=True)
 # soft_wrap: messages and paths stay on one line, whatever the terminal width.
@@ -75,6 +78,14 @@ def load(
     workers: Annotated[
         int | None, typer.Option(help="Processes that validate and index (default: cores - 1)")
     ] = None,
+    catch_up: Annotated[
+        bool,
+        typer.Option(
+            "--catch-up/--no-catch-up",
+            help="Then link, extract care facts and score (see `takamul catch-up`); skip it "
+            "when more loads follow, and run `takamul catch-up` once after the last",
+        ),
+    ] = True,
 ) -> None:
     """Load FHIR NDJSON and Bundle files into the shared record; resumes after interruption."""
     from rich.progress import (
@@ -125,11 +136,6 @@ def load(
             workers=workers,
             progress=report,
         )
-    from takamul.mentalhealth.service import MentalHealth
-
-    # bulk loads run no write hooks: score the loaded responses and raise their safety Tasks
-    MentalHealth(store).catch_up()
-    store.close()
     console.print(
         f"loaded {summary.loaded}, updated {summary.updated}, rejected {summary.rejected}, "
         f"skipped (already loaded) {summary.skipped} from {summary.files} files in "
@@ -137,6 +143,55 @@ def load(
     )
     if summary.rejected:
         console.print(f"[yellow]rejected lines and their reasons: {errors_path}[/]")
+    try:
+        if catch_up:
+            # a bulk load runs no write hooks: do their work now, not at the server's start
+            _catch_up(store)
+        else:
+            console.print("not caught up: run `takamul catch-up` after the last load")
+    finally:
+        store.close()
+
+
+@app.command("catch-up")
+def catch_up_command(db: DbOption = None) -> None:
+    """Do what the write hooks would have done for resources stored without them (bulk
+    loads): link Patients to persons, extract care facts, score questionnaire responses.
+    Resumable; the server otherwise does it at start-up, before it answers."""
+    from takamul.store import Store
+
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        _catch_up(store)
+    finally:
+        store.close()
+
+
+def _catch_up(store: Store) -> None:
+    """``takamul.catchup.catch_up`` with a progress line per phase and a summary."""
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+    from takamul.catchup import PHASES, catch_up
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]catching up: {task.description}"),
+        TextColumn("{task.completed:,} {task.fields[what]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def report(phase: str, done: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=None, what=PHASES[phase])
+            bar.update(tasks[phase], completed=done)
+
+        summary = catch_up(store, report)
+    for phase, done in summary.done.items():
+        console.print(
+            f"caught up: {phase}, {done:,} {PHASES[phase]} in {summary.seconds[phase]:.1f} s"
+        )
 
 
 @app.command("load-demo")

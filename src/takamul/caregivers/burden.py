@@ -12,7 +12,7 @@ RelatedPerson is read too (the patient is then ``RelatedPerson.patient``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -207,11 +207,12 @@ class Caregivers:
             self._hooked = True
         return self.catch_up()
 
-    def catch_up(self) -> int:
+    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Judge every response version stored since the last pass (``mh_state`` key
         ``caregivers-seq``): a bulk-loaded caregiver's ZBI-12 at high burden gets its support
         proposal as one written through the API would. ``process`` finds a proposal already
-        made, so a response the hook saw is not proposed twice."""
+        made, so a response the hook saw is not proposed twice. ``progress``: called with the
+        number of responses looked at so far, after each batch."""
         with self.store.reader.connect() as conn:
             mark = int(
                 conn.execute(select(mh_state.c.value).where(mh_state.c.key == MARK)).scalar() or 0
@@ -245,6 +246,8 @@ class Caregivers:
 
             with unguarded():
                 self.store.write(work)
+            if progress is not None:
+                progress(start + len(chunk))
         if end > mark:
             with self.store.writer.begin() as conn:
                 conn.execute(delete(mh_state).where(mh_state.c.key == MARK))

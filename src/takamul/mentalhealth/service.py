@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,9 +193,10 @@ class MentalHealth:
             value = conn.execute(select(mh_state.c.value).where(mh_state.c.key == "seq")).scalar()
         return int(value or 0)
 
-    def catch_up(self) -> int:
+    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
         """Process every response version stored since the last pass (bulk loads). Safe to run
-        while the server writes: what the hook did is found and not repeated."""
+        while the server writes: what the hook did is found and not repeated. ``progress``:
+        called with the number of responses processed so far, after each batch."""
         with self._lock:
             mark = self._mark()
             with self.store.reader.connect() as conn:
@@ -230,6 +231,8 @@ class MentalHealth:
 
                 with unguarded():
                     self.store.write(work)
+                if progress is not None:
+                    progress(start + len(chunk))
             if end > mark:
                 with self.store.writer.begin() as conn:
                     conn.execute(delete(mh_state).where(mh_state.c.key == "seq"))

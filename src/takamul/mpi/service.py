@@ -285,8 +285,8 @@ class ClientRegistry:
             for person, members in chunk:
                 for pid in members:
                     self._set_member(pid, person, False, undo=None)
-            if progress is not None:
-                progress(start + len(chunk))
+            if progress is not None:  # Patient records linked so far
+                progress(sum(len(members) for _, members in groups[: start + len(chunk)]))
         with self.store.writer.connect() as conn:
             conn.execute(
                 insert(mpi_event).values(

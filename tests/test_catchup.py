@@ -1,0 +1,128 @@
+"""Catching up on a bulk load (issue 17): ``takamul load`` links, extracts care facts and
+scores at its end, ``--no-catch-up`` leaves that to ``takamul catch-up``, and a second run
+finds nothing to do. On both stores, through the command line as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from takamul.cli import app
+from takamul.mentalhealth.instruments import instrument
+from takamul.mpi.schema import mpi_member
+from takamul.programmes.facts import care_fact
+from takamul.settings import Settings
+from takamul.store.repository import Store
+from tests.server import postgres_database
+
+PHQ9 = instrument("phq-9")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catchup.sqlite'}"
+        return
+    with postgres_database() as url:
+        yield url
+
+
+def _patient(pid: str) -> dict[str, Any]:
+    """Two registrations of one woman at two facilities (the same national ID)."""
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "https://takamul.health/id/national-id", "value": "1048812345"}],
+        "name": [{"family": "Al-Harbi", "given": ["Noura"]}],
+        "gender": "female",
+        "birthDate": "1984-03-02",
+        "managingOrganization": {"reference": f"Organization/org-{pid}"},
+    }
+
+
+def _phq9(pid: str, rid: str, item9: int) -> dict[str, Any]:
+    values = [2, 2, 1, 1, 1, 1, 1, 1, item9]
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": rid,
+        "questionnaire": PHQ9.url,
+        "status": "completed",
+        "subject": {"reference": f"Patient/{pid}"},
+        "authored": "2026-03-01T10:00:00Z",
+        "item": [
+            {"linkId": link_id, "answer": [{"valueInteger": v}]}
+            for link_id, v in zip(PHQ9.items, values, strict=True)
+        ],
+    }
+
+
+def _load_file(tmp_path: Path) -> Path:
+    lines = [_patient("cu-a"), _patient("cu-b"), _phq9("cu-a", "qr-cu-a", 2)]
+    path = tmp_path / "bulk.ndjson"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def _state(db: str) -> dict[str, Any]:
+    store = Store(Settings.from_env(database_url=db))
+    try:
+        with store.reading() as session:
+            members = session.conn.execute(select(mpi_member.c.person_id)).scalars().all()
+            facts = session.conn.execute(select(func.count()).select_from(care_fact)).scalar()
+            score = session.current("Observation", "mhs-qr-cu-a")
+            task = session.current("Task", "mht-qr-cu-a")
+        return {
+            "members": len(members),
+            "persons": len(set(members)),
+            "facts": facts,
+            "score": (score or {}).get("valueInteger"),
+            "safety task": task is not None,
+        }
+    finally:
+        store.close()
+
+
+def test_load_catches_up_unless_told_not_to(db: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["load", str(_load_file(tmp_path)), "--db", db, "--errors", str(tmp_path / "e")]
+    later = runner.invoke(app, [*args, "--workers", "0", "--no-catch-up"])
+    assert later.exit_code == 0, later.output
+    assert "takamul catch-up" in later.output  # tells the operator what is left to do
+    assert _state(db) == {
+        "members": 0,
+        "persons": 0,
+        "facts": 0,
+        "score": None,
+        "safety task": False,
+    }
+
+    caught = runner.invoke(app, ["catch-up", "--db", db])
+    assert caught.exit_code == 0, caught.output
+    assert "caught up: registry, 2 Patient records" in caught.output
+    assert "caught up: mental health, 1 questionnaire responses" in caught.output
+    state = _state(db)
+    assert state["members"] == 2 and state["persons"] == 1  # one woman, one golden record
+    assert state["facts"] > 0
+    assert state["score"] == 12 and state["safety task"]
+
+    again = runner.invoke(app, ["catch-up", "--db", db])
+    assert again.exit_code == 0, again.output
+    assert "caught up: mental health, 0 questionnaire responses" in again.output
+    assert "caught up: care facts, 0 resource versions" in again.output
+    assert _state(db) == state
+
+
+def test_load_catches_up_by_default(db: str, tmp_path: Path) -> None:
+    args = ["load", str(_load_file(tmp_path)), "--db", db, "--errors", str(tmp_path / "e")]
+    done = CliRunner().invoke(app, [*args, "--workers", "0"])
+    assert done.exit_code == 0, done.output
+    assert "loaded 3" in done.output and "caught up: care facts" in done.output
+    state = _state(db)
+    assert (state["members"], state["persons"], state["score"]) == (2, 1, 12)
+    assert state["safety task"]
