@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import delete, func, insert, select
 
 from takamul.fhir.outcome import FhirError
@@ -27,7 +26,7 @@ from takamul.mentalhealth.scoring import Score, derived_id, identify, score_resp
 from takamul.mentalhealth.service import mh_state
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store
-from takamul.store.schema import resource, resource_version
+from takamul.store.schema import resource_version
 
 __all__ = [
     "CAREGIVER_SYSTEM",
@@ -234,15 +233,8 @@ class Caregivers:
             chunk = ids[start : start + CATCH_UP_BATCH]
 
             def work(session: Session, chunk: list[str] = chunk) -> None:
-                for row in session.conn.execute(
-                    select(resource.c.res_id, resource.c.content).where(
-                        resource.c.res_type == RESPONSE,
-                        resource.c.res_id.in_(chunk),
-                        resource.c.deleted.is_(False),
-                    )
-                ):
-                    if row.content:
-                        self.process(session, row.res_id, orjson.loads(row.content))
+                for response_id, body in session.current_many(RESPONSE, chunk).items():
+                    self.process(session, response_id, body)
 
             with unguarded():
                 self.store.write(work)

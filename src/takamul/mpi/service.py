@@ -242,7 +242,7 @@ class ClientRegistry:
         for start in range(0, len(groups), 2000):
             chunk = groups[start : start + 2000]
             with self.store.reading() as s:
-                bodies = _bodies(s, [pid for _, members in chunk for pid in members])
+                bodies = s.current_many("Patient", [pid for _, members in chunk for pid in members])
             rows = [
                 {
                     "patient_id": pid,
@@ -756,7 +756,7 @@ class ClientRegistry:
                     select(mpi_member).where(mpi_member.c.patient_id.in_(members))
                 )
             }
-            bodies = _bodies(session, members)  # one query for the members, not one each
+            bodies = session.current_many("Patient", members)  # one query for all, not one each
             entries = [
                 Member(
                     pid,
@@ -1109,7 +1109,7 @@ class ClientRegistry:
     def patients(self, patient_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The current bodies of stored Patients (those deleted since are left out)."""
         with self.store.reading() as s:
-            return _bodies(s, patient_ids)
+            return s.current_many("Patient", patient_ids)
 
     def person_of(self, pid: str) -> str | None:
         """The person of a record as every process has committed it (the members, manual
@@ -1165,19 +1165,6 @@ def _read(session: Session, resource_type: str, resource_id: str) -> dict[str, A
         )
     ).first()
     return orjson.loads(row.content) if row and row.content else None
-
-
-def _bodies(session: Session, patient_ids: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(patient_ids), 900):  # SQLite's bound-parameter limit
-        rows = session.conn.execute(
-            select(resource.c.res_id, resource.c.content).where(
-                resource.c.res_type == "Patient",
-                resource.c.res_id.in_(patient_ids[start : start + 900]),
-            )
-        )
-        out.update({r.res_id: orjson.loads(r.content) for r in rows if r.content})
-    return out
 
 
 def _patients(session: Session) -> Iterator[tuple[str, dict[str, Any]]]:
