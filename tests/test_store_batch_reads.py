@@ -75,7 +75,9 @@ def test_referring_many_groups_referrers_by_target(store: Store) -> None:
     _patients(store, 3)
 
     def work(session: Session) -> None:
-        session.update("Observation", "o-b", _observation("o-b", "p0", "Observation/x"))
+        twice = _observation("o-b", "p0", "Observation/x")
+        twice["derivedFrom"].append({"reference": "Observation/x", "display": "again"})
+        session.update("Observation", "o-b", twice)
         session.update("Observation", "o-a", _observation("o-a", "p0"))
         session.update("Observation", "o-c", _observation("o-c", "p2"))
 

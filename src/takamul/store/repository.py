@@ -412,8 +412,10 @@ class Session:
                 )
                 .order_by(resource.c.res_id)
             )
+            seen: set[tuple[str, str]] = set()  # a resource may refer to a target twice
             for row in self.conn.execute(statement):
-                if row.content:
+                if row.content and (row.target_id, row.res_id) not in seen:
+                    seen.add((row.target_id, row.res_id))
                     body: dict[str, Any] = orjson.loads(row.content)
                     body.setdefault("id", row.res_id)
                     found.setdefault(f"{target_type}/{row.target_id}", []).append(body)
