@@ -157,7 +157,7 @@ def load(
 def catch_up_command(db: DbOption = None) -> None:
     """Do what the write hooks would have done for resources stored without them (bulk
     loads): link Patients to persons, extract care facts, score questionnaire responses.
-    Resumable; the server otherwise does it at start-up, before it answers."""
+    Safe to run again; the server otherwise does it at start-up, before it answers."""
     from takamul.store import Store
 
     store = Store(Settings.from_env(database_url=db))
