@@ -37,8 +37,8 @@ demo: $(STAMP)
 	  $(BIN)/takamul synth --country SA --patients $(DEMO_PERSONS) --seed 1 --out $(DEMO_DATA)
 	$(BIN)/takamul load $(DEMO_DATA)/*.ndjson --db $(DB) --errors data/demo-load-errors.ndjson
 	$(BIN)/takamul load-demo --db $(DB)
-	# the care programmes' overdue lists on the day the synthetic history ends (this links the
-	# loaded registrations to persons first, so the equity report below counts persons)
+	# the care programmes' overdue lists on the day the synthetic history ends (the load's
+	# catch-up linked the registrations to persons, so the equity report below counts persons)
 	$(BIN)/takamul programmes overdue --db $(DB) --as-of $(DEMO_AS_OF) --limit 100
 	# what the web app's equity dashboard and worklists show: a published report, outreach Tasks
 	$(BIN)/takamul equity report -i $(DEMO_DATA) --db $(DB) --publish --out data/equity-report.html
