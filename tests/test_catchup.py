@@ -5,10 +5,15 @@ finds nothing to do. On both stores, through the command line as an operator run
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -19,7 +24,7 @@ from takamul.mpi.schema import mpi_member
 from takamul.programmes.facts import care_fact
 from takamul.settings import Settings
 from takamul.store.repository import Store
-from tests.server import postgres_database
+from tests.server import free_port, postgres_database
 
 PHQ9 = instrument("phq-9")
 
@@ -126,3 +131,40 @@ def test_load_catches_up_by_default(db: str, tmp_path: Path) -> None:
     state = _state(db)
     assert (state["members"], state["persons"], state["score"]) == (2, 1, 12)
     assert state["safety task"]
+
+
+def test_serve_catches_up_first_and_shows_it(tmp_path: Path) -> None:
+    """A server started on a store that a load left behind catches up before it serves, with
+    the backlog and each phase on its console, not silently inside the first worker's start."""
+    db = f"sqlite:///{tmp_path / 'serve.sqlite'}"
+    args = ["load", str(_load_file(tmp_path)), "--db", db, "--errors", str(tmp_path / "e")]
+    assert CliRunner().invoke(app, [*args, "--workers", "0", "--no-catch-up"]).exit_code == 0
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "takamul.cli", "serve", "--db", db, "--port", str(port)],
+            env={**os.environ, "TAKAMUL_AUTH": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"the server did not start: {log.read_text()}")
+        person = httpx.get(f"http://127.0.0.1:{port}/fhir/Person?link=Patient/cu-a").json()
+    finally:
+        server.terminate()
+        server.wait(30)
+    printed = log.read_text()
+    assert "catching up before serving: 2 Patients without a person" in printed
+    assert "caught up: registry, 2 Patient records" in printed
+    assert printed.index("caught up: registry") < printed.index("FHIR R4 server on")
+    assert person["total"] == 1
+    assert _state(db)["score"] == 12

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 from takamul.caregivers.burden import Caregivers
 from takamul.mentalhealth.service import MentalHealth
-from takamul.mpi.service import ClientRegistry
+from takamul.mpi.service import ClientRegistry, unlinked_patients
 from takamul.programmes.service import Programmes
 from takamul.store.repository import Store
 
-__all__ = ["PHASES", "CatchUp", "catch_up"]
+__all__ = ["PHASES", "Backlog", "CatchUp", "backlog", "catch_up"]
 
 # what each phase counts as it goes
 PHASES = {
@@ -56,8 +56,29 @@ class CatchUp:
         return sum(self.seconds.values())
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What a catch-up would find: Patients without a person, and about how many resource
+    versions were stored since the care facts' last pass (API writes count too: their hooks
+    ran, but the pass's mark is behind them)."""
+
+    unlinked: int
+    versions: int
+
+    def __bool__(self) -> bool:
+        return bool(self.unlinked or self.versions)
+
+
+def backlog(store: Store) -> Backlog:
+    """The catch-up's backlog in two look-ups, without loading the registry."""
+    unlinked = unlinked_patients(store) if store.settings.mpi else 0
+    return Backlog(unlinked, Programmes(store).facts.backlog())
+
+
 def catch_up(store: Store, progress: Progress | None = None) -> CatchUp:
-    """Run the catch-up passes on ``store`` (see the module's text), in order."""
+    """Run the catch-up passes on ``store`` (see the module's text), in order. The registry's
+    is left out when no Patient is without a person: it loads every registration into memory,
+    which the server does at its start anyway."""
     summary = CatchUp()
 
     def phase(name: str, run: Callable[[Callable[[int], None]], int]) -> None:
@@ -67,7 +88,7 @@ def catch_up(store: Store, progress: Progress | None = None) -> CatchUp:
         summary.done[name] = run(report)
         summary.seconds[name] = time.perf_counter() - started
 
-    if store.settings.mpi:
+    if store.settings.mpi and unlinked_patients(store):
         phase("registry", lambda report: ClientRegistry(store).attach(report))
     programmes = Programmes(store)
     phase("care facts", programmes.attach)

@@ -44,15 +44,12 @@ def serve(
     from takamul.store.cli import schema_ready
 
     schema_ready(settings)  # the schema at this release's revision, or why not (exit 1)
+    _catch_up_before_serving(settings)
     console.print(
         f"[bold]Takamul[/] FHIR R4 server on [cyan]http://{host}:{port}/fhir[/] "
         f"(store: {_redact(settings.database_url)})"
     )
     if workers > 1:
-        # Create the schema once here, so that the workers do not race to create it.
-        from takamul.store import Store
-
-        Store(settings).close()
         uvicorn.run(
             "takamul.api.app:app_from_env",
             factory=True,
@@ -65,6 +62,26 @@ def serve(
         from takamul.api import create_app
 
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+def _catch_up_before_serving(settings: Settings) -> None:
+    """What a bulk load left is caught up here, with its progress shown, before the server
+    (each worker) starts: the server would otherwise do it silently before it answered. Opening
+    the store here also creates the schema once, so that several workers do not race to."""
+    from takamul.catchup import backlog
+    from takamul.store import Store
+
+    store = Store(settings)
+    try:
+        if found := backlog(store):
+            console.print(
+                f"catching up before serving: {found.unlinked:,} Patients without a person, "
+                f"about {found.versions:,} resource versions since the last pass (after a bulk "
+                "load, `takamul catch-up` saves this wait)"
+            )
+            _catch_up(store)
+    finally:
+        store.close()
 
 
 @app.command()

@@ -79,7 +79,7 @@ from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store, WriteOptions
 from takamul.store.schema import resource
 
-__all__ = ["ClientRegistry", "MatchResult", "default_model"]
+__all__ = ["ClientRegistry", "MatchResult", "default_model", "unlinked_patients"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,25 @@ TAKE_REGISTRY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 # Below this many unlinked Patients in a registry with no persons yet, start-up links them one
 # by one (the real-time path); above it, as a batch.
 BATCH_FROM = 2000
+
+
+def unlinked_patients(store: Store) -> int:
+    """How many current Patients have no person yet (bulk-loaded since the registry last ran):
+    one anti-join, without loading the registry."""
+    mpi_metadata.create_all(store.writer)
+    with store.reader.connect() as conn:
+        count = conn.execute(
+            select(func.count())
+            .select_from(resource)
+            .where(
+                resource.c.res_type == "Patient",
+                resource.c.deleted.is_(False),
+                ~select(mpi_member.c.patient_id)
+                .where(mpi_member.c.patient_id == resource.c.res_id)
+                .exists(),
+            )
+        ).scalar()
+    return int(count or 0)
 
 
 def default_model() -> LinkageModel:

@@ -12,10 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import text
 
-from takamul.mpi.schema import mpi_metadata
-from takamul.mpi.service import ClientRegistry
+from takamul.mpi.service import ClientRegistry, unlinked_patients
 from takamul.programmes.definitions import DefinitionError, load_catalog
 from takamul.programmes.facts import CareFacts
 from takamul.programmes.status import PersonStatus, statuses
@@ -88,17 +86,7 @@ def _link_persons(store: Store) -> None:
     """Patients stored without a person (bulk-loaded before the server ran) are linked first,
     as the server does at start-up: otherwise each registration would count as a person of its
     own (and get its own overdue Task)."""
-    mpi_metadata.create_all(store.writer)
-    with store.reader.connect() as conn:
-        unlinked = conn.execute(
-            text(
-                "SELECT COUNT(*) FROM resource r WHERE r.res_type = 'Patient' "
-                "AND r.deleted = :f AND NOT EXISTS "
-                "(SELECT 1 FROM mpi_member m WHERE m.patient_id = r.res_id)"
-            ),
-            {"f": False},
-        ).scalar()
-    if unlinked:
+    if unlinked := unlinked_patients(store):
         console.print(f"linking {unlinked:,} Patient records to persons (the client registry)")
         ClientRegistry(store).attach()
 

@@ -422,10 +422,16 @@ class CareFacts:
 
     def behind(self) -> bool:
         """Whether resources were stored since the last catch-up (one indexed lookup)."""
+        return self.backlog() > 0
+
+    def backlog(self) -> int:
+        """About how many resource versions the next catch-up reads: those numbered since its
+        last pass, or all of them when the catalog's codes changed (one indexed lookup)."""
         with self.store.reader.connect() as conn:
             state = self._state(conn)
-            last = conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0
-        return state.get("digest") != self.catalog.digest or int(state.get("seq", 0)) < last
+            last = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
+        mark = int(state.get("seq", 0)) if state.get("digest") == self.catalog.digest else 0
+        return max(last - mark, 0)
 
     def forget(self) -> None:
         """Drop every fact, so the next catch-up extracts the whole record again."""
