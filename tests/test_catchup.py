@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from typer.testing import CliRunner
 
 from takamul.cli import app
@@ -168,3 +168,53 @@ def test_serve_catches_up_first_and_shows_it(tmp_path: Path) -> None:
     assert printed.index("caught up: registry") < printed.index("FHIR R4 server on")
     assert person["total"] == 1
     assert _state(db)["score"] == 12
+
+
+def test_a_first_large_pass_builds_its_indexes_at_the_end(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first care-facts pass over many versions drops the indexes it does not read and builds
+    them at its end: the same facts as a pass with them, the indexes there afterwards, and a
+    pass stopped before it built them has them built again by the next start."""
+    from takamul.programmes.definitions import load_catalog
+    from takamul.programmes.facts import DEFERRED_INDEXES, CareFacts
+
+    args = ["load", str(_load_file(tmp_path)), "--db", db, "--errors", str(tmp_path / "e")]
+    assert CliRunner().invoke(app, [*args, "--workers", "0", "--no-catch-up"]).exit_code == 0
+    store = Store(Settings.from_env(database_url=db))
+
+    def facts_and_indexes() -> tuple[list[tuple[Any, ...]], set[str]]:
+        with store.reading() as session:
+            rows = sorted((tuple(r) for r in session.conn.execute(select(care_fact))), key=repr)
+        names = {i["name"] for i in inspect(store.writer).get_indexes("care_fact")}
+        return rows, names
+
+    try:
+        facts = CareFacts(store, load_catalog())
+        monkeypatch.setattr(CareFacts, "DEFER_INDEXES_FROM", 1)
+        dropped: list[set[str]] = []
+        real_pass = CareFacts._pass
+
+        def watched(self: CareFacts, *a: Any) -> int:
+            dropped.append(DEFERRED_INDEXES - facts_and_indexes()[1])
+            return real_pass(self, *a)
+
+        monkeypatch.setattr(CareFacts, "_pass", watched)
+        assert facts.catch_up() > 0
+        assert dropped == [set(DEFERRED_INDEXES)]  # the pass ran without them
+        deferred_rows, names = facts_and_indexes()
+        assert names >= DEFERRED_INDEXES and deferred_rows
+
+        facts.forget()
+        monkeypatch.setattr(CareFacts, "DEFER_INDEXES_FROM", 10**9)
+        facts.catch_up()
+        assert dropped[-1] == set()  # this time with them
+        assert facts_and_indexes()[0] == deferred_rows
+
+        with store.writer.connect() as conn:  # a pass stopped before it built them
+            CareFacts._defer_indexes(conn)
+        assert not DEFERRED_INDEXES & facts_and_indexes()[1]
+        CareFacts(store, load_catalog())
+        assert facts_and_indexes()[1] >= DEFERRED_INDEXES
+    finally:
+        store.close()
