@@ -363,10 +363,10 @@ def _tuples(source: str, facts: list[Fact]) -> list[tuple[Any, ...]]:
 
 
 # A first pass over a large record inserts millions of facts, each into four B-tree indexes at
-# random places; once the indexes outgrew the cache the pass slowed superlinearly (100,000
-# persons: 158 s on PostgreSQL, 712 s on SQLite). Such a pass drops the three indexes it does not
-# read and builds them once at its end, from sorted data; the source index stays (each batch
-# deletes by it, so that a resource's facts are never doubled).
+# random places. Such a pass drops the three indexes it does not read and builds them once at
+# its end, from sorted data; the source index stays (each batch deletes by it, so that a
+# resource's facts are never doubled). Measured gain: small (10.6 -> 10.1 s at 10,000 persons on
+# PostgreSQL, 711.8 -> 692.8 s at 100,000 on SQLite, where reading the contents is the cost).
 DEFERRED_INDEXES = frozenset({"ix_care_fact_patient", "ix_care_fact_kind", "ix_care_fact_org"})
 
 
