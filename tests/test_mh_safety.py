@@ -260,16 +260,7 @@ def test_a_facility_score_is_not_duplicated(record: tuple[str, str]) -> None:
     rid = f"qr-{pid}"
     with httpx.Client(base_url=base, timeout=60) as client:
         client.put(f"/Patient/{pid}", json=patient(pid))
-        facility_obs = {
-            "resourceType": "Observation",
-            "id": f"fac-{pid}",
-            "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
-            "subject": {"reference": f"Patient/{pid}"},
-            "valueInteger": 8,
-            "derivedFrom": [{"reference": f"QuestionnaireResponse/{rid}"}],
-        }
-        client.put(f"/Observation/fac-{pid}", json=facility_obs)
+        client.put(f"/Observation/fac-{pid}", json=_facility_score(pid))
         client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 0, rid))
         assert client.get(f"/Observation/mhs-{rid}").status_code == 404
         client.put(f"/QuestionnaireResponse/{rid}", json=phq9(pid, 2, rid))
