@@ -1,4 +1,5 @@
-"""Fixtures: a running server per store (SQLite and PostgreSQL) and HTTP clients for it."""
+"""Fixtures: a running server per store (SQLite and PostgreSQL) and HTTP clients for it, and
+a store opened in-process on each (``either_store``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,26 @@ import httpx
 import pytest
 from fhirpy import SyncFHIRClient
 
+from takamul.settings import Settings
+from takamul.store import Store
 from tests.server import postgres_database, running_server
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An empty store opened in this process: an SQLite file, then a throwaway PostgreSQL
+    database."""
+    if request.param == "sqlite":
+        opened = Store(Settings(database_url=f"sqlite:///{tmp_path / 'store.sqlite'}"))
+        yield opened
+        opened.close()
+        return
+    with postgres_database() as url:
+        opened = Store(Settings(database_url=url))
+        yield opened
+        opened.close()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -8,29 +8,17 @@ when one of them refers to its target. On both stores.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from takamul.settings import Settings
 from takamul.store import Store
 from takamul.store.repository import BATCH_LIST, PENDING, Session
-from tests.server import postgres_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        opened = Store(Settings(database_url=f"sqlite:///{tmp_path / 'batch.sqlite'}"))
-        yield opened
-        opened.close()
-        return
-    with postgres_database() as url:
-        opened = Store(Settings(database_url=url))
-        yield opened
-        opened.close()
+@pytest.fixture
+def store(either_store: Store) -> Store:
+    return either_store
 
 
 def _observation(oid: str, patient: str, derived_from: str | None = None) -> dict[str, Any]:

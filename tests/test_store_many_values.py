@@ -9,33 +9,20 @@ on both stores.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from takamul.rest import interactions as ix
-from takamul.settings import Settings
 from takamul.store import Store
 from takamul.store.schema import MANY_VALUES
-from tests.server import postgres_database
 
 MANY = 70_000  # more than PostgreSQL's 65,535 parameters
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'many.sqlite'}"
-        opened = Store(Settings(database_url=url))
-        yield opened
-        opened.close()
-        return
-    with postgres_database() as url:
-        opened = Store(Settings(database_url=url))
-        yield opened
-        opened.close()
+@pytest.fixture
+def store(either_store: Store) -> Store:
+    return either_store
 
 
 def _observation(oid: str, patient: str) -> dict[str, Any]:
