@@ -2,7 +2,7 @@
 
 Data comes from the synthetic population generator (``takamul synth``). Usage:
     python bench/run.py [--scale 10000] [--db both|sqlite|postgresql|postgresql://...]
-                        [--seconds 8] [--workers 2]
+                        [--seconds 8] [--workers 2] [--gzip-input auto|yes|no]
 The server runs as production runs it: authentication on (a national system's token), the
 audit log written; reads are also measured on a second server over the same store with
 authentication off, alternating with the first, for the auth-on / auth-off ratio. Every figure
@@ -12,6 +12,7 @@ is measured here, on this machine; the table records the date, cores and memory.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -70,12 +71,44 @@ def synthesize(scale: int, seed: int) -> tuple[Path, dict[str, float]]:
     return out, {"seconds": seconds, "peak_mb": peak_mb}
 
 
+# From this many persons the input is kept gzipped: at 350k its 8.6 GB of NDJSON beside a
+# 68 GB store and the $export's output do not fit this machine's disk. The bulk load reads
+# .ndjson.gz as it is.
+GZIP_FROM = 200_000
+
+
+def gzip_input(folder: Path) -> float:
+    """Compress the synthesised NDJSON in place (level 1: fast); the seconds it took."""
+    started = time.perf_counter()
+    for path in sorted(folder.glob("*.ndjson")):
+        with path.open("rb") as src, gzip.open(f"{path}.gz", "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        path.unlink()
+    return time.perf_counter() - started
+
+
 def ndjson_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.ndjson"))
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".ndjson", ".ndjson.gz")))
 
 
-def count_lines(files: list[Path]) -> int:
-    return sum(sum(1 for _ in f.open("rb")) for f in files)
+def _open(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _of_type(files: list[Path], rtype: str) -> Path | None:
+    names = (f"{rtype}.ndjson", f"{rtype}.ndjson.gz")
+    return next((f for f in files if f.name in names), None)
+
+
+def count_input(files: list[Path]) -> tuple[int, int]:
+    """Resources (lines) and bytes of NDJSON in the input, uncompressed."""
+    lines = size = 0
+    for f in files:
+        with _open(f) as fh:
+            for line in fh:
+                lines += 1
+                size += len(line)
+    return lines, size
 
 
 # -- measurements ---------------------------------------------------------------------------
@@ -98,12 +131,13 @@ class Server:
     def __init__(self, db_url: str, workers: int, auth: bool = True) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.export_dir = tempfile.mkdtemp(prefix="bench-export-")
         env = {
             **os.environ,
             "TAKAMUL_AUTH": "true" if auth else "false",
             # one bulk-reading system is the whole load here: its rate limit would measure itself
             "TAKAMUL_RATE_LIMITS": f"{CLIENT}=1000000",
-            "TAKAMUL_EXPORT_DIR": tempfile.mkdtemp(prefix="bench-export-"),
+            "TAKAMUL_EXPORT_DIR": self.export_dir,
         }
         command = [sys.executable, "-m", "takamul.cli", "serve", "--db", db_url]
         command += ["--port", str(self.port), "--workers", str(workers)]
@@ -127,6 +161,8 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        # the $export's files: gigabytes at scale, of no use once counted
+        shutil.rmtree(self.export_dir, ignore_errors=True)
 
 
 def register_client(db_url: str) -> None:
@@ -174,11 +210,11 @@ def loadgen(urls: list[str], concurrency: int, seconds: float, token: str = "") 
 
 
 def sample_ids(files: list[Path], rtype: str, n: int) -> list[str]:
-    path = next((f for f in files if f.name == f"{rtype}.ndjson"), None)
+    path = _of_type(files, rtype)
     if path is None:
         return []
     ids = []
-    with path.open("rb") as fh:
+    with _open(path) as fh:
         for line in fh:
             ids.append(orjson.loads(line)["id"])
             if len(ids) >= n * 20:
@@ -188,11 +224,11 @@ def sample_ids(files: list[Path], rtype: str, n: int) -> list[str]:
 
 
 def first_values(files: list[Path], rtype: str, n: int) -> list[dict[str, Any]]:
-    path = next((f for f in files if f.name == f"{rtype}.ndjson"), None)
-    out = []
+    path = _of_type(files, rtype)
+    out: list[dict[str, Any]] = []
     if path is None:
         return out
-    with path.open("rb") as fh:
+    with _open(path) as fh:
         for line in fh:
             out.append(orjson.loads(line))
             if len(out) >= n:
@@ -313,19 +349,38 @@ def everything(base: str, token: str, files: list[Path]) -> dict[str, float]:
     return {"resources": n, "seconds": statistics.median(times)}
 
 
-def export(base: str, token: str) -> dict[str, float]:
+def export(base: str, token: str, types: str = "") -> dict[str, float]:
+    query = f"?_type={types}" if types else ""
     with httpx.Client(timeout=600, headers=_bearer(token)) as http:
         started = time.perf_counter()
-        r = http.get(f"{base}/$export", headers={"Prefer": "respond-async"})
+        r = http.get(f"{base}/$export{query}", headers={"Prefer": "respond-async"})
         location = r.headers["Content-Location"]
         while True:
             poll = http.get(location)
             if poll.status_code == 200:
                 break
+            if poll.status_code != 202:
+                raise RuntimeError(f"$export failed: {poll.status_code} {poll.text[:200]}")
             time.sleep(0.05)
         seconds = time.perf_counter() - started
         total = sum(o["count"] for o in poll.json()["output"])
     return {"resources": total, "seconds": seconds, "rate": total / seconds}
+
+
+def export_row(server: Server, db_url: str, input_bytes: int) -> str:
+    """The whole record exported, or its Patients alone when the whole would not fit the disk
+    beside the store (the output is about the size of the input's NDJSON)."""
+    need = input_bytes * 1.2
+    free = shutil.disk_usage(server.export_dir).free
+    token = mint(db_url, server.base)
+    if need < free:
+        ex = export(server.base, token)
+        return f"{ex['rate']:,.0f} ({ex['resources']:,} resources)"
+    ex = export(server.base, token, "Patient")
+    return (
+        f"{ex['rate']:,.0f} (Patients only, {ex['resources']:,}: the whole record's "
+        f"{need / 1e9:,.1f} GB of NDJSON does not fit the {free / 1e9:,.1f} GB free)"
+    )
 
 
 def catch_up_after_load(db_url: str) -> str:
@@ -348,15 +403,36 @@ def db_size(db_url: str, resources: int) -> float:
         import psycopg
 
         with psycopg.connect(db_url) as conn:
-            size = conn.execute("select pg_database_size(current_database())").fetchone()[0]
+            row = conn.execute("select pg_database_size(current_database())").fetchone()
+            size = row[0] if row else 0
     return size / max(resources, 1)
 
 
 # -- the run --------------------------------------------------------------------------------
 
 
-def measure(db_url: str, files: list[Path], seconds: float, workers: int) -> dict[str, Any]:
+def measure(
+    db_url: str, files: list[Path], seconds: float, workers: int, input_bytes: int
+) -> dict[str, Any]:
+    """Every measure on one store; a failure ends the column with a row that says what failed,
+    keeping what was measured before it (a 350k run is hours of work)."""
     results: dict[str, Any] = {}
+    try:
+        _measure(results, db_url, files, seconds, workers, input_bytes)
+    except Exception as error:  # reported in the table, not lost
+        results["failed"] = f"{type(error).__name__}: {error}"[:300].replace("|", "/")
+        print(f"  failed: {results['failed']}", flush=True)
+    return results
+
+
+def _measure(
+    results: dict[str, Any],
+    db_url: str,
+    files: list[Path],
+    seconds: float,
+    workers: int,
+    input_bytes: int,
+) -> None:
     load = bulk_load(db_url, files)
     results["bulk load (resources/s)"] = f"{load['rate']:,.0f} ({load['resources']:,} resources)"
     print(f"  bulk load: {results['bulk load (resources/s)']}", flush=True)
@@ -380,6 +456,7 @@ def measure(db_url: str, files: list[Path], seconds: float, workers: int) -> dic
         # a token lasts an hour at most: a fresh one for each part of a long run
         rate = transactions(server.base, mint(db_url, server.base), files)
         results["transaction Bundles over HTTP, 4 senders (resources/s)"] = f"{rate:,.0f}"
+        print(f"  transaction Bundles: {rate:,.0f} resources/s", flush=True)
         ids = sample_ids(files, "Patient", 2000)
         results.update(reads(server, open_server, mint(db_url, server.base), ids, seconds))
         print(f"  reads: {results['auth-on / auth-off reads']}", flush=True)
@@ -391,13 +468,13 @@ def measure(db_url: str, files: list[Path], seconds: float, workers: int) -> dic
         results["$everything, patient with ~1,000 resources (s)"] = (
             f"{ev['seconds']:.2f} ({ev['resources']:,} resources)"
         )
-        ex = export(server.base, mint(db_url, server.base))
-        results["$export (resources/s)"] = f"{ex['rate']:,.0f} ({ex['resources']:,} resources)"
+        print("  searches and $everything measured", flush=True)
+        results["$export (resources/s)"] = export_row(server, db_url, input_bytes)
+        print(f"  $export: {results['$export (resources/s)']}", flush=True)
         results["database size per resource (bytes)"] = f"{db_size(db_url, resources):,.0f}"
     finally:
         server.stop()
         open_server.stop()
-    return results
 
 
 def reads(
@@ -454,11 +531,19 @@ def main() -> None:
         help="sqlite, postgresql (a throwaway database on the test server), both, or a "
         "postgresql://... URL of an empty database to run on",
     )
+    parser.add_argument(
+        "--gzip-input",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help=f"keep the synthesised NDJSON gzipped (auto: from {GZIP_FROM:,} persons)",
+    )
     args = parser.parse_args()
 
     data, synth = synthesize(args.scale, args.seed)
+    if args.gzip_input == "yes" or (args.gzip_input == "auto" and args.scale >= GZIP_FROM):
+        print(f"input gzipped in {gzip_input(data):,.0f} s", flush=True)
     files = ndjson_files(data)
-    total = count_lines(files)
+    total, input_bytes = count_input(files)
     print(f"data: {data} ({total:,} resources in {len(files)} files)", flush=True)
     synth_row = (
         f"{total / synth['seconds']:,.0f} (whole command, {synth['seconds']:.1f} s; "
@@ -470,16 +555,18 @@ def main() -> None:
         for p in WORK.glob(sqlite_path.name + "*"):
             p.unlink()
         print("SQLite", flush=True)
-        columns["SQLite"] = measure(f"sqlite:///{sqlite_path}", files, args.seconds, args.workers)
+        columns["SQLite"] = measure(
+            f"sqlite:///{sqlite_path}", files, args.seconds, args.workers, input_bytes
+        )
     if args.db.startswith("sqlite:///"):
-        columns["SQLite"] = measure(args.db, files, args.seconds, args.workers)
+        columns["SQLite"] = measure(args.db, files, args.seconds, args.workers, input_bytes)
     if args.db.startswith("postgresql://"):
         print("PostgreSQL", flush=True)
-        columns["PostgreSQL"] = measure(args.db, files, args.seconds, args.workers)
+        columns["PostgreSQL"] = measure(args.db, files, args.seconds, args.workers, input_bytes)
     elif args.db in ("postgresql", "both"):
         print("PostgreSQL", flush=True)
         with postgres_database() as url:
-            columns["PostgreSQL"] = measure(url, files, args.seconds, args.workers)
+            columns["PostgreSQL"] = measure(url, files, args.seconds, args.workers, input_bytes)
     if not columns:
         parser.error(f"--db {args.db!r}: give sqlite, postgresql, both or a postgresql:// URL")
     for column in columns.values():
@@ -489,7 +576,7 @@ def main() -> None:
 
 def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, total: int) -> None:
     now = datetime.now(UTC)
-    rows = list(next(iter(columns.values())))
+    rows = list(dict.fromkeys(row for column in columns.values() for row in column))
     header = ["measure", *columns, "target"]
     lines = [
         f"# Takamul benchmark, {now:%Y-%m-%d %H:%M} UTC",
