@@ -173,9 +173,11 @@ def test_serve_catches_up_first_and_shows_it(tmp_path: Path) -> None:
 def test_a_first_large_pass_builds_its_indexes_at_the_end(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A first care-facts pass over many versions drops the indexes it does not read and builds
-    them at its end: the same facts as a pass with them, the indexes there afterwards, and a
-    pass stopped before it built them has them built again by the next start."""
+    """A first care-facts pass over many versions drops the indexes it does not read, scans the
+    current resources in storage order and builds the indexes at its end: the same facts as a
+    pass version by version with them, never doubled by a scan over facts already there, the
+    indexes there afterwards, and a pass stopped before it built them has them built again by
+    the next start."""
     from takamul.programmes.definitions import load_catalog
     from takamul.programmes.facts import DEFERRED_INDEXES, CareFacts
 
@@ -192,24 +194,32 @@ def test_a_first_large_pass_builds_its_indexes_at_the_end(
     try:
         facts = CareFacts(store, load_catalog())
         monkeypatch.setattr(CareFacts, "DEFER_INDEXES_FROM", 1)
-        dropped: list[set[str]] = []
-        real_pass = CareFacts._pass
+        dropped: list[tuple[str, set[str]]] = []
 
-        def watched(self: CareFacts, *a: Any) -> int:
-            dropped.append(DEFERRED_INDEXES - facts_and_indexes()[1])
-            return real_pass(self, *a)
+        def watch(name: str) -> None:
+            real = getattr(CareFacts, name)
 
-        monkeypatch.setattr(CareFacts, "_pass", watched)
+            def watched(self: CareFacts, *a: Any) -> int:
+                dropped.append((name, DEFERRED_INDEXES - facts_and_indexes()[1]))
+                return int(real(self, *a))
+
+            monkeypatch.setattr(CareFacts, name, watched)
+
+        watch("_pass")
+        watch("_scan")
         assert facts.catch_up() > 0
-        assert dropped == [set(DEFERRED_INDEXES)]  # the pass ran without them
-        deferred_rows, names = facts_and_indexes()
-        assert names >= DEFERRED_INDEXES and deferred_rows
+        assert dropped == [("_scan", set(DEFERRED_INDEXES))]  # the scan ran without them
+        scanned, names = facts_and_indexes()
+        assert names >= DEFERRED_INDEXES and scanned
+        assert facts.backlog() == 0 and facts.catch_up() == 0  # its mark moved to the end
 
         facts.forget()
         monkeypatch.setattr(CareFacts, "DEFER_INDEXES_FROM", 10**9)
         facts.catch_up()
-        assert dropped[-1] == set()  # this time with them
-        assert facts_and_indexes()[0] == deferred_rows
+        assert dropped[-1] == ("_pass", set())  # this time version by version, with them
+        assert facts_and_indexes()[0] == scanned
+        facts._scan(None)  # over facts already there (a live write's hook stored some)
+        assert facts_and_indexes()[0] == scanned
 
         with store.writer.connect() as conn:  # a pass stopped before it built them
             CareFacts._defer_indexes(conn)

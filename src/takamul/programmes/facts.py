@@ -471,7 +471,7 @@ class CareFacts:
                 mark = int(state.get("seq", 0))
                 deferred = self._defer_indexes(conn) if self._bulk(conn, mark) else []
             try:
-                done = self._pass(mark, progress)
+                done = self._scan(progress) if deferred else self._pass(mark, progress)
             finally:
                 if deferred:
                     with self.store.writer.begin() as conn:
@@ -527,28 +527,71 @@ class CareFacts:
                 progress(done)
         return done
 
+    def _scan(self, progress: Callable[[int], None] | None) -> int:
+        """A first pass over a large record: the current version of every resource of the
+        types with facts, read in storage order (one sequential scan), instead of each new
+        version's resource looked up by key. At 100,000 persons on SQLite the lookups were most
+        of the pass: the versions are numbered in load order but the keys are spread over the
+        whole table. The mark moves to the last version numbered when the scan began; what was
+        stored after it is the next pass's. Returns the number of versions that covers."""
+        with self.store.writer.connect() as conn:
+            last = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
+            mark = int(self._state(conn).get("seq", 0))
+        after, read = 0, 0
+        while True:
+            with self.store.writer.begin() as conn:
+                batch = conn.execute(
+                    select(
+                        resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.content
+                    )
+                    .where(
+                        resource.c.rid > after,
+                        resource.c.res_type.in_(TYPES),
+                        resource.c.deleted.is_(False),
+                    )
+                    .order_by(resource.c.rid)
+                    .limit(self.BATCH)
+                ).all()
+                if not batch:
+                    self._set_state(conn, "seq", str(last))
+                    break
+                self._replace(conn, [(f"{r.res_type}/{r.res_id}", r.content) for r in batch])
+                after = batch[-1].rid
+            read += len(batch)
+            if progress is not None:
+                progress(min(read, last - mark))
+        if progress is not None:
+            progress(last - mark)
+        return last - mark
+
+    def _replace(self, conn: Connection, contents: list[tuple[str, bytes | None]]) -> None:
+        """The facts of these sources (``Type/id``, current content or None when deleted),
+        replacing any they had: a live write's hook may have stored some meanwhile."""
+        rows: list[tuple[Any, ...]] = []
+        for source, content in contents:
+            if content is not None:
+                res_type = source.partition("/")[0]
+                rows.extend(_tuples(source, extract(res_type, orjson.loads(content), self.codes)))
+        sources = [source for source, _ in contents]
+        if sources:
+            conn.execute(delete(care_fact).where(values_in(care_fact.c.source, sources, many=100)))
+        # one COPY for the batch's tens of thousands of facts: SQLAlchemy's executemany spent
+        # more on each row's parameters than the database on inserting it
+        copy_rows(conn, care_fact, FACT_COLUMNS, rows)
+
     def _extract_current(self, conn: Connection, wanted: set[tuple[str, str]]) -> None:
         """Replace the facts of ``wanted`` resources from their current stored version."""
         by_type: dict[str, list[str]] = {}
         for res_type, res_id in wanted:
             by_type.setdefault(res_type, []).append(res_id)
-        sources: list[str] = []
-        rows: list[tuple[Any, ...]] = []
+        contents: list[tuple[str, bytes | None]] = []
         for res_type, ids in by_type.items():
             found = conn.execute(
                 select(resource.c.res_id, resource.c.deleted, resource.c.content).where(
                     resource.c.res_type == res_type, values_in(resource.c.res_id, ids, many=100)
                 )
             )
-            for row in found:
-                source = f"{res_type}/{row.res_id}"
-                sources.append(source)
-                if row.deleted or row.content is None:
-                    continue
-                body = orjson.loads(row.content)
-                rows.extend(_tuples(source, extract(res_type, body, self.codes)))
-        if sources:
-            conn.execute(delete(care_fact).where(values_in(care_fact.c.source, sources, many=100)))
-        # one COPY for the batch's tens of thousands of facts: SQLAlchemy's executemany spent
-        # more on each row's parameters than the database on inserting it
-        copy_rows(conn, care_fact, FACT_COLUMNS, rows)
+            contents.extend(
+                (f"{res_type}/{row.res_id}", None if row.deleted else row.content) for row in found
+            )
+        self._replace(conn, contents)
