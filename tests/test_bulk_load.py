@@ -181,3 +181,57 @@ def test_cli_load_reports_summary(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_folder_with_a_bulk_data_manifest_loads_what_it_lists(
+    store: Store, tmp_path: Path
+) -> None:
+    """An export's folder holds its manifest, and often files kept beside the data: the files
+    the manifest lists are loaded (a downloaded file by its URL's last segment), nothing else
+    is read as resources, and a listed file that is missing stops the load before it writes."""
+    folder = tmp_path / "export"
+    (folder / "truth").mkdir(parents=True)
+    write_ndjson(folder / "Patient.ndjson", patients(3))
+    write_ndjson(folder / "Patient-old.ndjson", patients(2, start=10))  # not listed
+    (folder / "truth" / "effects.json").write_text('{"income_rr": [1.0, 1.4]}')
+    manifest: dict[str, Any] = {
+        "transactionTime": "2026-12-01T00:00:00Z",
+        "request": "https://fhir.example.org/fhir/$export",
+        "requiresAccessToken": True,
+        "output": [{"type": "Patient", "url": "https://fhir.example.org/x/Patient.ndjson"}],
+        "error": [],
+    }
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+    errors = tmp_path / "errors.ndjson"
+
+    summary = load_paths(store, [folder], errors, workers=0)
+    assert (summary.files, summary.loaded, summary.rejected) == (1, 3, 0)
+    summary = load_paths(store, [folder / "manifest.json"], errors, workers=0)
+    assert (summary.files, summary.loaded, summary.rejected) == (1, 0, 0)  # done already
+    assert counts(store) == (3, 3)
+
+    manifest["output"].append({"type": "Observation", "url": "Observation.ndjson"})
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+    write_ndjson(folder / "Patient.ndjson", patients(5, start=20))  # a new export
+    with pytest.raises(FileNotFoundError, match=r"lists Observation\.ndjson"):
+        load_paths(store, [folder], errors, workers=0)
+    assert counts(store) == (3, 3)
+
+
+def test_loading_synth_output_rejects_nothing(tmp_path: Path) -> None:
+    """`takamul synth` writes a manifest and truth files beside its NDJSON: loading its folder
+    loads every resource it wrote and rejects none."""
+    out = tmp_path / "synth"
+    synth = [sys.executable, "-m", "takamul.cli", "synth", "--country", "SA"]
+    subprocess.run([*synth, "--patients", "30", "--out", str(out)], check=True)
+    wrote = sum(o["count"] for o in orjson.loads((out / "manifest.json").read_bytes())["output"])
+    db = f"sqlite:///{tmp_path / 'synth.sqlite'}"
+    load = [sys.executable, "-m", "takamul.cli", "load", str(out), "--db", db]
+    run = subprocess.run(
+        [*load, "--errors", str(tmp_path / "errors.ndjson"), "--workers", "0", "--no-catch-up"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"loaded {wrote}, updated 0, rejected 0" in run.stderr.replace("\n", " ")

@@ -66,16 +66,62 @@ class Prepared:
     error: dict[str, Any] | None
 
 
+MANIFEST = "manifest.json"
+
+
 def discover(paths: list[Path]) -> list[Path]:
-    """Files to load: the paths given, and in folders every NDJSON/JSON file, sorted."""
+    """Files to load: the paths given; in a folder, the files listed by its Bulk Data manifest
+    (``manifest.json``, as ``$export`` and ``takamul synth`` write it), else every NDJSON/JSON
+    file under it, sorted. A manifest given as a file stands for the files it lists.
+
+    Without the manifest rule, loading an export's folder read the manifest itself (and any
+    files kept beside the data, such as synth's ``truth/``) as resources, and rejected them.
+    """
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.name.endswith(SUFFIXES)))
+            listed = manifest_outputs(path / MANIFEST)
+            files.extend(
+                listed
+                if listed is not None
+                else sorted(p for p in path.rglob("*") if p.name.endswith(SUFFIXES))
+            )
         elif path.exists():
-            files.append(path)
+            listed = manifest_outputs(path) if path.name == MANIFEST else None
+            files.extend(listed if listed is not None else [path])
         else:
             raise FileNotFoundError(f"{path} does not exist")
+    return files
+
+
+def manifest_outputs(manifest: Path) -> list[Path] | None:
+    """The files a Bulk Data manifest lists (``output[].url``, relative to its folder; a URL's
+    last segment when it was downloaded), or None when ``manifest`` is absent or not a
+    manifest. A listed file that is not there is an error: loading the rest would lose it."""
+    if not manifest.is_file():
+        return None
+    try:
+        doc = orjson.loads(manifest.read_bytes())
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or "resourceType" in doc:
+        return None  # a FHIR resource or Bundle that happens to have the name
+    outputs = doc.get("output")
+    if not isinstance(outputs, list):
+        return None
+    files: list[Path] = []
+    for number, output in enumerate(outputs, start=1):
+        url = output.get("url") if isinstance(output, dict) else None
+        if not isinstance(url, str) or not url:
+            raise FileNotFoundError(f"{manifest}: output {number} has no url")
+        name = url.rsplit("/", 1)[-1] if "://" in url else url
+        file = manifest.parent / name
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{manifest} lists {url}, which does not exist as {file}: put the file "
+                "there, or load the files by name instead of the folder"
+            )
+        files.append(file)
     return files
 
 
