@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, MetaData, create_engine, text
+from sqlalchemy import Engine, MetaData, create_engine, select, text
 from typer.testing import CliRunner
 
 from takamul.cli import app
@@ -33,6 +33,7 @@ from takamul.store.migrations import (
 )
 from takamul.store.migrations.catalog import application_metadata
 from takamul.store.migrations.compare import describe, differences
+from takamul.store.schema import resource_version
 from tests.server import postgres_database
 
 RELEASE = "6c83c72"
@@ -207,6 +208,17 @@ def _read_back(store: Store, rows: dict[str, Any]) -> None:
             total == 2
             and orjson.loads(versions[0].content or b"{}")["valueQuantity"]["value"] == 135
         )
+        # 0008: the current version's JSON is the resource's alone, the past one's its own
+        own = dict(
+            session.conn.execute(
+                select(resource_version.c.version, resource_version.c.content).where(
+                    resource_version.c.res_type == "Observation",
+                    resource_version.c.res_id == "o2",
+                )
+            ).all()
+        )
+        assert own[2] is None and own[1] == versions[1].content is not None
+        assert session.vread("Observation", "o2", "2").content == versions[0].content
         persons = session.search(session.parse_search("Person", []))
         assert len(persons.matches) == 2  # p1 and p3 are one person
     # the upgraded store takes new writes beside the old ones
@@ -233,13 +245,14 @@ def test_start_up_adopts_the_previous_release_and_runs_additive_revisions(
     empty_url: str,
 ) -> None:
     """SQLite is brought to the head at start; a PostgreSQL record is adopted and upgraded by
-    ``takamul db upgrade`` because 0005 rebuilds the search indexes of the record's tables and
-    0006 adds the compartment column to them."""
+    ``takamul db upgrade`` because 0005 rebuilds the search indexes of the record's tables,
+    0006 adds the compartment column to them and 0008 keeps the current JSON once."""
     make_previous_release_store(empty_url)
     settings = Settings.from_env(database_url=empty_url, auth=False)
     if empty_url.startswith("postgresql"):
         with pytest.raises(
-            SchemaError, match="0005_search_indexes, 0006_compartment change tables"
+            SchemaError,
+            match="0005_search_indexes, 0006_compartment, 0008_current_json_once change tables",
         ):
             Store(settings)
         assert CliRunner().invoke(app, ["db", "upgrade", "--db", empty_url]).exit_code == 0

@@ -40,7 +40,7 @@ from takamul.coordination.referrals import FINAL, is_referral
 from takamul.equity.measures import difference_and_ratio, percentage_subgroup
 from takamul.programmes.indicators import EQUITY_DIMENSIONS, dimension_values
 from takamul.store.repository import Store
-from takamul.store.schema import resource
+from takamul.store.schema import VERSION_CONTENT_SQL, resource
 
 __all__ = [
     "EQUITY_DIMENSIONS",
@@ -137,7 +137,8 @@ def _limits(value: object, fallback: Limits, where: str) -> Limits:
 # a Task without ``authoredOn`` is dated by its ServiceRequest, so it is read too. In row-key
 # order, so one referral's versions come together and the store reads them in index order.
 _TASK_VERSIONS = text(
-    "SELECT v.rid, v.res_id, v.content FROM resource_version v WHERE v.res_type = 'Task' "
+    f"SELECT v.rid, v.res_id, {VERSION_CONTENT_SQL} FROM resource_version v "
+    "WHERE v.res_type = 'Task' "
     "AND v.rid IN (SELECT f.rid FROM sp_reference f WHERE f.res_type = 'Task' "
     "AND f.param = 'focus' AND f.target_type = 'ServiceRequest' AND (f.rid IN ("
     "SELECT d.rid FROM sp_date d WHERE d.res_type = 'Task' AND d.param = 'authored-on' "

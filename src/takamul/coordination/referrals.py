@@ -30,6 +30,7 @@ from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.security.context import AccessContext
 from takamul.store.guard import current_guard
 from takamul.store.repository import Session, Store
+from takamul.store.schema import VERSION_CONTENT_SQL
 
 __all__ = [
     "FEEDBACK_TYPES",
@@ -117,11 +118,12 @@ def _has_feedback(task: Mapping[str, Any]) -> bool:
 
 
 _PREVIOUS = text(
-    "SELECT content FROM resource_version WHERE res_type = 'Task' AND res_id = :id AND version = :v"
+    f"SELECT {VERSION_CONTENT_SQL} FROM resource_version v WHERE v.res_type = 'Task' "
+    "AND v.res_id = :id AND v.version = :v"
 )
 _HISTORY = text(
-    "SELECT content FROM resource_version WHERE res_type = 'Task' AND res_id = :id "
-    "AND version < :v ORDER BY version DESC"
+    f"SELECT {VERSION_CONTENT_SQL} FROM resource_version v WHERE v.res_type = 'Task' "
+    "AND v.res_id = :id AND v.version < :v ORDER BY v.version DESC"
 )
 _ONE = text("SELECT content FROM resource WHERE res_type = :t AND res_id = :id AND deleted = :f")
 

@@ -49,6 +49,7 @@ from takamul.mpi.schema import mpi_metadata
 # the equity engine's patient view and dimensions, as the programme indicators use them
 from takamul.programmes.indicators import EQUITY_DIMENSIONS, dimension_values
 from takamul.store.repository import Store
+from takamul.store.schema import VERSION_CONTENT_SQL
 
 __all__ = [
     "ACKNOWLEDGED",
@@ -149,10 +150,10 @@ def _scores(conn: Connection) -> Iterable[tuple[str, str, Any, Any, Any, Any, An
 def _safety_tasks(conn: Connection) -> dict[str, list[dict[str, Any]]]:
     """Every version of every safety Task, oldest first, by Task id."""
     sql = text(
-        "SELECT v.res_id, v.version, v.last_updated, v.content FROM resource_version v "
-        "WHERE v.res_type = 'Task' AND v.rid IN (SELECT t.rid FROM sp_token t "
-        "WHERE t.res_type = 'Task' AND t.param = 'code' AND t.system = :system "
-        "AND t.code = :code) ORDER BY v.res_id, v.version"
+        f"SELECT v.res_id, v.version, v.last_updated, {VERSION_CONTENT_SQL} "
+        "FROM resource_version v WHERE v.res_type = 'Task' AND v.rid IN ("
+        "SELECT t.rid FROM sp_token t WHERE t.res_type = 'Task' AND t.param = 'code' "
+        "AND t.system = :system AND t.code = :code) ORDER BY v.res_id, v.version"
     )
     found: dict[str, list[dict[str, Any]]] = {}
     for res_id, _version, updated, content in conn.execute(

@@ -44,7 +44,7 @@ from takamul.security.guard import AccessGuard
 from takamul.security.scopes import ScopeSet
 from takamul.store.guard import Guard, guarded, unguarded
 from takamul.store.repository import Session, Store
-from takamul.store.schema import pairs_in, resource, resource_version
+from takamul.store.schema import pairs_in, resource, resource_version, version_content
 
 __all__ = ["DispatchSettings", "Dispatcher", "event_items", "subscriber_context"]
 
@@ -458,7 +458,7 @@ def versions(s: Session, keys: Sequence[tuple[str, str, int]]) -> dict[Key, dict
         if not named:
             continue
         rows = s.conn.execute(
-            select(resource_version.c.rid, resource_version.c.version, resource_version.c.content)
+            select(resource_version.c.rid, resource_version.c.version, version_content())
             .where(pairs_in(resource_version.c.rid, resource_version.c.version, named))
             .where(resource_version.c.deleted.is_(False))
         )

@@ -37,7 +37,7 @@ from takamul.mpi.schema import mpi_event
 from takamul.programmes.facts import TYPES, CareFacts, extract
 from takamul.programmes.status import PersonStatus, statuses
 from takamul.store.repository import Store
-from takamul.store.schema import resource_version
+from takamul.store.schema import resource_version, version_content
 
 __all__ = ["FacilityRegistries"]
 
@@ -214,7 +214,7 @@ class FacilityRegistries:
         patients: set[str] = set()
         for start in range(0, len(rids), 500):
             versions = conn.execute(
-                select(resource_version.c.res_type, resource_version.c.content).where(
+                select(resource_version.c.res_type, version_content()).where(
                     resource_version.c.rid.in_(rids[start : start + 500])
                 )
             )

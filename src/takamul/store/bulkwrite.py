@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 
 from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.fhir.search_values import SearchIndexer
@@ -20,7 +20,14 @@ from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, compartment_o
 from takamul.store.records import instant
 from takamul.store.repository import UPDATE_RESOURCE
 from takamul.store.rowcopy import copy_rows, driver_cursor
-from takamul.store.schema import INDEX_TABLES, pairs_in, resource, resource_version
+from takamul.store.schema import (
+    INDEX_TABLES,
+    current_content,
+    pairs_in,
+    resource,
+    resource_version,
+    values_in,
+)
 
 INSERT_NEW = insert(resource).returning(
     resource.c.rid, resource.c.res_type, resource.c.res_id, sort_by_parameter_order=True
@@ -172,7 +179,8 @@ def _copy_versions(
     rows = []
     for p in items:
         key = (p.resource_type, p.id)
-        row = (rids[key], *key, versions[key], p.last_updated, "PUT", False, p.content)
+        # the current version's JSON is the resource's (``schema.version_content``)
+        row = (rids[key], *key, versions[key], p.last_updated, "PUT", False, None)
         rows.append((*row, p.compartment))
     copy_rows(conn, resource_version, VERSION_COLUMNS, rows)
 
@@ -204,6 +212,14 @@ def _update_existing(
         p.content = orjson.dumps(_stamp(body, version, p.last_updated, source))
         rids[(p.resource_type, p.id)] = row.rid
         versions[(p.resource_type, p.id)] = version
+    old_rids = [rids[(p.resource_type, p.id)] for p in old]
+    # the versions being replaced keep their JSON in their own rows
+    conn.execute(
+        update(resource_version)
+        .where(values_in(resource_version.c.rid, old_rids, many=100))
+        .where(resource_version.c.content.is_(None), resource_version.c.deleted.is_(False))
+        .values(content=current_content())
+    )
     conn.execute(
         UPDATE_RESOURCE,
         [
@@ -214,7 +230,6 @@ def _update_existing(
             for p in old
         ],
     )
-    old_rids = [rids[(p.resource_type, p.id)] for p in old]
     for table in INDEX_TABLES.values():
         conn.execute(delete(table).where(table.c.rid.in_(old_rids)))
 

@@ -85,6 +85,8 @@ def _relabel(session: Any, row: Any) -> bool:
     session.conn.execute(
         update(resource_version)
         .where(and_(resource_version.c.rid == row.rid, resource_version.c.version == row.version))
+        # a current version's JSON is the resource's alone (``schema.version_content``)
+        .where(resource_version.c.content.is_not(None))
         .values(content=content)
     )
     session.reindex(row.rid, row.res_type, labelled)

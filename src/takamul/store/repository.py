@@ -55,6 +55,8 @@ from takamul.store.schema import (
     resource_version,
     sp_reference,
     values_in,
+    version_columns,
+    version_content,
 )
 from takamul.store.search import matching_rids, sort_expressions, typed_keys
 from takamul.store.totals import exact_count, search_total
@@ -73,6 +75,14 @@ UPDATE_RESOURCE = (
         content=bindparam("content"),
         compartment=bindparam("compartment"),
     )
+)
+# The version being replaced keeps its JSON in its own row from now on: while current, the
+# JSON is stored once, in ``resource.content`` (``schema.version_content``).
+KEEP_VERSION_CONTENT = (
+    update(resource_version)
+    .where(resource_version.c.rid == bindparam("b_rid"))
+    .where(resource_version.c.version == bindparam("b_version"))
+    .values(content=bindparam("b_content"))
 )
 SELECT_CURRENT = select(resource).where(
     and_(resource.c.res_type == bindparam("res_type"), resource.c.res_id == bindparam("res_id"))
@@ -113,8 +123,9 @@ RESOURCE_ONLY = frozenset(
 # Statements that send the pending rows themselves, only when one could change their answer
 # (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
 # rows of every write before it, a COPY per table each time.
-SENDS_OWN_PENDING = RESOURCE_ONLY | {SELECT_REFERRING}
+SENDS_OWN_PENDING = RESOURCE_ONLY | {SELECT_REFERRING, KEEP_VERSION_CONTENT}
 _REF = {name: i for i, name in enumerate(INDEX_COLUMNS["reference"])}
+_VERSION = {name: i for i, name in enumerate(VERSION_COLUMNS)}
 PENDING = "takamul.pending_rows"
 # a batch job's id lists longer than this go as one array parameter (``values_in``)
 BATCH_LIST = 100
@@ -171,6 +182,17 @@ class PendingRows:
             and row[kind] == resource_type
             for row in self.index.get("reference", ())
         )
+
+    def keep_content(self, rid: int, version: int, content: bytes) -> bool:
+        """Give a pending version row its JSON (the next version replaces it in the same
+        transaction); False when that row was sent already."""
+        at_rid, at_version, at_content = _VERSION["rid"], _VERSION["version"], _VERSION["content"]
+        for i in range(len(self.versions) - 1, -1, -1):
+            row = self.versions[i]
+            if row[at_rid] == rid and row[at_version] == version:
+                self.versions[i] = (*row[:at_content], content, *row[at_content + 1 :])
+                return True
+        return False
 
     def flush(self, conn: Connection) -> None:
         versions, index = self.versions, self.index
@@ -443,7 +465,7 @@ class Session:
         if not stored.deleted:
             return guard.visible(stored.resource_type, stored.json(), interaction)
         row = self.conn.execute(
-            select(resource_version.c.content)
+            select(version_content())
             .where(
                 resource_version.c.rid == _rid_of(stored.resource_type, stored.id),
                 resource_version.c.deleted == false(),
@@ -473,7 +495,7 @@ class Session:
         if not (version.isascii() and version.isdigit()) or len(version) > 9:
             raise not_found(resource_type, f"{resource_id}/_history/{version}")
         row = self.conn.execute(
-            select(resource_version).where(
+            select(*version_columns()).where(
                 and_(
                     resource_version.c.rid == _rid_of(resource_type, resource_id),
                     resource_version.c.version == int(version),
@@ -514,7 +536,7 @@ class Session:
             conds.append(resource_version.c.last_updated >= since - 5e-7)
         where = and_(*conds) if conds else None
         total_stmt = select(func.count()).select_from(resource_version)
-        stmt = select(resource_version).order_by(resource_version.c.seq.desc())
+        stmt = select(*version_columns()).order_by(resource_version.c.seq.desc())
         if where is not None:
             total_stmt = total_stmt.where(where)
             stmt = stmt.where(where)
@@ -940,6 +962,7 @@ class Session:
             return None  # deleting what is not there succeeds (http.html#delete)
         now = _now(row.last_updated)
         version = row.version + 1
+        self._keep_replaced(row)
         self.conn.execute(
             update(resource)
             .where(resource.c.rid == row.rid)
@@ -1000,10 +1023,12 @@ class Session:
             rid = self.conn.execute(INSERT_RESOURCE, values).scalar_one()
         else:
             rid = row.rid
+            self._keep_replaced(row)
             self.conn.execute(UPDATE_RESOURCE, {**values, "b_rid": rid})
             self._drop_index(rid)
+        # the current version's JSON is the resource's (``schema.version_content``)
         self.pending.versions.append(
-            (rid, resource_type, resource_id, version, now, method, False, content, compartment)
+            (rid, resource_type, resource_id, version, now, method, False, None, compartment)
         )
         self._add_index(rid, index)
         self._written(resource_type, resource_id, stored_body)
@@ -1017,6 +1042,14 @@ class Session:
             method,
             created=row is None or bool(row.deleted),
         )
+
+    def _keep_replaced(self, row: Any) -> None:
+        """The current version, about to be replaced, keeps its JSON in its own row."""
+        if row.deleted or row.content is None:
+            return
+        if not self.pending.keep_content(row.rid, row.version, row.content):
+            params = {"b_rid": row.rid, "b_version": row.version, "b_content": row.content}
+            self.conn.execute(KEEP_VERSION_CONTENT, params)
 
     def _check_write(
         self, guard: Guard, resource_type: str, resource_id: str, body: dict[str, Any], row: Any
