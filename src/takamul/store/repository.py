@@ -122,7 +122,8 @@ RESOURCE_ONLY = frozenset(
 )
 # Statements that send the pending rows themselves, only when one could change their answer
 # (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
-# rows of every write before it, a COPY per table each time.
+# rows of every write before it, a COPY per table each time. ``KEEP_VERSION_CONTENT`` runs only
+# for a version row already sent (``Session._keep_replaced`` patches a pending one instead).
 SENDS_OWN_PENDING = RESOURCE_ONLY | {SELECT_REFERRING, KEEP_VERSION_CONTENT}
 _REF = {name: i for i, name in enumerate(INDEX_COLUMNS["reference"])}
 _VERSION = {name: i for i, name in enumerate(VERSION_COLUMNS)}
