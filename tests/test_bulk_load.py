@@ -235,3 +235,27 @@ def test_loading_synth_output_rejects_nothing(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert f"loaded {wrote}, updated 0, rejected 0" in run.stderr.replace("\n", " ")
+
+
+def test_a_load_leaves_its_rows_ready_for_index_only_scans(store: Store, tmp_path: Path) -> None:
+    """PostgreSQL: every page the load wrote is all-visible (VACUUM ran), so a count or a
+    search's candidates read the index alone; both stores: the planner's statistics are fresh."""
+    load_paths(store, [write_ndjson(tmp_path / "p.ndjson", patients(300))], tmp_path / "e.ndjson")
+    with store.writer.connect() as conn:
+        if store.dialect == "postgresql":
+            pages = conn.exec_driver_sql(
+                "SELECT relname, relpages, relallvisible FROM pg_class "
+                "WHERE relname IN ('resource', 'sp_string', 'sp_token')"
+            ).all()
+            assert len(pages) == 3
+            for name, total, visible in pages:
+                assert total > 0 and visible == total, name
+            vacuumed = conn.exec_driver_sql(
+                "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'resource'"
+            ).scalar_one()
+            assert vacuumed is not None
+        else:
+            analysed = conn.exec_driver_sql(
+                "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'sp_string'"
+            ).scalar_one()
+            assert analysed > 0

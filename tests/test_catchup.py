@@ -111,6 +111,8 @@ def test_load_catches_up_unless_told_not_to(db: str, tmp_path: Path) -> None:
     assert caught.exit_code == 0, caught.output
     assert "caught up: registry, 2 Patient records" in caught.output
     assert "caught up: mental health, 1 questionnaire responses" in caught.output
+    # what the passes wrote is vacuumed and analysed (only when they wrote something)
+    assert "caught up: statistics" in caught.output
     state = _state(db)
     assert state["members"] == 2 and state["persons"] == 1  # one woman, one golden record
     assert state["facts"] > 0
@@ -120,6 +122,7 @@ def test_load_catches_up_unless_told_not_to(db: str, tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     assert "caught up: mental health, 0 questionnaire responses" in again.output
     assert "caught up: care facts, 0 resource versions" in again.output
+    assert "statistics" not in again.output
     assert _state(db) == state
 
 

@@ -9,7 +9,10 @@ server:
 2. the care programmes read the care facts of every new version (``programmes``);
 3. mental health scores the new questionnaire responses and raises their safety Tasks
    (``mentalhealth``);
-4. caregivers: a ZBI-12 at high burden gets its support proposal (``caregivers``).
+4. caregivers: a ZBI-12 at high burden gets its support proposal (``caregivers``);
+5. the planner's statistics refreshed and, on PostgreSQL, the new rows marked visible to all
+   (``VACUUM (ANALYZE)``, see ``Store.analyze``), so that searches over what the passes wrote
+   are index-only from the start.
 
 The server does the same at start-up, before it answers. At 100,000 persons that took minutes,
 and it grows with the load: run here, after the load (``takamul load`` does; ``takamul
@@ -38,6 +41,7 @@ PHASES = {
     "care facts": "resource versions",
     "mental health": "questionnaire responses",
     "caregivers": "questionnaire responses",
+    "statistics": "tables",
 }
 
 # (phase, how many done so far); called at the start of each phase with 0
@@ -99,4 +103,6 @@ def catch_up(store: Store, progress: Progress | None = None) -> CatchUp:
     started = time.perf_counter()
     summary.done["care facts"] += programmes.facts.catch_up()
     summary.seconds["care facts"] += time.perf_counter() - started
+    if any(summary.done.values()):
+        phase("statistics", lambda _report: store.analyze(vacuum=True))
     return summary

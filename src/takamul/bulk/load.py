@@ -152,7 +152,7 @@ def load_paths(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     if summary.loaded or summary.updated:
-        store.analyze()
+        store.analyze(vacuum=True)
     summary.seconds = time.perf_counter() - started
     return summary
 
