@@ -146,7 +146,18 @@ def test_serve_catches_up_first_and_shows_it(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with log.open("w") as err:
         server = subprocess.Popen(
-            [sys.executable, "-m", "takamul.cli", "serve", "--db", db, "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "takamul.cli",
+                "serve",
+                "--db",
+                db,
+                "--port",
+                str(port),
+                "--log-level",
+                "info",
+            ],
             env={**os.environ, "TAKAMUL_AUTH": "false"},
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -169,6 +180,8 @@ def test_serve_catches_up_first_and_shows_it(tmp_path: Path) -> None:
     assert "catching up before serving: 2 Patients without a person" in printed
     assert "caught up: registry, 2 Patient records" in printed
     assert printed.index("caught up: registry") < printed.index("FHIR R4 server on")
+    # --log-level info: the worker says when it is ready (the benchmark waits for every one)
+    assert "Application startup complete" in printed
     assert person["total"] == 1
     assert _state(db)["score"] == 12
 
@@ -231,3 +244,10 @@ def test_a_first_large_pass_builds_its_indexes_at_the_end(
         assert facts_and_indexes()[1] >= DEFERRED_INDEXES
     finally:
         store.close()
+
+
+def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'serve.sqlite'}"
+    refused = CliRunner().invoke(app, ["serve", "--db", db, "--log-level", "loud"])
+    assert refused.exit_code != 0
+    assert "'loud': give one of critical, error, warning, info, debug" in refused.output

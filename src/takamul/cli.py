@@ -35,6 +35,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL only)")] = 1,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            help="Server log level: critical, error, warning, info (each worker says when it "
+            "has started and is ready), debug"
+        ),
+    ] = "warning",
 ) -> None:
     """Serve the FHIR R4 API under /fhir."""
     import uvicorn
@@ -43,6 +50,9 @@ def serve(
     os.environ["TAKAMUL_DATABASE_URL"] = settings.database_url
     from takamul.store.cli import schema_ready
 
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level.lower() not in levels:
+        raise typer.BadParameter(f"{log_level!r}: give one of {', '.join(levels)}")
     schema_ready(settings)  # the schema at this release's revision, or why not (exit 1)
     _catch_up_before_serving(settings)
     console.print(
@@ -56,12 +66,12 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            log_level="warning",
+            log_level=log_level.lower(),
         )
     else:
         from takamul.api import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
 
 
 def _catch_up_before_serving(settings: Settings) -> None:
