@@ -51,7 +51,8 @@ def serve(
     from takamul.store.cli import schema_ready
 
     levels = ("critical", "error", "warning", "info", "debug")
-    if log_level.lower() not in levels:
+    level = log_level.lower()
+    if level not in levels:
         raise typer.BadParameter(f"{log_level!r}: give one of {', '.join(levels)}")
     schema_ready(settings)  # the schema at this release's revision, or why not (exit 1)
     _catch_up_before_serving(settings)
@@ -66,12 +67,12 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            log_level=log_level.lower(),
+            log_level=level,
         )
     else:
         from takamul.api import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=level)
 
 
 def _catch_up_before_serving(settings: Settings) -> None:

@@ -255,12 +255,12 @@ class Store:
 
         Returns the number of tables in the store (all of them are analysed).
         """
-        statement = "VACUUM (ANALYZE)" if vacuum and self.dialect == "postgresql" else ("ANALYZE")
+        vacuum = vacuum and self.dialect == "postgresql"
         with self.writer.connect() as conn:
-            if statement.startswith("VACUUM"):
+            if vacuum:
                 # VACUUM cannot run inside a transaction block
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql(statement)
+            conn.exec_driver_sql("VACUUM (ANALYZE)" if vacuum else "ANALYZE")
             conn.commit()
             return len(inspect(conn).get_table_names())
 
