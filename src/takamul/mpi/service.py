@@ -49,7 +49,6 @@ import orjson
 from sqlalchemy import (
     Connection,
     and_,
-    delete,
     func,
     insert,
     or_,
@@ -77,6 +76,7 @@ from takamul.registry.record import RegistryRecord, from_patient
 from takamul.store.bulkwrite import prepare, put_many
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store, WriteOptions
+from takamul.store.rowcopy import DriverSql, driver_execute
 from takamul.store.schema import resource
 
 __all__ = ["ClientRegistry", "MatchResult", "default_model", "unlinked_patients"]
@@ -91,7 +91,20 @@ LOCK_TIMEOUT = 30.0
 # of all server processes at a time, and the session lock of one process's start-up linking
 REGISTRY_LOCK = 0x74616B6D7069
 START_LOCK = 0x74616B6D7073
-TAKE_REGISTRY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+# The statements of every link, straight on the driver (``DriverSql``): through SQLAlchemy's
+# execution each cost more than its round trip (a linked Patient create ran about ten).
+TAKE_REGISTRY_LOCK = DriverSql("SELECT pg_advisory_xact_lock(:key)")
+CHANGES_SINCE = DriverSql("SELECT seq, patient_id FROM mpi_change WHERE seq > :seen ORDER BY seq")
+NOTE_CHANGE = DriverSql("INSERT INTO mpi_change (patient_id) VALUES (:pid) RETURNING seq")
+LEAVE_PERSON = DriverSql("DELETE FROM mpi_member WHERE patient_id = :pid")
+JOIN_PERSON = DriverSql(
+    "INSERT INTO mpi_member (patient_id, person_id, probability, manual, updated)"
+    " VALUES (:pid, :person, :probability, :manual, :updated)"
+)
+LOG_EVENT = DriverSql(
+    "INSERT INTO mpi_event (at, kind, actor, reason, detail)"
+    " VALUES (:at, :kind, :actor, :reason, :detail) RETURNING id"
+)
 # Below this many unlinked Patients in a registry with no persons yet, start-up links them one
 # by one (the real-time path); above it, as a batch.
 BATCH_FROM = 2000
@@ -364,7 +377,7 @@ class ClientRegistry:
         """The store's registry lock, to the end of the transaction. SQLite: nothing to do,
         the transaction holds the database's one write lock since BEGIN IMMEDIATE."""
         if self.store.dialect == "postgresql":
-            session.conn.execute(TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
+            driver_execute(session.conn, TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
 
     def _changed(self, session: Session, *patient_ids: str) -> None:
         """Note in the journal that these patients' record, person or decisions changed (once
@@ -374,25 +387,19 @@ class ClientRegistry:
             if pid in journal.patients:
                 continue
             journal.patients.add(pid)
-            seq = session.conn.execute(
-                insert(mpi_change).values(patient_id=pid).returning(mpi_change.c.seq)
-            ).scalar_one()
+            ((seq,),) = driver_execute(session.conn, NOTE_CHANGE, {"pid": pid})
             journal.last = max(journal.last, int(seq))
 
     def _catch_up(self, conn: Connection) -> None:
         """Apply what other processes committed since this mirror's last journal row: reload
         each patient named after it. Called with this process's registry lock held."""
-        rows = conn.execute(
-            select(mpi_change.c.seq, mpi_change.c.patient_id)
-            .where(mpi_change.c.seq > self._seen)
-            .order_by(mpi_change.c.seq)
-        ).all()
+        rows = driver_execute(conn, CHANGES_SINCE, {"seen": self._seen})
         if not rows:
             return
-        patient_ids = sorted({r.patient_id for r in rows})
+        patient_ids = sorted({patient_id for _, patient_id in rows})
         for start in range(0, len(patient_ids), 900):  # SQLite's bound-parameter limit
             self._reload(conn, patient_ids[start : start + 900])
-        self._seen = max(self._seen, int(rows[-1].seq))
+        self._seen = max(self._seen, int(rows[-1][0]))
 
     def _reload(self, conn: Connection, patient_ids: list[str]) -> None:
         """The mirror of these patients as the database has it: record, person, refusals."""
@@ -671,17 +678,16 @@ class ClientRegistry:
     ) -> None:
         conn = session.conn
         self._changed(session, pid)
-        conn.execute(delete(mpi_member).where(mpi_member.c.patient_id == pid))
+        driver_execute(conn, LEAVE_PERSON, {"pid": pid})
         if person is not None:
-            conn.execute(
-                insert(mpi_member).values(
-                    patient_id=pid,
-                    person_id=person,
-                    probability=probability,
-                    manual=manual,
-                    updated=time.time(),
-                )
-            )
+            values = {
+                "pid": pid,
+                "person": person,
+                "probability": probability,
+                "manual": manual,
+                "updated": time.time(),
+            }
+            driver_execute(conn, JOIN_PERSON, values)
         self._set_member(pid, person, manual, undo)
 
     def _queue_reviews(
@@ -802,19 +808,15 @@ class ClientRegistry:
         reason: str | None,
         detail: dict[str, Any],
     ) -> int:
-        return int(
-            session.conn.execute(
-                insert(mpi_event)
-                .values(
-                    at=time.time(),
-                    kind=kind,
-                    actor=actor,
-                    reason=reason,
-                    detail=orjson.dumps(detail).decode(),
-                )
-                .returning(mpi_event.c.id)
-            ).scalar_one()
-        )
+        values = {
+            "at": time.time(),
+            "kind": kind,
+            "actor": actor,
+            "reason": reason,
+            "detail": orjson.dumps(detail).decode(),
+        }
+        ((event_id,),) = driver_execute(session.conn, LOG_EVENT, values)
+        return int(event_id)
 
     # -- $match -----------------------------------------------------------------------------
 

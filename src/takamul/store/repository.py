@@ -6,7 +6,9 @@ search-index rows, so a failed request writes nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,9 +20,9 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Table,
     and_,
     bindparam,
-    delete,
     event,
     false,
     func,
@@ -48,7 +50,7 @@ from takamul.store.migrations import prepare_at_start
 from takamul.store.nested import guard_nested
 from takamul.store.query import IncludeSpec, QueryParser, SearchQuery
 from takamul.store.records import SearchPage, StoredResource, instant
-from takamul.store.rowcopy import copy_rows, driver_cursor
+from takamul.store.rowcopy import DriverSql, copy_tables, driver_cursor, driver_execute
 from takamul.store.schema import (
     INDEX_TABLES,
     conditional_claim,
@@ -94,6 +96,31 @@ SELECT_CURRENT_SQL = {
     "postgresql": f"SELECT {_CURRENT_COLUMNS} FROM resource WHERE res_type = %s AND res_id = %s",
     "sqlite": f"SELECT {_CURRENT_COLUMNS} FROM resource WHERE res_type = ? AND res_id = ?",
 }
+# A write's own statements on the resource table, straight on the driver too: through
+# SQLAlchemy's execution each cost about as much CPU as its round trip. They touch only the
+# resource table (or, for the replaced version's JSON, a row already sent), so they need not
+# send the transaction's pending rows first. SQLite has no row locks: its write transaction
+# holds the database's one write lock from BEGIN IMMEDIATE.
+# (with the compartment: a deletion's version row keeps it)
+_LOCKED = (
+    f"SELECT {_CURRENT_COLUMNS}, compartment FROM resource WHERE res_type = %s AND res_id = %s"
+)
+SELECT_CURRENT_FOR_UPDATE_SQL = {
+    "postgresql": _LOCKED + " FOR UPDATE",
+    "sqlite": _LOCKED.replace("%s", "?"),
+}
+INSERT_RESOURCE_SQL = DriverSql(
+    "INSERT INTO resource (res_type, res_id, version, last_updated, deleted, content,"
+    " compartment) VALUES (:res_type, :res_id, :version, :last_updated, :deleted, :content,"
+    " :compartment) RETURNING rid"
+)
+UPDATE_RESOURCE_SQL = DriverSql(
+    "UPDATE resource SET version = :version, last_updated = :last_updated, deleted = :deleted,"
+    " content = :content, compartment = :compartment WHERE rid = :b_rid"
+)
+KEEP_VERSION_CONTENT_SQL = DriverSql(
+    "UPDATE resource_version SET content = :b_content WHERE rid = :b_rid AND version = :b_version"
+)
 
 
 class CurrentRow(NamedTuple):
@@ -106,6 +133,7 @@ class CurrentRow(NamedTuple):
     last_updated: float
     deleted: bool
     content: bytes | None
+    compartment: str | None = None  # read only when the row is locked for a write
 
 
 # written once as SQL: write hooks run it on every write, and building the expression each time
@@ -125,7 +153,33 @@ RESOURCE_ONLY = frozenset(
 # (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
 # rows of every write before it, a COPY per table each time. ``KEEP_VERSION_CONTENT`` runs only
 # for a version row already sent (``Session._keep_replaced`` patches a pending one instead).
+# A resource's index rows dropped before its new ones are written (an update, a delete):
+# ``Session._drop_index`` first takes that rid's rows out of the pending ones, so the rows still
+# waiting belong to other resources and the delete cannot touch them. On PostgreSQL one
+# statement for all seven tables (seven round trips were an eighth of a linked Patient create).
+DROP_INDEX = {
+    kind: DriverSql(f"DELETE FROM {table.name} WHERE rid = :b_rid")
+    for kind, table in INDEX_TABLES.items()
+}
+DROP_INDEX_PG = DriverSql(
+    "WITH "
+    + ", ".join(
+        f"d_{kind} AS (DELETE FROM {table.name} WHERE rid = :b_rid)"
+        for kind, table in INDEX_TABLES.items()
+    )
+    + " SELECT 1"
+)
 SENDS_OWN_PENDING = RESOURCE_ONLY | {SELECT_REFERRING, KEEP_VERSION_CONTENT}
+# The tables pending rows go to: a statement that names none of them cannot read those rows
+# (the store has no views or triggers over them), so the rows may wait for one that does or for
+# the commit. A linked Patient create sent its own rows before the registry's statements (a lock,
+# its journal and members) and the golden Person's at commit: a COPY per table, twice over.
+_PENDING_TABLES = re.compile(
+    r"\b(?:resource_version|" + "|".join(t.name for t in INDEX_TABLES.values()) + r")\b"
+)
+# Statements that may be followed by a rollback to a savepoint: rows written before it must be
+# in the database by then, or the rollback would leave them behind to be sent later.
+_PLAIN_DML = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
 _REF = {name: i for i, name in enumerate(INDEX_COLUMNS["reference"])}
 _VERSION = {name: i for i, name in enumerate(VERSION_COLUMNS)}
 PENDING = "takamul.pending_rows"
@@ -196,14 +250,21 @@ class PendingRows:
                 return True
         return False
 
+    def forget(self, rid: int) -> None:
+        """Drop the pending index rows of one resource (its index is being replaced)."""
+        for kind, rows in self.index.items():
+            if any(row[0] == rid for row in rows):
+                self.index[kind] = [row for row in rows if row[0] != rid]
+
     def flush(self, conn: Connection) -> None:
         versions, index = self.versions, self.index
         if not versions and not index:
             return
         self.versions, self.index = [], {}
-        copy_rows(conn, resource_version, VERSION_COLUMNS, versions)
-        for kind, rows in index.items():
-            copy_rows(conn, INDEX_TABLES[kind], INDEX_COLUMNS[kind], rows)
+        batches: list[tuple[Table, Sequence[str], list[tuple[Any, ...]]]]
+        batches = [(resource_version, VERSION_COLUMNS, versions)]
+        batches += [(INDEX_TABLES[k], INDEX_COLUMNS[k], rows) for k, rows in index.items()]
+        copy_tables(conn, batches)
 
 
 def _send_pending(
@@ -215,8 +276,18 @@ def _send_pending(
     if pending is None or not (pending.versions or pending.index):
         return
     compiled = getattr(context, "compiled", None)
-    if compiled is None or compiled.statement not in SENDS_OWN_PENDING:
+    if compiled is not None and compiled.statement in SENDS_OWN_PENDING:
+        return
+    if _may_read_pending(_sql):
         pending.flush(conn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _may_read_pending(sql: str) -> bool:
+    """Whether a statement could see the pending rows: it names one of their tables, or is not
+    plain DML (a savepoint: a rollback to it must find the rows written before it sent)."""
+    head = sql.lstrip()[:6].upper()
+    return not head.startswith(_PLAIN_DML) or _PENDING_TABLES.search(sql) is not None
 
 
 class Store:
@@ -363,16 +434,14 @@ class Session:
     # -- reads ------------------------------------------------------------------------
 
     def _row(self, resource_type: str, resource_id: str, lock: bool = False) -> Any:
-        if lock:
-            params = {"res_type": resource_type, "res_id": resource_id}
-            return self.conn.execute(SELECT_CURRENT_FOR_UPDATE, params).first()
+        statements = SELECT_CURRENT_FOR_UPDATE_SQL if lock else SELECT_CURRENT_SQL
         # Straight to the driver: the current version is read by every read and every write,
         # and SQLAlchemy's execution context cost more than the query (PostgreSQL: about 130
         # against 60 us of CPU). It reads only the resource table, so a transaction's pending
         # version and index rows need not be sent first.
         cursor = driver_cursor(self.conn)
         try:
-            cursor.execute(SELECT_CURRENT_SQL[self.conn.dialect.name], (resource_type, resource_id))
+            cursor.execute(statements[self.conn.dialect.name], (resource_type, resource_id))
             found = cursor.fetchone()
         finally:
             cursor.close()
@@ -1040,11 +1109,11 @@ class Session:
             "compartment": compartment,
         }
         if row is None:
-            rid = self.conn.execute(INSERT_RESOURCE, values).scalar_one()
+            ((rid,),) = driver_execute(self.conn, INSERT_RESOURCE_SQL, values)
         else:
             rid = row.rid
             self._keep_replaced(row)
-            self.conn.execute(UPDATE_RESOURCE, {**values, "b_rid": rid})
+            driver_execute(self.conn, UPDATE_RESOURCE_SQL, {**values, "b_rid": rid})
             self._drop_index(rid)
         # the current version's JSON is the resource's (``schema.version_content``)
         self.pending.versions.append(
@@ -1069,7 +1138,7 @@ class Session:
             return
         if not self.pending.keep_content(row.rid, row.version, row.content):
             params = {"b_rid": row.rid, "b_version": row.version, "b_content": row.content}
-            self.conn.execute(KEEP_VERSION_CONTENT, params)
+            driver_execute(self.conn, KEEP_VERSION_CONTENT_SQL, params)
 
     def _check_write(
         self, guard: Guard, resource_type: str, resource_id: str, body: dict[str, Any], row: Any
@@ -1133,8 +1202,12 @@ class Session:
             pending.setdefault(kind, []).extend((rid, *row) for row in rows)
 
     def _drop_index(self, rid: int) -> None:
-        for table in INDEX_TABLES.values():
-            self.conn.execute(delete(table).where(table.c.rid == rid))
+        self.pending.forget(rid)
+        if self.store.dialect == "postgresql":
+            driver_execute(self.conn, DROP_INDEX_PG, {"b_rid": rid})
+            return
+        for statement in DROP_INDEX.values():
+            driver_execute(self.conn, statement, {"b_rid": rid})
 
 
 # -- helpers -------------------------------------------------------------------------
