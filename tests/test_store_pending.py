@@ -102,3 +102,29 @@ def test_statements_naming_no_index_table_let_the_rows_wait_and_a_search_sees_th
 )
 def test_which_statements_send_the_waiting_rows(sql: str, reads: bool) -> None:
     assert _may_read_pending(sql) is reads
+
+
+def test_a_few_rows_of_mixed_numbers_go_in_one_statement(either_store: Store) -> None:
+    """A date to the second and a date to the day give their index rows' bounds as an int and a
+    float: sent together in one statement, each column goes as an array of one type (that mix
+    failed on PostgreSQL, caught by the official examples)."""
+
+    def encounter(eid: str, start: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Encounter",
+            "id": eid,
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "period": {"start": start, "end": start},
+        }
+
+    def work(session: Session) -> None:
+        session.update("Encounter", "second", encounter("second", "2017-03-03T14:06:00Z"))
+        session.update("Encounter", "day", encounter("day", "2016-01-01"))
+
+    either_store.write(work)
+    with either_store.reading() as session:
+        found = session.find("Encounter", [("date", "ge2017-01-01")])
+        assert [r.id for r in found] == ["second"]
+        found = session.find("Encounter", [("date", "2016-01-01")])
+        assert [r.id for r in found] == ["day"]

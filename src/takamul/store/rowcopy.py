@@ -90,8 +90,13 @@ def copy_tables(
             copy_rows(conn, table, columns, rows)
         return
     params: list[list[Any]] = []
-    for _, _columns, rows in batches:
-        params.extend(list(column) for column in zip(*rows, strict=True))
+    for table, columns, rows in batches:
+        for name, column in zip(columns, zip(*rows, strict=True), strict=True):
+            if _pg_type(table.c[name].type) == "float8":
+                # an array is dumped with one type: a column of 1.5 and 2 must be all floats
+                params.append([v if v is None or type(v) is float else float(v) for v in column])
+            else:
+                params.append(list(column))
     cursor = driver_cursor(conn)
     try:
         cursor.execute(_unnest_sql(tuple((t, tuple(c)) for t, c, _ in batches)), params)
