@@ -66,8 +66,8 @@ from takamul.store.totals import exact_count, search_total
 
 T = TypeVar("T")
 
-# Statements built once: building them per write cost more than executing them.
-INSERT_RESOURCE = insert(resource).returning(resource.c.rid)
+# A bulk load's update of stored resources (``bulkwrite``), built once: building it per batch
+# cost more than executing it.
 UPDATE_RESOURCE = (
     update(resource)
     .where(resource.c.rid == bindparam("b_rid"))
@@ -79,18 +79,6 @@ UPDATE_RESOURCE = (
         compartment=bindparam("compartment"),
     )
 )
-# The version being replaced keeps its JSON in its own row from now on: while current, the
-# JSON is stored once, in ``resource.content`` (``schema.version_content``).
-KEEP_VERSION_CONTENT = (
-    update(resource_version)
-    .where(resource_version.c.rid == bindparam("b_rid"))
-    .where(resource_version.c.version == bindparam("b_version"))
-    .values(content=bindparam("b_content"))
-)
-SELECT_CURRENT = select(resource).where(
-    and_(resource.c.res_type == bindparam("res_type"), resource.c.res_id == bindparam("res_id"))
-)
-SELECT_CURRENT_FOR_UPDATE = SELECT_CURRENT.with_for_update()
 _CURRENT_COLUMNS = "rid, res_type, res_id, version, last_updated, deleted, content"
 SELECT_CURRENT_SQL = {
     "postgresql": f"SELECT {_CURRENT_COLUMNS} FROM resource WHERE res_type = %s AND res_id = %s",
@@ -118,6 +106,9 @@ UPDATE_RESOURCE_SQL = DriverSql(
     "UPDATE resource SET version = :version, last_updated = :last_updated, deleted = :deleted,"
     " content = :content, compartment = :compartment WHERE rid = :b_rid"
 )
+# The version being replaced keeps its JSON in its own row from now on: while current, the
+# JSON is stored once, in ``resource.content`` (``schema.version_content``). It runs only for a
+# version row already sent (``Session._keep_replaced`` patches a pending one instead).
 KEEP_VERSION_CONTENT_SQL = DriverSql(
     "UPDATE resource_version SET content = :b_content WHERE rid = :b_rid AND version = :b_version"
 )
@@ -144,15 +135,6 @@ SELECT_REFERRING = text(
     "AND x.target_id = :target_id AND x.res_type = :res_type AND x.param = :param) "
     "ORDER BY r.res_id"
 )
-# Statements that touch only the resource table: they need not see the version and index rows
-# of the transaction's earlier writes, so those may wait (see ``PendingRows``).
-RESOURCE_ONLY = frozenset(
-    {INSERT_RESOURCE, UPDATE_RESOURCE, SELECT_CURRENT, SELECT_CURRENT_FOR_UPDATE}
-)
-# Statements that send the pending rows themselves, only when one could change their answer
-# (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
-# rows of every write before it, a COPY per table each time. ``KEEP_VERSION_CONTENT`` runs only
-# for a version row already sent (``Session._keep_replaced`` patches a pending one instead).
 # A resource's index rows dropped before its new ones are written (an update, a delete):
 # ``Session._drop_index`` first takes that rid's rows out of the pending ones, so the rows still
 # waiting belong to other resources and the delete cannot touch them. On PostgreSQL one
@@ -169,7 +151,10 @@ DROP_INDEX_PG = DriverSql(
     )
     + " SELECT 1"
 )
-SENDS_OWN_PENDING = RESOURCE_ONLY | {SELECT_REFERRING, KEEP_VERSION_CONTENT}
+# Statements that send the pending rows themselves, only when one could change their answer
+# (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
+# rows of every write before it, a COPY per table each time.
+SENDS_OWN_PENDING = frozenset({SELECT_REFERRING})
 # The tables pending rows go to: a statement that names none of them cannot read those rows
 # (the store has no views or triggers over them), so the rows may wait for one that does or for
 # the commit. A linked Patient create sent its own rows before the registry's statements (a lock,
@@ -217,11 +202,14 @@ class PendingRows:
     """The version and search-index rows of a transaction's writes not yet sent.
 
     A transaction Bundle of a hundred resources wrote some eight statements per resource, each
-    a round trip; the version and index rows now wait here and go in one round trip per table
-    (``copy_rows``) when the transaction next runs a statement that could read them (any
-    statement but ``RESOURCE_ONLY``: the writer engine's ``before_cursor_execute`` listener
-    sends them), and at commit. So every read inside the transaction still sees every write
-    before it.
+    a round trip; the version and index rows now wait here and go together (``copy_tables``)
+    when the transaction next runs a statement that could read them (one that names their
+    tables, or a savepoint: the writer engine's ``before_cursor_execute`` listener sends them,
+    ``_may_read_pending``), and at commit. So every read inside the transaction still sees
+    every write before it. The write's own statements on the driver (``DriverSql``) bypass the
+    listener, each safely: those on the resource table, the replaced version's JSON (only for
+    a version row already sent) and the drop of a resource's index rows (its waiting rows are
+    dropped first).
     """
 
     def __init__(self) -> None:

@@ -85,7 +85,7 @@ def copy_tables(
     if not batches:
         return
     total = sum(len(rows) for _, _, rows in batches)
-    if conn.dialect.name != "postgresql" or total > ONE_STATEMENT_ROWS or len(batches) == 1:
+    if conn.dialect.name != "postgresql" or total > ONE_STATEMENT_ROWS:
         for table, columns, rows in batches:
             copy_rows(conn, table, columns, rows)
         return
