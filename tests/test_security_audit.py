@@ -8,22 +8,28 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from takamul.fhir.outcome import FhirError
 from takamul.fhir.validation import validate_resource
 from takamul.security.audit import (
+    _COLUMN_ORDER,
     GENESIS_HASH,
     AuditLog,
     AuditRecord,
+    _decode_record,
+    _event_of,
+    _index_columns,
+    _patients_of,
+    _Prepared,
     audit_chain_head,
     audit_log,
     audit_patient,
@@ -236,6 +242,95 @@ def test_action_and_outcome_overrides_are_checked() -> None:
         to_audit_event(AuditRecord("read", outcome="3"))
 
 
+# -- the stored record ----------------------------------------------------------------------
+
+EDGE_RECORDS = [
+    *RECORDS,
+    # the patient read is not first among the patients given: it still comes first
+    AuditRecord(
+        "read", client_id="ehr", resource_type="Patient", resource_id="p9", patient_ids=("p8", "p9")
+    ),
+    # a Patient read whose id is not among the patients (not the patient role, then)
+    AuditRecord("read", client_id="ehr", resource_type="Patient", resource_id="p9"),
+    AuditRecord("search-system", user="", client_id="", query="_lastUpdated=gt2026"),
+    AuditRecord("read", client_id="ehr", facility="Location/ward-3", patient_ids=("", "p1", "p1")),
+    AuditRecord("read", client_id="ehr", facility="مستشفى الملك فهد", user_display="د. أمل"),
+    AuditRecord("read", client_id="ehr", when=1_796_000_000.9996),  # rounds up a second
+]
+
+
+@pytest.mark.parametrize("record", EDGE_RECORDS, ids=lambda r: r.interaction)
+def test_the_stored_record_gives_the_same_event_and_columns(record: AuditRecord) -> None:
+    """A row keeps the record; the AuditEvent is built when it is read. Its query columns,
+    taken from the record, are those that the AuditEvent shows."""
+    prepared = _Prepared.of(record, "takamul-test")
+    stored = prepared.stored(41)
+    seq, observer, back = _decode_record(orjson.loads(stored))
+    assert (seq, observer) == (41, "takamul-test")
+    assert back == replace(record, when=round(record.when * 1000) / 1000)
+    event = _event_of(stored, 41)
+    assert event == to_audit_event(record, 41, "takamul-test")
+    columns = _index_columns(event)
+    assert prepared.columns == tuple(columns[name] for name in _COLUMN_ORDER)
+    assert list(prepared.patients) == _patients_of(event)
+
+
+def _legacy_rows(conn: Any, records: list[AuditRecord]) -> None:
+    """Rows as written before 2026-12-06: the AuditEvent's canonical JSON in the row."""
+    head = conn.execute(select(audit_chain_head)).one()
+    seq, prev = int(head.seq), str(head.hash)
+    for record in records:
+        seq += 1
+        event = to_audit_event(record, seq)
+        content = canonical_json(event)
+        digest = chain_hash(prev, content)
+        conn.execute(
+            insert(audit_log).values(
+                seq=seq, event=content, prev_hash=prev, hash=digest, **_index_columns(event)
+            )
+        )
+        for patient in _patients_of(event):
+            conn.execute(insert(audit_patient).values(seq=seq, patient_id=patient))
+        prev = digest
+    conn.execute(update(audit_chain_head).values(seq=seq, hash=prev))
+
+
+def test_a_log_begun_before_the_stored_record_still_verifies_and_reads(db_url: str) -> None:
+    log = AuditLog.from_url(db_url)
+    try:
+        with log.writer.connect() as conn, conn.begin():
+            _legacy_rows(conn, [_read("old-1"), _read("old-2")])
+        _fill(log, 3)
+        result = log.verify()
+        assert result.ok and result.checked == 5, result.reason
+        page = log.search(patient="old-2")
+        assert [e["id"] for e in page.events] == ["2"]
+        assert page.events[0]["entity"][0]["what"]["reference"] == "Patient/old-2"
+        assert [e["id"] for e in log.search(agent="dr-amal", count=10).events] == [
+            "5",
+            "4",
+            "3",
+            "2",
+            "1",
+        ]
+        _unprotect(log.writer)
+        with log.writer.connect() as conn, conn.begin():
+            row = conn.execute(select(audit_log).where(audit_log.c.seq == 2)).one()
+            event = orjson.loads(row.event)
+            event["outcome"] = "4"
+            content = canonical_json(event)
+            conn.execute(
+                update(audit_log)
+                .where(audit_log.c.seq == 2)
+                .values(event=content, hash=chain_hash(row.prev_hash, content), outcome="4")
+            )
+        broken = log.verify()
+        assert (broken.ok, broken.first_bad_seq) == (False, 3)
+        assert "does not link to event 2" in broken.reason
+    finally:
+        log.close()
+
+
 # -- the chain ----------------------------------------------------------------------------
 
 
@@ -253,11 +348,13 @@ def test_chain_grows_and_verifies(db_url: str) -> None:
         assert [r.seq for r in rows] == list(range(1, 15))
         prev = GENESIS_HASH
         for row in rows:
-            event = orjson.loads(row.event)
-            assert event["id"] == str(row.seq)
+            stored = orjson.loads(row.event)  # the record, its position first
+            assert stored[0] == row.seq
             assert row.prev_hash == prev
-            expected = hashlib.sha256(prev.encode() + canonical_json(event)).hexdigest()
-            assert row.hash == expected == chain_hash(prev, canonical_json(event))
+            expected = hashlib.sha256(prev.encode() + row.event).hexdigest()
+            assert row.hash == expected == chain_hash(prev, row.event)
+            event = log.read(str(row.seq))
+            assert event is not None and event["id"] == str(row.seq)
             prev = row.hash
         assert result.head_hash == prev == log.head().hash
     finally:
@@ -278,31 +375,57 @@ def _unprotect(engine: Engine) -> None:
                 conn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
 
 
-def _event(conn: Any, seq: int) -> dict[str, Any]:
+# positions in a stored record (``[seq, format, observer, interaction, status, client_id,
+# user, ...]``)
+_STATUS, _USER = 4, 6
+
+
+def _stored(conn: Any, seq: int) -> list[Any]:
     row = conn.execute(select(audit_log.c.event).where(audit_log.c.seq == seq)).one()
-    return dict(orjson.loads(row.event))
+    return list(orjson.loads(row.event))
 
 
 def _alter_event(conn: Any) -> None:
-    event = _event(conn, 4)
+    record = _stored(conn, 4)
     # A refused access made to look granted, or the other way round.
-    event["outcome"] = "4" if event["outcome"] == "0" else "0"
-    conn.execute(update(audit_log).where(audit_log.c.seq == 4).values(event=orjson.dumps(event)))
+    record[_STATUS] = 403 if record[_STATUS] == 200 else 200
+    conn.execute(update(audit_log).where(audit_log.c.seq == 4).values(event=orjson.dumps(record)))
 
 
 def _alter_and_rehash(conn: Any) -> None:
-    event = _event(conn, 4)
-    event["agent"][0]["who"]["identifier"]["value"] = "someone-else"
+    record = _stored(conn, 4)
+    record[_USER] = "someone-else"
     row = conn.execute(select(audit_log).where(audit_log.c.seq == 4)).one()
     conn.execute(
         update(audit_log)
         .where(audit_log.c.seq == 4)
         .values(
-            event=canonical_json(event),
-            hash=chain_hash(row.prev_hash, canonical_json(event)),
+            event=orjson.dumps(record),
+            hash=chain_hash(row.prev_hash, orjson.dumps(record)),
             agent_user="someone-else",
         )
     )
+
+
+def _malformed_and_rehashed(conn: Any) -> None:
+    """A record rewritten into something that is not one, its hash and the chain after it
+    recomputed: the hashes hold, the content does not."""
+    rows = conn.execute(select(audit_log).where(audit_log.c.seq >= 8).order_by("seq")).all()
+    prev = rows[0].prev_hash
+    for row in rows:
+        content = row.event
+        if row.seq == 8:
+            record = orjson.loads(row.event)
+            record[_STATUS] = "200"  # a string where a number belongs
+            content = orjson.dumps(record)
+        digest = chain_hash(prev, content)
+        conn.execute(
+            update(audit_log)
+            .where(audit_log.c.seq == row.seq)
+            .values(event=content, prev_hash=prev, hash=digest)
+        )
+        prev = digest
+    conn.execute(update(audit_chain_head).values(hash=prev))
 
 
 def _swap(conn: Any) -> None:
@@ -348,6 +471,7 @@ def _rewind_head_and_truncate(conn: Any) -> None:
 TAMPERING: list[tuple[Callable[[Any], None], int | None, str]] = [
     (_alter_event, 4, "content does not match its hash"),
     (_alter_and_rehash, 5, "does not link to event 4"),
+    (_malformed_and_rehashed, 8, "malformed"),
     (_swap, 3, "does not link"),
     (_delete_one, 7, "missing"),
     (_truncate_tail, 10, "truncated"),

@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -53,13 +53,12 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
-    update,
 )
 from sqlalchemy.exc import OperationalError
 
 from takamul.fhir.outcome import FhirError, bad_request
 from takamul.fhir.search_values import date_range
-from takamul.store.rowcopy import copy_rows
+from takamul.store.rowcopy import DriverSql, copy_tables, driver_execute
 
 __all__ = [
     "ACTIONS",
@@ -580,58 +579,12 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     return entities
 
 
-def _shared_agents(record: AuditRecord) -> list[dict[str, Any]]:
-    """``_agents`` of a record, the same objects for every event of the same requester (for
-    events serialised at once and never changed)."""
-    return _agents_of(
-        record.user,
-        record.user_display,
-        record.roles,
-        record.client_id,
-        record.token_id,
-        record.facility,
-        record.address,
-        record.purpose,
-        record.break_glass_reason,
-    )
-
-
-@lru_cache(maxsize=4096)
-def _agents_of(
-    user: str | None,
-    user_display: str | None,
-    roles: tuple[str, ...],
-    client_id: str | None,
-    token_id: str | None,
-    facility: str | None,
-    address: str | None,
-    purpose: str,
-    break_glass_reason: str | None,
-) -> list[dict[str, Any]]:
-    return _agents(
-        AuditRecord(
-            "read",
-            user=user,
-            user_display=user_display,
-            roles=roles,
-            client_id=client_id,
-            token_id=token_id,
-            facility=facility,
-            address=address,
-            purpose=purpose,
-            break_glass_reason=break_glass_reason,
-        )
-    )
-
-
 def to_audit_event(
     record: AuditRecord,
     seq: int | None = None,
     observer: str = "takamul",
-    agents: Callable[[AuditRecord], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The FHIR R4 AuditEvent of ``record``; its id is the chain sequence number when given.
-    ``agents`` makes its agents (default: new objects for this event alone)."""
+    """The FHIR R4 AuditEvent of ``record``; its id is the chain sequence number when given."""
     kind = _kind(record.interaction)
     subtype = [_coding(*kind.subtype)] if kind.subtype else []
     subtype.append(_coding(INTERACTION_SYSTEM, record.interaction))
@@ -652,7 +605,7 @@ def to_audit_event(
     if outcome != "0":
         event["outcomeDesc"] = record.outcome_text or f"HTTP {record.status}"
     event["purposeOfEvent"] = _purpose(record)
-    event["agent"] = (agents or _agents)(record)
+    event["agent"] = _agents(record)
     event["source"] = {
         "observer": {"display": observer},
         "type": [_coding(SOURCE_TYPE, "4", "Application Server")],
@@ -782,32 +735,168 @@ class AuditQuery:
     break_glass: bool = False  # only emergency accesses (purpose ETREAT), for their review
 
 
+# -- the stored record ------------------------------------------------------------------------
+#
+# Since 2026-12-06 a row stores the audit *record* (who, what, when, why, outcome: some 250
+# bytes of JSON array), and the AuditEvent is built from it when it is read (``to_audit_event``
+# is deterministic). Building and serialising the 1.5 KB AuditEvent, twice, for every event was
+# most of the audit writer's CPU, and its bytes most of the log's size and write-ahead log on
+# PostgreSQL (docs/scale.md). Rows written before hold the AuditEvent's canonical JSON (a JSON
+# object); both kinds chain and verify alike: the hash is over the stored bytes.
+
+RECORD_FORMAT = 1
+_RECORD_LENGTH = 22  # seq, format, observer and the 19 fields below
+
+
+def _record_tail(record: AuditRecord, observer: str) -> bytes:
+    """The stored record without its leading ``[seq,`` (its position, known under the lock).
+    ``when`` is kept in whole milliseconds, as the AuditEvent's ``recorded`` shows it."""
+    return orjson.dumps(
+        [
+            RECORD_FORMAT,
+            observer,
+            record.interaction,
+            record.status,
+            record.client_id,
+            record.user,
+            record.user_display,
+            record.roles,
+            record.facility,
+            record.address,
+            record.token_id,
+            record.resource_type,
+            record.resource_id,
+            record.query,
+            record.patient_ids,
+            round(record.when * 1000),
+            record.purpose,
+            record.break_glass_reason,
+            record.outcome_text,
+            record.outcome,
+            record.action,
+        ]
+    )[1:]
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("not a list of strings")
+    return tuple(value)
+
+
+def _decode_record(values: Any) -> tuple[int, str, AuditRecord]:
+    """(seq, observer, record) of a stored record; TypeError or ValueError if it is not one."""
+    if not isinstance(values, list) or len(values) != _RECORD_LENGTH:
+        raise ValueError("not a stored audit record")
+    seq, version, observer, interaction, status, *rest = values
+    if version != RECORD_FORMAT or not isinstance(seq, int) or not isinstance(status, int):
+        raise ValueError("not a stored audit record of a known format")
+    client, user, display, roles, facility, address, token = rest[:7]
+    rtype, rid, query, patients, millis, purpose, glass, text, outcome, action = rest[7:]
+    if not isinstance(millis, int) or not isinstance(purpose, str):
+        raise TypeError("when or purpose malformed")
+    record = AuditRecord(
+        str(_optional_str(interaction)),
+        status=status,
+        client_id=_optional_str(client),
+        user=_optional_str(user),
+        user_display=_optional_str(display),
+        roles=_strings(roles),
+        facility=_optional_str(facility),
+        address=_optional_str(address),
+        token_id=_optional_str(token),
+        resource_type=_optional_str(rtype),
+        resource_id=_optional_str(rid),
+        query=_optional_str(query),
+        patient_ids=_strings(patients),
+        when=millis / 1000,
+        purpose=purpose,
+        break_glass_reason=_optional_str(glass),
+        outcome_text=_optional_str(text),
+        outcome=_optional_str(outcome),
+        action=_optional_str(action),
+    )
+    return seq, str(_optional_str(observer)), record
+
+
+def _record_patients(record: AuditRecord) -> tuple[str, ...]:
+    """The patients an event concerns, in the order of its AuditEvent's entities: the patient
+    read first, then the others."""
+    patients = list(dict.fromkeys(p for p in record.patient_ids if p))
+    if record.resource_type == "Patient" and record.resource_id in patients:
+        patients.remove(record.resource_id)
+        patients.insert(0, record.resource_id)
+    return tuple(patients)
+
+
+def _record_columns(record: AuditRecord, patients: tuple[str, ...]) -> dict[str, Any]:
+    """The query columns of a stored record (at append and at verify), straight from the
+    record: what ``_index_columns`` reads out of its AuditEvent, without building it."""
+    kind = _kind(record.interaction)
+    action = record.action or kind.action
+    if action not in ACTIONS:
+        raise ValueError(f"AuditEvent action must be one of C R U D E, not {action!r}")
+    outcome = record.outcome or outcome_code(record.status)
+    if outcome not in ("0", "4", "8", "12"):
+        raise ValueError(f"AuditEvent outcome must be 0, 4, 8 or 12, not {outcome!r}")
+    entity_type: str | None = None
+    entity_id: str | None = None
+    if record.resource_type:
+        entity_type, entity_id = record.resource_type, record.resource_id
+    elif patients:
+        entity_type, entity_id = "Patient", patients[0]
+    return {
+        "recorded": round(record.when * 1000) / 1000,
+        "patient_id": patients[0] if patients else None,
+        "agent_user": record.user or None,
+        "agent_client": record.client_id or (None if record.user else "unknown"),
+        "action": action,
+        "outcome": outcome,
+        "interaction": record.interaction,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "break_glass": record.break_glass_reason is not None,
+    }
+
+
+def _event_of(stored: bytes, seq: int) -> dict[str, Any]:
+    """The AuditEvent of a stored row: built from its record, or (rows written before the
+    record was stored) its canonical JSON as written."""
+    value = orjson.loads(stored)
+    if isinstance(value, dict):
+        return value
+    _, observer, record = _decode_record(value)
+    return to_audit_event(record, seq, observer)
+
+
 @dataclass(frozen=True, slots=True)
 class _Prepared:
-    """An event ready to append: its canonical JSON on either side of the ``id`` its position
-    in the chain will give it, its query columns, its patients.
+    """An event ready to append: its stored record but for the position its place in the
+    chain gives it, its query columns in insert order, its patients."""
 
-    The canonical JSON sorts keys, so the members that sort before ``id`` and those after it
-    are serialised once, outside the chain's lock, and the appender only splices the id in
-    between (``canonical``): the same bytes as ``canonical_json`` of the event with its id.
-    """
-
-    before_id: bytes  # '{"action":…,"entity":[…]' (no closing brace)
-    after_id: bytes  # '"outcome":…,"type":{…}}' (no opening brace)
-    columns: dict[str, Any]
+    tail: bytes
+    columns: tuple[Any, ...]
     patients: tuple[str, ...]
 
     @classmethod
-    def of(cls, event: dict[str, Any]) -> _Prepared:
-        before = canonical_json({k: v for k, v in event.items() if k < "id"})[:-1]
-        after = canonical_json({k: v for k, v in event.items() if k > "id"})[1:]
-        return cls(before, after, _index_columns(event), tuple(_patients_of(event)))
+    def of(cls, record: AuditRecord, observer: str) -> _Prepared:
+        patients = _record_patients(record)
+        columns = _record_columns(record, patients)
+        return cls(
+            _record_tail(record, observer),
+            tuple(columns[name] for name in _COLUMN_ORDER),
+            patients,
+        )
 
-    def canonical(self, seq: int) -> bytes:
-        """The event's canonical JSON with ``id`` = ``seq``."""
-        head = self.before_id + b"," if len(self.before_id) > 1 else self.before_id
-        tail = b"," + self.after_id if len(self.after_id) > 1 else self.after_id
-        return head + b'"id":"' + str(seq).encode("ascii") + b'"' + tail
+    def stored(self, seq: int) -> bytes:
+        """The bytes stored and hashed: the record with ``seq`` first."""
+        return b"[" + str(seq).encode("ascii") + b"," + self.tail
 
 
 class AuditChainError(RuntimeError):
@@ -1000,14 +1089,8 @@ class AuditLog:
                 return
 
     def _append(self, records: Sequence[AuditRecord]) -> None:
-        # Everything that does not depend on the position in the chain is done before the
-        # lock; each event's dicts are freed as soon as it is serialised, so that a batch does
-        # not leave thousands of live containers for the garbage collector to walk. The agents
-        # of a requester are made once and shared by its events (they are serialised at once).
-        prepared = [
-            _Prepared.of(to_audit_event(r, None, self.observer, agents=_shared_agents))
-            for r in records
-        ]
+        # Everything that does not depend on the position in the chain is done before the lock.
+        prepared = [_Prepared.of(r, self.observer) for r in records]
         with self._write_lock:
             for attempt in range(_RETRIES):
                 try:
@@ -1021,44 +1104,34 @@ class AuditLog:
                 time.sleep(0.005 * (attempt + 1))
 
     def _append_in(self, conn: Connection, prepared: list[_Prepared]) -> None:
+        # The chain head's statements go straight to the driver and the rows of both tables in
+        # one statement (``copy_tables``): SQLAlchemy's execution and a COPY per table (two round
+        # trips each) cost about a millisecond of CPU a batch, and a server's batches are of
+        # some fifty events (50 ms of reads).
         if conn.dialect.name == "sqlite":
             # A write first takes SQLite's writer lock before the head is read, whichever way
             # the engine begins transactions (BEGIN IMMEDIATE already holds it).
-            conn.execute(
-                update(audit_chain_head)
-                .where(audit_chain_head.c.id == 1)
-                .values(seq=audit_chain_head.c.seq)
-            )
-        head = conn.execute(
-            select(audit_chain_head.c.seq, audit_chain_head.c.hash)
-            .where(audit_chain_head.c.id == 1)
-            .with_for_update()  # PostgreSQL: concurrent appenders queue on this row
-        ).first()
-        if head is None:
+            driver_execute(conn, _TAKE_HEAD, {})
+        head = driver_execute(conn, _LOCK_HEAD[conn.dialect.name], {})
+        if not head:
             raise AuditChainError(
                 "the audit chain head is missing; run `takamul audit verify` and investigate"
             )
-        seq, prev = int(head.seq), str(head.hash)
+        seq, prev = int(head[0][0]), str(head[0][1])
         rows: list[tuple[Any, ...]] = []
         patients: list[tuple[int, str]] = []
         for item in prepared:
             seq += 1
-            canonical = item.canonical(seq)  # the position is part of what is hashed
-            digest = chain_hash(prev, canonical)
-            columns = item.columns
-            rows.append((seq, canonical, prev, digest, *(columns[name] for name in _COLUMN_ORDER)))
+            stored = item.stored(seq)  # the position is part of what is hashed
+            digest = chain_hash(prev, stored)
+            rows.append((seq, stored, prev, digest, *item.columns))
             patients.extend((seq, p) for p in item.patients)
             prev = digest
-        # straight to the driver (binary COPY on PostgreSQL, executemany on SQLite): the rows
-        # are already in the columns' types, and a batch of hundreds skips the per-row
-        # parameter processing of the SQL layer (and, on PostgreSQL, an INSERT per row)
-        copy_rows(conn, audit_log, _LOG_COLUMNS, rows)
-        copy_rows(conn, audit_patient, ("seq", "patient_id"), patients)
-        conn.execute(
-            update(audit_chain_head)
-            .where(audit_chain_head.c.id == 1)
-            .values(seq=seq, hash=prev, updated=time.time())
+        copy_tables(
+            conn,
+            [(audit_log, _LOG_COLUMNS, rows), (audit_patient, ("seq", "patient_id"), patients)],
         )
+        driver_execute(conn, _MOVE_HEAD, {"seq": seq, "hash": prev, "updated": time.time()})
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -1091,7 +1164,7 @@ class AuditLog:
             row = conn.execute(
                 select(audit_log.c.event).where(audit_log.c.seq == int(event_id))
             ).first()
-        return orjson.loads(row.event) if row else None
+        return _event_of(row.event, int(event_id)) if row else None
 
     def search(
         self,
@@ -1156,14 +1229,14 @@ class AuditLog:
                 conds.append(audit_log.c.entity_id == eid)
         where = and_(*conds) if conds else None
         total_stmt = select(func.count()).select_from(audit_log)
-        stmt = select(audit_log.c.event).order_by(audit_log.c.seq.desc())
+        stmt = select(audit_log.c.seq, audit_log.c.event).order_by(audit_log.c.seq.desc())
         if where is not None:
             total_stmt = total_stmt.where(where)
             stmt = stmt.where(where)
         with self.reader.connect() as conn:
             total = int(conn.execute(total_stmt).scalar_one())
             rows = conn.execute(stmt.limit(max(query.count, 0)).offset(query.offset)).all()
-        return AuditPage([orjson.loads(r.event) for r in rows], total)
+        return AuditPage([_event_of(r.event, int(r.seq)) for r in rows], total)
 
     # -- verification -------------------------------------------------------------------------
 
@@ -1189,6 +1262,17 @@ _COLUMN_ORDER = (
 
 
 _LOG_COLUMNS = ("seq", "event", "prev_hash", "hash", *_COLUMN_ORDER)
+
+_TAKE_HEAD = DriverSql("UPDATE audit_chain_head SET seq = seq WHERE id = 1")
+_READ_HEAD = DriverSql("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
+# PostgreSQL: concurrent appenders queue on the head row's lock
+_LOCK_HEAD = {
+    "sqlite": _READ_HEAD,
+    "postgresql": DriverSql("SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE"),
+}
+_MOVE_HEAD = DriverSql(
+    "UPDATE audit_chain_head SET seq = :seq, hash = :hash, updated = :updated WHERE id = 1"
+)
 
 
 def _bad(checked: int, seq: int | None, reason: str, head: Any) -> VerifyResult:
@@ -1283,33 +1367,55 @@ def _verify(conn: Connection, batch_size: int) -> VerifyResult:
 def _check_row(row: Any, prev: str, patients: set[str]) -> str | None:
     """Why one row breaks the chain, or None."""
     seq = int(row.seq)
-    try:
-        event = orjson.loads(row.event)
-    except orjson.JSONDecodeError:
-        return "the stored event is not JSON (altered)"
-    if not isinstance(event, dict):
-        return "the stored event is not a JSON object (altered)"
-    computed = chain_hash(str(row.prev_hash), canonical_json(event))
-    if computed != row.hash:
+    if chain_hash(str(row.prev_hash), bytes(row.event)) != row.hash:
         return "the event's content does not match its hash (altered)"
     if row.prev_hash != prev:
         return (
             f"the event does not link to event {seq - 1} (this event's hash or the previous "
             "one was rewritten, or events were reordered)"
         )
+    try:
+        value = orjson.loads(row.event)
+    except orjson.JSONDecodeError:
+        return "the stored event is not JSON (altered)"
+    if isinstance(value, dict):
+        return _check_event(value, seq, row, patients)
+    try:
+        at, _, record = _decode_record(value)
+        expected = _record_patients(record)
+        columns = _record_columns(record, expected)
+    except (TypeError, ValueError):
+        return "the stored record is malformed (altered)"
+    if at != seq:
+        return f"the event carries id {str(at)!r} at position {seq} (reordered)"
+    return _check_columns(row, columns) or _check_patients(patients, expected)
+
+
+def _check_event(event: dict[str, Any], seq: int, row: Any, patients: set[str]) -> str | None:
+    """A row written before 2026-12-06, which holds the AuditEvent itself."""
+    if canonical_json(event) != bytes(row.event):
+        return "the stored event is not in canonical form (altered)"
     if event.get("id") != str(seq):
         return f"the event carries id {event.get('id')!r} at position {seq} (reordered)"
     try:
         columns = _index_columns(event)
     except (KeyError, TypeError, ValueError):
         return "the event lacks what its query columns are derived from (altered)"
+    return _check_columns(row, columns) or _check_patients(patients, _patients_of(event))
+
+
+def _check_columns(row: Any, columns: Mapping[str, Any]) -> str | None:
     for name in _COMPARED:
         stored = getattr(row, name)
         if name == "break_glass":
             stored = bool(stored)
         if stored != columns[name]:
             return f"the query column {name} does not match the event (altered to hide it)"
-    if patients != set(_patients_of(event)):
+    return None
+
+
+def _check_patients(indexed: set[str], patients: Sequence[str]) -> str | None:
+    if indexed != set(patients):
         return "the patient index does not match the event's patients (altered)"
     return None
 
