@@ -515,3 +515,104 @@ def test_consent_written_in_one_server_applies_to_the_next_read_in_another(
         assert http.get(f"{reader}/Condition/c1", headers=read).status_code == 404
         found = http.get(f"{reader}/Condition", params={"patient": "p1"}, headers=read).json()
         assert found.get("total", 0) == 0 and not found.get("entry")
+
+
+# -- a read decided without parsing the resource ------------------------------------------
+
+REQUESTERS = {
+    "national system": AccessContext(
+        client_id="moh",
+        user=None,
+        roles=frozenset(),
+        facility=None,
+        scopes=ScopeSet.parse("system/*.rs"),
+    ),
+    "facility": CENTRE,
+    "granular": AccessContext(
+        client_id="lab",
+        user=None,
+        roles=frozenset(),
+        facility=None,
+        scopes=ScopeSet.parse("system/Observation.rs?category=laboratory system/Patient.rs"),
+    ),
+    "patient context": AccessContext(
+        client_id="app",
+        user=None,
+        roles=frozenset(),
+        facility=None,
+        scopes=ScopeSet.parse("patient/*.rs"),
+        patient="p1",
+    ),
+    "community health worker": AccessContext(
+        client_id=None,
+        user="chw-1",
+        roles=frozenset({"community-health-worker"}),
+        facility=None,
+        scopes=ScopeSet.parse("user/*.rs"),
+    ),
+}
+
+
+def _observation(oid: str, pid: str, category: str, code: str) -> dict[str, Any]:
+    cat = "http://terminology.hl7.org/CodeSystem/observation-category"
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "category": [{"coding": [{"system": cat, "code": category}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+
+
+@pytest.mark.parametrize("who", sorted(REQUESTERS))
+def test_a_read_decided_without_the_content_agrees_with_the_full_check(
+    stores: tuple[Store, Store], who: str
+) -> None:
+    """``visible_stored`` skips parsing the resource only where no rule needs it; whatever it
+    decides is what ``visible`` decides on the parsed resource, for requesters whose rules need
+    the content (granular scopes, patient context, facility, a role that withholds a label)
+    and resources with and without labels, of one patient restricted by Consent and others."""
+    store, _ = stores
+    consent_register(store).recheck = 0.0
+    store.write(
+        lambda s: s.update(
+            "Patient",
+            "p2",
+            patient("p2") | {"managingOrganization": {"reference": "Organization/elsewhere"}},
+        )
+    )
+    store.write(lambda s: s.update("Consent", "consent-p1", restriction("p1")))
+    store.write(
+        lambda s: s.update("Observation", "o1", _observation("o1", "p1", "laboratory", "4548-4"))
+    )
+    store.write(
+        lambda s: s.update("Observation", "o2", _observation("o2", "p2", "vital-signs", "8867-4"))
+    )
+    # a PHQ-9 total: labelled PSY on write
+    store.write(
+        lambda s: s.update("Observation", "o3", _observation("o3", "p1", "survey", "44261-6"))
+    )
+    targets = [("Patient", "p1"), ("Patient", "p2"), ("Condition", "c1")]
+    targets += [("Observation", o) for o in ("o1", "o2", "o3")]
+    access = REQUESTERS[who]
+    decided = []
+    for rtype, rid in targets:
+        with store.reading() as session:
+            content = session.read(rtype, rid).content
+        assert content is not None
+        full = AccessGuard(access, store).visible(rtype, orjson.loads(content), "r")
+        assert AccessGuard(access, store).visible_stored(rtype, content, "r") == full, (rtype, rid)
+        # and the read itself, which takes the shortcut when it can
+        with guarded(AccessGuard(access, store)), store.reading() as session:
+            try:
+                session.read(rtype, rid)
+                seen = True
+            except FhirError as err:
+                assert err.status in (403, 404)
+                seen = False
+        assert seen == (full and access.allows(rtype, "r")), (rtype, rid)
+        decided.append(full)
+    # the world is one where some reads are refused and some allowed
+    if who in ("facility", "granular", "patient context"):
+        assert False in decided and True in decided

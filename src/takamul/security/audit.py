@@ -404,18 +404,35 @@ class AuditRecord:
     def for_access(cls, access: AccessLike, interaction: str, **fields: Any) -> AuditRecord:
         """A record of who from a request's access context (``client_id``, ``user``,
         ``roles``, ``facility``, ``break_glass``, ``token_id``, ``display_name``, as
-        ``takamul.security.context.AccessContext`` has them); ``fields`` give the rest."""
-        who: dict[str, Any] = {
-            "client_id": access.client_id,
-            "user": access.user,
-            "user_display": access.display_name,
-            "roles": tuple(sorted(access.roles)),
-            "facility": access.facility,
-            "token_id": access.token_id,
-            "break_glass_reason": access.break_glass,
-        }
-        who.update(fields)
-        return cls(interaction, **who)
+        ``takamul.security.context.AccessContext`` has them); ``fields`` give the rest.
+        ``access`` must not change once made (who is derived once per context object)."""
+        return cls(interaction, **{**_who(access), **fields})
+
+
+# who of each access context, by the context's identity (the context of a token is one object
+# while the token is kept, ``security.context.context_for_token``); the context is held beside
+# it, so its id is not reused while the entry lives
+_WHO: dict[int, tuple[Any, dict[str, Any]]] = {}
+_WHO_KEPT = 10_000
+
+
+def _who(access: AccessLike) -> dict[str, Any]:
+    kept = _WHO.get(id(access))
+    if kept is not None and kept[0] is access:
+        return kept[1]
+    who: dict[str, Any] = {
+        "client_id": access.client_id,
+        "user": access.user,
+        "user_display": access.display_name,
+        "roles": tuple(sorted(access.roles)),
+        "facility": access.facility,
+        "token_id": access.token_id,
+        "break_glass_reason": access.break_glass,
+    }
+    if len(_WHO) >= _WHO_KEPT:
+        _WHO.clear()
+    _WHO[id(access)] = (access, who)
+    return who
 
 
 class AccessLike(Protocol):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
+from starlette.datastructures import Headers
+
 from takamul.fhir.definitions import definitions
 from takamul.fhir.search_values import ReferenceEntry
 from takamul.security.errors import forbidden, unauthenticated
@@ -101,6 +103,14 @@ class AccessContext:
             return True
         return False
 
+    def allows_whole_type(self, resource_type: str, interaction: str) -> bool:
+        """``allows`` holds for every resource of the type: a scope grants it with no granular
+        restriction and outside a patient context."""
+        return any(
+            not grant.restrictions and grant.context != "patient"
+            for grant in self.scopes.grants(resource_type, interaction)
+        )
+
     def require(
         self, resource_type: str, interaction: str, resource: dict[str, Any] | None = None
     ) -> None:
@@ -185,7 +195,26 @@ def _in_compartment_types(resource_type: str) -> bool:
     return resource_type == "Patient" or resource_type in definitions().patient_data()
 
 
+# The context of each verified token, by the token object's identity: the token service keeps
+# one object per token until it expires, so a request made with a known token reuses its
+# context (and what the audit log derives from it) instead of building them again. The token is
+# held beside its context, so its id is not reused while the entry lives.
+_CONTEXTS: dict[int, tuple[AccessToken, AccessContext]] = {}
+_CONTEXTS_KEPT = 10_000
+
+
 def context_for_token(token: AccessToken) -> AccessContext:
+    kept = _CONTEXTS.get(id(token))
+    if kept is not None and kept[0] is token:
+        return kept[1]
+    context = _new_context(token)
+    if len(_CONTEXTS) >= _CONTEXTS_KEPT:
+        _CONTEXTS.clear()
+    _CONTEXTS[id(token)] = (token, context)
+    return context
+
+
+def _new_context(token: AccessToken) -> AccessContext:
     roles = frozenset(token.roles)
     return AccessContext(
         client_id=token.client_id,
@@ -223,7 +252,8 @@ def authenticate(
     """The context of a request from ``Authorization: Bearer`` (an access token for
     ``audience``, our FHIR base) or else the session cookie; 401 when neither holds, 403 when
     break-the-glass is asked by someone who may not."""
-    lower = {k.lower(): v for k, v in headers.items()}
+    # Starlette's headers are looked up case-insensitively already; any other mapping is copied
+    lower = headers if isinstance(headers, Headers) else {k.lower(): v for k, v in headers.items()}
     context = _credentials(lower, tokens, users, audience)
     reason = lower.get(BREAK_GLASS_HEADER)
     if reason is None:
@@ -232,7 +262,7 @@ def authenticate(
 
 
 def _credentials(
-    headers: dict[str, str], tokens: TokenService, users: UserDirectory, audience: str
+    headers: Mapping[str, str], tokens: TokenService, users: UserDirectory, audience: str
 ) -> AccessContext:
     auth = headers.get("authorization")
     if auth:

@@ -107,6 +107,30 @@ class AccessGuard:
             )
         return self._caregiver
 
+    def visible_stored(self, resource_type: str, content: bytes, interaction: str) -> bool:
+        """``visible`` of a stored resource's JSON, parsed only when a rule needs what it says.
+
+        Parsing a Patient costs about as much as the rest of an authorised read's checks
+        (13 µs of some 70). A read needs nothing of the content when the requester's scopes
+        grant the whole type (no granular restriction, no patient context), it is not bound to
+        a facility, the type has no owner, and the resource carries no security label: every
+        stored resource is labelled on write (``store.labels_complete``), so a resource without
+        a ``"security"`` key anywhere has none, and no withheld or consented label applies."""
+        if (
+            interaction == "r"
+            and b'"security"' not in content
+            and getattr(self.store, "labels_complete", False)
+            and resource_type not in OWNED
+            and not self.access.facility_scoped
+            and self.access.allows_whole_type(resource_type, interaction)
+            and (
+                _patient_data(resource_type)
+                or not withheld_labels(self.access.roles, resource_type)
+            )
+        ):
+            return True
+        return self.visible(resource_type, orjson.loads(content), interaction)
+
     def visible(self, resource_type: str, resource: dict[str, Any], interaction: str) -> bool:
         if not self.access.allows(resource_type, interaction, resource):
             return False

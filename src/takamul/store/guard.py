@@ -37,6 +37,9 @@ class Guard(Protocol):
         """The requester may do ``interaction`` on this resource (scopes with their granular
         restrictions, patient context, facility)."""
 
+    def visible_stored(self, resource_type: str, content: bytes, interaction: str) -> bool:
+        """``visible`` of a stored resource's JSON (a guard parses it only if it must)."""
+
     def restrictions(
         self, session: Any, resource_type: str, params: Sequence[tuple[str, str]] = ()
     ) -> list[tuple[str, str]]:

@@ -540,7 +540,9 @@ class Session:
         see the resource before it was deleted (its last live version), so that an authorised
         reader gets 410 Gone and the history, and anyone else the 404 of what does not exist."""
         if not stored.deleted:
-            return guard.visible(stored.resource_type, stored.json(), interaction)
+            if stored.content is None:
+                return guard.visible(stored.resource_type, {}, interaction)
+            return guard.visible_stored(stored.resource_type, stored.content, interaction)
         row = self.conn.execute(
             select(version_content())
             .where(
