@@ -204,7 +204,7 @@ def _audit(
         "resource_id": rid,
         "query": query or None,
         "patient_ids": tuple(dict.fromkeys((*_patients(path, query, rtype, rid), *written))),
-        "address": request.client.host if request.client else None,
+        "address": _address(request.scope),
         "outcome_text": outcome_text,
     }
     if access is None:
@@ -212,6 +212,25 @@ def _audit(
     else:
         record = AuditRecord.for_access(access, interaction, **fields)
     audit.record(record)
+
+
+def _address(scope: Scope) -> str | None:
+    client = scope.get("client")  # (host, port), straight from the scope: no Address object
+    return str(client[0]) if client else None
+
+
+# the request headers the access control reads (ASGI servers give names in lower case)
+_READ_HEADERS = frozenset((b"authorization", b"cookie", b"host", b"x-break-glass-reason"))
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The headers access control reads, in one pass: Starlette's ``Headers`` scans and decodes
+    the whole list for every lookup, and a request asks for four."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope.get("headers") or ()
+        if name in _READ_HEADERS
+    }
 
 
 class AccessControl:
@@ -246,10 +265,11 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        base = self.settings.base_url or self._base_of(scope, request)
+        headers = _headers(scope)
+        base = self.settings.base_url or self._base_of(scope, request, headers.get("host"))
         access: AccessContext | None = None
         try:
-            access = self.security.authenticate(request.headers, base)
+            access = self.security.authenticate(headers, base)
             check_route(access, request.method, path)
         except FhirError as err:
             _audit(self.audit, request, access, err.status, str(err))
@@ -265,11 +285,11 @@ class AccessControl:
         finally:  # a request that failed is audited too
             _audit(self.audit, request, access, answered[0], written=guard.written_patients)
 
-    def _base_of(self, scope: Scope, request: Request) -> str:
+    def _base_of(self, scope: Scope, request: Request, host: str | None) -> str:
         """The FHIR base the request was sent to (the audience its token must name), kept per
         scheme, Host and root path: Starlette builds it by parsing a whole URL, about a tenth
         of an authorised read's CPU. The Host is the caller's to choose, so few are kept."""
-        key = (scope.get("scheme"), request.headers.get("host"), scope.get("root_path"))
+        key = (scope.get("scheme"), host, scope.get("root_path"))
         base = self._bases.get(key)
         if base is None:
             if len(self._bases) >= MAX_BASES_KEPT:

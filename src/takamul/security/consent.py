@@ -227,6 +227,10 @@ class ConsentRegister:
 
     # -- the write side ------------------------------------------------------------------
 
+    @property
+    def following(self) -> bool:
+        return self._following
+
     def follow(self) -> None:
         """Raise the consent version in the transaction of every Consent this process writes
         (a write hook of the store; once per store)."""
@@ -365,6 +369,9 @@ _REGISTERS_LOCK = threading.Lock()
 def consent_register(store: Store) -> ConsentRegister:
     """The process's register of ``store``, following its Consent writes from the first call
     (``TAKAMUL_CONSENT_RECHECK_MS``: how often it looks for other processes' Consents)."""
+    register = _REGISTERS.get(store)
+    if register is not None and register.following:
+        return register  # every request's guard asks: no lock once the register follows
     with _REGISTERS_LOCK:
         register = _REGISTERS.get(store)
         if register is None:

@@ -108,7 +108,7 @@ def copy_tables(
 def _unnest_sql(tables: tuple[tuple[Table, tuple[str, ...]], ...]) -> str:
     clauses = []
     for n, (table, columns) in enumerate(tables):
-        arrays = ", ".join(f"%s::{_pg_type(table.c[name].type)}[]" for name in columns)
+        arrays = ", ".join(f"%b::{_pg_type(table.c[name].type)}[]" for name in columns)
         clauses.append(
             f"t{n} AS (INSERT INTO {table.name} ({', '.join(columns)})"
             f" SELECT * FROM unnest({arrays}))"
