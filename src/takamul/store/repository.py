@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Table,
     and_,
     bindparam,
@@ -42,7 +44,7 @@ from takamul.fhir.search_values import SearchIndexer
 from takamul.fhir.sensitivity import label_sensitive
 from takamul.fhir.validation import validate_resource
 from takamul.settings import Settings
-from takamul.store.engine import make_engines, redacted, statement_engine
+from takamul.store.engine import IDLE_PING_SECONDS, make_engines, redacted, statement_engine
 from takamul.store.guard import Guard, current_guard
 from takamul.store.indexing import INDEX_COLUMNS, VERSION_COLUMNS, compartment_of, index_tuples
 from takamul.store.labels import ensure_labelled
@@ -278,6 +280,11 @@ def _may_read_pending(sql: str) -> bool:
     return not head.startswith(_PLAIN_DML) or _PENDING_TABLES.search(sql) is not None
 
 
+# seconds a kept statement-reader connection may wait unused before it goes back to the pool
+# (which tests a connection idle this long before use: ``engine.IDLE_PING_SECONDS``)
+KEPT_IDLE = IDLE_PING_SECONDS
+
+
 class Store:
     """The shared record on one database (SQLite file or PostgreSQL)."""
 
@@ -286,6 +293,10 @@ class Store:
         self.writer, self.reader = make_engines(settings.database_url)
         # connections that read outside any transaction of ours (``reading(snapshot=False)``)
         self.statement_reader = statement_engine(settings.database_url)
+        # the last statement-reader connection given back, kept out of the pool for the next
+        self._slot: Connection | None = None
+        self._slot_since = 0.0
+        self._slot_lock = threading.Lock()
         event.listen(self.writer, "before_cursor_execute", _send_pending)
         prepare_at_start(self.writer, redacted(settings.database_url))
         self.indexer = SearchIndexer()
@@ -324,6 +335,10 @@ class Store:
             return len(inspect(conn).get_table_names())
 
     def close(self) -> None:
+        with self._slot_lock:
+            kept, self._slot = self._slot, None
+        if kept is not None:
+            kept.close()
         self.writer.dispose()
         self.reader.dispose()
         if self.statement_reader is not None:
@@ -337,11 +352,47 @@ class Store:
         SQLite, each statement is its own implicit read transaction). Server-side cursors
         (``yield_per``) and ``SET LOCAL`` need the default."""
         if not snapshot and self.statement_reader is not None:
-            with self.statement_reader.connect() as conn:
+            with self._statement_connection(self.statement_reader) as conn:
                 yield Session(self, conn)
             return
         with self.reader.connect() as conn, conn.begin():
             yield Session(self, conn)
+
+    @contextmanager
+    def _statement_connection(self, engine: Engine) -> Iterator[Connection]:
+        """A connection of the statement reader, through a slot that keeps the last one given
+        back: checking a connection out of SQLAlchemy's pool and back costs about 20 µs of CPU,
+        a sixth of a key read on PostgreSQL. One connection is kept (the one a server worker's
+        event loop, which runs reads inline, takes again and again); readers at the same time
+        go to the pool. Kept longer than ``KEPT_IDLE_SECONDS`` unused, it goes back to the pool,
+        which pings it before its next use; one that an error other than the request's own
+        (a FHIR error: not found, refused) went through is dropped."""
+        with self._slot_lock:
+            conn, self._slot = self._slot, None
+        if conn is not None and (
+            conn.closed or conn.invalidated or time.monotonic() - self._slot_since > KEPT_IDLE
+        ):
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = engine.connect()
+        try:
+            yield conn
+        except FhirError:
+            self._give_back(conn)
+            raise
+        except BaseException:
+            conn.invalidate()  # it may be broken (a database restart): the pool opens another
+            conn.close()
+            raise
+        self._give_back(conn)
+
+    def _give_back(self, conn: Connection) -> None:
+        with self._slot_lock:
+            if self._slot is None and not conn.closed:
+                self._slot, self._slot_since = conn, time.monotonic()
+                return
+        conn.close()
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, again from the start if a concurrent writer
