@@ -58,6 +58,7 @@ from sqlalchemy.exc import OperationalError
 
 from takamul.fhir.outcome import FhirError, bad_request
 from takamul.fhir.search_values import date_range
+from takamul.security.memo import ByIdentity
 from takamul.store.rowcopy import DriverSql, copy_tables, driver_execute
 
 __all__ = [
@@ -409,18 +410,8 @@ class AuditRecord:
         return cls(interaction, **{**_who(access), **fields})
 
 
-# who of each access context, by the context's identity (the context of a token is one object
-# while the token is kept, ``security.context.context_for_token``); the context is held beside
-# it, so its id is not reused while the entry lives
-_WHO: dict[int, tuple[Any, dict[str, Any]]] = {}
-_WHO_KEPT = 10_000
-
-
-def _who(access: AccessLike) -> dict[str, Any]:
-    kept = _WHO.get(id(access))
-    if kept is not None and kept[0] is access:
-        return kept[1]
-    who: dict[str, Any] = {
+def _who_of(access: AccessLike) -> dict[str, Any]:
+    return {
         "client_id": access.client_id,
         "user": access.user,
         "user_display": access.display_name,
@@ -429,10 +420,11 @@ def _who(access: AccessLike) -> dict[str, Any]:
         "token_id": access.token_id,
         "break_glass_reason": access.break_glass,
     }
-    if len(_WHO) >= _WHO_KEPT:
-        _WHO.clear()
-    _WHO[id(access)] = (access, who)
-    return who
+
+
+# who of each access context, made once per context object (the context of a token is one
+# object while the token is kept, ``security.context.context_for_token``)
+_who: ByIdentity[AccessLike, dict[str, Any]] = ByIdentity(_who_of)
 
 
 class AccessLike(Protocol):
@@ -596,6 +588,18 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
     return entities
 
 
+def _action_and_outcome(record: AuditRecord) -> tuple[str, str]:
+    """The AuditEvent's action and outcome codes of a record (ValueError if an override is not
+    one of them)."""
+    action = record.action or _kind(record.interaction).action
+    if action not in ACTIONS:
+        raise ValueError(f"AuditEvent action must be one of C R U D E, not {action!r}")
+    outcome = record.outcome or outcome_code(record.status)
+    if outcome not in ("0", "4", "8", "12"):
+        raise ValueError(f"AuditEvent outcome must be 0, 4, 8 or 12, not {outcome!r}")
+    return action, outcome
+
+
 def to_audit_event(
     record: AuditRecord,
     seq: int | None = None,
@@ -605,12 +609,7 @@ def to_audit_event(
     kind = _kind(record.interaction)
     subtype = [_coding(*kind.subtype)] if kind.subtype else []
     subtype.append(_coding(INTERACTION_SYSTEM, record.interaction))
-    action = record.action or kind.action
-    if action not in ACTIONS:
-        raise ValueError(f"AuditEvent action must be one of C R U D E, not {action!r}")
-    outcome = record.outcome or outcome_code(record.status)
-    if outcome not in ("0", "4", "8", "12"):
-        raise ValueError(f"AuditEvent outcome must be 0, 4, 8 or 12, not {outcome!r}")
+    action, outcome = _action_and_outcome(record)
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
     if seq is not None:
         event["id"] = str(seq)
@@ -855,13 +854,7 @@ def _record_patients(record: AuditRecord) -> tuple[str, ...]:
 def _record_columns(record: AuditRecord, patients: tuple[str, ...]) -> dict[str, Any]:
     """The query columns of a stored record (at append and at verify), straight from the
     record: what ``_index_columns`` reads out of its AuditEvent, without building it."""
-    kind = _kind(record.interaction)
-    action = record.action or kind.action
-    if action not in ACTIONS:
-        raise ValueError(f"AuditEvent action must be one of C R U D E, not {action!r}")
-    outcome = record.outcome or outcome_code(record.status)
-    if outcome not in ("0", "4", "8", "12"):
-        raise ValueError(f"AuditEvent outcome must be 0, 4, 8 or 12, not {outcome!r}")
+    action, outcome = _action_and_outcome(record)
     entity_type: str | None = None
     entity_id: str | None = None
     if record.resource_type:
@@ -1281,10 +1274,9 @@ _COLUMN_ORDER = (
 _LOG_COLUMNS = ("seq", "event", "prev_hash", "hash", *_COLUMN_ORDER)
 
 _TAKE_HEAD = DriverSql("UPDATE audit_chain_head SET seq = seq WHERE id = 1")
-_READ_HEAD = DriverSql("SELECT seq, hash FROM audit_chain_head WHERE id = 1")
 # PostgreSQL: concurrent appenders queue on the head row's lock
 _LOCK_HEAD = {
-    "sqlite": _READ_HEAD,
+    "sqlite": DriverSql("SELECT seq, hash FROM audit_chain_head WHERE id = 1"),
     "postgresql": DriverSql("SELECT seq, hash FROM audit_chain_head WHERE id = 1 FOR UPDATE"),
 }
 _MOVE_HEAD = DriverSql(

@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from takamul.fhir.definitions import definitions
 from takamul.fhir.search_values import ReferenceEntry
 from takamul.security.errors import forbidden, unauthenticated
+from takamul.security.memo import ByIdentity
 from takamul.security.roles import ROLES, capabilities_for_roles, scopes_for_roles
 from takamul.security.scopes import Restriction, ScopeSet, combine_restrictions, search_indexer
 from takamul.security.tokens import AccessToken, TokenService
@@ -195,23 +196,10 @@ def _in_compartment_types(resource_type: str) -> bool:
     return resource_type == "Patient" or resource_type in definitions().patient_data()
 
 
-# The context of each verified token, by the token object's identity: the token service keeps
-# one object per token until it expires, so a request made with a known token reuses its
-# context (and what the audit log derives from it) instead of building them again. The token is
-# held beside its context, so its id is not reused while the entry lives.
-_CONTEXTS: dict[int, tuple[AccessToken, AccessContext]] = {}
-_CONTEXTS_KEPT = 10_000
-
-
 def context_for_token(token: AccessToken) -> AccessContext:
-    kept = _CONTEXTS.get(id(token))
-    if kept is not None and kept[0] is token:
-        return kept[1]
-    context = _new_context(token)
-    if len(_CONTEXTS) >= _CONTEXTS_KEPT:
-        _CONTEXTS.clear()
-    _CONTEXTS[id(token)] = (token, context)
-    return context
+    """The context of a verified token, made once per token object (the token service keeps one
+    while the token is valid), not for every request made with it."""
+    return _CONTEXTS(token)
 
 
 def _new_context(token: AccessToken) -> AccessContext:
@@ -226,6 +214,9 @@ def _new_context(token: AccessToken) -> AccessContext:
         capabilities=capabilities_for_roles(r for r in roles if r in ROLES),
         token_id=token.token_id,
     )
+
+
+_CONTEXTS: ByIdentity[AccessToken, AccessContext] = ByIdentity(_new_context)
 
 
 def context_for_user(user: User) -> AccessContext:
