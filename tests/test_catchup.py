@@ -23,7 +23,7 @@ from takamul.mentalhealth.instruments import instrument
 from takamul.mpi.schema import mpi_member
 from takamul.programmes.facts import care_fact
 from takamul.settings import Settings
-from takamul.store.repository import Store
+from takamul.store.repository import Session, Store
 from tests.server import free_port, postgres_database
 
 PHQ9 = instrument("phq-9")
@@ -251,3 +251,35 @@ def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, ["serve", "--db", db, "--log-level", "loud"])
     assert refused.exit_code != 0
     assert "'loud': give one of critical, error, warning, info, debug" in refused.output
+
+
+def test_the_write_hook_keeps_one_set_of_facts_per_resource(either_store: Store) -> None:
+    """A first version only adds its facts (there are none to replace); a later version and a
+    deletion replace them, also when one transaction writes the resource twice."""
+    from takamul.programmes.definitions import load_catalog
+    from takamul.programmes.facts import CareFacts
+
+    facts = CareFacts(either_store, load_catalog())
+    facts.attach()
+    patient = {"resourceType": "Patient", "id": "facts-1", "gender": "male"}
+
+    def stored() -> list[tuple[Any, ...]]:
+        with either_store.reading() as session:
+            query = select(care_fact.c.kind, care_fact.c.code).where(
+                care_fact.c.source == "Patient/facts-1"
+            )
+            return sorted(tuple(r) for r in session.conn.execute(query))
+
+    either_store.write(lambda s: s.update("Patient", "facts-1", patient))  # version 1
+    assert stored() == [("patient", "male")]
+    either_store.write(lambda s: s.update("Patient", "facts-1", {**patient, "gender": "female"}))
+    assert stored() == [("patient", "female")]
+
+    def twice(session: Session) -> None:
+        session.update("Patient", "facts-1", {**patient, "gender": "other"})
+        session.update("Patient", "facts-1", {**patient, "gender": "unknown"})
+
+    either_store.write(twice)
+    assert stored() == [("patient", "unknown")]
+    either_store.write(lambda s: s.delete("Patient", "facts-1"))
+    assert stored() == []

@@ -263,6 +263,27 @@ def test_uncertain_pairs_are_queued_with_evidence_and_a_reviewer_links_them(
     assert person_of(api, a)["person"] == person_of(api, b)["person"]
 
 
+def test_an_uncertain_pair_scored_again_stays_one_open_review(
+    http: httpx.Client, api: httpx.Client
+) -> None:
+    """Each link of a record queues its uncertain pairs in one upsert: an update that scores
+    the pair again takes the new score into the open review, never a second row."""
+    family_a, _ = _family()
+    family_b, _ = _family(unlike=family_a)
+    a = create(http, patient("Saad", family_a, D["rescored"]))
+    b = create(http, patient("Saad", family_b, D["rescored"]))
+    first = _queued(api, a, b)
+    assert first["status"] == "open"
+    for phone in ("+966500000002", "+966500000003"):
+        body = http.get(f"/Patient/{b}").json()
+        body["telecom"] = [{"system": "phone", "value": phone}]
+        assert http.put(f"/Patient/{b}", json=body).status_code == 200
+        again = _queued(api, a, b)  # asserts one row for the pair
+        assert (again["id"], again["status"]) == (first["id"], "open")
+        assert again["evidence"].keys() == first["evidence"].keys()
+        assert REVIEW_FLOOR <= again["probability"] < 0.95
+
+
 def test_an_open_review_is_settled_when_its_records_come_to_share_a_person(
     http: httpx.Client, api: httpx.Client
 ) -> None:

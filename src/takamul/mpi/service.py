@@ -4,9 +4,9 @@ against the registry, and reviewers resolve uncertain pairs.
 
 State lives in the database (``mpi_*`` tables and the Person resources, written in the same
 transaction as the Patient) and is mirrored in memory for speed: the candidate index and who
-belongs to whom. The mirror changes under one lock held from the first registry change of a
-transaction until it commits or rolls back; a rollback replays an undo log, so memory never
-shows a change the database does not have.
+belongs to whom. A transaction links the Patients it wrote at its end, just before it commits,
+and the mirror changes under one lock held from then until it commits or rolls back; a
+rollback replays an undo log, so memory never shows a change the database does not have.
 
 Several server processes (``serve --workers 4``, or several hosts on one PostgreSQL) each keep
 a mirror, and link against the same, current state: the first registry change of a transaction
@@ -56,7 +56,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -99,14 +98,20 @@ TAKE_REGISTRY_LOCK = DriverSql("SELECT pg_advisory_xact_lock(:key)")
 CHANGES_SINCE = DriverSql("SELECT seq, patient_id FROM mpi_change WHERE seq > :seen ORDER BY seq")
 NOTE_CHANGE = DriverSql("INSERT INTO mpi_change (patient_id) VALUES (:pid) RETURNING seq")
 LEAVE_PERSON = DriverSql("DELETE FROM mpi_member WHERE patient_id = :pid")
+# one statement whether or not the record was in a person (SQLite and PostgreSQL share the
+# upsert's syntax): a delete and an insert were two round trips under the registry's lock
 JOIN_PERSON = DriverSql(
     "INSERT INTO mpi_member (patient_id, person_id, probability, manual, updated)"
     " VALUES (:pid, :person, :probability, :manual, :updated)"
+    " ON CONFLICT (patient_id) DO UPDATE SET person_id = excluded.person_id,"
+    " probability = excluded.probability, manual = excluded.manual, updated = excluded.updated"
 )
 LOG_EVENT = DriverSql(
     "INSERT INTO mpi_event (at, kind, actor, reason, detail)"
     " VALUES (:at, :kind, :actor, :reason, :detail) RETURNING id"
 )
+# session.extras key of the Patients a transaction wrote, by id: their last body (None: deleted)
+_WRITTEN = "mpi-written"
 # Below this many unlinked Patients in a registry with no persons yet, start-up links them one
 # by one (the real-time path); above it, as a batch.
 BATCH_FROM = 2000
@@ -468,14 +473,30 @@ class ClientRegistry:
     def _on_write(
         self, session: Session, resource_type: str, resource_id: str, body: dict[str, Any] | None
     ) -> None:
+        """Note a Patient's write; the transaction links its Patients just before it commits
+        (``_link_written``), so the registry's lock, which every process's links wait for, is
+        held for the linking and the commit only, not for the rest of a Bundle's entries or
+        the other write hooks' work."""
         if resource_type != "Patient":
             return
+        written: dict[str, dict[str, Any] | None] | None = session.extras.get(_WRITTEN)
+        if written is None:
+            written = session.extras[_WRITTEN] = {}
+            session.last_before_commit.append(lambda: self._link_written(session, written))
+        written.pop(resource_id, None)  # written again: linked once, in its last place
+        written[resource_id] = body
+
+    def _link_written(self, session: Session, written: dict[str, dict[str, Any] | None]) -> None:
+        """Link the transaction's Patients in the order of their last writes."""
         self._begin(session)
-        self._changed(session, resource_id)
-        if body is None:
-            self._remove(session, resource_id)
-        else:
-            self._link(session, from_patient(body))
+        journal: _Journal = session.extras["mpi-journal"]
+        for resource_id, body in written.items():
+            self._changed(session, resource_id)
+            journal.bodies[resource_id] = body
+            if body is None:
+                self._remove(session, resource_id)
+            else:
+                self._link(session, from_patient(body))
 
     # -- memory, with undo ------------------------------------------------------------------
 
@@ -606,7 +627,12 @@ class ClientRegistry:
             # alone in its person it stays there; otherwise no certain match supports the
             # person it was in any more, and it starts a person of its own
             alone = old is not None and len(self.persons.get(old, ())) == 1
-            target = old if old is not None and alone else str(uuid.uuid4())
+            if old is not None and alone:
+                target = old
+            else:
+                target = str(uuid.uuid4())
+                journal: _Journal = session.extras["mpi-journal"]
+                journal.started.add(target)
         joined = self._joined_persons(record, target, old, scored)
         if target != old:
             self._move(session, pid, old, target, probability, False, undo)
@@ -687,8 +713,11 @@ class ClientRegistry:
     ) -> None:
         conn = session.conn
         self._changed(session, pid)
-        driver_execute(conn, LEAVE_PERSON, {"pid": pid})
-        if person is not None:
+        journal: _Journal = session.extras["mpi-journal"]
+        if person is None:
+            driver_execute(conn, LEAVE_PERSON, {"pid": pid})
+            journal.members.pop(pid, None)
+        else:
             values = {
                 "pid": pid,
                 "person": person,
@@ -697,6 +726,8 @@ class ClientRegistry:
                 "updated": time.time(),
             }
             driver_execute(conn, JOIN_PERSON, values)
+            journal.members[pid] = (probability, manual)
+        journal.reshaped.update(p for p in (old, person) if p is not None)
         self._set_member(pid, person, manual, undo)
 
     def _queue_reviews(
@@ -705,49 +736,35 @@ class ClientRegistry:
         """Queue the uncertain pairs of a record with another person; settle open ones whose
         records now share a person."""
         settled: list[tuple[str, str]] = []
+        queued: list[dict[str, Any]] = []
         for s in scored:
             other_person = self.member_of.get(s.patient_id)
             if other_person is None:
                 continue
             a, b = _pair(record.patient_id, s.patient_id)
-            where = and_(mpi_review.c.patient_a == a, mpi_review.c.patient_b == b)
             if other_person == person:
                 settled.append((a, b))
                 continue
             if s.probability >= self.threshold and not self._conflicts(record, other_person):
                 continue  # would have been linked; another candidate won
-            row = session.conn.execute(select(mpi_review.c.status).where(where)).first()
             evidence = orjson.dumps(_evidence(s)).decode()
-            if row is None:
-                session.conn.execute(
-                    insert(mpi_review).values(
-                        patient_a=a,
-                        patient_b=b,
-                        probability=s.probability,
-                        evidence=evidence,
-                        status="open",
-                        created=time.time(),
-                    )
-                )
-            elif row.status == "open":
-                session.conn.execute(
-                    update(mpi_review)
-                    .where(where)
-                    .values(probability=s.probability, evidence=evidence)
-                )
-        # one statement for the pairs now in one person (it was a round trip each); 400 pairs
-        # at a time keep under SQLite's bound-parameter limit
+            queued.append({"a": a, "b": b, "probability": s.probability, "evidence": evidence})
+        # a new pair opens, an open one takes the new score, a decided one stays as decided:
+        # one statement for all the record's pairs (it was a read and a write for each)
+        now = time.time()
+        for start in range(0, len(queued), 100):
+            chunk = queued[start : start + 100]
+            params = {f"{k}{i}": v for i, row in enumerate(chunk) for k, v in row.items()}
+            driver_execute(session.conn, _queue_sql(len(chunk)), {**params, "now": now})
+        # one statement on the driver for the pairs now in one person (SQLAlchemy compiled
+        # its row-value IN anew for each list, as long as the statement took); 400 pairs at a
+        # time keep under SQLite's bound-parameter limit
         for start in range(0, len(settled), 400):
-            session.conn.execute(
-                update(mpi_review)
-                .where(
-                    tuple_(mpi_review.c.patient_a, mpi_review.c.patient_b).in_(
-                        settled[start : start + 400]
-                    ),
-                    mpi_review.c.status == "open",
-                )
-                .values(status="resolved", decided_by=AUTOMATIC, decided_at=time.time())
-            )
+            pairs = settled[start : start + 400]
+            values: dict[str, Any] = {"by": AUTOMATIC, "now": now}
+            for i, (a, b) in enumerate(pairs):
+                values.update({f"a{i}": a, f"b{i}": b})
+            driver_execute(session.conn, _settle_sql(len(pairs)), values)
 
     def _remove(self, session: Session, pid: str) -> None:
         """A deleted Patient leaves its person (and the index)."""
@@ -777,6 +794,7 @@ class ClientRegistry:
             self._write_person_resources(session, person_ids)
 
     def _write_person_resources(self, session: Session, person_ids: Iterable[str]) -> None:
+        journal: _Journal = session.extras["mpi-journal"]
         for person in person_ids:
             members = sorted(self.persons.get(person, ()))
             if not members:
@@ -790,14 +808,21 @@ class ClientRegistry:
                     assurance_level(probability, manual, self.threshold, self.probable),
                     body,
                 )
-                for pid, (probability, manual, body) in _members(session, members).items()
+                for pid, (probability, manual, body) in _members(session, members, journal).items()
             ]
             entries.sort(key=lambda m: m.assurance, reverse=True)
             body = person_body(person, entries)
-            current = _read(session, "Person", person)
-            if current is not None and _without_meta(current) == _without_meta(body):
-                continue  # unchanged: no new version of the golden record
-            session.update("Person", person, body, options=MPI_SOURCE)
+            # Read back only when the golden record may be unchanged: one whose members
+            # changed is not (its links did), and one this transaction started has no row yet
+            # (the unique key still refuses a clash). Each read is a round trip under the lock.
+            new = person in journal.started
+            if person not in journal.reshaped:
+                current = _read(session, "Person", person)
+                if current is not None and _without_meta(current) == _without_meta(body):
+                    continue  # unchanged: no new version of the golden record
+            journal.started.discard(person)
+            journal.reshaped.discard(person)
+            session.update("Person", person, body, options=MPI_SOURCE, expect_new=new)
 
     def _event(
         self,
@@ -1162,10 +1187,17 @@ class ClientRegistry:
 
 @dataclass(slots=True)
 class _Journal:
-    """The journal rows of one transaction: the patients named, the last row's number."""
+    """The journal rows of one transaction: the patients named, the last row's number; and
+    what the transaction itself wrote, so the golden records need not read it back: each
+    Patient's stored body (None once deleted), each membership row's probability and manual
+    flag, the persons it started, and those whose members changed since their last write."""
 
     patients: set[str] = field(default_factory=set)
     last: int = 0
+    bodies: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    members: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    started: set[str] = field(default_factory=set)
+    reshaped: set[str] = field(default_factory=set)
 
 
 def _last_change(conn: Connection) -> int:
@@ -1181,6 +1213,28 @@ def _read(session: Session, resource_type: str, resource_id: str) -> dict[str, A
     return orjson.loads(row.content) if row and not row.deleted and row.content else None
 
 
+@functools.lru_cache(maxsize=128)
+def _queue_sql(n: int) -> DriverSql:
+    rows = ", ".join(
+        f"(:a{i}, :b{i}, :probability{i}, :evidence{i}, 'open', :now)" for i in range(n)
+    )
+    return DriverSql(
+        "INSERT INTO mpi_review (patient_a, patient_b, probability, evidence, status, created)"
+        f" VALUES {rows} ON CONFLICT (patient_a, patient_b) DO UPDATE"
+        " SET probability = excluded.probability, evidence = excluded.evidence"
+        " WHERE mpi_review.status = 'open'"
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def _settle_sql(n: int) -> DriverSql:
+    pairs = ", ".join(f"(:a{i}, :b{i})" for i in range(n))
+    return DriverSql(
+        "UPDATE mpi_review SET status = 'resolved', decided_by = :by, decided_at = :now"
+        f" WHERE status = 'open' AND (patient_a, patient_b) IN ({pairs})"
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _members_sql(n: int) -> DriverSql:
     marks = ", ".join(f":p{i}" for i in range(n))
@@ -1192,14 +1246,22 @@ def _members_sql(n: int) -> DriverSql:
 
 
 def _members(
-    session: Session, patient_ids: list[str]
+    session: Session, patient_ids: list[str], journal: _Journal
 ) -> dict[str, tuple[float, bool, dict[str, Any] | None]]:
     """Each member's probability, whether a reviewer placed it, and its current Patient (None
-    once deleted), in ``patient_ids``' order: one statement on the driver for up to 50 members
-    (a Patient create linked by the registry ran two through SQLAlchemy for this)."""
+    once deleted), in ``patient_ids``' order: what this transaction wrote from its journal,
+    the rest in one statement on the driver for up to 50 members (a Patient create linked by
+    the registry ran two through SQLAlchemy for this; a new person's, none)."""
     found: dict[str, tuple[float, bool, dict[str, Any] | None]] = {}
-    for start in range(0, len(patient_ids), 50):
-        chunk = patient_ids[start : start + 50]
+    unknown = []
+    for pid in patient_ids:
+        row = journal.members.get(pid)
+        if row is not None and pid in journal.bodies:
+            found[pid] = (*row, journal.bodies[pid])
+        else:
+            unknown.append(pid)
+    for start in range(0, len(unknown), 50):
+        chunk = unknown[start : start + 50]
         params: dict[str, Any] = {f"p{i}": pid for i, pid in enumerate(chunk)}
         params.update(patient="Patient", deleted=False)
         for pid, probability, manual, content in driver_execute(

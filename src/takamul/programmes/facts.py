@@ -126,6 +126,8 @@ def from_day(day: int | None) -> date | None:
 
 # the session extra under which a write transaction's facts are gathered
 _GATHERED = "programmes.care_facts"
+# session.extras key of the gathered sources written before (their stored facts are replaced)
+_REPLACED = "programmes.care_facts.replaced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,14 +417,23 @@ class CareFacts:
         gathered: dict[str, list[dict[str, Any]]] | None = session.extras.get(_GATHERED)
         if gathered is None:
             gathered = session.extras[_GATHERED] = {}
-            session.before_commit.append(lambda: self._store_gathered(session.conn, gathered))
+            replaced: set[str] = session.extras.setdefault(_REPLACED, set())
+            session.before_commit.append(
+                lambda: self._store_gathered(session.conn, gathered, replaced)
+            )
         source = f"{resource_type}/{resource_id}"
         gathered[source] = _rows(source, extract(resource_type, body, self.codes))
+        if body is None or str((body.get("meta") or {}).get("versionId")) != "1":
+            session.extras.setdefault(_REPLACED, set()).add(source)
 
-    def _store_gathered(self, conn: Connection, gathered: dict[str, list[dict[str, Any]]]) -> None:
+    def _store_gathered(
+        self, conn: Connection, gathered: dict[str, list[dict[str, Any]]], replaced: set[str]
+    ) -> None:
         sources = sorted(gathered)
-        for start in range(0, len(sources), 500):
-            chunk = sources[start : start + 500]
+        # a first version has no facts stored yet: only the others' are deleted
+        stale = [source for source in sources if source in replaced]
+        for start in range(0, len(stale), 500):
+            chunk = stale[start : start + 500]
             conn.execute(delete(care_fact).where(care_fact.c.source.in_(chunk)))
         rows = [row for source in sources for row in gathered[source]]
         if rows:

@@ -153,6 +153,24 @@ DROP_INDEX_PG = DriverSql(
     )
     + " SELECT 1"
 )
+# An update on PostgreSQL in one statement: the new current row, the old index rows dropped
+# and, when the replaced version's row was sent already, its JSON kept there (three round trips
+# were a quarter of the store's part of a registry-linked create, whose golden record is an
+# update). Data-modifying CTEs on separate tables; each statement sees the same snapshot.
+_REPLACE_PG = (
+    "WITH "
+    + ", ".join(
+        f"d_{kind} AS (DELETE FROM {table.name} WHERE rid = :b_rid)"
+        for kind, table in INDEX_TABLES.items()
+    )
+    + ", current_row AS (UPDATE resource SET version = :version, last_updated = :last_updated,"
+    " deleted = :deleted, content = :content, compartment = :compartment WHERE rid = :b_rid)"
+)
+REPLACE_PG = DriverSql(_REPLACE_PG + " SELECT 1")
+REPLACE_KEEPING_PG = DriverSql(
+    _REPLACE_PG + ", kept AS (UPDATE resource_version SET content = :b_content"
+    " WHERE rid = :b_rid AND version = :b_version) SELECT 1"
+)
 # Statements that send the pending rows themselves, only when one could change their answer
 # (``Session.referring``): a write hook's look-up between a batch's writes otherwise sent the
 # rows of every write before it, a COPY per table each time.
@@ -450,14 +468,26 @@ class Session:
         # run inside the transaction once its work is done, before it commits: a write hook
         # gathers its own rows over the transaction's writes and stores them here at once
         self.before_commit: list[Callable[[], None]] = []
+        # after every other one: work that takes a lock other processes wait for (the
+        # registry's), held from there to the commit only
+        self.last_before_commit: list[Callable[[], None]] = []
         # per-transaction state of write hooks (the registry's undo log)
         self.extras: dict[str, Any] = {}
         self.pending = PendingRows()
 
     def run_before_commit(self) -> None:
-        callbacks, self.before_commit = self.before_commit, []
-        for callback in callbacks:
-            callback()
+        """The ``before_commit`` callbacks, then the ``last_before_commit`` ones, until none is
+        left: a callback's own writes (the registry's golden records) may call on other hooks,
+        which gather them for a callback of their own."""
+        while True:
+            if self.before_commit:
+                callbacks, self.before_commit = self.before_commit, []
+            elif self.last_before_commit:
+                callbacks, self.last_before_commit = self.last_before_commit, []
+            else:
+                return
+            for callback in callbacks:
+                callback()
 
     def finish(self, committed: bool) -> None:
         """Run the callbacks of how the transaction ended (each list once)."""
@@ -1153,9 +1183,7 @@ class Session:
             ((rid,),) = driver_execute(self.conn, INSERT_RESOURCE_SQL, values)
         else:
             rid = row.rid
-            self._keep_replaced(row)
-            driver_execute(self.conn, UPDATE_RESOURCE_SQL, {**values, "b_rid": rid})
-            self._drop_index(rid)
+            self._replace(row, values)
         # the current version's JSON is the resource's (``schema.version_content``)
         self.pending.versions.append(
             (rid, resource_type, resource_id, version, now, method, False, None, compartment)
@@ -1173,13 +1201,31 @@ class Session:
             created=row is None or bool(row.deleted),
         )
 
+    def _replace(self, row: Any, values: dict[str, Any]) -> None:
+        """Make ``values`` the current row of ``row``'s resource, keeping the replaced
+        version's JSON and dropping its index rows (the new ones are pending)."""
+        keep = self._must_keep(row)
+        if self.store.dialect != "postgresql":
+            if keep:
+                driver_execute(self.conn, KEEP_VERSION_CONTENT_SQL, _kept(row))
+            driver_execute(self.conn, UPDATE_RESOURCE_SQL, {**values, "b_rid": row.rid})
+            self._drop_index(row.rid)
+            return
+        self.pending.forget(row.rid)
+        params = {**values, "b_rid": row.rid, **(_kept(row) if keep else {})}
+        driver_execute(self.conn, REPLACE_KEEPING_PG if keep else REPLACE_PG, params)
+
     def _keep_replaced(self, row: Any) -> None:
         """The current version, about to be replaced, keeps its JSON in its own row."""
+        if self._must_keep(row):
+            driver_execute(self.conn, KEEP_VERSION_CONTENT_SQL, _kept(row))
+
+    def _must_keep(self, row: Any) -> bool:
+        """Whether the replaced version's JSON must be written to its row already sent (a
+        pending row just takes it)."""
         if row.deleted or row.content is None:
-            return
-        if not self.pending.keep_content(row.rid, row.version, row.content):
-            params = {"b_rid": row.rid, "b_version": row.version, "b_content": row.content}
-            driver_execute(self.conn, KEEP_VERSION_CONTENT_SQL, params)
+            return False
+        return not self.pending.keep_content(row.rid, row.version, row.content)
 
     def _check_write(
         self, guard: Guard, resource_type: str, resource_id: str, body: dict[str, Any], row: Any
@@ -1252,6 +1298,10 @@ class Session:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _kept(row: Any) -> dict[str, Any]:
+    return {"b_rid": row.rid, "b_version": row.version, "b_content": row.content}
 
 
 def _may(guard: Guard, resource_type: str, interaction: str) -> bool:
