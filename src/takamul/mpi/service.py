@@ -77,7 +77,7 @@ from takamul.registry.record import RegistryRecord, from_patient
 from takamul.store.bulkwrite import prepare, put_many
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store, WriteOptions
-from takamul.store.rowcopy import DriverSql, driver_execute
+from takamul.store.rowcopy import DriverSql, driver_execute, driver_pipeline
 from takamul.store.schema import resource
 
 __all__ = ["ClientRegistry", "MatchResult", "default_model", "unlinked_patients"]
@@ -383,13 +383,22 @@ class ClientRegistry:
 
         session.after_commit.append(commit)
         session.after_rollback.append(rollback)
-        self._lock_shared(session)
-        self._catch_up(session.conn)
+        self._lock_and_catch_up(session.conn)
         return undo
 
+    def _lock_and_catch_up(self, conn: Connection) -> None:
+        """The store's registry lock, to the end of the transaction, then what other
+        processes committed before it was granted: one round trip on PostgreSQL. SQLite: the
+        transaction holds the database's one write lock since BEGIN IMMEDIATE."""
+        changes = (CHANGES_SINCE, {"seen": self._seen})
+        if self.store.dialect == "postgresql":
+            lock = (TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
+            self._apply_changes(conn, driver_pipeline(conn, [lock, changes])[-1])
+        else:
+            self._apply_changes(conn, driver_execute(conn, *changes))
+
     def _lock_shared(self, session: Session) -> None:
-        """The store's registry lock, to the end of the transaction. SQLite: nothing to do,
-        the transaction holds the database's one write lock since BEGIN IMMEDIATE."""
+        """The store's registry lock, to the end of the transaction (``_lock_and_catch_up``)."""
         if self.store.dialect == "postgresql":
             driver_execute(session.conn, TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
 
@@ -401,13 +410,15 @@ class ClientRegistry:
             if pid in journal.patients:
                 continue
             journal.patients.add(pid)
-            ((seq,),) = driver_execute(session.conn, NOTE_CHANGE, {"pid": pid})
-            journal.last = max(journal.last, int(seq))
+            journal.send(session.conn, NOTE_CHANGE, {"pid": pid}, journal.numbered)
 
     def _catch_up(self, conn: Connection) -> None:
         """Apply what other processes committed since this mirror's last journal row: reload
         each patient named after it. Called with this process's registry lock held."""
-        rows = driver_execute(conn, CHANGES_SINCE, {"seen": self._seen})
+        self._apply_changes(conn, driver_execute(conn, CHANGES_SINCE, {"seen": self._seen}))
+
+    def _apply_changes(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Reload the patients named in these journal rows (``CHANGES_SINCE``'s)."""
         if not rows:
             return
         patient_ids = sorted({patient_id for _, patient_id in rows})
@@ -490,13 +501,18 @@ class ClientRegistry:
         """Link the transaction's Patients in the order of their last writes."""
         self._begin(session)
         journal: _Journal = session.extras["mpi-journal"]
-        for resource_id, body in written.items():
-            self._changed(session, resource_id)
-            journal.bodies[resource_id] = body
-            if body is None:
-                self._remove(session, resource_id)
-            else:
-                self._link(session, from_patient(body))
+        journal.deferring = True
+        try:
+            for resource_id, body in written.items():
+                self._changed(session, resource_id)
+                journal.bodies[resource_id] = body
+                if body is None:
+                    self._remove(session, resource_id)
+                else:
+                    self._link(session, from_patient(body))
+            journal.send_queued(session.conn)
+        finally:
+            journal.deferring = False
 
     # -- memory, with undo ------------------------------------------------------------------
 
@@ -636,12 +652,11 @@ class ClientRegistry:
         joined = self._joined_persons(record, target, old, scored)
         if target != old:
             self._move(session, pid, old, target, probability, False, undo)
-            self._event(
+            self._note_event(
                 session,
                 "link"
                 if target in self.persons and len(self.persons[target]) > 1
                 else "new-person",
-                AUTOMATIC,
                 None,
                 {"moves": [{"patient": pid, "from": old, "to": target, "p": probability}]},
             )
@@ -698,7 +713,7 @@ class ClientRegistry:
             for member in sorted(self.persons.get(person, ())):
                 self._move(session, member, person, target, probability, False, undo)
                 moves.append({"patient": member, "from": person, "to": target, "p": probability})
-        self._event(session, "merge", AUTOMATIC, None, {"moves": moves})
+        self._note_event(session, "merge", None, {"moves": moves})
         self._write_persons(session, {target, *joined})
 
     def _move(
@@ -715,7 +730,7 @@ class ClientRegistry:
         self._changed(session, pid)
         journal: _Journal = session.extras["mpi-journal"]
         if person is None:
-            driver_execute(conn, LEAVE_PERSON, {"pid": pid})
+            journal.send(conn, LEAVE_PERSON, {"pid": pid})
             journal.members.pop(pid, None)
         else:
             values = {
@@ -725,7 +740,7 @@ class ClientRegistry:
                 "manual": manual,
                 "updated": time.time(),
             }
-            driver_execute(conn, JOIN_PERSON, values)
+            journal.send(conn, JOIN_PERSON, values)
             journal.members[pid] = (probability, manual)
         journal.reshaped.update(p for p in (old, person) if p is not None)
         self._set_member(pid, person, manual, undo)
@@ -735,6 +750,7 @@ class ClientRegistry:
     ) -> None:
         """Queue the uncertain pairs of a record with another person; settle open ones whose
         records now share a person."""
+        journal: _Journal = session.extras["mpi-journal"]
         settled: list[tuple[str, str]] = []
         queued: list[dict[str, Any]] = []
         for s in scored:
@@ -755,7 +771,7 @@ class ClientRegistry:
         for start in range(0, len(queued), 100):
             chunk = queued[start : start + 100]
             params = {f"{k}{i}": v for i, row in enumerate(chunk) for k, v in row.items()}
-            driver_execute(session.conn, _queue_sql(len(chunk)), {**params, "now": now})
+            journal.send(session.conn, _queue_sql(len(chunk)), {**params, "now": now})
         # one statement on the driver for the pairs now in one person (SQLAlchemy compiled
         # its row-value IN anew for each list, as long as the statement took); 400 pairs at a
         # time keep under SQLite's bound-parameter limit
@@ -764,7 +780,7 @@ class ClientRegistry:
             values: dict[str, Any] = {"by": AUTOMATIC, "now": now}
             for i, (a, b) in enumerate(pairs):
                 values.update({f"a{i}": a, f"b{i}": b})
-            driver_execute(session.conn, _settle_sql(len(pairs)), values)
+            journal.send(session.conn, _settle_sql(len(pairs)), values)
 
     def _remove(self, session: Session, pid: str) -> None:
         """A deleted Patient leaves its person (and the index)."""
@@ -777,10 +793,9 @@ class ClientRegistry:
         if old is None:
             return
         self._move(session, pid, old, None, 0.0, False, undo)
-        self._event(
+        self._note_event(
             session,
             "remove",
-            AUTOMATIC,
             "Patient deleted",
             {"moves": [{"patient": pid, "from": old, "to": None}]},
         )
@@ -839,8 +854,25 @@ class ClientRegistry:
             "reason": reason,
             "detail": orjson.dumps(detail).decode(),
         }
+        journal: _Journal = session.extras["mpi-journal"]
+        journal.send_queued(session.conn)
         ((event_id,),) = driver_execute(session.conn, LOG_EVENT, values)
         return int(event_id)
+
+    def _note_event(
+        self, session: Session, kind: str, reason: str | None, detail: dict[str, Any]
+    ) -> None:
+        """An automatic linking's event: its id is not needed, so it may wait in the
+        transaction's queue (``_Journal.send``)."""
+        values = {
+            "at": time.time(),
+            "kind": kind,
+            "actor": AUTOMATIC,
+            "reason": reason,
+            "detail": orjson.dumps(detail).decode(),
+        }
+        journal: _Journal = session.extras["mpi-journal"]
+        journal.send(session.conn, LOG_EVENT, values)
 
     # -- $match -----------------------------------------------------------------------------
 
@@ -1198,6 +1230,48 @@ class _Journal:
     members: dict[str, tuple[float, bool]] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
     reshaped: set[str] = field(default_factory=set)
+    # While linking a transaction's Patients, the registry's own writes wait here and go
+    # together (one round trip on PostgreSQL) before a statement that reads their tables and
+    # at the end: each was a round trip under the lock every process waits for.
+    deferring: bool = False
+    queue: list[tuple[DriverSql, dict[str, Any], Callable[[list[Any]], None] | None]] = field(
+        default_factory=list
+    )
+
+    def send(
+        self,
+        conn: Connection,
+        statement: DriverSql,
+        params: dict[str, Any],
+        on_rows: Callable[[list[Any]], None] | None = None,
+    ) -> None:
+        """Run a registry write now, or queue it while ``deferring``."""
+        if self.deferring:
+            self.queue.append((statement, params, on_rows))
+            return
+        self.send_queued(conn)
+        rows = driver_execute(conn, statement, params)
+        if on_rows is not None:
+            on_rows(rows)
+
+    def send_queued(
+        self, conn: Connection, *reads: tuple[DriverSql, dict[str, Any]]
+    ) -> list[list[Any]]:
+        """Send the queued writes, then ``reads`` in the same round trip; the reads' rows."""
+        queue, self.queue = self.queue, []
+        if not queue and not reads:
+            return []
+        statements = [(statement, params) for statement, params, _ in queue] + list(reads)
+        results = driver_pipeline(conn, statements)
+        for (_, _, on_rows), rows in zip(queue, results, strict=False):
+            if on_rows is not None:
+                on_rows(rows)
+        return results[len(queue) :]
+
+    def numbered(self, rows: list[Any]) -> None:
+        """A journal row's number came back (``NOTE_CHANGE ... RETURNING seq``)."""
+        ((seq,),) = rows
+        self.last = max(self.last, int(seq))
 
 
 def _last_change(conn: Connection) -> int:
@@ -1260,13 +1334,15 @@ def _members(
             found[pid] = (*row, journal.bodies[pid])
         else:
             unknown.append(pid)
+    reads = []
     for start in range(0, len(unknown), 50):
         chunk = unknown[start : start + 50]
         params: dict[str, Any] = {f"p{i}": pid for i, pid in enumerate(chunk)}
         params.update(patient="Patient", deleted=False)
-        for pid, probability, manual, content in driver_execute(
-            session.conn, _members_sql(len(chunk)), params
-        ):
+        reads.append((_members_sql(len(chunk)), params))
+    # after the transaction's own membership rows, which the reads must see
+    for rows in journal.send_queued(session.conn, *reads) if reads else []:
+        for pid, probability, manual, content in rows:
             body = orjson.loads(content) if content else None
             if body is not None:
                 body.setdefault("id", pid)
