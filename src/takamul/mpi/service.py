@@ -847,15 +847,9 @@ class ClientRegistry:
         reason: str | None,
         detail: dict[str, Any],
     ) -> int:
-        values = {
-            "at": time.time(),
-            "kind": kind,
-            "actor": actor,
-            "reason": reason,
-            "detail": orjson.dumps(detail).decode(),
-        }
         journal: _Journal = session.extras["mpi-journal"]
         journal.send_queued(session.conn)
+        values = _event_values(kind, actor, reason, detail)
         ((event_id,),) = driver_execute(session.conn, LOG_EVENT, values)
         return int(event_id)
 
@@ -864,15 +858,8 @@ class ClientRegistry:
     ) -> None:
         """An automatic linking's event: its id is not needed, so it may wait in the
         transaction's queue (``_Journal.send``)."""
-        values = {
-            "at": time.time(),
-            "kind": kind,
-            "actor": AUTOMATIC,
-            "reason": reason,
-            "detail": orjson.dumps(detail).decode(),
-        }
         journal: _Journal = session.extras["mpi-journal"]
-        journal.send(session.conn, LOG_EVENT, values)
+        journal.send(session.conn, LOG_EVENT, _event_values(kind, AUTOMATIC, reason, detail))
 
     # -- $match -----------------------------------------------------------------------------
 
@@ -1285,6 +1272,19 @@ def _without_meta(body: dict[str, Any]) -> dict[str, Any]:
 def _read(session: Session, resource_type: str, resource_id: str) -> dict[str, Any] | None:
     row = session._row(resource_type, resource_id)
     return orjson.loads(row.content) if row and not row.deleted and row.content else None
+
+
+def _event_values(
+    kind: str, actor: str, reason: str | None, detail: dict[str, Any]
+) -> dict[str, Any]:
+    """``LOG_EVENT``'s parameters."""
+    return {
+        "at": time.time(),
+        "kind": kind,
+        "actor": actor,
+        "reason": reason,
+        "detail": orjson.dumps(detail).decode(),
+    }
 
 
 @functools.lru_cache(maxsize=128)
