@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import string
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -401,6 +402,46 @@ def test_a_failed_transaction_links_nothing(http: httpx.Client, api: httpx.Clien
     assert match(http, patient("Turki", latin, D["1990-09-09"])).json()["total"] == 0
     a = create(http, patient("Turki", latin, D["1990-09-09"]))
     assert person_of(api, a)["members"] == [f"Patient/{a}"]
+
+
+def test_a_bundles_patients_are_linked_at_its_end_as_last_written(
+    http: httpx.Client, api: httpx.Client
+) -> None:
+    """A transaction links its Patients when its entries are done, each in its last version:
+    two registrations of one person in one Bundle become one person with one golden record,
+    and a Patient written twice is linked as the second write left it (here, with another
+    person's birth date and name, so it stays apart)."""
+    family, arabic = _family()
+    nid = _luhn_id()
+    twice = f"mpi-twice-{uuid.uuid4().hex[:8]}"
+    other = patient("Hind", family, D["bundle-other"], gender="female", pid=twice)
+    entries = [
+        (patient("Majed", family, D["bundle"], nid), "POST", "Patient"),
+        (patient("ماجد", arabic, D["bundle"], nid), "POST", "Patient"),
+        (patient("Majed", family, D["bundle"], pid=twice), "PUT", f"Patient/{twice}"),
+        (other, "PUT", f"Patient/{twice}"),
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": body,
+                "request": {"method": method, "url": url},
+            }
+            for body, method, url in entries
+        ],
+    }
+    r = http.post("", json=bundle)
+    assert r.status_code == 200, r.text
+    ids = [e["response"]["location"].split("/")[1] for e in r.json()["entry"]]
+    first, second = person_of(api, ids[0]), person_of(api, ids[1])
+    assert first["person"] == second["person"]
+    assert sorted(first["members"]) == sorted(f"Patient/{i}" for i in ids[:2])
+    links = {x["target"]["reference"] for x in person_resource(http, ids[0])["link"]}
+    assert links == {f"Patient/{i}" for i in ids[:2]}
+    assert person_of(api, twice)["members"] == [f"Patient/{twice}"]
 
 
 def test_no_patient_is_in_two_persons(http: httpx.Client) -> None:
