@@ -82,6 +82,24 @@ def test_estimate_is_exact_for_a_small_result(results: Results, asked: str | Non
     assert "last" in relations(bundle) and "next" not in relations(bundle)
 
 
+@pytest.mark.parametrize("asked", [None, "estimate", "accurate"])
+def test_a_page_where_the_matches_end_gives_their_total(
+    results: Results, asked: str | None
+) -> None:
+    """The page query looks one row further; when the matches end on its page the total is the
+    offset and what the page holds, without a count. Past the end, the count tells it."""
+    code = ("code", f"http://loinc.org|{results.rare}")
+    extra = [("_total", asked)] if asked else []
+    last_page = results.search(code, ("_count", "2"), ("_offset", "2"), *extra)
+    assert (last_page["total"], len(last_page["entry"])) == (SMALL, SMALL - 2)
+    assert "next" not in relations(last_page)
+    first_page = results.search(code, ("_count", "2"), *extra)
+    assert (first_page["total"], len(first_page["entry"])) == (SMALL, 2)
+    assert "next" in relations(first_page)
+    past_the_end = results.search(code, ("_count", "2"), ("_offset", "10"), *extra)
+    assert past_the_end["total"] == SMALL and not past_the_end.get("entry")
+
+
 @pytest.mark.parametrize("asked", [None, "estimate"])
 def test_estimate_of_a_large_result(
     results: Results, http: httpx.Client, store_kind: str, asked: str | None

@@ -64,7 +64,7 @@ from takamul.store.schema import (
     version_content,
 )
 from takamul.store.search import matching_rids, sort_expressions, typed_keys
-from takamul.store.totals import exact_count, search_total
+from takamul.store.totals import Total, exact_count, search_total
 
 T = TypeVar("T")
 
@@ -746,18 +746,26 @@ class Session:
         rids = matching_rids(query.resource_type, query.filters)
         if query.summary == "count":
             return SearchPage([], [], exact_count(self.conn, rids), query.offset, 0)
-        total = search_total(self.conn, rids, query.total)
-        # without an exact total, one row more than the page tells whether a next page exists
-        peek = 0 if total.exact and total.value is not None else 1
+        # the page and one row more: whether a next page exists, and, when the matches end on
+        # this page, their total without counting them (most searches about one patient fit
+        # a page; the count was a second statement for each)
         stmt = (
             select(resource)
             .where(resource.c.rid.in_(rids))
             .order_by(*sort_expressions(query.resource_type, query.sort))
-            .limit(query.count + peek)
+            .limit(query.count + 1)
             .offset(query.offset)
         )
         rows = self.conn.execute(stmt).all()
-        more = len(rows) > query.count if peek else None
+        more: bool | None = len(rows) > query.count
+        if query.total == "none":
+            total = Total(None, True)
+        elif not more and (rows or query.offset == 0):
+            total = Total(query.offset + len(rows), True)
+        else:
+            total = search_total(self.conn, rids, query.total)
+        if total.exact and total.value is not None:
+            more = None  # the total tells
         rows = rows[: query.count]
         matches = [_stored(r) for r in rows]
         included = self._includes(query, [r.rid for r in rows], matches)
