@@ -9,18 +9,19 @@ and the mirror changes under one lock held from then until it commits or rolls b
 rollback replays an undo log, so memory never shows a change the database does not have.
 
 Several server processes (``serve --workers 4``, or several hosts on one PostgreSQL) each keep
-a mirror, and link against the same, current state: the first registry change of a transaction
-takes the registry's lock in the database too (``pg_advisory_xact_lock``, held to commit; on
-SQLite every write transaction already holds the one write lock from BEGIN IMMEDIATE), then
-catches up with what other processes committed: every registry transaction writes a row to
-the change journal (``mpi_change``) for each patient whose record, person or decisions it
-changed, and the process reloads just those patients (record, membership, not-duplicate
-pairs) from the rows numbered above the last it applied. Journal rows are written only under
-the lock, so their numbers follow commit order and none is ever skipped. Reads (``$match``,
-a patient's person, the review queue) catch up the same way first. Why not the blocking keys
-in a table: scoring needs every candidate's whole record in memory anyway (tens of
-microseconds a candidate, against a query and a parse per candidate from a table), and the
-journal costs one indexed query per link when no other process wrote, a few when one did.
+a mirror, and link against the same, current state: a transaction's linking takes the
+registry's lock in the database too (``pg_advisory_xact_lock``, held to commit; on SQLite every
+write transaction already holds the one write lock from BEGIN IMMEDIATE), then catches up with
+what other processes committed (on PostgreSQL in the lock's round trip): every registry
+transaction writes a row to the change journal (``mpi_change``) for each patient whose record,
+person or decisions it changed, and the process reloads just those patients (record,
+membership, not-duplicate pairs) from the rows numbered above the last it applied. Journal
+rows are written only under the lock, so their numbers follow commit order and none is ever
+skipped. Reads (``$match``, a patient's person, the review queue) catch up the same way
+first. Why not the blocking keys in a table: scoring needs every candidate's whole record in
+memory anyway (tens of microseconds a candidate, against a query and a parse per candidate
+from a table), and the journal costs one indexed query per link when no other process wrote, a
+few when one did.
 
 Rules, in order of precedence:
 1. A reviewer's decision: records a reviewer placed (``manual``) are never moved by automatic
