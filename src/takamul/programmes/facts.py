@@ -415,16 +415,16 @@ class CareFacts:
         if resource_type not in TYPES:
             return
         gathered: dict[str, list[dict[str, Any]]] | None = session.extras.get(_GATHERED)
+        replaced: set[str] = session.extras.setdefault(_REPLACED, set())
         if gathered is None:
             gathered = session.extras[_GATHERED] = {}
-            replaced: set[str] = session.extras.setdefault(_REPLACED, set())
             session.before_commit.append(
                 lambda: self._store_gathered(session.conn, gathered, replaced)
             )
         source = f"{resource_type}/{resource_id}"
         gathered[source] = _rows(source, extract(resource_type, body, self.codes))
         if body is None or str((body.get("meta") or {}).get("versionId")) != "1":
-            session.extras.setdefault(_REPLACED, set()).add(source)
+            replaced.add(source)
 
     def _store_gathered(
         self, conn: Connection, gathered: dict[str, list[dict[str, Any]]], replaced: set[str]

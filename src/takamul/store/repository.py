@@ -145,25 +145,18 @@ DROP_INDEX = {
     kind: DriverSql(f"DELETE FROM {table.name} WHERE rid = :b_rid")
     for kind, table in INDEX_TABLES.items()
 }
-DROP_INDEX_PG = DriverSql(
-    "WITH "
-    + ", ".join(
-        f"d_{kind} AS (DELETE FROM {table.name} WHERE rid = :b_rid)"
-        for kind, table in INDEX_TABLES.items()
-    )
-    + " SELECT 1"
+_DROP_INDEX_CTES = ", ".join(
+    f"d_{kind} AS (DELETE FROM {table.name} WHERE rid = :b_rid)"
+    for kind, table in INDEX_TABLES.items()
 )
+DROP_INDEX_PG = DriverSql(f"WITH {_DROP_INDEX_CTES} SELECT 1")
 # An update on PostgreSQL in one statement: the new current row, the old index rows dropped
 # and, when the replaced version's row was sent already, its JSON kept there (three round trips
 # were a quarter of the store's part of a registry-linked create, whose golden record is an
 # update). Data-modifying CTEs on separate tables; each statement sees the same snapshot.
 _REPLACE_PG = (
-    "WITH "
-    + ", ".join(
-        f"d_{kind} AS (DELETE FROM {table.name} WHERE rid = :b_rid)"
-        for kind, table in INDEX_TABLES.items()
-    )
-    + ", current_row AS (UPDATE resource SET version = :version, last_updated = :last_updated,"
+    f"WITH {_DROP_INDEX_CTES}"
+    ", current_row AS (UPDATE resource SET version = :version, last_updated = :last_updated,"
     " deleted = :deleted, content = :content, compartment = :compartment WHERE rid = :b_rid)"
 )
 REPLACE_PG = DriverSql(_REPLACE_PG + " SELECT 1")
