@@ -325,6 +325,50 @@ def test_no_route_of_its_own_is_shadowed_by_the_fast_read_route(tmp_path: Path) 
         assert fast.path_regex.match(path) is None
 
 
+def test_no_route_of_its_own_is_shadowed_by_the_fast_search_route(tmp_path: Path) -> None:
+    """Every GET route of the shape /fhir/<Type> is for a type the fast search route leaves,
+    and no system path or operation reaches that route."""
+    from starlette.routing import Route
+
+    from takamul.api.app import OWN_SEARCH_ROUTES, create_app
+    from takamul.settings import Settings
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/routes.sqlite", auth=True))
+    fast = next(
+        r for r in app.router.routes if getattr(r, "path", "").endswith("fhir_search_type}")
+    )
+    assert isinstance(fast, Route)
+    own = {
+        r.path.split("/")[2]
+        for r in app.router.routes
+        if isinstance(r, Route)
+        and r is not fast
+        and "GET" in (r.methods or ())
+        and r.path.count("/") == 2
+        and r.path.split("/")[2][:1].isupper()
+    }
+    assert own == {"AuditEvent"}, "the audit log's search is the one such route"
+    assert own <= set(OWN_SEARCH_ROUTES)
+    for name in own:
+        assert fast.path_regex.match(f"/fhir/{name}") is None
+    assert fast.path_regex.match("/fhir/Observation") is not None
+    assert fast.path_regex.match("/fhir/AuditEventDefinition") is not None  # only the exact name
+    for path in ("/fhir/metadata", "/fhir/_history", "/fhir/$export", "/fhir/Patient/_history"):
+        assert fast.path_regex.match(path) is None
+    assert app.router.routes[1] is fast
+
+
+def test_a_search_by_the_fast_route_and_an_unknown_type(http: httpx.Client) -> None:
+    pid = create(http, patient())["id"]
+    found = http.get("/Patient", params={"_id": pid})
+    assert found.status_code == 200 and [e["resource"]["id"] for e in found.json()["entry"]] == [
+        pid
+    ]
+    for name in ("Spaceship", "spaceship"):
+        r = http.get(f"/{name}")
+        assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+
+
 def test_telemetry_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     from takamul.api.app import _telemetry
 

@@ -28,7 +28,7 @@ from sqlalchemy import event, select
 from takamul.fhir.outcome import FhirError
 from takamul.security.audit import AuditLog, AuditRecord, audit_log
 from takamul.security.config import ClientRate, SecurityConfig, parse_rate_limits
-from takamul.security.consent import consent_register, recheck_seconds
+from takamul.security.consent import Withholding, consent_register, recheck_seconds
 from takamul.security.context import AccessContext
 from takamul.security.errors import AuthError
 from takamul.security.guard import AccessGuard
@@ -237,9 +237,19 @@ def test_a_search_names_only_the_restricted_patients_it_can_reach(
         narrowed = guard.filters(session, "Condition")
         everyone = guard.filters(session, "Condition")  # no search named patients this time
         page = session.search(session.parse_search("Condition", [("patient", "p1")]))
-    assert [f.patients for f in narrowed if f.label == "PSY"] == [("p3",)]
-    assert [f.patients for f in everyone if f.label == "PSY"] == [("p2", "p3")]
+    assert [f.patients for f in narrowed if "PSY" in f.labels] == [("p3",)]
+    assert [f.patients for f in everyone if "PSY" in f.labels] == [("p2", "p3")]
     assert [r.id for r in page.matches] == ["c1"]
+
+
+def test_labels_withheld_by_the_same_patients_are_one_clause() -> None:
+    """A search's consent filter has one clause per set of withholding patients, not one per
+    label, and keeps to the patients its matches can be about."""
+    held = Withholding.of({"PSY": {"p3", "p2"}, "HIV": {"p2", "p3"}, "SEX": {"p3"}, "ETH": set()})
+    assert held.groups == ((("HIV", "PSY"), ("p2", "p3")), (("SEX",), ("p3",)))
+    assert held.about(frozenset({"p3", "p9"})) == ((("HIV", "PSY", "SEX"), ("p3",)),)
+    assert held.about(frozenset({"p2"})) == ((("HIV", "PSY"), ("p2",)),)
+    assert held.about(frozenset({"p9"})) == ()
 
 
 def encounter(eid: str, pid: str, org: str) -> dict[str, Any]:

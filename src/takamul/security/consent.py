@@ -56,6 +56,7 @@ __all__ = [
     "ConsentRegister",
     "ConsentState",
     "Restriction",
+    "Withholding",
     "authorises_caregiver",
     "consent_register",
     "restrictions_of",
@@ -181,6 +182,42 @@ MAX_PATIENTS_KEPT = 200_000
 ConsentKey = tuple[str | None, float | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Withholding:
+    """The patients whose consent withholds each label from one facility, as a search's
+    consent filter needs them: per label a set (to pick out the few a search is about in time
+    that does not grow with the country) and the labels withheld by the same patients grouped,
+    with those patients sorted (one SQL clause per group, not per label)."""
+
+    by_label: dict[str, frozenset[str]]
+    groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (labels, patients)
+
+    @classmethod
+    def of(cls, by_label: Mapping[str, Iterable[str]]) -> Withholding:
+        sets = {label: frozenset(patients) for label, patients in by_label.items() if patients}
+        return cls(sets, group_labels({label: tuple(sorted(p)) for label, p in sets.items()}))
+
+    def about(
+        self, patients: frozenset[str]
+    ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+        """``groups`` for a search whose matches can only be about ``patients``."""
+        return group_labels(
+            {label: tuple(sorted(patients & withheld)) for label, withheld in self.by_label.items()}
+        )
+
+
+def group_labels(
+    by_label: Mapping[str, tuple[str, ...]],
+) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """(labels, patients) for each set of patients that withholds one or more labels: the
+    labels withheld by the same patients together, labels and groups in a stable order."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for label, patients in sorted(by_label.items()):
+        if patients:
+            groups.setdefault(patients, []).append(label)
+    return tuple((tuple(labels), patients) for patients, labels in groups.items())
+
+
 @dataclass(slots=True)
 class ConsentState:
     """What the record's Consents said at one consent key: whether any exists, the Consents of
@@ -190,8 +227,8 @@ class ConsentState:
     any_consent: bool
     by_patient: dict[str, list[dict[str, Any]]]
     everyone: list[tuple[str, Restriction]] | None = None
-    # facility -> label -> the patients withholding it from the facility (for searches)
-    withheld: dict[str | None, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    # facility -> the patients withholding each label from the facility (for searches)
+    withheld: dict[str | None, Withholding] = field(default_factory=dict)
 
 
 class ConsentRegister:

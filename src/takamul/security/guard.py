@@ -29,6 +29,7 @@ from takamul.fhir.search_values import ReferenceEntry, SearchIndexer
 from takamul.security.consent import (
     ConsentState,
     Restriction,
+    Withholding,
     authorises_caregiver,
     consent_register,
     restrictions_of,
@@ -74,7 +75,7 @@ class AccessGuard:
         # (session, type) -> the patients a search being parsed names (``restrictions``)
         self._named: dict[tuple[int, str], tuple[str, frozenset[str]] | None] = {}
         self._caregiver: bool | None = None
-        self._withheld_cache: dict[str, tuple[str, ...]] | None = None
+        self._withheld_cache: Withholding | None = None
         # patients whose data this request was allowed to write (for the audit log)
         self.written_patients: set[str] = set()
         self._facility = (
@@ -192,34 +193,29 @@ class AccessGuard:
         )
 
     def filters(self, session: Any, resource_type: str) -> list[Any]:
-        """Consent as SQL: per sensitivity label, the patients whose consent withholds it from
-        this requester; their resources carrying the label are left out (labels are added on
-        write, so unlabelled sensitive data does not exist)."""
+        """Consent as SQL: per set of sensitivity labels, the patients whose consent withholds
+        them from this requester; their resources carrying one of the labels are left out
+        (labels are added on write, so unlabelled sensitive data does not exist)."""
         # what the requester's role never reads, about anyone (``roles.WITHHELD``)
-        by_role: list[Any] = [
-            RestrictedFilter(resource_type, label, (), (), everyone=True)
-            for label in sorted(withheld_labels(self.access.roles, resource_type))
-        ]
+        by_role = tuple(sorted(withheld_labels(self.access.roles, resource_type)))
+        out: list[Any] = (
+            [RestrictedFilter(resource_type, by_role, (), (), everyone=True)] if by_role else []
+        )
         if not _patient_data(resource_type) or not self._consent_applies():
-            return by_role
+            return out
         if resource_type == "Patient":
             params: tuple[str, ...] = ("_id",)
         else:
             params = tuple(definitions().patient_data().get(resource_type, ()))
         withheld = self._withheld()
+        groups = withheld.groups
         named = self._named.pop((id(session), resource_type), None)
-        if named is not None and withheld:
+        if named is not None and groups:
             # only the patients the matches can be about need naming in the SQL: the national
             # list of restricting patients would otherwise be bound into every search
-            about = self._about(session, resource_type, params, named)
-            withheld = {
-                label: tuple(p for p in patients if p in about)
-                for label, patients in withheld.items()
-            }
-        return by_role + [
-            RestrictedFilter(resource_type, label, patients, params)
-            for label, patients in sorted(withheld.items())
-            if patients
+            groups = withheld.about(self._about(session, resource_type, params, named))
+        return out + [
+            RestrictedFilter(resource_type, labels, patients, params) for labels, patients in groups
         ]
 
     def _about(
@@ -236,13 +232,15 @@ class AccessGuard:
         key, ids = named
         if resource_type == "Patient":
             return ids
+        # the values passed to ``execute``: ``.params()`` copies the statement and works out
+        # its cache key again (72 -> 41 us a lookup, SQLite)
         others = session.conn.execute(
-            _about_statement(resource_type, key, params).params(ids=sorted(ids))
+            _about_statement(resource_type, key, params), {"ids": sorted(ids)}
         )
         return ids | frozenset(row.target_id for row in others)
 
-    def _withheld(self) -> dict[str, tuple[str, ...]]:
-        """Per label, the patients whose consent withholds it from this requester's facility
+    def _withheld(self) -> Withholding:
+        """The patients whose consent withholds each label from this requester's facility
         (worked out once per consent state and facility, shared by the process's requests)."""
         if self._withheld_cache is None:
             state = self._state()
@@ -253,7 +251,7 @@ class AccessGuard:
                     if not self._permitted(restriction):
                         for label in restriction.labels:
                             out.setdefault(label, set()).add(patient)
-                kept = {k: tuple(sorted(v)) for k, v in out.items()}
+                kept = Withholding.of(out)
                 if len(state.withheld) >= MAX_FACILITIES_KEPT:
                     state.withheld.clear()
                 state.withheld[self._facility] = kept
@@ -305,7 +303,7 @@ class AccessGuard:
         out = list(self.access.search_restrictions(resource_type))
         if not self.access.facility_scoped or not _patient_data(resource_type):
             return out
-        if self._names_only_reachable(resource_type, params):
+        if self._names_only_reachable(resource_type, params, session.conn):
             # The search already keeps to patients the facility reaches (a record page's
             # searches, the web search's candidates): ANDing the facility's whole list of
             # patients could only repeat it, at the cost of thousands of bound values.
@@ -319,9 +317,12 @@ class AccessGuard:
             out.append((param, ",".join(f"Patient/{i}" for i in ids)))
         return out
 
-    def _names_only_reachable(self, resource_type: str, params: Sequence[tuple[str, str]]) -> bool:
+    def _names_only_reachable(
+        self, resource_type: str, params: Sequence[tuple[str, str]], conn: Any
+    ) -> bool:
         """A plain clause of ``params`` names patients (``_id`` of Patients, ``patient`` or
-        ``subject`` references of other types), every one of them the facility's."""
+        ``subject`` references of other types), every one of them the facility's (asked on
+        ``conn``, the search's own connection)."""
         defs = definitions()
         if resource_type == "Patient":
             keys = {"_id"}
@@ -335,7 +336,7 @@ class AccessGuard:
                 continue
             ids = [_patient_id(v, bare=key != "subject") for v in value.split(",")]
             named = {i for i in ids if i is not None}
-            if len(named) == len(ids) and self._reached(named) == named:
+            if len(named) == len(ids) and self._reached(named, conn) == named:
                 return True
         return False
 
@@ -419,36 +420,39 @@ class AccessGuard:
         self._facility_patients = frozenset(found)
         return self._facility_patients
 
-    def _reached(self, patients: set[str] | frozenset[str]) -> frozenset[str]:
+    def _reached(self, patients: set[str] | frozenset[str], conn: Any = None) -> frozenset[str]:
         """Those of ``patients`` the facility reaches: the same rule as ``_patients``, asked
         of these patients only (a facility of 50,000 patients made every read fetch all of
-        their ids); the answers are kept for the rest of the request."""
+        their ids); the answers are kept for the rest of the request. ``conn``: a connection
+        of the caller's to ask on (else a reading of its own: a second connection, out of the
+        pool, while the caller holds one cost about a tenth of a guarded search)."""
         if self._facility_patients is not None:
             return self._facility_patients & patients
         unknown = {p for p in patients if p not in self._reach}
         if unknown:
-            found = self._query_reach(unknown)
+            if conn is None:
+                with self.store.reading(snapshot=False) as session:
+                    found = self._query_reach(unknown, session.conn)
+            else:
+                found = self._query_reach(unknown, conn)
             self._reach.update((p, p in found) for p in unknown)
         return frozenset(p for p in patients if self._reach[p])
 
-    def _query_reach(self, ids: set[str]) -> set[str]:
+    def _query_reach(self, ids: set[str], conn: Any) -> set[str]:
         assert self._facility is not None
         org_type, org_id = self._facility.split("/", 1)
         found: set[str] = set()
         now = time.time()
         # statement by statement: each link is asked on its own, and the answer is their union
-        with self.store.reading(snapshot=False) as session:
-            for link in FACILITY_LINKS:
-                if link.membership:
-                    found |= _member_patients_of(
-                        session.conn, link, self._facility, ids - found, now
-                    )
-                else:
-                    query = _among_statement(link, org_type)
-                    bound = query.params(org_id=org_id, ids=sorted(ids - found))
-                    found.update(r[0] for r in session.conn.execute(bound) if r[0])
-                if ids <= found:  # the first link (the managing facility) usually settles it
-                    break
+        for link in FACILITY_LINKS:
+            if link.membership:
+                found |= _member_patients_of(conn, link, self._facility, ids - found, now)
+            else:
+                query = _among_statement(link, org_type)
+                values = {"org_id": org_id, "ids": sorted(ids - found)}
+                found.update(r[0] for r in conn.execute(query, values) if r[0])
+            if ids <= found:  # the first link (the managing facility) usually settles it
+                break
         return found & ids
 
     def _widens_reach(self, role: dict[str, Any]) -> bool:
@@ -637,7 +641,7 @@ def _member_patients_of(
     ``facility``: ``_member_patients`` asked from the patients' side (their few teams)."""
     teams = {
         row.rid: orjson.loads(row.content)
-        for row in conn.execute(_teams_statement(link).params(ids=sorted(ids)))
+        for row in conn.execute(_teams_statement(link), {"ids": sorted(ids)})
         if row.content
     }
     refs = {

@@ -89,13 +89,14 @@ class HasFilter:
 
 @dataclass(frozen=True, slots=True)
 class RestrictedFilter:
-    """Internal (never parsed from a request): leaves out resources labelled ``label``
-    (``meta.security``) about any of ``patients``: their consent withholds that category from
-    the requester (or about anyone, ``everyone``: the requester's role never sees it).
-    ``params``: the Patient-compartment parameters of the type (``_id`` for Patient itself)."""
+    """Internal (never parsed from a request): leaves out resources labelled with any of
+    ``labels`` (``meta.security``) about any of ``patients``: their consent withholds those
+    categories from the requester (or about anyone, ``everyone``: the requester's role never
+    sees them). ``params``: the Patient-compartment parameters of the type (``_id`` for Patient
+    itself)."""
 
     resource_type: str
-    label: str
+    labels: tuple[str, ...]
     patients: tuple[str, ...]
     params: tuple[str, ...]
     everyone: bool = False  # about any patient: a role that never sees the label

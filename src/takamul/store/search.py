@@ -412,14 +412,15 @@ _RESTRICTED_REF = sp_reference.alias("restricted_ref")
 
 
 def _restricted(f: RestrictedFilter, res: Any) -> ColumnElement[bool]:
-    """NOT (labelled ``f.label`` AND about one of ``f.patients``), each an indexed lookup."""
+    """NOT (labelled with one of ``f.labels`` AND about one of ``f.patients``), each an indexed
+    lookup."""
     label = _RESTRICTED_LABEL
     labelled = _exists_apart(
         label,
         label.c.rid == res.c.rid,
         label.c.res_type == f.resource_type,
         label.c.param == "_security",
-        label.c.code == f.label,
+        label.c.code == f.labels[0] if len(f.labels) == 1 else label.c.code.in_(f.labels),
     )
     if f.everyone:
         return not_(labelled)
