@@ -293,6 +293,23 @@ def test_the_fast_read_route_takes_only_reads(http: httpx.Client) -> None:
     assert http.get("/Spaceship/abc").status_code == 404
 
 
+def _own_get_types(routes: list[Any], fast: Any, depth: int) -> set[str]:
+    """The types of the GET routes ``/fhir/<Type>`` (``depth`` 2) or ``/fhir/<Type>/{param}``
+    (``depth`` 3) other than ``fast``."""
+    from starlette.routing import Route
+
+    return {
+        r.path.split("/")[2]
+        for r in routes
+        if isinstance(r, Route)
+        and r is not fast
+        and "GET" in (r.methods or ())
+        and r.path.count("/") == depth
+        and r.path.split("/")[2][:1].isupper()
+        and (depth == 2 or r.path.split("/")[3].startswith("{"))
+    }
+
+
 def test_no_route_of_its_own_is_shadowed_by_the_fast_read_route(tmp_path: Path) -> None:
     """Every GET route of the shape /fhir/<Type>/{param} is for a type the fast route leaves."""
     from starlette.routing import Route
@@ -303,16 +320,7 @@ def test_no_route_of_its_own_is_shadowed_by_the_fast_read_route(tmp_path: Path) 
     app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/routes.sqlite", auth=True))
     fast = next(r for r in app.router.routes if getattr(r, "path", "").endswith("{rid:fhir_id}"))
     assert isinstance(fast, Route)
-    own = {
-        r.path.split("/")[2]
-        for r in app.router.routes
-        if isinstance(r, Route)
-        and r is not fast
-        and "GET" in (r.methods or ())
-        and r.path.count("/") == 3
-        and r.path.split("/")[2][:1].isupper()
-        and r.path.split("/")[3].startswith("{")
-    }
+    own = _own_get_types(app.router.routes, fast, depth=3)
     assert own, "the audit log's AuditEvent read is such a route"
     assert own <= set(OWN_READ_ROUTES)
     for name in own:
@@ -338,15 +346,7 @@ def test_no_route_of_its_own_is_shadowed_by_the_fast_search_route(tmp_path: Path
         r for r in app.router.routes if getattr(r, "path", "").endswith("fhir_search_type}")
     )
     assert isinstance(fast, Route)
-    own = {
-        r.path.split("/")[2]
-        for r in app.router.routes
-        if isinstance(r, Route)
-        and r is not fast
-        and "GET" in (r.methods or ())
-        and r.path.count("/") == 2
-        and r.path.split("/")[2][:1].isupper()
-    }
+    own = _own_get_types(app.router.routes, fast, depth=2)
     assert own == {"AuditEvent"}, "the audit log's search is the one such route"
     assert own <= set(OWN_SEARCH_ROUTES)
     for name in own:

@@ -57,13 +57,22 @@ class Guard(Protocol):
 current_guard: ContextVar[Guard | None] = ContextVar("takamul_guard", default=None)
 
 
-@contextmanager
-def guarded(guard: Guard | None) -> Iterator[None]:
-    token = current_guard.set(guard)
-    try:
-        yield
-    finally:
-        current_guard.reset(token)
+class guarded:  # lower case: used as a function, like the context managers beside it
+    """``with guarded(guard):`` the store answers to ``guard`` (None: to no one).
+
+    A class rather than ``@contextmanager``, whose generator costs about 1 us to enter and
+    leave against 0.3 us: every request enters it."""
+
+    __slots__ = ("_guard", "_token")
+
+    def __init__(self, guard: Guard | None) -> None:
+        self._guard = guard
+
+    def __enter__(self) -> None:
+        self._token = current_guard.set(self._guard)
+
+    def __exit__(self, *_: object) -> None:
+        current_guard.reset(self._token)
 
 
 @contextmanager
