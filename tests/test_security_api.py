@@ -52,11 +52,15 @@ class Server:
         return httpx.Client(base_url=self.base, headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# "postgresql-threads": reads and searches in request threads, as against a database on another
+# host (``TAKAMUL_INLINE_READS=false``), so that the guard is tried on both ways of running them
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "postgresql-threads"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     env = {"TAKAMUL_AUTH": "true", "TAKAMUL_RATE_LIMIT": "10000", "TAKAMUL_RATE_BURST": "10000"}
+    if request.param == "postgresql-threads":
+        env["TAKAMUL_INLINE_READS"] = "false"
     if request.param == "sqlite":
         path: Path = tmp_path_factory.mktemp("secure") / "takamul.sqlite"
         url = f"sqlite:///{path}"

@@ -259,15 +259,20 @@ def _resource_type(store: Store, name: str) -> str:
 
 
 def inline_reads(database_url: str) -> bool:
-    """Whether the read of one resource runs on the event loop (``TAKAMUL_INLINE_READS``:
-    ``auto``, the default, ``true`` or ``false``).
+    """Whether the read of one resource and a search (``GET /fhir/<Type>``) run on the event
+    loop (``TAKAMUL_INLINE_READS``: ``auto``, the default, ``true`` or ``false``).
 
     One indexed lookup costs less than the hand-off to a request thread when the database is on
     this machine: SQLite (16 clients: 1,392 -> 3,008 req/s) and PostgreSQL over a Unix socket
     or loopback (one worker, auth off: 1,661 -> 2,291 req/s, server CPU 0.63 -> 0.36 ms a
     read; the thread's wake-up and its contention for the GIL cost more than the query). A
-    PostgreSQL on another host would stall the worker's other requests for each round trip, so
-    ``auto`` keeps the read in a thread there."""
+    search is Python's work more than the database's, and in threads it contended for the GIL
+    with the loop: a patient's observations, 16 clients, one worker, SQLite, 910 -> 1,842 req/s
+    open (server CPU 1.38 -> 0.58 ms, p99 145 -> 17 ms) and 540 -> 1,017 with access control
+    on (bench/results/2026-12-06-vm-auth-overhead-inline-searches-sqlite-postgresql.md). A long
+    search holds the worker's other requests while it runs; the server's other workers go on.
+    A PostgreSQL on another host would stall the worker's other requests for each round trip,
+    so ``auto`` keeps both in a thread there."""
     choice = os.environ.get("TAKAMUL_INLINE_READS", "auto").strip().lower()
     if choice in ("1", "true", "yes", "on"):
         return True
@@ -397,6 +402,8 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
         with store.reading(snapshot=False) as s:
             return _result(ix.search(s, rtype_of(rtype), _query(request), ctx(request)))
 
+    inline = inline_reads(store.settings.database_url)
+
     async def fast_search(request: Request) -> Response:
         rtype = rtype_of(request.path_params["rtype"])
         params, c = _query(request), ctx(request)
@@ -405,7 +412,7 @@ def _routes(app: FastAPI, store: Store, settings: Settings) -> None:
             with store.reading(snapshot=False) as s:
                 return _result(ix.search(s, rtype, params, c))
 
-        return cast(Response, await _thread(work))
+        return work() if inline else cast(Response, await _thread(work))
 
     # A plain Starlette route, tried second (after the read): FastAPI tries its ~60 routes in
     # order, at some microseconds each (and a router of the web application's in between
