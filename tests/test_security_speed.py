@@ -242,6 +242,32 @@ def test_a_search_names_only_the_restricted_patients_it_can_reach(
     assert [r.id for r in page.matches] == ["c1"]
 
 
+def test_a_search_asks_the_facilitys_reach_of_what_is_committed(
+    stores: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading search asks on its own connection; a search inside a write transaction (a
+    conditional write, a Bundle's entry) on a reading one, never on the transaction's, which
+    sees what it wrote before commit."""
+    store, _ = stores
+    asked: list[Any] = []
+    real = AccessGuard._query_reach
+
+    def spy(self: AccessGuard, ids: set[str], conn: Any) -> set[str]:
+        asked.append(conn)
+        return real(self, ids, conn)
+
+    monkeypatch.setattr(AccessGuard, "_query_reach", spy)
+    with store.reading() as session:
+        AccessGuard(CENTRE, store).restrictions(session, "Condition", [("patient", "p1")])
+        assert asked == [session.conn]
+
+    def in_a_write(session: Any) -> None:
+        AccessGuard(CENTRE, store).restrictions(session, "Condition", [("patient", "p1")])
+        assert len(asked) == 2 and asked[1] is not session.conn
+
+    store.write(in_a_write)
+
+
 def test_labels_withheld_by_the_same_patients_are_one_clause() -> None:
     """A search's consent filter has one clause per set of withholding patients, not one per
     label, and keeps to the patients its matches can be about."""

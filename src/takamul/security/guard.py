@@ -303,7 +303,10 @@ class AccessGuard:
         out = list(self.access.search_restrictions(resource_type))
         if not self.access.facility_scoped or not _patient_data(resource_type):
             return out
-        if self._names_only_reachable(resource_type, params, session.conn):
+        # a write transaction's own connection would see its uncommitted writes: the reach is
+        # what is committed, so such a search asks on a reading connection of its own
+        conn = None if getattr(session, "writing", False) else session.conn
+        if self._names_only_reachable(resource_type, params, conn):
             # The search already keeps to patients the facility reaches (a record page's
             # searches, the web search's candidates): ANDing the facility's whole list of
             # patients could only repeat it, at the cost of thousands of bound values.
@@ -322,7 +325,7 @@ class AccessGuard:
     ) -> bool:
         """A plain clause of ``params`` names patients (``_id`` of Patients, ``patient`` or
         ``subject`` references of other types), every one of them the facility's (asked on
-        ``conn``, the search's own connection)."""
+        ``conn``, the search's own reading connection, or on one of its own when None)."""
         defs = definitions()
         if resource_type == "Patient":
             keys = {"_id"}

@@ -420,6 +420,7 @@ class Store:
                     if conn.dialect.name == "postgresql":
                         conn.exec_driver_sql(GENERIC_PLANS)
                     session = Session(self, conn)
+                    session.writing = True
                     conn.info[PENDING] = session.pending
                     try:
                         result = work(session)
@@ -467,6 +468,8 @@ class Session:
         # per-transaction state of write hooks (the registry's undo log)
         self.extras: dict[str, Any] = {}
         self.pending = PendingRows()
+        # a write transaction (``Store.write``): its statements see its own writes before commit
+        self.writing = False
 
     def run_before_commit(self) -> None:
         """The ``before_commit`` callbacks, then the ``last_before_commit`` ones, until none is
