@@ -182,6 +182,10 @@ MAX_PATIENTS_KEPT = 200_000
 ConsentKey = tuple[str | None, float | None]
 
 
+# (labels, patients) pairs: the labels that the same patients withhold, and those patients
+LabelGroups = tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Withholding:
     """The patients whose consent withholds each label from one facility, as a search's
@@ -190,25 +194,21 @@ class Withholding:
     with those patients sorted (one SQL clause per group, not per label)."""
 
     by_label: dict[str, frozenset[str]]
-    groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (labels, patients)
+    groups: LabelGroups
 
     @classmethod
     def of(cls, by_label: Mapping[str, Iterable[str]]) -> Withholding:
         sets = {label: frozenset(patients) for label, patients in by_label.items() if patients}
         return cls(sets, group_labels({label: tuple(sorted(p)) for label, p in sets.items()}))
 
-    def about(
-        self, patients: frozenset[str]
-    ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    def about(self, patients: frozenset[str]) -> LabelGroups:
         """``groups`` for a search whose matches can only be about ``patients``."""
         return group_labels(
             {label: tuple(sorted(patients & withheld)) for label, withheld in self.by_label.items()}
         )
 
 
-def group_labels(
-    by_label: Mapping[str, tuple[str, ...]],
-) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+def group_labels(by_label: Mapping[str, tuple[str, ...]]) -> LabelGroups:
     """(labels, patients) for each set of patients that withholds one or more labels: the
     labels withheld by the same patients together, labels and groups in a stable order."""
     groups: dict[tuple[str, ...], list[str]] = {}
