@@ -5,6 +5,8 @@ hooks, for speed. Four capabilities then catch up, in the order the server attac
 that what the later ones write passes the registry's and the care facts' hooks, as in the
 server:
 
+0. on PostgreSQL, the planner's statistics of tables that have none or stale ones (after a
+   restore) are refreshed, so that the passes' lookups are planned on facts;
 1. the client registry links the new Patients to persons (``mpi``; when the registry is on);
 2. the care programmes read the care facts of every new version (``programmes``);
 3. mental health scores the new questionnaire responses and raises their safety Tasks
@@ -37,6 +39,7 @@ __all__ = ["PHASES", "Backlog", "CatchUp", "backlog", "catch_up"]
 
 # what each phase counts as it goes
 PHASES = {
+    "stale statistics": "tables",
     "registry": "Patient records (read, then linked)",
     "care facts": "resource versions",
     "mental health": "questionnaire responses",
@@ -92,6 +95,10 @@ def catch_up(store: Store, progress: Progress | None = None) -> CatchUp:
         summary.done[name] = run(report)
         summary.seconds[name] = time.perf_counter() - started
 
+    # the passes' batch lookups are planned by the statistics: refreshed first where a
+    # restore or an interrupted load left none (``Store.stale_statistics``)
+    if store.stale_statistics():
+        phase("stale statistics", lambda _report: len(store.analyze_stale()))
     if store.settings.mpi and unlinked_patients(store):
         phase("registry", lambda report: ClientRegistry(store).attach(report))
     programmes = Programmes(store)

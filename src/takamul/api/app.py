@@ -121,6 +121,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         security = add_access_control(app, store, settings)
     elif os.environ.get("TAKAMUL_PRODUCTION", "").lower() in ("1", "true", "yes"):
         raise RuntimeError("TAKAMUL_AUTH=false (an open server) is refused in production; unset it")
+    # the start's catch-up passes and the first searches are planned by these (a restored
+    # store has none): refreshed first, as ``takamul catch-up`` does
+    if refreshed := store.analyze_stale():
+        log.info("planner statistics were missing or stale: analysed %s", ", ".join(refreshed))
     if settings.mpi:
         registry = ClientRegistry(store)
         linked = registry.attach()

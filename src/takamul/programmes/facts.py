@@ -376,6 +376,19 @@ def _deferred() -> list[Index]:
     return [index for index in care_fact.indexes if index.name in DEFERRED_INDEXES]
 
 
+def _probe_by_source(conn: Connection) -> None:
+    """A catch-up batch deletes the old facts of up to ``CareFacts.BATCH`` sources: one index
+    probe each. PostgreSQL's planner may price that above a scan of the whole table (a hashed
+    ``= ANY`` per row looks cheap beside 5,000 probes priced as random reads), and the table
+    is the one the pass is filling, so the scans grew with it. Measured at 50,000 persons
+    (1.76 M versions): with the table's statistics out of date, the delete went from 17 to
+    100 ms a batch as the table filled (the pass from 54,500 to 27,500 versions/s); with the
+    probes, 22 ms a batch throughout; with fresh statistics too, 31.5 -> 27.7 s for the pass.
+    Only for the batch's transaction (``SET LOCAL``)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+
+
 class CareFacts:
     """Keeps ``care_fact`` true to the record: a write hook and a catch-up pass."""
 
@@ -517,6 +530,7 @@ class CareFacts:
         done = 0
         while True:
             with self.store.writer.begin() as conn:
+                _probe_by_source(conn)
                 batch = conn.execute(
                     select(
                         resource_version.c.seq,
@@ -551,6 +565,7 @@ class CareFacts:
         after, read = 0, 0
         while True:
             with self.store.writer.begin() as conn:
+                _probe_by_source(conn)
                 batch = conn.execute(
                     select(
                         resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.content

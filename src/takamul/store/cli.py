@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,10 +17,14 @@ from takamul.fhir.outcome import FhirError
 from takamul.settings import Settings
 from takamul.store.backup import backup_sqlite
 
+if TYPE_CHECKING:
+    from takamul.store import Store
+
 __all__ = ["db_app", "schema_ready"]
 
 db_app = typer.Typer(
-    help="The store's database: schema migrations, search index check and repair, backup.",
+    help="The store's database: schema migrations, search index check and repair, planner "
+    "statistics, backup.",
     no_args_is_help=True,
 )
 console = Console(stderr=True, soft_wrap=True)
@@ -41,6 +45,17 @@ def _url(db: str | None) -> str:
 
 def _where(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _open_store(settings: Settings, command: str) -> Store:
+    """The store, or the reason it cannot be opened and exit 2."""
+    from takamul.store import Store
+
+    try:
+        return Store(settings)
+    except (FhirError, SQLAlchemyError) as err:
+        console.print(f"[red]{command}: {err}[/]", highlight=False)
+        raise typer.Exit(2) from err
 
 
 def schema_ready(settings: Settings) -> None:
@@ -130,15 +145,10 @@ def check_command(
 ) -> None:
     """Recompute every resource's search index rows from its content and compare them with the
     index tables. Exit 0 when they agree (or were all repaired), 1 when they differ."""
-    from takamul.store import Store
     from takamul.store.dbcheck import check_index, count_resources
 
     settings = Settings.from_env(database_url=db)
-    try:
-        store = Store(settings)
-    except (FhirError, SQLAlchemyError) as err:
-        console.print(f"[red]db check: {err}[/]", highlight=False)
-        raise typer.Exit(2) from err
+    store = _open_store(settings, "db check")
     try:
         total = count_resources(store)
         columns = (
@@ -170,6 +180,36 @@ def check_command(
         summary += f"; repaired {report.repaired:,}"
     console.print(summary, highlight=False)
     raise typer.Exit(0 if report.clean or report.repaired == report.damaged else 1)
+
+
+@db_app.command("analyze")
+def analyze_command(
+    db: DbOption = None,
+    stale: Annotated[
+        bool,
+        typer.Option("--stale", help="Only the tables whose statistics are missing or out of date"),
+    ] = False,
+) -> None:
+    """Refresh the planner's statistics (PostgreSQL: and VACUUM, so that index-only scans skip
+    the table). Run it after a pg_restore, which copies no statistics: until then searches and
+    the catch-up are planned on guesses."""
+    settings = Settings.from_env(database_url=db)
+    store = _open_store(settings, "db analyze")
+    started = time.perf_counter()
+    try:
+        with console.status("analysing the store's tables"):
+            if stale:
+                tables = store.analyze_stale()
+                what = ", ".join(tables) if tables else "none was stale"
+            else:
+                what = f"{store.analyze(vacuum=True)} tables"
+    finally:
+        store.close()
+    console.print(
+        f"{_where(settings.database_url)}: statistics refreshed ({what}) in "
+        f"{time.perf_counter() - started:.1f} s",
+        highlight=False,
+    )
 
 
 @db_app.command("backup")
