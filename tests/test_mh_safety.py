@@ -564,12 +564,14 @@ def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
             # own score of the same total is kept alone, and the team owns the safety Task
             lines += [patient("bulk-f"), phq9("bulk-f", 0, "qr-bulk-f"), _facility_score("bulk-f")]
             lines.append(_mh_team("bulk-p"))
+            # positive too, in the same batch, without a team: its facility owns the Task
+            lines += [patient("bulk-o", org="clinic-o"), phq9("bulk-o", 2, "qr-bulk-o")]
             path.write_text("".join(json.dumps(r) + "\n" for r in lines))
             load_paths(store, [path], tmp_path / "errors.ndjson", workers=1)
             with store.reading() as session:
                 assert session.find("Flag", [("subject", "Patient/bulk-p")]) == []
             restarted = MentalHealth(store)
-            assert restarted.attach() == 3  # three responses caught up
+            assert restarted.attach() == 4  # four responses caught up
             assert restarted.catch_up() == 0  # and not again
             with store.reading() as session:
                 flags = session.find("Flag", [("subject", "Patient/bulk-p")])
@@ -580,6 +582,9 @@ def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
                 assert session.read("Observation", "mhs-qr-bulk-n").json()["valueInteger"] == 8
                 assert session.read_any("Task", "mht-qr-bulk-p").json()["owner"] == {
                     "reference": "CareTeam/ct-bulk-p"
+                }
+                assert session.read_any("Task", "mht-qr-bulk-o").json()["owner"] == {
+                    "reference": "Organization/clinic-o"
                 }
                 derived = session.find(
                     "Observation", [("derived-from", "QuestionnaireResponse/qr-bulk-f")]

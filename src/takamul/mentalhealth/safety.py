@@ -33,6 +33,8 @@ __all__ = [
     "SAFETY_CODE",
     "SUICIDE_RISK",
     "Escalation",
+    "OwnerFacts",
+    "SafetyReads",
     "escalate_due",
     "escalate_hours",
     "find_all",
@@ -131,29 +133,88 @@ def safety_flag(response: Mapping[str, Any], response_id: str, score: Score) -> 
     return body
 
 
-def _owner(session: Session, patient_id: str) -> tuple[dict[str, Any] | None, str | None]:
+@dataclass(frozen=True, slots=True)
+class OwnerFacts:
+    """What decides who follows a patient's safety Task up: the Patient (its facility), and
+    the CareTeams and episodes of care that refer to it."""
+
+    patient: Mapping[str, Any] | None
+    teams: list[dict[str, Any]]
+    episodes: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, session: Session, patient_id: str) -> OwnerFacts:
+        """One patient's, by the key and the reference index (three reads)."""
+        try:
+            patient: Mapping[str, Any] | None = session.read("Patient", patient_id).json()
+        except FhirError:  # a response may refer to a Patient not (yet) stored
+            patient = None
+        # by the reference index and filtered in ``_owner``: the search machinery (parsing, a
+        # query per parameter) cost most of this hook's time
+        target = f"Patient/{patient_id}"
+        return cls(
+            patient,
+            session.referring("CareTeam", "subject", target),
+            session.referring("EpisodeOfCare", "patient", target),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyReads:
+    """What a batch of responses needs for their safety follow-up, read in five statements
+    for the whole batch (the catch-up's): which derived Flags and Tasks are stored already,
+    and each subject's ``OwnerFacts``. One response at a time that was up to five round trips
+    for each positive screen, most of the catch-up's time."""
+
+    stored: frozenset[tuple[str, str]]
+    patients: Mapping[str, dict[str, Any]]
+    teams: Mapping[str, list[dict[str, Any]]]
+    episodes: Mapping[str, list[dict[str, Any]]]
+
+    @classmethod
+    def read(cls, session: Session, responses: Mapping[str, Mapping[str, Any]]) -> SafetyReads:
+        stored = {
+            (kind, found)
+            for kind, prefix in (("Flag", "mhf"), ("Task", "mht"))
+            for found in session.current_many(kind, [derived_id(prefix, r) for r in responses])
+        }
+        patient_ids = sorted(
+            {pid for body in responses.values() if (pid := _ref_id(body.get("subject"), "Patient"))}
+        )
+        targets = [f"Patient/{pid}" for pid in patient_ids]
+        return cls(
+            frozenset(stored),
+            session.current_many("Patient", patient_ids),
+            session.referring_many("CareTeam", "subject", targets),
+            session.referring_many("EpisodeOfCare", "patient", targets),
+        )
+
+    def has(self, resource_type: str, resource_id: str) -> bool:
+        """Stored when the batch was read (the batch itself writes only its own)."""
+        return (resource_type, resource_id) in self.stored
+
+    def owner_facts(self, patient_id: str) -> OwnerFacts:
+        target = f"Patient/{patient_id}"
+        return OwnerFacts(
+            self.patients.get(patient_id),
+            self.teams.get(target, []),
+            self.episodes.get(target, []),
+        )
+
+
+def _owner(facts: OwnerFacts) -> tuple[dict[str, Any] | None, str | None]:
     """The patient's mental-health care team, else the responsible facility (the Patient's
     managingOrganization); the facility's id too, for escalation."""
-    facility: str | None = None
-    try:
-        patient = session.read("Patient", patient_id).json()
-        facility = _ref_id(patient.get("managingOrganization"), "Organization")
-    except FhirError:  # a response may refer to a Patient not (yet) stored
-        patient = None
-    # the few CareTeams and episodes of one patient, by the reference index and filtered here:
-    # the search machinery (parsing, a query per parameter) cost most of this hook's time
-    teams = [
-        t
-        for t in session.referring("CareTeam", "subject", f"Patient/{patient_id}")
-        if _coded(t.get("category"), CARE_TEAM_CATEGORY)
-    ]
+    patient = facts.patient
+    facility = _ref_id(patient.get("managingOrganization"), "Organization") if patient else None
+    teams = [t for t in facts.teams if _coded(t.get("category"), CARE_TEAM_CATEGORY)]
     active = [t for t in teams if t.get("status") in ("active", None)]
     if active:
         return {"reference": f"CareTeam/{active[0]['id']}"}, facility
     # the care team of the person's collaborative-care episode (the registry's enrolment)
     episodes = [
         e
-        for e in session.referring("EpisodeOfCare", "patient", f"Patient/{patient_id}")
+        for e in facts.episodes
         if e.get("status") in ("planned", "waitlist", "active", "onhold")
         and any(
             _coded(t, f"{CARE_PROGRAMME_SYSTEM}|{COLLABORATIVE_CARE}") for t in e.get("type") or ()
@@ -169,11 +230,20 @@ def _owner(session: Session, patient_id: str) -> tuple[dict[str, Any] | None, st
 
 
 def safety_task(
-    session: Session, response: Mapping[str, Any], response_id: str, score: Score
+    session: Session,
+    response: Mapping[str, Any],
+    response_id: str,
+    score: Score,
+    reads: SafetyReads | None = None,
 ) -> dict[str, Any]:
+    """The urgent Task of a positive self-harm item, owned by the patient's care team or
+    facility (``reads``: what a batch read for it; else read here)."""
     inst = score.instrument
     patient_id = _ref_id(response.get("subject"), "Patient")
-    owner, facility = _owner(session, patient_id) if patient_id else (None, None)
+    owner, facility = (None, None)
+    if patient_id:
+        facts = reads.owner_facts(patient_id) if reads else OwnerFacts.read(session, patient_id)
+        owner, facility = _owner(facts)
     body: dict[str, Any] = {
         "resourceType": "Task",
         "id": derived_id("mht", response_id),

@@ -22,6 +22,7 @@ from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, se
 from takamul.mentalhealth.instruments import instruments, merge_wording, questionnaire
 from takamul.mentalhealth.safety import (
     Escalation,
+    SafetyReads,
     escalate_due,
     psy_meta,
     safety_flag,
@@ -58,6 +59,13 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k != "meta"} == {
         k: v for k, v in b.items() if k != "meta"
     }
+
+
+def _stored(session: Session, reads: SafetyReads | None, resource_type: str, res_id: str) -> bool:
+    """Whether the resource is stored: as the batch read it, else read now."""
+    if reads is not None:
+        return reads.has(resource_type, res_id)
+    return session.current(resource_type, res_id) is not None
 
 
 class MentalHealth:
@@ -125,9 +133,11 @@ class MentalHealth:
         response_id: str,
         response: Mapping[str, Any],
         derived: list[dict[str, Any]] | None = None,
+        reads: SafetyReads | None = None,
     ) -> Score | None:
         """Score one stored response and raise its safety Flag and Task, in ``session``.
-        ``derived``: the current Observations derived from it, when the caller has read them."""
+        ``derived``: the current Observations derived from it, and ``reads``: what its safety
+        follow-up needs, when the caller (a batch) has read them."""
         score = score_response(response)
         if score is None:
             return None
@@ -147,11 +157,11 @@ class MentalHealth:
             # judged on the answer itself, whatever the status of the form: an answered item 9
             # is known to the record and must be followed up
             flag = safety_flag(response, response_id, score)
-            if session.current("Flag", flag["id"]) is None:
+            if not _stored(session, reads, "Flag", flag["id"]):
                 session.update("Flag", flag["id"], flag)
             task_id = derived_id("mht", response_id)
-            if session.current("Task", task_id) is None:
-                task = safety_task(session, response, response_id, score)
+            if not _stored(session, reads, "Task", task_id):
+                task = safety_task(session, response, response_id, score, reads)
                 session.update("Task", task_id, task)
         return score
 
@@ -224,10 +234,11 @@ class MentalHealth:
                     derived = session.referring_many(
                         "Observation", "derived-from", [f"{RESPONSE}/{i}" for i in chunk]
                     )
+                    reads = SafetyReads.read(session, bodies)
                     for response_id in chunk:
                         if (body := bodies.get(response_id)) is not None:
                             known = derived.get(f"{RESPONSE}/{response_id}", [])
-                            self.process(session, response_id, body, known)
+                            self.process(session, response_id, body, known, reads)
 
                 with unguarded():
                     self.store.write(work)
