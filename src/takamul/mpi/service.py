@@ -73,7 +73,7 @@ from takamul.mpi.schema import (
     mpi_review,
 )
 from takamul.registry.index import CandidateIndex, ScoredCandidate, score_pair
-from takamul.registry.linking import LinkageModel, link_records
+from takamul.registry.linking import LinkageModel, gc_paused, link_records
 from takamul.registry.record import RegistryRecord, from_patient
 from takamul.store.bulkwrite import prepare, put_many
 from takamul.store.guard import unguarded
@@ -223,6 +223,14 @@ class ClientRegistry:
         return linked
 
     def _load_and_link(self, progress: Callable[[int], None] | None, batch_from: int) -> int:
+        # the collector paused while the mirror is built and linked: each generation-2
+        # collection walked every record loaded so far (the mirror holds no cycles; what it
+        # drops its reference counts free). At 50,000 persons (110,295 records) the
+        # catch-up's registry phase took 48.1 s with them, 35.5 s with the collector off.
+        with gc_paused():
+            return self._load_and_link_now(progress, batch_from)
+
+    def _load_and_link_now(self, progress: Callable[[int], None] | None, batch_from: int) -> int:
         with self.store.reading() as s:
             # first: whatever is committed after this is above it and caught up again
             self._seen = _last_change(s.conn)
