@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from takamul.bulk.load import load_paths
 from takamul.cli import app
+from takamul.fhir.validation import validate_resource
 from takamul.mpi.schema import mpi_model
 from takamul.mpi.service import ClientRegistry
 from takamul.registry.evaluate import read_clusters, score_clusterings
@@ -57,6 +59,18 @@ def test_start_up_links_a_bulk_loaded_record(
             .where(resource.c.res_type == "Person", resource.c.deleted.is_(False))
         ).scalar_one()
     assert persons == len(set(registry.member_of.values()))
+    # the golden records are written trusted (not validated again): their shape checked here
+    with loaded.reading() as s:
+        golden = [
+            orjson.loads(content)
+            for content in s.conn.execute(
+                select(resource.c.content).where(resource.c.res_type == "Person").limit(200)
+            ).scalars()
+        ]
+    assert golden and all(
+        [i for i in validate_resource(body, "Person") if i.severity == "error"] == []
+        for body in golden
+    )
     # a second start finds every Patient linked already
     again = ClientRegistry(loaded)
     assert again.attach() == 0 and again.member_of == registry.member_of
