@@ -383,7 +383,8 @@ class Store:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": ANALYZE_LOCK})
             stale = sorted(str(name) for (name,) in conn.exec_driver_sql(_STALE_STATISTICS))
             if stale:
-                conn.exec_driver_sql("ANALYZE " + ", ".join(f'"{name}"' for name in stale))
+                quoted = ('"' + name.replace('"', '""') + '"' for name in stale)
+                conn.exec_driver_sql("ANALYZE " + ", ".join(quoted))
         return stale
 
     def close(self) -> None:
