@@ -4,6 +4,7 @@ every server process linking against the same registry (issue 17; target p95 <= 
 
     python bench/registry_workers.py [--db sqlite|postgresql|both] [--base 10000]
         [--registrations 2000] [--clients 4] [--workers 4] [--compare]
+        [--locks per-key|global|both]
 
 Steps: a population of ``--base`` Patients (one registration of each person, ids known) is
 bulk-loaded hookless into a new store; ``takamul serve --workers N`` starts (the first process
@@ -251,7 +252,7 @@ def without_registry(kind: str, args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def run(kind: str, args: argparse.Namespace) -> dict[str, str]:
+def run(kind: str, args: argparse.Namespace, locks: str) -> dict[str, str]:
     rng = random.Random(args.seed)
     taken: set[str] = set()
     people = [Person(rng, taken) for _ in range(args.base)]
@@ -264,7 +265,8 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, str]:
                 f"{args.base:,} Patients in {load(url, base_file(people, folder)):.1f} s"
             )
             started = time.perf_counter()
-            with running_server(url, workers=args.workers) as base:
+            env = {"TAKAMUL_REGISTRY_LOCKS": locks}
+            with running_server(url, env=env, workers=args.workers) as base:
                 figures["server start (batch link of the base, every worker loaded)"] = (
                     f"{time.perf_counter() - started:.1f} s"
                 )
@@ -288,6 +290,26 @@ def run(kind: str, args: argparse.Namespace) -> dict[str, str]:
     return figures
 
 
+def measure(kind: str, args: argparse.Namespace) -> dict[str, str]:
+    """The figures of each locking asked for (``--locks both``: per-key, global, per-key,
+    global in turn, each on a store of its own, so that both see the machine alike)."""
+    if args.locks != "both" or kind != "postgresql":
+        locks = "per-key" if args.locks == "both" else args.locks
+        return {
+            f"{k} [{locks} locks]" if kind == "postgresql" else k: v
+            for k, v in run(kind, args, locks).items()
+        }
+    rounds: dict[str, list[dict[str, str]]] = {"per-key": [], "global": []}
+    for _ in range(2):
+        for locks in rounds:
+            rounds[locks].append(run(kind, args, locks))
+    figures: dict[str, str] = {}
+    for locks, runs in rounds.items():
+        for key in runs[0]:
+            figures[f"{key} [{locks} locks]"] = " ; ".join(r[key] for r in runs)
+    return figures
+
+
 def write_result(kind: str, figures: dict[str, str], args: argparse.Namespace) -> Path:
     now = datetime.now(UTC)
     load1, load5, load15 = os.getloadavg()
@@ -303,14 +325,18 @@ def write_result(kind: str, figures: dict[str, str], args: argparse.Namespace) -
         "- target: link on create p95 <= 20 ms with 4 workers",
         f"- command: `python bench/registry_workers.py --db {kind} --base {args.base} "
         f"--registrations {args.registrations} --clients {args.clients} "
-        f"--workers {args.workers}{' --compare' if args.compare else ''}`",
+        f"--workers {args.workers} --locks {args.locks}{' --compare' if args.compare else ''}`",
+        "- PostgreSQL's registry locks (`TAKAMUL_REGISTRY_LOCKS`): per-key (the default: the "
+        "registration's block keys and the persons it may change) or global (one lock for "
+        "every link); with `--locks both`, two runs of each in turn, separated by ` ; `",
         "",
         "| measure | value |",
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in figures.items()),
         "",
     ]
-    out = RESULTS / f"{now:%Y-%m-%d}-vm-registry-workers-{kind}.md"
+    # the time too: several runs a day must not overwrite each other
+    out = RESULTS / f"{now:%Y-%m-%d-%H%M}-vm-registry-workers-{kind}.md"
     out.write_text("\n".join(lines))
     return out
 
@@ -326,9 +352,15 @@ def main() -> None:
     parser.add_argument(
         "--compare", action="store_true", help="also the same POSTs with the registry off"
     )
+    parser.add_argument(
+        "--locks",
+        choices=["per-key", "global", "both"],
+        default="per-key",
+        help="PostgreSQL's registry locks (both: each twice, in turn)",
+    )
     args = parser.parse_args()
     for kind in ("sqlite", "postgresql") if args.db == "both" else (args.db,):
-        figures = run(kind, args)
+        figures = measure(kind, args)
         print(write_result(kind, figures, args))
         for k, v in figures.items():
             print(f"  {k}: {v}")

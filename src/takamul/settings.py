@@ -33,6 +33,11 @@ class Settings:
     # The client registry links every Patient as it is stored (Person golden records,
     # Patient/$match, review queue); off only for stores that are not a patient registry.
     mpi: bool = True
+    # How registry transactions of several server processes on PostgreSQL take turns:
+    # "per-key" locks the registration's block keys and the persons it may change, so that
+    # unrelated registrations link in parallel; "global" takes one lock for every link (the
+    # behaviour before per-key locks, kept to compare). SQLite has one writer either way.
+    registry_locks: str = "per-key"
     # Every request must carry a SMART access token or a login session; off only for an open
     # development server (refused in production: TAKAMUL_PRODUCTION=true).
     auth: bool = True
@@ -50,6 +55,7 @@ class Settings:
             validate=env.get("TAKAMUL_VALIDATE", "true").lower() not in ("0", "false", "no"),
             export_dir=Path(env.get("TAKAMUL_EXPORT_DIR") or defaults.export_dir),
             mpi=env.get("TAKAMUL_MPI", "true").lower() not in ("0", "false", "no"),
+            registry_locks=env.get("TAKAMUL_REGISTRY_LOCKS") or defaults.registry_locks,
             auth=env.get("TAKAMUL_AUTH", "true").lower() not in ("0", "false", "no"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import logging
 import sys
 import threading
@@ -96,6 +97,19 @@ START_LOCK = 0x74616B6D7073
 # The statements of every link, straight on the driver (``DriverSql``): through SQLAlchemy's
 # execution each cost more than its round trip (a linked Patient create ran about ten).
 TAKE_REGISTRY_LOCK = DriverSql("SELECT pg_advisory_xact_lock(:key)")
+# Per-key locking (``Settings.registry_locks``): a link holds the registry's lock shared (a
+# reviewer's decision, or a start-up's batch, takes it alone), then its block keys and the
+# persons it may change; its journal rows are numbered under JOURNAL_LOCK, held from there to
+# the commit, so that their numbers still follow commit order.
+TAKE_SHARED_REGISTRY_LOCK = DriverSql("SELECT pg_advisory_xact_lock_shared(:key)")
+JOURNAL_LOCK = 0x74616B6D706A
+# the keys in the order given (sorted by the caller: every transaction takes them in one order)
+TAKE_LOCKS = DriverSql(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)"
+)
+# rounds of person locks before a link gives up (each round locks the persons that what the
+# last round caught up with brought in; a second round is rare, a third rarer)
+PERSON_LOCK_ROUNDS = 6
 CHANGES_SINCE = DriverSql("SELECT seq, patient_id FROM mpi_change WHERE seq > :seen ORDER BY seq")
 NOTE_CHANGE = DriverSql("INSERT INTO mpi_change (patient_id) VALUES (:pid) RETURNING seq")
 LEAVE_PERSON = DriverSql("DELETE FROM mpi_member WHERE patient_id = :pid")
@@ -192,6 +206,16 @@ class ClientRegistry:
         self._lock = threading.RLock()
         # the last change journal row (mpi_change.seq) this process's mirror includes
         self._seen = 0
+        # journal rows above ``_seen`` that this process wrote (per-key locking numbers them
+        # at commit, possibly after other processes' rows it has not read): not reloaded
+        self._own: set[int] = set()
+        locks = store.settings.registry_locks
+        if locks not in ("per-key", "global"):
+            raise ValueError(
+                f"registry_locks (TAKAMUL_REGISTRY_LOCKS) must be 'per-key' or 'global', "
+                f"not {locks!r}"
+            )
+        self.per_key = locks == "per-key" and store.dialect == "postgresql"
 
     # -- start-up --------------------------------------------------------------------------
 
@@ -366,10 +390,16 @@ class ClientRegistry:
 
     # -- the transaction protocol ---------------------------------------------------------
 
-    def _begin(self, session: Session) -> list[Callable[[], None]]:
+    def _begin(
+        self, session: Session, records: Iterable[RegistryRecord] | None = None
+    ) -> list[Callable[[], None]]:
         """Take the registry lock for this transaction (once): this process's, then the
         store's, so the mirror is brought up to what other processes committed and nobody
-        else links until this transaction ends. Returns the transaction's undo log."""
+        else links until this transaction ends. Returns the transaction's undo log.
+
+        Given the ``records`` a link is about to place, with per-key locking on PostgreSQL
+        the store's lock is the registry's shared and the records' block keys only (then
+        ``_lock_persons``): other registrations link meanwhile."""
         undo: list[Callable[[], None]] | None = session.extras.get("mpi-undo")
         if undo is not None:
             return undo
@@ -377,12 +407,17 @@ class ClientRegistry:
             raise FhirError(503, "The client registry is busy; retry the request", "transient")
         undo = []
         session.extras["mpi-undo"] = undo
-        journal = _Journal()
+        journal = _Journal(numbered_at_end=records is not None and self.per_key)
         session.extras["mpi-journal"] = journal
 
         def commit() -> None:
-            # caught up under the lock, then only this transaction wrote journal rows
-            self._seen = max(self._seen, journal.last)
+            if journal.numbered_at_end:
+                # others may have committed rows below these that this mirror has not read
+                self._own.update(journal.seqs)
+            else:
+                # caught up under the lock, then only this transaction wrote journal rows
+                self._seen = max(self._seen, journal.last)
+                self._own = {seq for seq in self._own if seq > self._seen}
             self._lock.release()
 
         def rollback() -> None:
@@ -394,8 +429,78 @@ class ClientRegistry:
 
         session.after_commit.append(commit)
         session.after_rollback.append(rollback)
-        self._lock_and_catch_up(session.conn)
+        if records is not None and journal.numbered_at_end:
+            self._lock_keys_and_catch_up(session.conn, records)
+        else:
+            self._lock_and_catch_up(session.conn)
         return undo
+
+    def _lock_keys_and_catch_up(self, conn: Connection, records: Iterable[RegistryRecord]) -> None:
+        """The registry's lock shared and the records' block keys, to the end of the
+        transaction, then what other processes committed: one round trip. Two registrations
+        of one person share a key (else they would not be each other's candidates), so they
+        link one after the other, the second seeing the first."""
+        keys = sorted(
+            {_lock_key("block", "\x1f".join(k)) for r in records for k in self.index.block_keys(r)}
+        )
+        statements: list[tuple[DriverSql, dict[str, Any]]] = [
+            (TAKE_SHARED_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
+        ]
+        if keys:
+            statements.append((TAKE_LOCKS, {"keys": keys}))
+        statements.append((CHANGES_SINCE, {"seen": self._seen}))
+        self._apply_changes(conn, driver_pipeline(conn, statements)[-1])
+
+    def _lock_persons(
+        self, conn: Connection, records: list[RegistryRecord], removed: list[str]
+    ) -> None:
+        """Lock every person the link may read or write (the records' own, their
+        candidates', and those of the holders of an ID the records would show shared across
+        generations), catching up after each round: a person whose members changed meanwhile
+        may bring in others. Persons are locked in one order within a round; across rounds a
+        deadlock is possible, and PostgreSQL's detector ends one of the two transactions,
+        which ``Store.write`` runs again."""
+        locked: set[str] = set()
+        for _ in range(PERSON_LOCK_ROUNDS):
+            persons, patients = self._touched(records, removed)
+            wanted = persons - locked
+            if not wanted:
+                return
+            keys = sorted(_lock_key("person", p) for p in wanted)
+            statements: list[tuple[DriverSql, dict[str, Any]]] = [
+                (TAKE_LOCKS, {"keys": keys}),
+                (CHANGES_SINCE, {"seen": self._seen}),
+            ]
+            changed = self._apply_changes(conn, driver_pipeline(conn, statements)[-1])
+            locked |= wanted
+            if not changed & patients:
+                return  # nothing the link looked at changed: its persons are the same
+        raise FhirError(
+            503,
+            "The client registry's persons kept changing under concurrent links; retry the request",
+            "transient",
+        )
+
+    def _touched(
+        self, records: list[RegistryRecord], removed: list[str]
+    ) -> tuple[set[str], set[str]]:
+        """(persons, patients): the persons linking these records may read or write (as
+        ``_place`` and ``_join_holders`` would find them now), and the patients consulted."""
+        patients: set[str] = set(removed)
+        for record in records:
+            patients.add(record.patient_id)
+            for s in self.index.score(record, self.review_floor):
+                patients.add(s.patient_id)
+            nid = record.national_id
+            if nid and self.index.would_share_across_generations(record):
+                for holder_id in self.index.holders_of(nid):
+                    patients.add(holder_id)
+                    holder = self.index.get(holder_id)
+                    if holder is not None:
+                        scored = self.index.score(holder, self.threshold)
+                        patients.update(s.patient_id for s in scored)
+        persons = {p for pid in patients if (p := self.member_of.get(pid)) is not None}
+        return persons, patients
 
     def _lock_and_catch_up(self, conn: Connection) -> None:
         """The store's registry lock, to the end of the transaction, then what other
@@ -421,21 +526,27 @@ class ClientRegistry:
             if pid in journal.patients:
                 continue
             journal.patients.add(pid)
-            journal.send(session.conn, NOTE_CHANGE, {"pid": pid}, journal.numbered)
+            if not journal.numbered_at_end:  # else numbered at the end (_number_changes)
+                journal.send(session.conn, NOTE_CHANGE, {"pid": pid}, journal.numbered)
 
     def _catch_up(self, conn: Connection) -> None:
         """Apply what other processes committed since this mirror's last journal row: reload
         each patient named after it. Called with this process's registry lock held."""
         self._apply_changes(conn, driver_execute(conn, CHANGES_SINCE, {"seen": self._seen}))
 
-    def _apply_changes(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Reload the patients named in these journal rows (``CHANGES_SINCE``'s)."""
+    def _apply_changes(self, conn: Connection, rows: list[tuple[Any, ...]]) -> set[str]:
+        """Reload the patients named in these journal rows (``CHANGES_SINCE``'s) but this
+        process's own; the patients reloaded."""
         if not rows:
-            return
-        patient_ids = sorted({patient_id for _, patient_id in rows})
+            return set()
+        own = self._own
+        patient_ids = sorted({pid for seq, pid in rows if int(seq) not in own})
         for start in range(0, len(patient_ids), 900):  # SQLite's bound-parameter limit
             self._reload(conn, patient_ids[start : start + 900])
         self._seen = max(self._seen, int(rows[-1][0]))
+        if own:
+            self._own = {seq for seq in own if seq > self._seen}
+        return set(patient_ids)
 
     def _reload(self, conn: Connection, patient_ids: list[str]) -> None:
         """The mirror of these patients as the database has it: record, person, refusals."""
@@ -510,8 +621,12 @@ class ClientRegistry:
 
     def _link_written(self, session: Session, written: dict[str, dict[str, Any] | None]) -> None:
         """Link the transaction's Patients in the order of their last writes."""
-        self._begin(session)
+        records = {rid: from_patient(body) for rid, body in written.items() if body is not None}
+        self._begin(session, list(records.values()))
         journal: _Journal = session.extras["mpi-journal"]
+        if journal.numbered_at_end:
+            removed = [rid for rid, body in written.items() if body is None]
+            self._lock_persons(session.conn, list(records.values()), removed)
         journal.deferring = True
         try:
             for resource_id, body in written.items():
@@ -520,10 +635,29 @@ class ClientRegistry:
                 if body is None:
                     self._remove(session, resource_id)
                 else:
-                    self._link(session, from_patient(body))
-            journal.send_queued(session.conn)
+                    self._link(session, records[resource_id])
+            if journal.numbered_at_end:
+                self._number_changes(session.conn, journal)
+            else:
+                journal.send_queued(session.conn)
         finally:
             journal.deferring = False
+
+    def _number_changes(self, conn: Connection, journal: _Journal) -> None:
+        """Per-key locking: the transaction's journal rows, last, under JOURNAL_LOCK (held to
+        the commit): numbered after every row committed before, and before any committed
+        after, as a reader following the numbers needs."""
+        patient_ids = sorted(journal.patients)
+        statements: list[tuple[DriverSql, dict[str, Any]]] = [
+            (TAKE_REGISTRY_LOCK, {"key": JOURNAL_LOCK})
+        ]
+        for start in range(0, len(patient_ids), 500):
+            chunk = patient_ids[start : start + 500]
+            statements.append(
+                (_note_changes_sql(len(chunk)), {f"p{i}": p for i, p in enumerate(chunk)})
+            )
+        results = journal.send_queued(conn, *statements)
+        journal.seqs = [int(seq) for rows in results[1:] for (seq,) in rows]
 
     # -- memory, with undo ------------------------------------------------------------------
 
@@ -1224,6 +1358,9 @@ class _Journal:
 
     patients: set[str] = field(default_factory=set)
     last: int = 0
+    # per-key locking: the rows are written at the end (``_number_changes``), their numbers here
+    numbered_at_end: bool = False
+    seqs: list[int] = field(default_factory=list)
     bodies: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     members: dict[str, tuple[float, bool]] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
@@ -1318,6 +1455,19 @@ def _settle_sql(n: int) -> DriverSql:
         "UPDATE mpi_review SET status = 'resolved', decided_by = :by, decided_at = :now"
         f" WHERE status = 'open' AND (patient_a, patient_b) IN ({pairs})"
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _note_changes_sql(n: int) -> DriverSql:
+    rows = ", ".join(f"(:p{i})" for i in range(n))
+    return DriverSql(f"INSERT INTO mpi_change (patient_id) VALUES {rows} RETURNING seq")
+
+
+def _lock_key(kind: str, value: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for a block key or a person:
+    two values sharing one only take turns needlessly."""
+    digest = hashlib.blake2b(f"{kind}\x1f{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -122,6 +122,12 @@ class CandidateIndex:
             for key in record_keys(record, rule):
                 yield (str(n), *key)
 
+    def block_keys(self, record: RegistryRecord) -> list[tuple[str, ...]]:
+        """The record's block keys of every rule (what ``candidates`` looks up): the keys a
+        registry transaction locks so that two registrations of one person link one after
+        the other."""
+        return list(self._keys(record))
+
     def add(self, record: RegistryRecord) -> None:
         """Index a record (replacing an earlier version of the same patient)."""
         with self._lock:
@@ -182,6 +188,19 @@ class CandidateIndex:
                 return False
             years = [(national_id, ys) for ys in holders.values()]
         return national_id in ids_shared_across_generations(years)
+
+    def would_share_across_generations(self, record: RegistryRecord) -> bool:
+        """Whether indexing ``record`` would leave its national ID shared across generations
+        while it is not now (the registry then re-examines the ID's other holders)."""
+        nid = record.national_id
+        if not nid or self.shared_across_generations(nid):
+            return False
+        with self._lock:
+            holders = dict(self._id_holders.get(nid, {}))
+        holders[record.patient_id] = record.birth_years
+        if len(holders) < 2:
+            return False
+        return nid in ids_shared_across_generations([(nid, ys) for ys in holders.values()])
 
     def candidates(self, record: RegistryRecord) -> set[str]:
         """Patient ids sharing a block key of any rule with ``record`` (never itself)."""

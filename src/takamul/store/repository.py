@@ -482,14 +482,22 @@ class Store:
             except OperationalError as err:
                 if session is not None:
                     session.finish(committed=False)
-                if "locked" not in str(err) or attempt == RETRIES - 1:
+                if not ("locked" in str(err) or _deadlock(err)) or attempt == RETRIES - 1:
                     raise
-            except BaseException:
+            except BaseException as err:
                 if session is not None:
                     session.finish(committed=False)
-                raise
+                if not _deadlock(err) or attempt == RETRIES - 1:
+                    raise
             time.sleep(0.002 * (attempt + 1))
         raise AssertionError("unreachable")
+
+
+def _deadlock(err: BaseException) -> bool:
+    """PostgreSQL ended the transaction to break a deadlock (SQLSTATE 40P01), as it may
+    between registry links that lock persons in two rounds: nothing was written, run it again.
+    Raised by SQLAlchemy (the driver's error in ``orig``) or by the driver itself."""
+    return getattr(getattr(err, "orig", err), "sqlstate", None) == "40P01"
 
 
 class Session:

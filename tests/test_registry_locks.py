@@ -1,0 +1,242 @@
+"""Per-key registry locks on PostgreSQL (``Settings.registry_locks``): two stores opened on one
+database, each with its own registry mirror, stand for two server processes. Unrelated
+registrations link in parallel; two registrations of one person still take turns, and the
+second joins the first's person; many concurrent registrations end one person each."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from takamul.mpi.schema import mpi_member
+from takamul.mpi.service import ClientRegistry
+from takamul.settings import Settings
+from takamul.store.repository import Store
+from takamul.store.schema import resource
+from tests.server import postgres_database
+from tests.test_mpi import SA_ID, _luhn_id
+
+Pair = tuple[tuple[Store, ClientRegistry], tuple[Store, ClientRegistry]]
+
+
+def _two_processes(url: str, locks: str) -> Pair:
+    opened = []
+    for _ in range(2):
+        store = Store(replace(Settings(database_url=url), registry_locks=locks))
+        registry = ClientRegistry(store)
+        registry.attach()
+        opened.append((store, registry))
+    return opened[0], opened[1]
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+def registration(given: str, family: str, birth: str, nid: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "name": [{"given": [given], "family": family}],
+        "birthDate": birth,
+        "gender": "female",
+        "identifier": [{"system": SA_ID, "value": nid}],
+    }
+
+
+def create(store: Store, body: dict[str, Any]) -> str:
+    return store.write(lambda s: s.create(body)).id
+
+
+def paused(registry: ClientRegistry) -> tuple[threading.Event, threading.Event]:
+    """Make the registry's next link stop once it holds its locks, before it places its
+    record (so before it commits): (reached, release)."""
+    reached, release = threading.Event(), threading.Event()
+    link = registry._link
+
+    def waiting(session: Any, record: Any) -> None:
+        reached.set()
+        assert release.wait(30), "the test never released the paused link"
+        link(session, record)
+
+    registry._link = waiting  # type: ignore[method-assign]
+    return reached, release
+
+
+def slowed(registry: ClientRegistry) -> None:
+    """Widen the race: each placement takes 5 ms more, with whatever locks it holds."""
+    place = registry._place
+
+    def slow(session: Any, record: Any) -> None:
+        time.sleep(0.005)
+        place(session, record)
+
+    registry._place = slow  # type: ignore[method-assign]
+
+
+def in_thread(work: Callable[[], str]) -> tuple[threading.Thread, list[str]]:
+    out: list[str] = []
+    thread = threading.Thread(target=lambda: out.append(work()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def persons(store: Store) -> dict[str, str]:
+    with store.reading() as s:
+        return dict(s.conn.execute(select(mpi_member.c.patient_id, mpi_member.c.person_id)).all())
+
+
+def test_unrelated_registrations_link_while_a_link_holds_its_locks(database: str) -> None:
+    (a, ra), (b, rb) = _two_processes(database, "per-key")
+    try:
+        reached, release = paused(ra)
+        first, first_id = in_thread(
+            lambda: create(a, registration("Noura", "Al-Harbi", "1984-03-02", "1098765437"))
+        )
+        assert reached.wait(10)
+        # another person entirely: no block key, no person in common with the paused link
+        other = create(b, registration("Salem", "Al-Dosari", "1961-11-20", _luhn_id()))
+        assert first.is_alive(), "the first link went on; the test proves nothing"
+        # another registration of the paused link's person (same ID and birth date): it waits
+        # for the first to commit, then joins its person
+        second, second_id = in_thread(
+            lambda: create(b, registration("Nora", "Alharbi", "1984-03-02", "1098765437"))
+        )
+        second.join(0.5)
+        assert second.is_alive(), "a registration of the same person did not wait its turn"
+        release.set()
+        first.join(10)
+        second.join(10)
+        members = persons(a)
+        assert members[first_id[0]] == members[second_id[0]] != members[other]
+        # both mirrors say so too, and the golden record holds both registrations
+        for registry in (ra, rb):
+            registry.refresh()
+            assert registry.member_of[first_id[0]] == registry.member_of[second_id[0]]
+        with a.reading() as s:
+            golden = orjson.loads(
+                s.conn.execute(
+                    select(resource.c.content).where(
+                        resource.c.res_type == "Person",
+                        resource.c.res_id == members[first_id[0]],
+                    )
+                ).scalar_one()
+            )
+        linked = {link["target"]["reference"] for link in golden["link"]}
+        assert {f"Patient/{first_id[0]}", f"Patient/{second_id[0]}"} <= linked
+    finally:
+        a.close()
+        b.close()
+
+
+def test_global_locks_make_every_link_wait(database: str) -> None:
+    (a, ra), (b, _) = _two_processes(database, "global")
+    try:
+        reached, release = paused(ra)
+        first, _ = in_thread(
+            lambda: create(a, registration("Reem", "Al-Qahtani", "1990-07-14", _luhn_id()))
+        )
+        assert reached.wait(10)
+        other, _ = in_thread(
+            lambda: create(b, registration("Fahad", "Al-Shammari", "1955-01-30", _luhn_id()))
+        )
+        other.join(0.5)
+        assert other.is_alive(), "an unrelated link went on under the one global lock"
+        release.set()
+        for thread in (first, other):
+            thread.join(10)
+            assert not thread.is_alive()
+    finally:
+        a.close()
+        b.close()
+
+
+SPELLINGS = [
+    ("Mohammed", "Muhammad", "محمد"),
+    ("Abdulrahman", "Abdul Rahman", "عبد الرحمن"),
+    ("Fatimah", "Fatima", "فاطمة"),
+    ("Yousef", "Yusuf", "يوسف"),
+]
+FAMILY = [("Al-Ghamdi", "Alghamdi", "الغامدي"), ("Al-Mutairi", "Almutairi", "المطيري")]
+
+
+def test_concurrent_registrations_across_processes_end_one_person_each(database: str) -> None:
+    (a, ra), (b, rb) = _two_processes(database, "per-key")
+    rng = random.Random(17)
+    people = []
+    for n in range(24):
+        given, family = SPELLINGS[n % 4], FAMILY[n % 2]
+        birth = f"{rng.randint(1940, 2010)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        nid = _luhn_id()
+        people.append([registration(given[k], family[k], birth, nid) for k in range(3)])
+    owner: dict[str, int] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    # the two processes register each person at the same moment (the race that splits a
+    # person when nothing makes them take turns), then a third registration of it comes to
+    # either while the next person's two race
+    barrier = threading.Barrier(2)
+    for registry in (ra, rb):
+        slowed(registry)
+
+    def worker(store: Store, side: int) -> None:
+        for n, regs in enumerate(people):
+            barrier.wait(30)
+            for body in (regs[side],) if side == 0 or n % 2 else (regs[side], regs[2]):
+                try:
+                    pid = create(store, body)
+                except BaseException as err:  # reported below, with the others
+                    errors.append(err)
+                    continue
+                with lock:
+                    owner[pid] = n
+        if side == 0:
+            for n, regs in enumerate(people):
+                if n % 2:
+                    with lock:
+                        owner[create(store, regs[2])] = n
+
+    threads = [threading.Thread(target=worker, args=(store, k)) for k, store in enumerate((a, b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    try:
+        assert not errors, errors
+        members = persons(a)
+        assert set(members) == set(owner)
+        by_person: dict[int, set[str]] = {}
+        for pid, n in owner.items():
+            by_person.setdefault(n, set()).add(members[pid])
+        assert all(len(ids) == 1 for ids in by_person.values()), by_person
+        assert len({next(iter(ids)) for ids in by_person.values()}) == len(people)
+        for registry in (ra, rb):
+            registry.refresh()
+            assert registry.member_of == members
+        # every golden record lists exactly its person's registrations (none lost to a
+        # concurrent write of the same Person)
+        with a.reading() as s:
+            golden = {
+                res_id: orjson.loads(content)
+                for res_id, content in s.conn.execute(
+                    select(resource.c.res_id, resource.c.content).where(
+                        resource.c.res_type == "Person", resource.c.deleted.is_(False)
+                    )
+                )
+            }
+        assert set(golden) == set(members.values())
+        for person, body in golden.items():
+            listed = {link["target"]["reference"] for link in body["link"]}
+            assert listed == {f"Patient/{p}" for p, q in members.items() if q == person}
+    finally:
+        a.close()
+        b.close()
