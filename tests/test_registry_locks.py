@@ -5,11 +5,13 @@ second joins the first's person; many concurrent registrations end one person ea
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -240,3 +242,35 @@ def test_concurrent_registrations_across_processes_end_one_person_each(database:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_reviewers_decisions_reach_the_other_processes_mirror(
+    backend: str, tmp_path: Path
+) -> None:
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path / 'store.sqlite'}"
+            if backend == "sqlite"
+            else stack.enter_context(postgres_database())
+        )
+        (a, ra), (b, rb) = _two_processes(url, "per-key")
+        stack.callback(a.close)
+        stack.callback(b.close)
+        nid = _luhn_id()
+        one = create(a, registration("Huda", "Al-Zahrani", "1979-05-09", nid))
+        two = create(a, registration("Hoda", "Alzahrani", "1979-05-09", nid))
+        rb.refresh()
+        assert rb.member_of[one] == rb.member_of[two]
+        ra.not_duplicate(one, two, reviewer="reviewer-1", reason="twins")
+        rb.refresh()
+        assert rb.member_of[one] != rb.member_of[two]
+        assert two in rb.cannot[one] and one in rb.cannot[two]
+        # a third registration through the other process stays out of the refused pair's way
+        three = create(b, registration("Huda", "Al-Zahrani", "1979-05-09", nid))
+        assert persons(b)[three] in (persons(b)[one], persons(b)[two])
+        ra.refresh()
+        ra.link(one, two, reviewer="reviewer-1", reason="one woman after all")
+        rb.refresh()
+        assert two not in rb.cannot.get(one, set())
+        assert rb.member_of[one] == rb.member_of[two] == ra.member_of[one]

@@ -110,7 +110,22 @@ TAKE_LOCKS = DriverSql(
 # rounds of person locks before a link gives up (each round locks the persons that what the
 # last round caught up with brought in; a second round is rare, a third rarer)
 PERSON_LOCK_ROUNDS = 6
-CHANGES_SINCE = DriverSql("SELECT seq, patient_id FROM mpi_change WHERE seq > :seen ORDER BY seq")
+# The journal rows above the last a mirror applied, each with its patient's state as the
+# database has it now (Patient, person; the not-duplicate pairs come from CHANGED_REFUSALS):
+# the catch-up reads it in the lock's round trip instead of reloading the patients after it.
+CHANGES_SINCE = DriverSql(
+    "SELECT c.seq, c.patient_id, r.content, m.person_id, m.manual FROM mpi_change c"
+    " LEFT JOIN resource r ON r.res_type = :patient AND r.res_id = c.patient_id"
+    " AND r.deleted = :deleted"
+    " LEFT JOIN mpi_member m ON m.patient_id = c.patient_id"
+    " WHERE c.seq > :seen ORDER BY c.seq"
+)
+CHANGED_REFUSALS = DriverSql(
+    "SELECT d.patient_a, d.patient_b FROM mpi_decision d"
+    " WHERE d.active = :active AND d.decision = 'not-duplicate' AND ("
+    "d.patient_a IN (SELECT patient_id FROM mpi_change WHERE seq > :seen)"
+    " OR d.patient_b IN (SELECT patient_id FROM mpi_change WHERE seq > :seen))"
+)
 NOTE_CHANGE = DriverSql("INSERT INTO mpi_change (patient_id) VALUES (:pid) RETURNING seq")
 LEAVE_PERSON = DriverSql("DELETE FROM mpi_member WHERE patient_id = :pid")
 # one statement whether or not the record was in a person (SQLite and PostgreSQL share the
@@ -448,8 +463,8 @@ class ClientRegistry:
         ]
         if keys:
             statements.append((TAKE_LOCKS, {"keys": keys}))
-        statements.append((CHANGES_SINCE, {"seen": self._seen}))
-        self._apply_changes(conn, driver_pipeline(conn, statements)[-1])
+        statements.extend(self._changes_since())
+        self._apply_changes(*driver_pipeline(conn, statements)[-2:])
 
     def _lock_persons(
         self, conn: Connection, records: list[RegistryRecord], removed: list[str]
@@ -467,11 +482,8 @@ class ClientRegistry:
             if not wanted:
                 return
             keys = sorted(_lock_key("person", p) for p in wanted)
-            statements: list[tuple[DriverSql, dict[str, Any]]] = [
-                (TAKE_LOCKS, {"keys": keys}),
-                (CHANGES_SINCE, {"seen": self._seen}),
-            ]
-            changed = self._apply_changes(conn, driver_pipeline(conn, statements)[-1])
+            statements = [(TAKE_LOCKS, {"keys": keys}), *self._changes_since()]
+            changed = self._apply_changes(*driver_pipeline(conn, statements)[-2:])
             locked |= wanted
             if not changed & patients:
                 return  # nothing the link looked at changed: its persons are the same
@@ -506,12 +518,10 @@ class ClientRegistry:
         """The store's registry lock, to the end of the transaction, then what other
         processes committed before it was granted: one round trip on PostgreSQL. SQLite: the
         transaction holds the database's one write lock since BEGIN IMMEDIATE."""
-        changes = (CHANGES_SINCE, {"seen": self._seen})
+        statements = self._changes_since()
         if self.store.dialect == "postgresql":
-            lock = (TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
-            self._apply_changes(conn, driver_pipeline(conn, [lock, changes])[-1])
-        else:
-            self._apply_changes(conn, driver_execute(conn, *changes))
+            statements.insert(0, (TAKE_REGISTRY_LOCK, {"key": REGISTRY_LOCK}))
+        self._apply_changes(*driver_pipeline(conn, statements)[-2:])
 
     def _lock_shared(self, session: Session) -> None:
         """The store's registry lock, to the end of the transaction (``_lock_and_catch_up``)."""
@@ -532,65 +542,46 @@ class ClientRegistry:
     def _catch_up(self, conn: Connection) -> None:
         """Apply what other processes committed since this mirror's last journal row: reload
         each patient named after it. Called with this process's registry lock held."""
-        self._apply_changes(conn, driver_execute(conn, CHANGES_SINCE, {"seen": self._seen}))
+        self._apply_changes(*driver_pipeline(conn, self._changes_since()))
 
-    def _apply_changes(self, conn: Connection, rows: list[tuple[Any, ...]]) -> set[str]:
-        """Reload the patients named in these journal rows (``CHANGES_SINCE``'s) but this
-        process's own; the patients reloaded."""
+    def _changes_since(self) -> list[tuple[DriverSql, dict[str, Any]]]:
+        """The catch-up's two reads (``_apply_changes`` takes their rows)."""
+        seen = self._seen
+        return [
+            (CHANGES_SINCE, {"seen": seen, "patient": "Patient", "deleted": False}),
+            (CHANGED_REFUSALS, {"seen": seen, "active": True}),
+        ]
+
+    def _apply_changes(
+        self, rows: list[tuple[Any, ...]], refusals: list[tuple[Any, ...]]
+    ) -> set[str]:
+        """The mirror of the patients named in these journal rows (``CHANGES_SINCE``'s) but
+        this process's own, as the database has them: record, person, refusals (from
+        ``CHANGED_REFUSALS``). Returns the patients changed."""
         if not rows:
             return set()
         own = self._own
-        patient_ids = sorted({pid for seq, pid in rows if int(seq) not in own})
-        for start in range(0, len(patient_ids), 900):  # SQLite's bound-parameter limit
-            self._reload(conn, patient_ids[start : start + 900])
-        self._seen = max(self._seen, int(rows[-1][0]))
-        if own:
-            self._own = {seq for seq in own if seq > self._seen}
-        return set(patient_ids)
-
-    def _reload(self, conn: Connection, patient_ids: list[str]) -> None:
-        """The mirror of these patients as the database has it: record, person, refusals."""
-        bodies = {
-            r.res_id: r.content
-            for r in conn.execute(
-                select(resource.c.res_id, resource.c.content).where(
-                    resource.c.res_type == "Patient",
-                    resource.c.res_id.in_(patient_ids),
-                    resource.c.deleted.is_(False),
-                )
-            )
-        }
-        members = {
-            r.patient_id: r
-            for r in conn.execute(
-                select(mpi_member).where(mpi_member.c.patient_id.in_(patient_ids))
-            )
-        }
-        refusals = conn.execute(
-            select(mpi_decision.c.patient_a, mpi_decision.c.patient_b).where(
-                mpi_decision.c.active,
-                mpi_decision.c.decision == "not-duplicate",
-                or_(
-                    mpi_decision.c.patient_a.in_(patient_ids),
-                    mpi_decision.c.patient_b.in_(patient_ids),
-                ),
-            )
-        ).all()
-        for pid in patient_ids:
-            content = bodies.get(pid)
+        state: dict[str, tuple[Any, Any, Any]] = {}
+        for seq, pid, content, person, manual in rows:
+            if int(seq) not in own:
+                state[pid] = (content, person, manual)  # a later row of a patient: the same
+        for pid in sorted(state):
+            content, person, manual = state[pid]
             if content:
                 self.index.add(from_patient(orjson.loads(content)))
             else:
                 self.index.remove(pid)
-            row = members.get(pid)
-            self._set_member(
-                pid, row.person_id if row else None, bool(row.manual) if row else False, None
-            )
+            self._set_member(pid, person, bool(manual) if person else False, None)
             for partner in self.cannot.pop(pid, set()):
                 self.cannot.get(partner, set()).discard(pid)
-        for row in refusals:
-            self.cannot.setdefault(row.patient_a, set()).add(row.patient_b)
-            self.cannot.setdefault(row.patient_b, set()).add(row.patient_a)
+        for a, b in refusals:
+            if a in state or b in state:
+                self.cannot.setdefault(a, set()).add(b)
+                self.cannot.setdefault(b, set()).add(a)
+        self._seen = max(self._seen, int(rows[-1][0]))
+        if own:
+            self._own = {seq for seq in own if seq > self._seen}
+        return set(state)
 
     def refresh(self) -> None:
         """Bring this process's mirror up to what every process has committed (before a read
