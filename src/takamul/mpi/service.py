@@ -406,15 +406,19 @@ class ClientRegistry:
     # -- the transaction protocol ---------------------------------------------------------
 
     def _begin(
-        self, session: Session, records: Iterable[RegistryRecord] | None = None
+        self,
+        session: Session,
+        records: Iterable[RegistryRecord] | None = None,
+        removed: list[str] | None = None,
     ) -> list[Callable[[], None]]:
         """Take the registry lock for this transaction (once): this process's, then the
         store's, so the mirror is brought up to what other processes committed and nobody
         else links until this transaction ends. Returns the transaction's undo log.
 
-        Given the ``records`` a link is about to place, with per-key locking on PostgreSQL
-        the store's lock is the registry's shared and the records' block keys only (then
-        ``_lock_persons``): other registrations link meanwhile."""
+        Given the ``records`` a link is about to place (and the patients it ``removed``),
+        with per-key locking on PostgreSQL the store's locks are the registry's shared, the
+        records' block keys and the persons they may change (``_lock_for_links``): other
+        registrations link meanwhile."""
         undo: list[Callable[[], None]] | None = session.extras.get("mpi-undo")
         if undo is not None:
             return undo
@@ -445,16 +449,27 @@ class ClientRegistry:
         session.after_commit.append(commit)
         session.after_rollback.append(rollback)
         if records is not None and journal.numbered_at_end:
-            self._lock_keys_and_catch_up(session.conn, records)
+            self._lock_for_links(session.conn, list(records), removed or [])
         else:
             self._lock_and_catch_up(session.conn)
         return undo
 
-    def _lock_keys_and_catch_up(self, conn: Connection, records: Iterable[RegistryRecord]) -> None:
-        """The registry's lock shared and the records' block keys, to the end of the
-        transaction, then what other processes committed: one round trip. Two registrations
-        of one person share a key (else they would not be each other's candidates), so they
-        link one after the other, the second seeing the first."""
+    def _lock_for_links(
+        self, conn: Connection, records: list[RegistryRecord], removed: list[str]
+    ) -> None:
+        """Per-key locking, to the end of the transaction: the registry's lock shared, the
+        records' block keys, and every person the links may read or write (the records' own,
+        their candidates', and those of the holders of an ID the records would show shared
+        across generations), then what other processes committed; one round trip when that
+        brought no change to what the links look at.
+
+        Two registrations of one person share a key (else neither is the other's candidate),
+        so they link one after the other, the second seeing the first. The persons are found
+        in the mirror before it catches up; if the catch-up changed a record looked at, they
+        are found again and the new ones locked (and caught up) in another round. Locks are
+        taken in one order within a round; across rounds a deadlock is possible, and
+        PostgreSQL's detector ends one of the two transactions, which ``Store.write`` runs
+        again."""
         keys = sorted(
             {_lock_key("block", "\x1f".join(k)) for r in records for k in self.index.block_keys(r)}
         )
@@ -463,30 +478,21 @@ class ClientRegistry:
         ]
         if keys:
             statements.append((TAKE_LOCKS, {"keys": keys}))
-        statements.extend(self._changes_since())
-        self._apply_changes(*driver_pipeline(conn, statements)[-2:])
-
-    def _lock_persons(
-        self, conn: Connection, records: list[RegistryRecord], removed: list[str]
-    ) -> None:
-        """Lock every person the link may read or write (the records' own, their
-        candidates', and those of the holders of an ID the records would show shared across
-        generations), catching up after each round: a person whose members changed meanwhile
-        may bring in others. Persons are locked in one order within a round; across rounds a
-        deadlock is possible, and PostgreSQL's detector ends one of the two transactions,
-        which ``Store.write`` runs again."""
         locked: set[str] = set()
-        for _ in range(PERSON_LOCK_ROUNDS):
+        for round_ in range(PERSON_LOCK_ROUNDS):
             persons, patients = self._touched(records, removed)
             wanted = persons - locked
-            if not wanted:
+            if round_ and not wanted:
                 return
-            keys = sorted(_lock_key("person", p) for p in wanted)
-            statements = [(TAKE_LOCKS, {"keys": keys}), *self._changes_since()]
+            if wanted:
+                person_keys = sorted(_lock_key("person", p) for p in wanted)
+                statements.append((TAKE_LOCKS, {"keys": person_keys}))
+            statements.extend(self._changes_since())
             changed = self._apply_changes(*driver_pipeline(conn, statements)[-2:])
             locked |= wanted
             if not changed & patients:
-                return  # nothing the link looked at changed: its persons are the same
+                return  # nothing the links looked at changed: their persons are the same
+            statements = []
         raise FhirError(
             503,
             "The client registry's persons kept changing under concurrent links; retry the request",
@@ -613,11 +619,9 @@ class ClientRegistry:
     def _link_written(self, session: Session, written: dict[str, dict[str, Any] | None]) -> None:
         """Link the transaction's Patients in the order of their last writes."""
         records = {rid: from_patient(body) for rid, body in written.items() if body is not None}
-        self._begin(session, list(records.values()))
+        removed = [rid for rid, body in written.items() if body is None]
+        self._begin(session, list(records.values()), removed)
         journal: _Journal = session.extras["mpi-journal"]
-        if journal.numbered_at_end:
-            removed = [rid for rid, body in written.items() if body is None]
-            self._lock_persons(session.conn, list(records.values()), removed)
         journal.deferring = True
         try:
             for resource_id, body in written.items():
