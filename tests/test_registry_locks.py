@@ -22,6 +22,7 @@ from takamul.mpi.schema import mpi_member
 from takamul.mpi.service import ClientRegistry
 from takamul.settings import Settings
 from takamul.store.repository import Store
+from takamul.store.rowcopy import DriverSql, driver_execute
 from takamul.store.schema import resource
 from tests.server import postgres_database
 from tests.test_mpi import SA_ID, _luhn_id
@@ -274,3 +275,49 @@ def test_a_reviewers_decisions_reach_the_other_processes_mirror(
         rb.refresh()
         assert two not in rb.cannot.get(one, set())
         assert rb.member_of[one] == rb.member_of[two] == ra.member_of[one]
+
+
+LOCK = DriverSql("SELECT pg_advisory_xact_lock(:key)")
+
+
+def test_a_write_that_deadlocks_is_run_again(database: str) -> None:
+    """Two links that lock persons in two rounds can deadlock; PostgreSQL's detector ends one
+    (SQLSTATE 40P01) and ``Store.write`` runs it again from the start: both writes land."""
+    store = Store(Settings(database_url=database, mpi=False))
+    attempts = {"first": 0, "second": 0}
+    barrier = threading.Barrier(2)
+
+    def work(name: str, order: tuple[int, int]) -> Callable[[Any], str]:
+        def locked(session: Any) -> str:
+            attempts[name] += 1
+            # on the driver, as the registry takes its locks: the driver's own error, not
+            # SQLAlchemy's, comes out of the second
+            driver_execute(session.conn, LOCK, {"key": order[0]})
+            if attempts[name] == 1:
+                barrier.wait(10)  # both hold their first lock: each now waits for the other's
+            driver_execute(session.conn, LOCK, {"key": order[1]})
+            return session.create(registration(name, "Al-Otaibi", "1970-01-01", _luhn_id())).id
+
+        return locked
+
+    try:
+        results: dict[str, str] = {}
+        threads = [
+            threading.Thread(
+                target=lambda n=name, o=order: results.update({n: store.write(work(n, o))})
+            )
+            for name, order in (("first", (901, 902)), ("second", (902, 901)))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert set(results) == {"first", "second"}
+        assert sorted(attempts.values()) == [1, 2]  # the one the detector ended ran again
+        with store.reading() as s:
+            stored = s.conn.execute(
+                select(resource.c.res_id).where(resource.c.res_type == "Patient")
+            ).scalars()
+            assert set(stored) == set(results.values())
+    finally:
+        store.close()
