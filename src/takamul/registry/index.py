@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,12 @@ from takamul.registry.linking import (
 from takamul.registry.record import RegistryRecord
 
 __all__ = ["CandidateIndex", "FieldEvidence", "ScoredCandidate", "score_pair"]
+
+# The index's maps hold a bare patient id where one record has the key (most keys), a tuple
+# where a few have (a person's registrations), a set beyond: a set of two costs 216 bytes, a
+# tuple 56. A set past SMALL, so that a crowded block does not copy a tuple at every add.
+SMALL = 8
+Held = str | tuple[str, ...] | set[str]
 
 # The skeletons a name part contributes to term frequencies: the definition the batch trainer
 # counts with (linking.term_frequencies), repeated here so scoring one pair needs no arrays.
@@ -95,13 +102,19 @@ class CandidateIndex:
     def __init__(self, model: LinkageModel) -> None:
         self.model = model
         self._records: dict[str, RegistryRecord] = {}
-        # key -> patient id, or a set of them: most keys hold one record, and a bare string
-        # costs a fraction of a set at millions of keys.
-        self._blocks: dict[tuple[str, ...], str | set[str]] = {}
-        # national ID -> the birth years of each record carrying it, by patient id: batch
-        # clustering ignores an ID the population shows used across generations (an infant
-        # under a parent's ID), and real time must know the same of the records it holds.
-        self._id_holders: dict[str, dict[str, frozenset[int]]] = {}
+        # a block key's slot (its hash) -> the patient ids holding it (``Held``). Slots, not
+        # the keys themselves: a key's tuple and strings cost more than the rest of its entry.
+        # At 66,001 synthetic records the index structures took 804 bytes a record with keys
+        # and sets, 626 with slots, 305 with slots and tuples (the records themselves 902).
+        # Two keys sharing a 64-bit hash pool their blocks' records as candidates, which
+        # scoring tells apart; the one cost would be a pooled block over its rule's
+        # ``max_block_size`` (odds about 1e-4 over a hundred million keys).
+        self._blocks: dict[int, Held] = {}
+        # national ID -> the patient ids carrying it (their birth years are their records'):
+        # batch clustering ignores an ID the population shows used across generations (an
+        # infant under a parent's ID), and real time must know the same of the records it
+        # holds.
+        self._id_holders: dict[str, Held] = {}
         self._lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -117,16 +130,21 @@ class CandidateIndex:
     def get(self, patient_id: str) -> RegistryRecord | None:
         return self._records.get(patient_id)
 
-    def _keys(self, record: RegistryRecord) -> Iterable[tuple[str, ...]]:
+    def _slots(self, record: RegistryRecord) -> Iterable[tuple[int, int]]:
+        """(rule number, slot) of each of the record's block keys."""
         for n, rule in enumerate(self.model.blocking):
             for key in record_keys(record, rule):
-                yield (str(n), *key)
+                yield n, hash((n, *key))
 
     def block_keys(self, record: RegistryRecord) -> list[tuple[str, ...]]:
         """The record's block keys of every rule (what ``candidates`` looks up): the keys a
         registry transaction locks so that two registrations of one person link one after
         the other."""
-        return list(self._keys(record))
+        return [
+            (str(n), *key)
+            for n, rule in enumerate(self.model.blocking)
+            for key in record_keys(record, rule)
+        ]
 
     def add(self, record: RegistryRecord) -> None:
         """Index a record (replacing an earlier version of the same patient)."""
@@ -134,17 +152,9 @@ class CandidateIndex:
             self.remove(record.patient_id)
             self._records[record.patient_id] = record
             if record.national_id:
-                holders = self._id_holders.setdefault(record.national_id, {})
-                holders[record.patient_id] = record.birth_years
-            for key in self._keys(record):
-                held = self._blocks.get(key)
-                if held is None:
-                    self._blocks[key] = record.patient_id
-                elif isinstance(held, str):
-                    if held != record.patient_id:
-                        self._blocks[key] = {held, record.patient_id}
-                else:
-                    held.add(record.patient_id)
+                _put(self._id_holders, record.national_id, record.patient_id)
+            for _, slot in self._slots(record):
+                _put(self._blocks, slot, record.patient_id)
 
     def add_many(self, records: Iterable[RegistryRecord]) -> int:
         n = 0
@@ -159,23 +169,14 @@ class CandidateIndex:
             if record is None:
                 return
             if record.national_id:
-                holders = self._id_holders.get(record.national_id, {})
-                holders.pop(patient_id, None)
-                if not holders:
-                    self._id_holders.pop(record.national_id, None)
-            for key in self._keys(record):
-                held = self._blocks.get(key)
-                if held == patient_id:
-                    del self._blocks[key]
-                elif isinstance(held, set):
-                    held.discard(patient_id)
-                    if len(held) == 1:
-                        self._blocks[key] = next(iter(held))
+                _take(self._id_holders, record.national_id, patient_id)
+            for _, slot in self._slots(record):
+                _take(self._blocks, slot, patient_id)
 
     def holders_of(self, national_id: str) -> set[str]:
         """Patient ids of the indexed records carrying ``national_id``."""
         with self._lock:
-            return set(self._id_holders.get(national_id, ()))
+            return _held(self._id_holders, national_id)
 
     def shared_across_generations(self, national_id: str) -> bool:
         """Whether indexed records carrying ``national_id`` are born a generation apart
@@ -183,10 +184,10 @@ class CandidateIndex:
         the whole population): the ID is then nobody's proof of identity, and two records
         whose IDs differ are not two people because of it."""
         with self._lock:
-            holders = self._id_holders.get(national_id)
-            if holders is None or len(holders) < 2:
+            holders = _held(self._id_holders, national_id)
+            if len(holders) < 2:
                 return False
-            years = [(national_id, ys) for ys in holders.values()]
+            years = [(national_id, self._records[pid].birth_years) for pid in holders]
         return national_id in ids_shared_across_generations(years)
 
     def would_share_across_generations(self, record: RegistryRecord) -> bool:
@@ -196,7 +197,7 @@ class CandidateIndex:
         if not nid or self.shared_across_generations(nid):
             return False
         with self._lock:
-            holders = dict(self._id_holders.get(nid, {}))
+            holders = {pid: self._records[pid].birth_years for pid in _held(self._id_holders, nid)}
         holders[record.patient_id] = record.birth_years
         if len(holders) < 2:
             return False
@@ -206,13 +207,13 @@ class CandidateIndex:
         """Patient ids sharing a block key of any rule with ``record`` (never itself)."""
         found: set[str] = set()
         with self._lock:
-            for key in self._keys(record):
-                held = self._blocks.get(key)
+            for rule, slot in self._slots(record):
+                held = self._blocks.get(slot)
                 if held is None:
                     continue
                 if isinstance(held, str):
                     found.add(held)
-                elif len(held) <= self.model.blocking[int(key[0])].max_block_size:
+                elif len(held) <= self.model.blocking[rule].max_block_size:
                     found.update(held)
         found.discard(record.patient_id)
         return found
@@ -258,3 +259,43 @@ class CandidateIndex:
             self.model.prior = base * (trained - 1) / (n - 1)
         else:
             self.model.prior = base
+
+
+def _put(mapping: dict[Any, Held], key: Any, patient_id: str) -> None:
+    held = mapping.get(key)
+    if held is None:
+        mapping[key] = patient_id
+    elif isinstance(held, str):
+        if held != patient_id:
+            mapping[key] = (held, patient_id)
+    elif isinstance(held, tuple):
+        if patient_id not in held:
+            mapping[key] = (*held, patient_id) if len(held) < SMALL else {*held, patient_id}
+    else:
+        held.add(patient_id)
+
+
+def _take(mapping: dict[Any, Held], key: Any, patient_id: str) -> None:
+    held = mapping.get(key)
+    if held is None:
+        return
+    if isinstance(held, str):
+        if held == patient_id:
+            del mapping[key]
+        return
+    rest = [pid for pid in held if pid != patient_id]
+    if len(rest) == len(held):
+        return
+    if len(rest) == 1:
+        mapping[key] = rest[0]
+    elif isinstance(held, tuple):
+        mapping[key] = tuple(rest)
+    else:
+        held.discard(patient_id)
+
+
+def _held(mapping: dict[Any, Held], key: Any) -> set[str]:
+    held = mapping.get(key)
+    if held is None:
+        return set()
+    return {held} if isinstance(held, str) else set(held)
