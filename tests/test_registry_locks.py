@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from takamul.mpi.schema import mpi_member
-from takamul.mpi.service import ClientRegistry
+from takamul.mpi.service import ClientRegistry, _lock_key
 from takamul.settings import Settings
 from takamul.store.repository import Store
 from takamul.store.rowcopy import DriverSql, driver_execute
@@ -91,6 +91,33 @@ def in_thread(work: Callable[[], str]) -> tuple[threading.Thread, list[str]]:
     thread = threading.Thread(target=lambda: out.append(work()), daemon=True)
     thread.start()
     return thread, out
+
+
+def guarded_person_writes(registry: ClientRegistry) -> list[str]:
+    """Check, as every golden record is written, that the writing transaction holds the
+    person's lock (or started the person itself): the invariant per-key locking rests on.
+    Returns the persons found written without their lock."""
+    unlocked: list[str] = []
+    write = registry._write_persons
+
+    def checked(session: Any, person_ids: Any) -> None:
+        person_ids = list(person_ids)
+        journal = session.extras["mpi-journal"]
+        for person in person_ids:
+            if person in journal.started or not journal.numbered_at_end:
+                continue
+            key = _lock_key("person", person)
+            held = session.conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND objsubid = 1"
+                f" AND classid = {(key >> 32) & 0xFFFFFFFF} AND objid = {key & 0xFFFFFFFF}"
+            ).scalar()
+            if not held:
+                unlocked.append(person)
+        write(session, person_ids)
+
+    registry._write_persons = checked  # type: ignore[method-assign]
+    return unlocked
 
 
 def persons(store: Store) -> dict[str, str]:
@@ -188,6 +215,7 @@ def test_concurrent_registrations_across_processes_end_one_person_each(database:
     # person when nothing makes them take turns), then a third registration of it comes to
     # either while the next person's two race
     barrier = threading.Barrier(2)
+    unlocked = [guarded_person_writes(registry) for registry in (ra, rb)]
     for registry in (ra, rb):
         slowed(registry)
 
@@ -215,6 +243,7 @@ def test_concurrent_registrations_across_processes_end_one_person_each(database:
         thread.join(120)
     try:
         assert not errors, errors
+        assert unlocked == [[], []], "golden records written without their person's lock"
         members = persons(a)
         assert set(members) == set(owner)
         by_person: dict[int, set[str]] = {}
@@ -321,3 +350,20 @@ def test_a_write_that_deadlocks_is_run_again(database: str) -> None:
             assert set(stored) == set(results.values())
     finally:
         store.close()
+
+
+def test_a_link_locks_the_person_of_a_candidate_its_mirror_had_not_seen(database: str) -> None:
+    """Process B registers a person; process A, whose mirror has not caught up, then registers
+    the same person: the candidate A finds only in the catch-up that follows its key locks has
+    its person locked too before A joins it."""
+    (a, ra), (b, _) = _two_processes(database, "per-key")
+    try:
+        unlocked = guarded_person_writes(ra)
+        nid = _luhn_id()
+        first = create(b, registration("Maha", "Al-Anazi", "1988-02-17", nid))
+        second = create(a, registration("Maha", "Alanazi", "1988-02-17", nid))
+        assert persons(a)[first] == persons(a)[second]
+        assert unlocked == []
+    finally:
+        a.close()
+        b.close()

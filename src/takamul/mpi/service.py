@@ -490,8 +490,12 @@ class ClientRegistry:
             statements.extend(self._changes_since())
             changed = self._apply_changes(*driver_pipeline(conn, statements)[-2:])
             locked |= wanted
-            if not changed & patients:
-                return  # nothing the links looked at changed: their persons are the same
+            # The first round found its persons before its block keys were locked: whatever
+            # the catch-up brought (a new registration with one of those keys, say) may be a
+            # candidate. From then on no record can gain those keys unseen, and only a change
+            # to a record the links looked at can change their persons.
+            if not (changed if round_ == 0 else changed & patients):
+                return
             statements = []
         raise FhirError(
             503,
