@@ -9,14 +9,16 @@ and the mirror changes under one lock held from then until it commits or rolls b
 rollback replays an undo log, so memory never shows a change the database does not have.
 
 Several server processes (``serve --workers 4``, or several hosts on one PostgreSQL) each keep
-a mirror, and link against the same, current state: a transaction's linking takes the
-registry's lock in the database too (``pg_advisory_xact_lock``, held to commit; on SQLite every
-write transaction already holds the one write lock from BEGIN IMMEDIATE), then catches up with
-what other processes committed (on PostgreSQL in the lock's round trip): every registry
-transaction writes a row to the change journal (``mpi_change``) for each patient whose record,
-person or decisions it changed, and the process reloads just those patients (record,
-membership, not-duplicate pairs) from the rows numbered above the last it applied. Journal
-rows are written only under the lock, so their numbers follow commit order and none is ever
+a mirror, and link against the same, current state: a transaction's linking takes locks in the
+database too, held to commit, then catches up with what other processes committed (in the
+locks' round trip): every registry transaction writes a row to the change journal
+(``mpi_change``) for each patient whose record, person or decisions it changed, and the process
+takes those patients' state (record, membership, not-duplicate pairs) from the rows numbered
+above the last it applied. On PostgreSQL a link locks its registrations' block keys and the
+persons it may change (``_lock_for_links``; ``Settings.registry_locks = "global"``: the
+registry's one lock), and a reviewer's action the registry's lock alone; on SQLite every write
+transaction already holds the one write lock from BEGIN IMMEDIATE. Journal rows are numbered
+only under a lock held to the commit, so their numbers follow commit order and none is ever
 skipped. Reads (``$match``, a patient's person, the review queue) catch up the same way
 first. Why not the blocking keys in a table: scoring needs every candidate's whole record in
 memory anyway (tens of microseconds a candidate, against a query and a parse per candidate
@@ -465,11 +467,11 @@ class ClientRegistry:
 
         Two registrations of one person share a key (else neither is the other's candidate),
         so they link one after the other, the second seeing the first. The persons are found
-        in the mirror before it catches up; if the catch-up changed a record looked at, they
-        are found again and the new ones locked (and caught up) in another round. Locks are
-        taken in one order within a round; across rounds a deadlock is possible, and
-        PostgreSQL's detector ends one of the two transactions, which ``Store.write`` runs
-        again."""
+        in the mirror before it catches up; if the catch-up brought anything (after the first
+        round: changed a record the links looked at), they are found again and the new ones
+        locked (and caught up) in another round. Locks are taken in one order within a round;
+        across rounds a deadlock is possible, and PostgreSQL's detector ends one of the two
+        transactions, which ``Store.write`` runs again."""
         keys = sorted(
             {_lock_key("block", "\x1f".join(k)) for r in records for k in self.index.block_keys(r)}
         )
