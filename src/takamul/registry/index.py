@@ -132,9 +132,8 @@ class CandidateIndex:
 
     def _slots(self, record: RegistryRecord) -> Iterable[tuple[int, int]]:
         """(rule number, slot) of each of the record's block keys."""
-        for n, rule in enumerate(self.model.blocking):
-            for key in record_keys(record, rule):
-                yield n, hash((n, *key))
+        for key in self.block_keys(record):
+            yield int(key[0]), hash(key)
 
     def block_keys(self, record: RegistryRecord) -> list[tuple[str, ...]]:
         """The record's block keys of every rule (what ``candidates`` looks up): the keys a
@@ -183,25 +182,25 @@ class CandidateIndex:
         (``identifiers.ids_shared_across_generations``, the test batch clustering applies to
         the whole population): the ID is then nobody's proof of identity, and two records
         whose IDs differ are not two people because of it."""
+        return _across_generations(national_id, self._holder_years(national_id))
+
+    def _holder_years(self, national_id: str) -> dict[str, frozenset[int]]:
+        """The birth years of each indexed record carrying ``national_id``, by patient id."""
         with self._lock:
-            holders = _held(self._id_holders, national_id)
-            if len(holders) < 2:
-                return False
-            years = [(national_id, self._records[pid].birth_years) for pid in holders]
-        return national_id in ids_shared_across_generations(years)
+            held = _held(self._id_holders, national_id)
+            return {pid: self._records[pid].birth_years for pid in held}
 
     def would_share_across_generations(self, record: RegistryRecord) -> bool:
         """Whether indexing ``record`` would leave its national ID shared across generations
         while it is not now (the registry then re-examines the ID's other holders)."""
         nid = record.national_id
-        if not nid or self.shared_across_generations(nid):
+        if not nid:
             return False
-        with self._lock:
-            holders = {pid: self._records[pid].birth_years for pid in _held(self._id_holders, nid)}
+        holders = self._holder_years(nid)
+        if _across_generations(nid, holders):
+            return False
         holders[record.patient_id] = record.birth_years
-        if len(holders) < 2:
-            return False
-        return nid in ids_shared_across_generations([(nid, ys) for ys in holders.values()])
+        return _across_generations(nid, holders)
 
     def candidates(self, record: RegistryRecord) -> set[str]:
         """Patient ids sharing a block key of any rule with ``record`` (never itself)."""
@@ -259,6 +258,13 @@ class CandidateIndex:
             self.model.prior = base * (trained - 1) / (n - 1)
         else:
             self.model.prior = base
+
+
+def _across_generations(national_id: str, holders: dict[str, frozenset[int]]) -> bool:
+    if len(holders) < 2:
+        return False
+    years = [(national_id, ys) for ys in holders.values()]
+    return national_id in ids_shared_across_generations(years)
 
 
 def _put(mapping: dict[Any, Held], key: Any, patient_id: str) -> None:
