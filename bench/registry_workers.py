@@ -4,7 +4,7 @@ every server process linking against the same registry (issue 17; target p95 <= 
 
     python bench/registry_workers.py [--db sqlite|postgresql|both] [--base 10000]
         [--registrations 2000] [--clients 4] [--workers 4] [--compare]
-        [--locks per-key|global|both]
+        [--locks per-key|global|both] [--rates 30,60,90] [--rate-seconds 15]
 
 Steps: a population of ``--base`` Patients (one registration of each person, ids known) is
 bulk-loaded hookless into a new store; ``takamul serve --workers N`` starts (the first process
@@ -49,6 +49,7 @@ from tests.server import postgres_database, running_server  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 SA_ID = "https://takamul.health/fhir/sid/sa-national-id"
 CLOSE = {"Connection": "close", "Accept": "application/fhir+json"}
+OPEN_LOOP_THREADS = 32
 
 # one person's given name as facilities spell it
 GIVEN = [
@@ -203,6 +204,57 @@ def drive(
     return latencies, made, time.perf_counter() - began
 
 
+def drive_at(
+    base: str, work: list[tuple[str, dict[str, Any]]], rate: float, seed: int
+) -> tuple[list[float], dict[str, str], float]:
+    """POST the registrations as they arrive at ``rate`` a second on average (Poisson: the
+    gaps drawn from an exponential distribution), whatever the server's pace: an open loop, as
+    a country's facilities register people. Latency counts from the registration's scheduled
+    arrival, so that time it waited for a free client thread is counted too (no coordinated
+    omission). (latencies in ms, patient id -> national ID, seconds)."""
+    rng = random.Random(seed)
+    arrivals, at = [], 0.0
+    for _ in work:
+        at += rng.expovariate(rate)
+        arrivals.append(at)
+    latencies: list[float] = []
+    made: dict[str, str] = {}
+    lock = threading.Lock()
+    queue = iter(zip(arrivals, work, strict=True))
+    start = threading.Barrier(OPEN_LOOP_THREADS + 1)
+    began = 0.0
+
+    def client() -> None:
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        # made before the clock starts: 32 clients made at once took the first second's CPU
+        with httpx.Client(limits=fresh, headers=CLOSE, timeout=120) as http:
+            start.wait()
+            while True:
+                with lock:
+                    item = next(queue, None)
+                if item is None:
+                    return
+                due, (nid, body) = item
+                time.sleep(max(0.0, began + due - time.perf_counter()))
+                r = http.post(f"{base}/Patient", json=body)
+                took = (time.perf_counter() - began - due) * 1000
+                if r.status_code != 201:
+                    raise RuntimeError(f"POST Patient answered {r.status_code}: {r.text[:300]}")
+                with lock:
+                    latencies.append(took)
+                    made[str(r.json()["id"])] = nid
+
+    # enough threads that a slow answer does not hold the next arrivals back
+    threads = [threading.Thread(target=client) for _ in range(OPEN_LOOP_THREADS)]
+    for t in threads:
+        t.start()
+    began = time.perf_counter()  # set before the barrier releases the clients
+    start.wait()
+    for t in threads:
+        t.join()
+    return latencies, made, time.perf_counter() - began
+
+
 def verify(url: str, people: list[Person], made: dict[str, str]) -> tuple[int, int]:
     """(persons wrongly split, persons wrongly joined) among the base and measured ones."""
     nid_of = {f"base-{n}": p.nid for n, p in enumerate(people)} | made
@@ -274,6 +326,13 @@ def run(kind: str, args: argparse.Namespace, locks: str) -> dict[str, str]:
                 drive(base, warm, args.clients)  # every worker's first requests
                 latencies, made, seconds = drive(base, work, args.clients)
                 one, _, _ = drive(base, workload(people, random.Random(args.seed + 2), 200), 1)
+                offered = []
+                for n, rate in enumerate(args.rates):
+                    count = max(100, round(rate * args.rate_seconds))
+                    at_rate = workload(people, random.Random(args.seed + 10 + n), count)
+                    lat, made_at, took = drive_at(base, at_rate, rate, args.seed + n)
+                    made.update(made_at)
+                    offered.append((rate, lat, took))
             split, joined = verify(url, people, made)
     figures["registrations measured"] = (
         f"{len(latencies):,} in {seconds:.1f} s ({len(latencies) / seconds:.0f} per second)"
@@ -284,6 +343,13 @@ def run(kind: str, args: argparse.Namespace, locks: str) -> dict[str, str]:
     figures["link on create, 1 client: p50 / p95 / p99 (ms)"] = " / ".join(
         f"{percentile(one, q):.1f}" for q in (0.5, 0.95, 0.99)
     )
+    for rate, lat, took in offered:
+        figures[
+            f"link on create, {rate:g} a second offered (open loop): done a second; "
+            "p50 / p95 / p99 / max (ms)"
+        ] = f"{len(lat) / took:.0f}; " + " / ".join(
+            f"{percentile(lat, q):.1f}" for q in (0.5, 0.95, 0.99, 1.0)
+        )
     figures["persons split over two person ids / persons joined"] = f"{split} / {joined}"
     if args.compare:
         figures.update(without_registry(kind, args))
@@ -325,7 +391,11 @@ def write_result(kind: str, figures: dict[str, str], args: argparse.Namespace) -
         "- target: link on create p95 <= 20 ms with 4 workers",
         f"- command: `python bench/registry_workers.py --db {kind} --base {args.base} "
         f"--registrations {args.registrations} --clients {args.clients} "
-        f"--workers {args.workers} --locks {args.locks}{' --compare' if args.compare else ''}`",
+        f"--workers {args.workers} --locks {args.locks}{' --compare' if args.compare else ''} "
+        f"--rates {','.join(f'{r:g}' for r in args.rates)} --rate-seconds {args.rate_seconds:g}`",
+        "- closed loop: the clients send the next registration when the last is answered, so "
+        "the machine is saturated and latency is mostly queueing; open loop: registrations "
+        "arrive at an offered rate (Poisson), latency from each one's arrival",
         "- PostgreSQL's registry locks (`TAKAMUL_REGISTRY_LOCKS`): per-key (the default: the "
         "registration's block keys and the persons it may change) or global (one lock for "
         "every link); with `--locks both`, two runs of each in turn, separated by ` ; `",
@@ -351,6 +421,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument(
         "--compare", action="store_true", help="also the same POSTs with the registry off"
+    )
+    parser.add_argument(
+        "--rates",
+        type=lambda v: [float(r) for r in v.split(",") if r.strip()],
+        default=[30.0, 60.0, 90.0],
+        help="offered registrations a second for the open-loop runs, comma-separated ('' none)",
+    )
+    parser.add_argument(
+        "--rate-seconds", type=float, default=15.0, help="how long each offered rate runs"
     )
     parser.add_argument(
         "--locks",

@@ -70,9 +70,9 @@ def serve(
             log_level=level,
         )
     else:
-        from takamul.api import create_app
+        from takamul.api.app import serving_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=level)
+        uvicorn.run(serving_app(settings), host=host, port=port, log_level=level)
 
 
 def _catch_up_before_serving(settings: Settings) -> None:

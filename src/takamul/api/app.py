@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -747,4 +748,24 @@ __all__ = ["app_from_env", "create_app"]
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` with several worker processes."""
-    return create_app(Settings.from_env())
+    return serving_app(Settings.from_env())
+
+
+def serving_app(settings: Settings) -> FastAPI:
+    """The app as a server process runs it: built, then what its start made kept out of the
+    cyclic garbage collector's passes (``settle_heap``)."""
+    app = create_app(settings)
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Collect once, then freeze what is alive (``gc.freeze``): the objects a server's start
+    made (the registry's candidate index, the FHIR definitions and validators, the routes) live
+    as long as the process, and each full pass of the cyclic collector walked all of them:
+    170-480 ms in every worker of ``serve --workers 4`` on 10,000 persons, during which that
+    worker's requests waited. Such a pass comes again whenever a quarter as many objects again
+    have survived (an index that grows, caches); frozen, it walks only those. Reference
+    counting still frees frozen objects; only a frozen cycle would stay."""
+    gc.collect()
+    gc.freeze()
