@@ -355,8 +355,9 @@ def profile(pid: int, seconds: int, drive_load: Any) -> list[tuple[str, float]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     raw = Path(tempfile.mkdtemp()) / "profile.txt"
     command = [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "200"]
-    command += ["-f", "raw", "-o", str(raw), "--nonblocking"] + (
-        ["--gil"] if os.environ.get("PYSPY_GIL") else []
+    # --gil (only the thread holding the GIL: CPU, not waits) needs py-spy to pause the process
+    command += ["-f", "raw", "-o", str(raw)] + (
+        ["--gil"] if os.environ.get("PYSPY_GIL") else ["--nonblocking"]
     )
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     drive_load(seconds)

@@ -1,6 +1,6 @@
 """``rowcopy.copy_tables``: every column type the store's tables use comes back exactly as
 written, on both stores and by each of PostgreSQL's three ways (a JSON parameter a table for a
-few rows, arrays when a float is not finite, COPY for many rows)."""
+few rows a table, arrays for more or when a float is not finite, COPY for many rows)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 from takamul.store import Store
-from takamul.store.rowcopy import ONE_STATEMENT_ROWS, copy_tables
+from takamul.store.rowcopy import JSON_ROWS_PER_TABLE, ONE_STATEMENT_ROWS, copy_tables
 
 meta = MetaData()
 every_type = Table(
@@ -90,6 +90,14 @@ def test_a_float_json_cannot_spell_is_still_written(either_store: Store, odd: fl
     else:
         assert value == odd or (math.isnan(odd) and math.isnan(value))
     _same([r for r in got if r[0] != 9], ROWS)
+
+
+def test_rows_past_the_json_share_go_as_arrays_and_come_back_the_same(
+    either_store: Store,
+) -> None:
+    rows = [*ROWS * 8, *ROWS * 8]  # about 80 rows in one of two tables: arrays, one statement
+    assert 2 * JSON_ROWS_PER_TABLE < len(rows) + 1 <= ONE_STATEMENT_ROWS
+    _same(_round_trip(either_store, rows), rows)
 
 
 def test_many_rows_go_by_copy_and_come_back_the_same(either_store: Store) -> None:

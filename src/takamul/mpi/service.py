@@ -472,23 +472,25 @@ class ClientRegistry:
         locked (and caught up) in another round. Locks are taken in one order within a round;
         across rounds a deadlock is possible, and PostgreSQL's detector ends one of the two
         transactions, which ``Store.write`` runs again."""
-        keys = sorted(
-            {_lock_key("block", "\x1f".join(k)) for r in records for k in self.index.block_keys(r)}
-        )
+        keys = {
+            _lock_key("block", "\x1f".join(k)) for r in records for k in self.index.block_keys(r)
+        }
         statements: list[tuple[DriverSql, dict[str, Any]]] = [
             (TAKE_SHARED_REGISTRY_LOCK, {"key": REGISTRY_LOCK})
         ]
-        if keys:
-            statements.append((TAKE_LOCKS, {"keys": keys}))
         locked: set[str] = set()
         for round_ in range(PERSON_LOCK_ROUNDS):
             persons, patients = self._touched(records, removed)
             wanted = persons - locked
             if round_ and not wanted:
                 return
-            if wanted:
-                person_keys = sorted(_lock_key("person", p) for p in wanted)
-                statements.append((TAKE_LOCKS, {"keys": person_keys}))
+            # the first round's block keys and persons as one sorted list: one statement, and
+            # one order for every link (two lists one after the other were one order too)
+            round_keys = sorted(
+                {_lock_key("person", p) for p in wanted} | (keys if round_ == 0 else set())
+            )
+            if round_keys:
+                statements.append((TAKE_LOCKS, {"keys": round_keys}))
             statements.extend(self._changes_since())
             changed = self._apply_changes(*driver_pipeline(conn, statements)[-2:])
             locked |= wanted

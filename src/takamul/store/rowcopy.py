@@ -29,6 +29,9 @@ __all__ = [
 # Up to this many rows in all, the tables of one ``copy_tables`` call go in one statement on
 # PostgreSQL; above it, by COPY.
 ONE_STATEMENT_ROWS = 400
+# Up to this many rows a table on average, one JSON parameter a table; above it, an array a
+# column (``copy_tables``: measured at about 4 and 150 rows a table, the crossover between).
+JSON_ROWS_PER_TABLE = 16
 
 
 def driver_cursor(conn: Connection) -> Any:
@@ -112,8 +115,9 @@ def copy_tables(
 ) -> None:
     """The rows of several tables (table, columns, rows), as ``copy_rows`` would write them.
 
-    On PostgreSQL a few rows go in one statement, each table's rows as a JSON parameter (one
-    ``INSERT ... SELECT`` per table, joined as data-modifying ``WITH`` clauses): a
+    On PostgreSQL a few rows go in one statement, each table's rows as a JSON parameter, or
+    with more rows a table its columns as arrays (one ``INSERT ... SELECT`` per table, joined
+    as data-modifying ``WITH`` clauses): a
     COPY costs two round trips, and a single write's version and index rows span some six
     tables, so its commit waited for a dozen. Many rows still go by COPY, faster per row."""
     batches = [b for b in batches if b[2]]
@@ -125,12 +129,19 @@ def copy_tables(
             copy_rows(conn, table, columns, rows)
         return
     tables = tuple((t, tuple(c)) for t, c, _ in batches)
-    if not _finite(tables, [rows for _, _, rows in batches]):
+    if total > JSON_ROWS_PER_TABLE * len(batches) or not _finite(
+        tables, [rows for _, _, rows in batches]
+    ):
         _unnest_statement(conn, batches)
         return
-    # Each table's rows as one JSON array of arrays (orjson, in C): psycopg dumps an array
-    # parameter element by element in Python, which cost a single write's version and index
-    # rows some 170 us a statement against 5 us as JSON; the server's JSON parsing is small.
+    # Each table's rows as one JSON array of arrays (orjson, in C). psycopg dumps an array
+    # parameter in Python, with a cost for each of the 44 arrays (a column each) of a single
+    # write's version and index rows: a linked Patient create's 31 rows cost 458-466 us of
+    # client CPU as arrays and 263-333 us as JSON, and the server's time 627-740 against
+    # 487-720 us. With many rows a table the arrays win on the server: an audit batch of 150
+    # events (300 rows, a 600-byte blob each) cost 13-17 us of PostgreSQL's CPU an event as
+    # arrays, 22-24 as jsonb and 80 as json (whose ``->>`` parses the element again for each
+    # field), the client's cost alike.
     params = [orjson.dumps(rows, default=_bytes_as_hex).decode() for _, _, rows in batches]
     cursor = driver_cursor(conn)
     try:
@@ -170,7 +181,7 @@ def _json_sql(tables: tuple[tuple[Table, tuple[str, ...]], ...]) -> str:
         )
         clauses.append(
             f"t{n} AS (INSERT INTO {table.name} ({', '.join(columns)})"
-            f" SELECT {values} FROM json_array_elements(%s::json) AS r)"
+            f" SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS r)"
         )
     return "WITH " + ", ".join(clauses) + " SELECT 1"
 
@@ -186,7 +197,8 @@ def _from_json(text: str, pg_type: str) -> str:
 def _unnest_statement(
     conn: Connection, batches: Sequence[tuple[Table, Sequence[str], Sequence[tuple[Any, ...]]]]
 ) -> None:
-    """The rows as one array parameter a column (``unnest``): what a non-finite float needs."""
+    """The rows as one array parameter a column (``unnest``): for many rows a table, and for a
+    float that JSON cannot spell."""
     params: list[list[Any]] = []
     for table, columns, rows in batches:
         for name, column in zip(columns, zip(*rows, strict=True), strict=True):
