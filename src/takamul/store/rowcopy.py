@@ -117,9 +117,9 @@ def copy_tables(
 
     On PostgreSQL a few rows go in one statement, each table's rows as a JSON parameter, or
     with more rows a table its columns as arrays (one ``INSERT ... SELECT`` per table, joined
-    as data-modifying ``WITH`` clauses): a
-    COPY costs two round trips, and a single write's version and index rows span some six
-    tables, so its commit waited for a dozen. Many rows still go by COPY, faster per row."""
+    as data-modifying ``WITH`` clauses): a COPY costs two round trips, and a single write's
+    version and index rows span some six tables, so its commit waited for a dozen. Many rows
+    still go by COPY, faster per row."""
     batches = [b for b in batches if b[2]]
     if not batches:
         return
