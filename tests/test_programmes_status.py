@@ -417,6 +417,7 @@ def test_a_new_reading_changes_the_status_on_the_next_read(store: Store) -> None
     assert again[("missed", "hypertension")].status == "missed-visit"
 
 
+@pytest.mark.usefixtures("result")  # the care facts extracted, whichever test runs first
 def test_one_record_of_a_person_brings_the_whole_person(store: Store) -> None:
     rows = statuses(store, load_catalog(), AS_OF, ["hypertension"], patient_ids=["split-b"])
     assert [(r.person_id, r.patient_ids, r.status) for r in rows] == [
@@ -510,6 +511,7 @@ def test_one_person_read_by_index_agrees_with_the_grouped_query(
         assert {(r.person_id or r.patient_ids[0], r.programme) for r in rows} == expected
 
 
+@pytest.mark.usefixtures("result")  # the care facts extracted, whichever test runs first
 def test_a_facility_registry_holds_the_persons_it_is_responsible_for(store: Store) -> None:
     catalog = load_catalog()
     everyone = statuses(store, catalog, AS_OF, ["hypertension"])

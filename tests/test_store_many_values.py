@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
+from sqlalchemy import Column, Index, MetaData, String, Table, delete, insert, select
 
 from takamul.rest import interactions as ix
 from takamul.store import Store
-from takamul.store.schema import MANY_VALUES
+from takamul.store.schema import MANY_VALUES, values_in
 
 MANY = 70_000  # more than PostgreSQL's 65,535 parameters
 
@@ -66,3 +68,39 @@ def test_a_search_naming_more_values_than_a_statement_takes(store: Store) -> Non
     # the long list leaves nothing out that it names: every one of 1,001+ known ids is found
     known = _search(store, "Patient", [("_id", ",".join(["p2", *unknown[: MANY_VALUES + 1]]))])
     assert _ids(known) == {"p2"}
+
+
+def test_a_long_list_is_looked_up_through_the_index(store: Store) -> None:
+    """The one parameter of a long list must leave the column's index usable: on SQLite it
+    was written ``col IN (SELECT value FROM json_each(?)) = 1``, which no index serves, and
+    every batch job's look-up read the whole table (the care facts' first pass grew
+    quadratically with the record)."""
+    table = Table(
+        "many_values_probe",
+        MetaData(),
+        Column("source", String(64), nullable=False),
+        Column("kind", String(16), nullable=False),
+        Index("ix_many_values_probe_source", "source"),
+    )
+    table.metadata.create_all(store.writer)
+    wanted = [f"Observation/o{n}" for n in range(MANY_VALUES + 1)]
+    rows = [{"source": f"Observation/o{n}", "kind": "obs"} for n in range(0, 3 * MANY_VALUES, 3)]
+    with store.writer.begin() as conn:
+        conn.execute(insert(table), rows)
+        found = conn.execute(
+            select(table.c.source).where(values_in(table.c.source, wanted), table.c.kind == "obs")
+        ).all()
+        deleted = conn.execute(delete(table).where(values_in(table.c.source, wanted))).rowcount
+        statement = select(table.c.source).where(values_in(table.c.source, wanted))
+        compiled = str(statement.compile(conn))
+        if store.dialect == "sqlite":
+            plan = " ".join(
+                str(r[-1])
+                for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + compiled, (orjson.dumps(wanted).decode(),)
+                )
+            )
+            assert "USING INDEX ix_many_values_probe_source" in plan or "COVERING INDEX" in plan
+    expected = sum(1 for n in range(0, 3 * MANY_VALUES, 3) if n <= MANY_VALUES)
+    assert len(found) == deleted == expected
+    assert not compiled.rstrip().endswith(("= 1", "= true"))  # a predicate, not a value

@@ -261,6 +261,12 @@ class _ManyValues(ColumnElement[bool]):
 
     type = Boolean()
     inherit_cache = False  # the values are part of the statement: none is cached
+    # A predicate in itself, as a comparison is. Without this, SQLAlchemy wrote it on SQLite
+    # (no boolean type) as ``source IN (SELECT value FROM json_each(?)) = 1``, which no index
+    # serves: every batch job's look-up of more than ``many`` values read the whole table.
+    # The care facts' first pass deleted each batch's old facts that way, 77 -> 264 ms a batch
+    # as the table filled at 30,000 persons (712 s at 100,000 against PostgreSQL's 167 s).
+    _is_implicitly_boolean = True
 
     def __init__(self, column: ColumnElement[Any], values: list[Any]) -> None:
         self.column = column
