@@ -743,7 +743,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["app_from_env", "create_app"]
+__all__ = ["app_from_env", "create_app", "serving_app"]
 
 
 def app_from_env() -> FastAPI:
@@ -763,9 +763,10 @@ def settle_heap() -> None:
     """Collect once, then freeze what is alive (``gc.freeze``): the objects a server's start
     made (the registry's candidate index, the FHIR definitions and validators, the routes) live
     as long as the process, and each full pass of the cyclic collector walked all of them:
-    170-480 ms in every worker of ``serve --workers 4`` on 10,000 persons, during which that
-    worker's requests waited. Such a pass comes again whenever a quarter as many objects again
-    have survived (an index that grows, caches); frozen, it walks only those. Reference
-    counting still frees frozen objects; only a frozen cycle would stay."""
+    170-480 ms in every worker of ``serve --workers 4`` on 10,000 persons (measured at the
+    start; a pass while serving holds that worker's requests as long). Such a pass comes again
+    whenever a quarter as many objects again have survived (an index that grows, caches);
+    frozen, it walks only those. Reference counting still frees frozen objects; only a frozen
+    cycle would stay."""
     gc.collect()
     gc.freeze()
