@@ -132,7 +132,7 @@ def copy_tables(
     if total > JSON_ROWS_PER_TABLE * len(batches) or not _finite(
         tables, [rows for _, _, rows in batches]
     ):
-        _unnest_statement(conn, batches)
+        _unnest_statement(conn, tables, batches)
         return
     # Each table's rows as one JSON array of arrays (orjson, in C). psycopg dumps an array
     # parameter in Python, with a cost for each of the 44 arrays (a column each) of a single
@@ -195,7 +195,9 @@ def _from_json(text: str, pg_type: str) -> str:
 
 
 def _unnest_statement(
-    conn: Connection, batches: Sequence[tuple[Table, Sequence[str], Sequence[tuple[Any, ...]]]]
+    conn: Connection,
+    tables: tuple[tuple[Table, tuple[str, ...]], ...],
+    batches: Sequence[tuple[Table, Sequence[str], Sequence[tuple[Any, ...]]]],
 ) -> None:
     """The rows as one array parameter a column (``unnest``): for many rows a table, and for a
     float that JSON cannot spell."""
@@ -209,7 +211,7 @@ def _unnest_statement(
                 params.append(list(column))
     cursor = driver_cursor(conn)
     try:
-        cursor.execute(_unnest_sql(tuple((t, tuple(c)) for t, c, _ in batches)), params)
+        cursor.execute(_unnest_sql(tables), params)
     finally:
         cursor.close()
 
