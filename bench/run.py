@@ -581,21 +581,57 @@ def main() -> None:
             p.unlink()
     if args.db.startswith("sqlite:///"):
         columns["SQLite"] = measure(args.db, files, args.seconds, args.workers, input_bytes)
+    servers: list[str] = []
     if args.db.startswith("postgresql://"):
         print("PostgreSQL", flush=True)
+        servers.append(postgres_server(args.db))
         columns["PostgreSQL"] = measure(args.db, files, args.seconds, args.workers, input_bytes)
     elif args.db in ("postgresql", "both"):
         print("PostgreSQL", flush=True)
         with postgres_database() as url:
+            servers.append(postgres_server(url))
             columns["PostgreSQL"] = measure(url, files, args.seconds, args.workers, input_bytes)
     if not columns:
         parser.error(f"--db {args.db!r}: give sqlite, postgresql, both or a postgresql:// URL")
     for column in columns.values():
         column["synthetic population written (resources/s)"] = synth_row
-    write_table(columns, args, total)
+    write_table(columns, args, total, servers)
 
 
-def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, total: int) -> None:
+# The server settings that decide a bulk load's and a large store's speed, recorded with the
+# figures: a table measured on another configuration is not comparable.
+POSTGRES_SETTINGS = (
+    "shared_buffers",
+    "effective_cache_size",
+    "work_mem",
+    "maintenance_work_mem",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "synchronous_commit",
+    "wal_compression",
+    "autovacuum",
+)
+
+
+def postgres_server(url: str) -> str:
+    """The PostgreSQL server's version and the settings that matter here, for the table."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        values = [
+            f"{name} {conn.execute(f'SHOW {name}').fetchone()[0]}"  # type: ignore[index]
+            for name in POSTGRES_SETTINGS
+        ]
+    return f"PostgreSQL {version[0] if version else '?'}: {', '.join(values)}"
+
+
+def write_table(
+    columns: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    total: int,
+    servers: list[str] | None = None,
+) -> None:
     now = datetime.now(UTC)
     rows = list(dict.fromkeys(row for column in columns.values() for row in column))
     header = ["measure", *columns, "target"]
@@ -607,6 +643,7 @@ def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, to
         f"{total:,} resources; validation on; server: {args.workers} worker processes, "
         "authentication on (a national system's bearer token, scopes system/*.cruds) and the "
         "audit log written, except the auth-off row",
+        *(f"- database server: {server}" for server in servers or ()),
         "",
         "| " + " | ".join(header) + " |",
         "| " + " | ".join("---" for _ in header) + " |",
@@ -625,7 +662,8 @@ def write_table(columns: dict[str, dict[str, Any]], args: argparse.Namespace, to
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stores = "-".join(columns).lower()
-    out = RESULTS / f"{now:%Y-%m-%d}-{platform.node()}-{args.scale}-{stores}.md"
+    # the time in the name: a second run the same day must not overwrite the first
+    out = RESULTS / f"{now:%Y-%m-%d-%H%M}-{platform.node()}-{args.scale}-{stores}.md"
     out.write_text(table, encoding="utf-8")
     print(f"written to {out}")
 
