@@ -598,3 +598,37 @@ def test_start_up_catches_up_on_a_bulk_load_made_without_hooks(
     else:
         with postgres_database() as url:
             check(url)
+
+
+def test_escalation_writes_in_batches(
+    record: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog of due Tasks is escalated a batch a transaction, so that other writers (on
+    SQLite, every other writer) get their turn between batches; every due Task is escalated."""
+    import takamul.mentalhealth.service as mh_service
+
+    url, base = record
+    ids = [f"esb-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for pid in ids:
+            client.put(f"/Patient/{pid}", json=patient(pid, "lone"))
+            client.put(f"/QuestionnaireResponse/qr-{pid}", json=phq9(pid, 1, f"qr-{pid}"))
+    store = Store(Settings.from_env(database_url=url))
+    transactions: list[int] = []
+    write = store.write
+
+    def counted(work: Any, *args: Any, **kwargs: Any) -> Any:
+        result = write(work, *args, **kwargs)
+        transactions.append(len(result))
+        return result
+
+    monkeypatch.setattr(mh_service, "ESCALATION_BATCH", 1)
+    monkeypatch.setattr(store, "write", counted)
+    try:
+        # long after every Task of this module was raised: all of them are due
+        escalated = MentalHealth(store).escalate(datetime(2030, 1, 1, tzinfo=UTC))
+    finally:
+        store.close()
+    assert {f"mht-qr-{pid}" for pid in ids} <= {e.task_id for e in escalated}
+    # one Task a transaction, and a last one that found none left
+    assert transactions == [1] * len(escalated) + [0]

@@ -313,8 +313,11 @@ def _facility_of(session: Session, task: Mapping[str, Any]) -> str | None:
     return _ref_id(patient.get("managingOrganization"), "Organization")
 
 
-def escalate_due(session: Session, now: datetime, hours: float | None = None) -> list[Escalation]:
-    """Escalate every safety Task still ``requested`` ``hours`` after it was authored.
+def escalate_due(
+    session: Session, now: datetime, hours: float | None = None, at_most: int | None = None
+) -> list[Escalation]:
+    """Escalate every safety Task still ``requested`` ``hours`` after it was authored (the
+    first ``at_most`` of them, when given: a caller that writes them in batches calls again).
 
     The facility's supervisor is its parent Organization (``partOf``): the Task's owner becomes
     the parent; without a parent the Task stays with its owner and is marked escalated. Either
@@ -327,6 +330,8 @@ def escalate_due(session: Session, now: datetime, hours: float | None = None) ->
         session, "Task", [("code", f"{OUTREACH_SYSTEM}|{SAFETY_CODE}"), ("status", "requested")]
     )
     for task in tasks:
+        if at_most is not None and len(done) >= at_most:
+            break
         task_id = str(task["id"])
         business = {c.get("code") for c in (task.get("businessStatus") or {}).get("coding", [])}
         authored = _parse(str(task.get("authoredOn") or ""))

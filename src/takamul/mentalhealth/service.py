@@ -52,6 +52,8 @@ mh_state = Table(
 
 RESPONSE = "QuestionnaireResponse"
 TRUSTED = WriteOptions(trusted=True)
+# safety Tasks escalated in one write transaction (``MentalHealth.escalate``)
+ESCALATION_BATCH = 100
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -256,8 +258,19 @@ class MentalHealth:
         """Escalate safety Tasks still not acknowledged after ``hours`` (default
         ``TAKAMUL_MH_ESCALATE_HOURS``, 24)."""
         moment = now or datetime.now(UTC)
+        done: list[Escalation] = []
         with unguarded():
-            return self.store.write(lambda s: escalate_due(s, moment, hours))
+            while True:
+                # A transaction a batch: on SQLite a write transaction holds every other writer
+                # (API writes, the audit log), and the first tick over a record loaded with a
+                # backlog of unacknowledged Tasks (350,000 persons) held them for over 20
+                # minutes in one.
+                batch = self.store.write(
+                    lambda s: escalate_due(s, moment, hours, at_most=ESCALATION_BATCH)
+                )
+                done.extend(batch)
+                if len(batch) < ESCALATION_BATCH:
+                    return done
 
     def tick(self, now: datetime | None = None) -> list[Escalation]:
         """What the server runs periodically: catch up on bulk loads, then escalate."""
