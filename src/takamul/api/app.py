@@ -639,7 +639,7 @@ async def _json_body(request: Request) -> Any:
 
 def _query(request: Request) -> list[tuple[str, str]]:
     if not request.scope.get("query_string"):
-        return []  # most reads have none: no QueryParams parsed (about 5 µs a read)
+        return []  # most reads have none: no QueryParams parsed (about 2 µs a read)
     return list(request.query_params.multi_items())
 
 

@@ -120,7 +120,7 @@ def _has_feedback(task: Mapping[str, Any]) -> bool:
 # The Task's versions through its rid and the (rid, version) key: resource_version has no index
 # on (res_type, res_id), and a condition on those read every Task version of the record for
 # each Task written (at 350,000 persons, seconds a write: the safety escalation's first tick
-# ran for over half an hour).
+# ran for over 40 minutes).
 _TASK_RID = "(SELECT r.rid FROM resource r WHERE r.res_type = 'Task' AND r.res_id = :id)"
 _PREVIOUS = text(
     f"SELECT {VERSION_CONTENT_SQL} FROM resource_version v WHERE v.rid = {_TASK_RID} "

@@ -263,7 +263,7 @@ class MentalHealth:
             while True:
                 # A transaction a batch: on SQLite a write transaction holds every other writer
                 # (API writes, the audit log), and the first tick over a record loaded with a
-                # backlog of unacknowledged Tasks (350,000 persons) held them for over 20
+                # backlog of unacknowledged Tasks (350,000 persons) held them for over 40
                 # minutes in one.
                 batch = self.store.write(
                     lambda s: escalate_due(s, moment, hours, at_most=ESCALATION_BATCH)
