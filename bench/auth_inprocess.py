@@ -101,6 +101,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         apps = {"on": make_app(db_url, True), "off": make_app(db_url, False)}
         token = mint(db_url, BASE, NATIONAL_CLIENT)
         audit = apps["on"].state.audit
+        if args.flush_interval:
+            audit.flush_interval = args.flush_interval
         if args.audit_at_end:
             # the writer's thread idle during a round; the round's events written at its end
             audit.flush_interval, audit.max_batch = 3600.0, 10**9
@@ -160,6 +162,11 @@ def main() -> None:
         action="store_true",
         help="write a round's audit events after it, not beside it (to tell the writer's "
         "contention with the requests from its work)",
+    )
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        help="the audit writer's interval in seconds (default: the server's)",
     )
     parser.add_argument(
         "--modes", default="off,on", help="off,on (alternating); on alone to profile it"

@@ -630,5 +630,42 @@ def test_escalation_writes_in_batches(
     finally:
         store.close()
     assert {f"mht-qr-{pid}" for pid in ids} <= {e.task_id for e in escalated}
-    # one Task a transaction, and a last one that found none left
-    assert transactions == [1] * len(escalated) + [0]
+    # one Task a transaction, the candidates read once beforehand (no empty last batch)
+    assert transactions == [1] * len(escalated)
+
+
+def test_a_task_acknowledged_after_the_candidates_were_read_is_not_escalated(
+    record: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch reads its Tasks again: one acknowledged between the reading of the
+    candidates and its batch stays as the clinician left it."""
+    import takamul.mentalhealth.service as mh_service
+
+    url, base = record
+    pid = f"ack-{uuid.uuid4().hex[:6]}"
+    task_id = f"mht-qr-{pid}"
+    with httpx.Client(base_url=base, timeout=60) as client:
+        client.put(f"/Patient/{pid}", json=patient(pid, "lone"))
+        client.put(f"/QuestionnaireResponse/qr-{pid}", json=phq9(pid, 1, f"qr-{pid}"))
+        store = Store(Settings.from_env(database_url=url))
+        read_candidates = mh_service.due_safety_tasks
+
+        def then_acknowledged(*args: Any, **kwargs: Any) -> list[str]:
+            found = read_candidates(*args, **kwargs)
+            assert task_id in found
+            task = client.get(f"/Task/{task_id}").json()
+            task["status"] = "accepted"
+            assert client.put(f"/Task/{task_id}", json=task).status_code == 200
+            return found
+
+        monkeypatch.setattr(mh_service, "due_safety_tasks", then_acknowledged)
+        try:
+            escalated = MentalHealth(store).escalate(datetime(2030, 1, 1, tzinfo=UTC))
+        finally:
+            store.close()
+        assert task_id not in {e.task_id for e in escalated}
+        after = client.get(f"/Task/{task_id}").json()
+    assert after["status"] == "accepted"
+    assert "businessStatus" not in after or all(
+        c.get("code") != "escalated" for c in after["businessStatus"].get("coding", [])
+    )

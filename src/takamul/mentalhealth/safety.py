@@ -10,7 +10,7 @@ act on them: a re-write never resets a Task someone accepted or completed.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,8 +35,9 @@ __all__ = [
     "Escalation",
     "OwnerFacts",
     "SafetyReads",
-    "escalate_due",
+    "due_safety_tasks",
     "escalate_hours",
+    "escalate_tasks",
     "find_all",
     "psy_meta",
     "safety_flag",
@@ -313,30 +314,53 @@ def _facility_of(session: Session, task: Mapping[str, Any]) -> str | None:
     return _ref_id(patient.get("managingOrganization"), "Organization")
 
 
-def escalate_due(
-    session: Session, now: datetime, hours: float | None = None, at_most: int | None = None
+def due_safety_tasks(session: Session, now: datetime, hours: float | None = None) -> list[str]:
+    """The ids of the safety Tasks still ``requested`` ``hours`` after they were authored and
+    not yet escalated: what :func:`escalate_tasks` is then given, in batches."""
+    limit = _escalation_limit(hours)
+    tasks = find_all(
+        session, "Task", [("code", f"{OUTREACH_SYSTEM}|{SAFETY_CODE}"), ("status", "requested")]
+    )
+    return [str(task["id"]) for task in tasks if _due(task, now, limit)]
+
+
+def _escalation_limit(hours: float | None) -> timedelta:
+    return timedelta(hours=escalate_hours() if hours is None else hours)
+
+
+def _due(task: Mapping[str, Any], now: datetime, limit: timedelta) -> bool:
+    business = {c.get("code") for c in (task.get("businessStatus") or {}).get("coding", [])}
+    authored = _parse(str(task.get("authoredOn") or ""))
+    return (
+        task.get("status") == "requested"
+        and ESCALATED not in business
+        and authored is not None
+        and now - authored >= limit
+    )
+
+
+def escalate_tasks(
+    session: Session, task_ids: Sequence[str], now: datetime, hours: float | None = None
 ) -> list[Escalation]:
-    """Escalate every safety Task still ``requested`` ``hours`` after it was authored (the
-    first ``at_most`` of them, when given: a caller that writes them in batches calls again).
+    """Escalate these safety Tasks, each read again in this transaction and escalated only if
+    it is still due (someone may have acknowledged it since the candidates were read).
 
     The facility's supervisor is its parent Organization (``partOf``): the Task's owner becomes
     the parent; without a parent the Task stays with its owner and is marked escalated. Either
     way ``businessStatus`` says ``escalated`` (so it escalates once), a note says when and why,
     and a Provenance records the escalation of that version of the Task.
     """
-    limit = timedelta(hours=escalate_hours() if hours is None else hours)
+    limit = _escalation_limit(hours)
     done: list[Escalation] = []
-    tasks = find_all(
-        session, "Task", [("code", f"{OUTREACH_SYSTEM}|{SAFETY_CODE}"), ("status", "requested")]
-    )
-    for task in tasks:
-        if at_most is not None and len(done) >= at_most:
-            break
-        task_id = str(task["id"])
-        business = {c.get("code") for c in (task.get("businessStatus") or {}).get("coding", [])}
-        authored = _parse(str(task.get("authoredOn") or ""))
-        if ESCALATED in business or authored is None or now - authored < limit:
+    for task_id in task_ids:
+        try:
+            task = session.read("Task", task_id).json()
+        except FhirError:  # deleted since the candidates were read
             continue
+        if not _due(task, now, limit):
+            continue
+        authored = _parse(str(task.get("authoredOn") or ""))
+        assert authored is not None  # _due checked it
         facility = _facility_of(session, task)
         parent: str | None = None
         if facility:

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select
@@ -23,7 +24,8 @@ from takamul.mentalhealth.instruments import instruments, merge_wording, questio
 from takamul.mentalhealth.safety import (
     Escalation,
     SafetyReads,
-    escalate_due,
+    due_safety_tasks,
+    escalate_tasks,
     psy_meta,
     safety_flag,
     safety_task,
@@ -260,17 +262,20 @@ class MentalHealth:
         moment = now or datetime.now(UTC)
         done: list[Escalation] = []
         with unguarded():
-            while True:
-                # A transaction a batch: on SQLite a write transaction holds every other writer
-                # (API writes, the audit log), and the first tick over a record loaded with a
-                # backlog of unacknowledged Tasks (350,000 persons) held them for over 40
-                # minutes in one.
-                batch = self.store.write(
-                    lambda s: escalate_due(s, moment, hours, at_most=ESCALATION_BATCH)
+            with self.store.reading() as session:
+                due = due_safety_tasks(session, moment, hours)
+            # A transaction a batch: on SQLite a write transaction holds every other writer
+            # (API writes, the audit log), and the first tick over a record loaded with a
+            # backlog of unacknowledged Tasks (350,000 persons) held them for over 40 minutes
+            # in one. The candidates are read once; each batch reads its own Tasks again.
+            for start in range(0, len(due), ESCALATION_BATCH):
+                batch = due[start : start + ESCALATION_BATCH]
+                done.extend(
+                    self.store.write(
+                        partial(escalate_tasks, task_ids=batch, now=moment, hours=hours)
+                    )
                 )
-                done.extend(batch)
-                if len(batch) < ESCALATION_BATCH:
-                    return done
+        return done
 
     def tick(self, now: datetime | None = None) -> list[Escalation]:
         """What the server runs periodically: catch up on bulk loads, then escalate."""
