@@ -321,22 +321,21 @@ def due_safety_tasks(session: Session, now: datetime, hours: float | None = None
     tasks = find_all(
         session, "Task", [("code", f"{OUTREACH_SYSTEM}|{SAFETY_CODE}"), ("status", "requested")]
     )
-    return [str(task["id"]) for task in tasks if _due(task, now, limit)]
+    return [str(task["id"]) for task in tasks if _due_since(task, now, limit) is not None]
 
 
 def _escalation_limit(hours: float | None) -> timedelta:
     return timedelta(hours=escalate_hours() if hours is None else hours)
 
 
-def _due(task: Mapping[str, Any], now: datetime, limit: timedelta) -> bool:
+def _due_since(task: Mapping[str, Any], now: datetime, limit: timedelta) -> datetime | None:
+    """When the Task was authored, if it is due for escalation (still requested, not yet
+    escalated, authored ``limit`` or more before ``now``); else None."""
     business = {c.get("code") for c in (task.get("businessStatus") or {}).get("coding", [])}
     authored = _parse(str(task.get("authoredOn") or ""))
-    return (
-        task.get("status") == "requested"
-        and ESCALATED not in business
-        and authored is not None
-        and now - authored >= limit
-    )
+    if task.get("status") != "requested" or ESCALATED in business or authored is None:
+        return None
+    return authored if now - authored >= limit else None
 
 
 def escalate_tasks(
@@ -357,10 +356,9 @@ def escalate_tasks(
             task = session.read("Task", task_id).json()
         except FhirError:  # deleted since the candidates were read
             continue
-        if not _due(task, now, limit):
+        authored = _due_since(task, now, limit)
+        if authored is None:
             continue
-        authored = _parse(str(task.get("authoredOn") or ""))
-        assert authored is not None  # _due checked it
         facility = _facility_of(session, task)
         parent: str | None = None
         if facility:
