@@ -234,8 +234,34 @@ def test_a_first_large_pass_builds_its_indexes_at_the_end(
         facts.catch_up()
         assert dropped[-1] == ("_pass", set())  # this time version by version, with them
         assert facts_and_indexes()[0] == scanned
-        facts._scan(None)  # over facts already there (a live write's hook stored some)
-        assert facts_and_indexes()[0] == scanned
+
+        # live writes while a first pass scans, one resource a batch: the Patient scanned
+        # already and the one not yet are changed, their hook storing facts; each source's
+        # facts are then stored once, the current version's
+        facts.attach()
+        facts.forget()
+        monkeypatch.setattr(CareFacts, "DEFER_INDEXES_FROM", 1)
+        monkeypatch.setattr(CareFacts, "BATCH", 1)
+        written: list[int] = []
+
+        def write_while_scanning(read: int) -> None:
+            if not written:
+                for pid in ("cu-a", "cu-b"):
+                    changed = {**_patient(pid), "gender": "male"}
+                    store.write(lambda s, pid=pid, body=changed: s.update("Patient", pid, body))
+            written.append(read)
+
+        facts.catch_up(write_while_scanning)
+        assert dropped[-1][0] == "_scan" and written
+        live, _ = facts_and_indexes()
+        assert sorted(r for r in live if r[2] == "patient") == [
+            ("cu-a", "Patient/cu-a", "patient", "male", 5174, None, None, "org-cu-a"),
+            ("cu-b", "Patient/cu-b", "patient", "male", 5174, None, None, "org-cu-b"),
+        ]
+        facts.forget()
+        monkeypatch.setattr(CareFacts, "DEFER_INDEXES_FROM", 10**9)
+        facts.catch_up()
+        assert facts_and_indexes()[0] == live  # what a pass version by version finds
 
         with store.writer.connect() as conn:  # a pass stopped before it built them
             CareFacts._defer_indexes(conn)

@@ -52,16 +52,20 @@ class DriverSql:
 
 
 def driver_execute(
-    conn: Connection, statement: DriverSql, params: Mapping[str, Any]
+    conn: Connection, statement: DriverSql, params: Mapping[str, Any], binary: bool = False
 ) -> list[tuple[Any, ...]]:
     """Run ``statement`` on the driver in ``conn``'s transaction; its rows, if it has any.
 
     It bypasses SQLAlchemy's events, so a write transaction's pending version and index rows
     (``repository.PendingRows``) are not sent first: only for statements that name none of
-    their tables."""
+    their tables. ``binary``: PostgreSQL sends the rows in binary form, for many rows of JSON
+    bytes (a ``bytea`` in text form is twice its size, in hexadecimal, and decoded here)."""
     cursor = driver_cursor(conn)
     try:
-        cursor.execute(statement.sql[conn.dialect.name], params)
+        if binary and conn.dialect.name == "postgresql":
+            cursor.execute(statement.sql["postgresql"], params, binary=True)
+        else:
+            cursor.execute(statement.sql[conn.dialect.name], params)
         return list(cursor.fetchall()) if cursor.description else []
     finally:
         cursor.close()
