@@ -30,7 +30,6 @@ from takamul.fhir.outcome import FhirError, OutcomeIssue
 from takamul.security.context import AccessContext
 from takamul.store.guard import current_guard
 from takamul.store.repository import Session, Store
-from takamul.store.schema import VERSION_CONTENT_SQL
 
 __all__ = [
     "FEEDBACK_TYPES",
@@ -117,19 +116,6 @@ def _has_feedback(task: Mapping[str, Any]) -> bool:
     return False
 
 
-# The Task's versions through its rid and the (rid, version) key: resource_version has no index
-# on (res_type, res_id), and a condition on those read every Task version of the record for
-# each Task written (at 350,000 persons, seconds a write: the safety escalation's first tick
-# ran for over 40 minutes).
-_TASK_RID = "(SELECT r.rid FROM resource r WHERE r.res_type = 'Task' AND r.res_id = :id)"
-_PREVIOUS = text(
-    f"SELECT {VERSION_CONTENT_SQL} FROM resource_version v WHERE v.rid = {_TASK_RID} "
-    "AND v.version = :v"
-)
-_HISTORY = text(
-    f"SELECT {VERSION_CONTENT_SQL} FROM resource_version v WHERE v.rid = {_TASK_RID} "
-    "AND v.version < :v ORDER BY v.version DESC"
-)
 _ONE = text("SELECT content FROM resource WHERE res_type = :t AND res_id = :id AND deleted = :f")
 
 
@@ -138,14 +124,13 @@ def _previous(session: Session, task_id: str, version: int) -> dict[str, Any] | 
     indexed lookup: every Task write pays for it, referral or not."""
     if version <= 1:
         return None
-    row = session.conn.execute(_PREVIOUS, {"id": task_id, "v": version - 1}).first()
-    return orjson.loads(row.content) if row is not None and row.content else None
+    earlier = session.earlier_versions("Task", task_id, version, limit=1)
+    return earlier[0] if earlier else None
 
 
 def _versions_before(session: Session, task_id: str, version: int) -> list[dict[str, Any] | None]:
     """Earlier versions of the Task, newest first (None for a deletion)."""
-    rows = session.conn.execute(_HISTORY, {"id": task_id, "v": version})
-    return [orjson.loads(r.content) if r.content else None for r in rows]
+    return session.earlier_versions("Task", task_id, version)
 
 
 def organizations_of(session: Session, reference: str) -> set[str]:

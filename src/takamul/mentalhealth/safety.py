@@ -338,6 +338,20 @@ def _due_since(task: Mapping[str, Any], now: datetime, limit: timedelta) -> date
     return authored if now - authored >= limit else None
 
 
+def _supervisor(session: Session, facility: str | None, known: dict[str, str | None]) -> str | None:
+    """The facility's parent Organization (``partOf``; None: it has none, or the facility is
+    unknown), read once a batch: a backlog's Tasks come from a few facilities each."""
+    if not facility:
+        return None
+    if facility not in known:
+        try:
+            org = session.read("Organization", facility).json()
+            known[facility] = _ref_id(org.get("partOf"), "Organization")
+        except FhirError:  # an unknown facility has no supervisor
+            known[facility] = None
+    return known[facility]
+
+
 def escalate_tasks(
     session: Session, task_ids: Sequence[str], now: datetime, hours: float | None = None
 ) -> list[Escalation]:
@@ -351,6 +365,7 @@ def escalate_tasks(
     """
     limit = _escalation_limit(hours)
     done: list[Escalation] = []
+    supervisors: dict[str, str | None] = {}
     for task_id in task_ids:
         try:
             task = session.read("Task", task_id).json()
@@ -359,14 +374,7 @@ def escalate_tasks(
         authored = _due_since(task, now, limit)
         if authored is None:
             continue
-        facility = _facility_of(session, task)
-        parent: str | None = None
-        if facility:
-            try:
-                org = session.read("Organization", facility).json()
-                parent = _ref_id(org.get("partOf"), "Organization")
-            except FhirError:  # an unknown facility has no supervisor
-                parent = None
+        parent = _supervisor(session, _facility_of(session, task), supervisors)
         stamp = now.astimezone(UTC).isoformat(timespec="seconds")
         updated = dict(task)
         updated.pop("meta", None)

@@ -722,6 +722,26 @@ class Session:
             )
         return stored
 
+    def earlier_versions(
+        self, resource_type: str, resource_id: str, version: int, limit: int | None = None
+    ) -> list[dict[str, Any] | None]:
+        """The versions of a resource before ``version``, newest first, as stored (None for a
+        deletion), at most ``limit``. Not through the guard: for the store's own rules on a
+        write (a referral's state machine compares a Task with its earlier versions), never
+        for what a requester is shown."""
+        query = (
+            select(version_content())
+            .where(
+                resource_version.c.rid == _rid_of(resource_type, resource_id),
+                resource_version.c.version < version,
+            )
+            .order_by(resource_version.c.version.desc())
+            .limit(limit)
+        )
+        return [
+            orjson.loads(row.content) if row.content else None for row in self.conn.execute(query)
+        ]
+
     def history(
         self,
         resource_type: str | None,
