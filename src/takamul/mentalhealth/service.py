@@ -215,18 +215,19 @@ class MentalHealth:
             mark = self._mark()
             with self.store.reader.connect() as conn:
                 end = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
-                ids = sorted(
-                    {
-                        r.res_id
-                        for r in conn.execute(
-                            select(resource_version.c.res_id).where(
-                                resource_version.c.seq > mark,
-                                resource_version.c.seq <= end,
-                                resource_version.c.res_type == RESPONSE,
-                            )
-                        )
-                    }
+                # in the order they were stored, each once: a batch's responses then lie
+                # together in the table, read page by page when the store is larger than
+                # memory (sorted by id, as before, a record's UUIDs spread every batch over it)
+                versions = conn.execute(
+                    select(resource_version.c.res_id)
+                    .where(
+                        resource_version.c.seq > mark,
+                        resource_version.c.seq <= end,
+                        resource_version.c.res_type == RESPONSE,
+                    )
+                    .order_by(resource_version.c.seq)
                 )
+                ids = list(dict.fromkeys(r.res_id for r in versions))
             for start in range(0, len(ids), self.BATCH):
                 chunk = ids[start : start + self.BATCH]
 
