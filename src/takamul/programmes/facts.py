@@ -504,13 +504,13 @@ class CareFacts:
                     conn.commit()
                     state = {"seq": "0"}
                 mark = int(state.get("seq", 0))
-                # read before the facts table is found empty: a live write's facts are then
-                # either seen there or of a version numbered after ``last`` (``_scan``)
-                last = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
-                bulk = self._bulk(conn, mark, last)
-                deferred = self._defer_indexes(conn) if bulk else []
+                last = self._bulk(conn, mark)
+                deferred = self._defer_indexes(conn) if last is not None else []
             try:
-                done = self._scan(mark, last, progress) if deferred else self._pass(mark, progress)
+                if last is not None:
+                    done = self._scan(mark, last, progress)
+                else:
+                    done = self._pass(mark, progress)
             finally:
                 if deferred:
                     with self.store.writer.begin() as conn:
@@ -524,11 +524,21 @@ class CareFacts:
                     conn.commit()
             return done
 
-    def _bulk(self, conn: Connection, mark: int, last: int) -> bool:
-        """A first pass over a large record: no fact yet, many versions behind."""
-        if conn.execute(select(care_fact.c.source).limit(1)).first() is not None:
-            return False
-        return last - mark >= self.DEFER_INDEXES_FROM
+    def _bulk(self, conn: Connection, mark: int) -> int | None:
+        """A first pass over a large record (no fact yet, many versions behind): the last
+        version numbered, for ``_scan``; None otherwise. The table is found empty again after
+        that number is read, so a live write's facts are either seen there or of a version
+        numbered after it (the common case, facts there, costs one lookup)."""
+        if not self._no_facts(conn):
+            return None
+        last = int(conn.execute(select(func.max(resource_version.c.seq))).scalar() or 0)
+        if last - mark < self.DEFER_INDEXES_FROM or not self._no_facts(conn):
+            return None
+        return last
+
+    @staticmethod
+    def _no_facts(conn: Connection) -> bool:
+        return conn.execute(select(care_fact.c.source).limit(1)).first() is None
 
     @staticmethod
     def _defer_indexes(conn: Connection) -> list[Index]:
