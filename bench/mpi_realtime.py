@@ -1,11 +1,15 @@
 """Real-time client registry benchmark: ``Patient/$match`` and link-on-create with a large
 number of Patients stored (target: p95 <= 20 ms at 1,000,000 Patients).
 
-    python bench/mpi_realtime.py [--persons 455000] [--queries 2000]
+    python bench/mpi_realtime.py [--persons 455000] [--queries 2000] [--db URL]
+        [--index memory|store]
 
 Steps (each timed): synthesise a Saudi population (Patients only are loaded), bulk-load them
-into a SQLite shared record, start the client registry on it (reads every Patient into the
-in-memory candidate index and links them as a batch), then measure
+into a SQLite shared record (or ``--db``, a new PostgreSQL database; one that holds Patients
+already is used as it is), start the client registry on it (``--index memory`` reads every
+Patient into the in-memory candidate index, ``store`` writes the index tables, the first time;
+then the Patients are linked as a batch), start it again in a process of its own (what each
+further server process costs: seconds and resident memory), then measure
 - ``$match``: the registry scoring a Patient against the index (the route adds JSON parsing
   and reading the matched Patients), for stored Patients without their id (they find
   themselves and their duplicates) and for persons of another seed (mostly no match);
@@ -74,6 +78,8 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=455_000)
     parser.add_argument("--seed", type=int, default=2001)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--db", default=None, help="a PostgreSQL URL (default: a SQLite file)")
+    parser.add_argument("--index", choices=["memory", "store"], default="memory")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str] = {}
@@ -84,8 +90,12 @@ def main() -> None:
     figures["synthesis (s, cached if 0)"] = f"{time.perf_counter() - t:.0f}"
 
     db = WORK / f"mpi-realtime-{args.persons}-{args.seed}.sqlite"
-    settings = Settings(database_url=f"sqlite:///{db}", export_dir=WORK / "exports", mpi=True)
-    if not (WORK / f"{db.name}.loaded").exists():
+    url = args.db or f"sqlite:///{db}"
+    marker = WORK / f"{db.name}.loaded"
+    settings = Settings(
+        database_url=url, export_dir=WORK / "exports", mpi=True, registry_index=args.index
+    )
+    if not (marker.exists() if not args.db else _holds_patients(url)):
         # Loading is set-up, not what is measured here: the generator's output is valid FHIR
         # (tested), so the load skips validation; it resumes if interrupted.
         loader = Store(replace(settings, validate=False))
@@ -95,7 +105,8 @@ def main() -> None:
         figures["Patients loaded (this run)"] = f"{summary.loaded:,}"
         loader.analyze()
         loader.close()
-        (WORK / f"{db.name}.loaded").touch()
+        if not args.db:
+            marker.touch()
     store = Store(settings)
 
     t = time.perf_counter()
@@ -109,6 +120,16 @@ def main() -> None:
         f"{attach_s:.0f}" + (f" ({linked:,} linked)" if linked else "")
     )
     figures["peak RSS after start-up (MB)"] = f"{rss_mb():,.0f}"
+    again = subprocess.run(
+        [sys.executable, __file__, "--start-only", url, args.index],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    figures["a further process's start: seconds; resident memory (MB)"] = (
+        f"{float(again[0]):.1f}; {float(again[1]):,.0f} (of which before the start "
+        f"{float(again[2]):,.0f})"
+    )
 
     rng = random.Random(7)
     stored = patients(population / "Patient.ndjson")
@@ -163,11 +184,13 @@ def write_result(records: int, figures: dict[str, str], args: argparse.Namespace
         f"- date: {now:%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {os.cpu_count()} cores, "
         f"{mem_gb:.0f} GB, Python {platform.python_version()}; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        f"- store: {'PostgreSQL' if args.db else 'SQLite'}; candidate index: {args.index}",
         f"- data: takamul synth, Saudi Arabia, {args.persons:,} persons, seed {args.seed} "
         f"(Patients only); queries: {args.queries:,}; new registrations from seed {args.seed + 1}",
         "- target: `$match` and link-on-create p95 <= 20 ms with 1,000,000 Patients stored",
         "- command: `python bench/mpi_realtime.py "
-        f"--persons {args.persons} --queries {args.queries}`",
+        f"--persons {args.persons} --queries {args.queries} --index {args.index}"
+        f"{' --db postgresql://…' if args.db else ''}`",
         "",
         "| measure | value |",
         "| --- | --- |",
@@ -175,11 +198,45 @@ def write_result(records: int, figures: dict[str, str], args: argparse.Namespace
         "",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{now:%Y-%m-%d}-vm-mpi-realtime-{records}.md"
+    kind = "postgresql" if args.db else "sqlite"
+    out = RESULTS / f"{now:%Y-%m-%d-%H%M}-vm-mpi-realtime-{records}-{kind}-{args.index}.md"
     out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     print(f"wrote {out}")
 
 
+def _holds_patients(url: str) -> bool:
+    store = Store(Settings(database_url=url, mpi=False))
+    try:
+        with store.reading() as s:
+            found = s.conn.exec_driver_sql(
+                "SELECT 1 FROM resource WHERE res_type = 'Patient' LIMIT 1"
+            ).first()
+    finally:
+        store.close()
+    return found is not None
+
+
+def start_only(url: str, index: str) -> None:
+    """Attach a registry to an already linked store, in this process: print the seconds, the
+    resident memory after it and before it (MB)."""
+    before = current_rss_mb()
+    store = Store(Settings(database_url=url, export_dir=WORK / "exports", registry_index=index))
+    t = time.perf_counter()
+    ClientRegistry(store).attach()
+    took = time.perf_counter() - t
+    print(f"{took:.3f} {current_rss_mb():.0f} {before:.0f}")
+    store.close()
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--start-only":
+        start_only(sys.argv[2], sys.argv[3])
+    else:
+        main()

@@ -4,7 +4,8 @@ every server process linking against the same registry (issue 17; target p95 <= 
 
     python bench/registry_workers.py [--db sqlite|postgresql|both] [--base 10000]
         [--registrations 2000] [--clients 4] [--workers 4] [--compare]
-        [--locks per-key|global|both] [--rates 30,60,90] [--rate-seconds 15]
+        [--locks per-key|global|both] [--index memory|store|both] [--rates 30,60,90]
+        [--rate-seconds 15]
 
 Steps: a population of ``--base`` Patients (one registration of each person, ids known) is
 bulk-loaded hookless into a new store; ``takamul serve --workers N`` starts (the first process
@@ -158,10 +159,12 @@ def store(kind: str, folder: Path) -> Iterator[str]:
             yield url
 
 
-def load(url: str, path: Path) -> float:
+def load(url: str, path: Path, env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
     command = [sys.executable, "-m", "takamul.cli", "load", str(path), "--db", url]
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        command, check=True, cwd=ROOT, capture_output=True, env={**os.environ, **(env or {})}
+    )
     return time.perf_counter() - started
 
 
@@ -304,7 +307,7 @@ def without_registry(kind: str, args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def run(kind: str, args: argparse.Namespace, locks: str) -> dict[str, str]:
+def run(kind: str, args: argparse.Namespace, locks: str, index: str) -> dict[str, str]:
     rng = random.Random(args.seed)
     taken: set[str] = set()
     people = [Person(rng, taken) for _ in range(args.base)]
@@ -313,15 +316,17 @@ def run(kind: str, args: argparse.Namespace, locks: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory(prefix="takamul-registry-workers-") as tmp:
         folder = Path(tmp)
         with store(kind, folder) as url:
-            figures["bulk load of the base population"] = (
-                f"{args.base:,} Patients in {load(url, base_file(people, folder)):.1f} s"
+            env = {"TAKAMUL_REGISTRY_LOCKS": locks, "TAKAMUL_REGISTRY_INDEX": index}
+            took = load(url, base_file(people, folder), env)
+            figures["bulk load of the base population and its catch-up"] = (
+                f"{args.base:,} Patients in {took:.1f} s"
             )
             started = time.perf_counter()
-            env = {"TAKAMUL_REGISTRY_LOCKS": locks}
             with running_server(url, env=env, workers=args.workers) as base:
-                figures["server start (batch link of the base, every worker loaded)"] = (
+                figures["server start (every worker attached)"] = (
                     f"{time.perf_counter() - started:.1f} s"
                 )
+                figures["server processes' memory (RSS, MB)"] = workers_memory(base)
                 warm = workload(people, random.Random(args.seed + 1), 40)
                 drive(base, warm, args.clients)  # every worker's first requests
                 latencies, made, seconds = drive(base, work, args.clients)
@@ -357,23 +362,48 @@ def run(kind: str, args: argparse.Namespace, locks: str) -> dict[str, str]:
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict[str, str]:
-    """The figures of each locking asked for (``--locks both``: per-key, global, per-key,
-    global in turn, each on a store of its own, so that both see the machine alike)."""
-    if args.locks != "both" or kind != "postgresql":
-        locks = "per-key" if args.locks == "both" else args.locks
-        return {
-            f"{k} [{locks} locks]" if kind == "postgresql" else k: v
-            for k, v in run(kind, args, locks).items()
-        }
-    rounds: dict[str, list[dict[str, str]]] = {"per-key": [], "global": []}
+    """The figures of each variant asked for (``--locks both``, ``--index both``: each variant
+    twice, in turn, each run on a store of its own, so that all see the machine alike)."""
+    locks = ["per-key", "global"] if args.locks == "both" else [args.locks]
+    if kind != "postgresql":
+        locks = ["per-key"]  # SQLite has one writer
+    indexes = ["memory", "store"] if args.index == "both" else [args.index]
+    variants = [(lk, ix) for lk in locks for ix in indexes]
+
+    def label(key: str, lk: str, ix: str) -> str:
+        tags = ([f"{lk} locks"] if kind == "postgresql" else []) + [f"{ix} index"]
+        return f"{key} [{', '.join(tags)}]"
+
+    if len(variants) == 1:
+        ((lk, ix),) = variants
+        return {label(k, lk, ix): v for k, v in run(kind, args, lk, ix).items()}
+    rounds: dict[tuple[str, str], list[dict[str, str]]] = {v: [] for v in variants}
     for _ in range(2):
-        for locks in rounds:
-            rounds[locks].append(run(kind, args, locks))
+        for variant in rounds:
+            rounds[variant].append(run(kind, args, *variant))
     figures: dict[str, str] = {}
-    for locks, runs in rounds.items():
+    for (lk, ix), runs in rounds.items():
         for key in runs[0]:
-            figures[f"{key} [{locks} locks]"] = " ; ".join(r[key] for r in runs)
+            figures[label(key, lk, ix)] = " ; ".join(r[key] for r in runs)
     return figures
+
+
+def workers_memory(base: str) -> str:
+    """The resident memory of the server's processes (the parent and its workers), in MB."""
+    port = base.split(":")[2].split("/")[0]
+    listing = subprocess.run(
+        ["ps", "-eo", "pid,ppid,rss,args"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[1:]
+    rows = [line.split(None, 3) for line in listing]
+    parents = [r for r in rows if "takamul.cli serve" in r[3] and f"--port {port}" in r[3]]
+    if not parents:
+        return "not found"
+    family = {parents[0][0]}
+    for row in rows:  # uvicorn's workers are children (multiprocessing may add a helper)
+        if row[1] in family:
+            family.add(row[0])
+    sizes = [int(r[2]) // 1024 for r in rows if r[0] in family]
+    return " + ".join(str(x) for x in sorted(sizes, reverse=True)) + f" = {sum(sizes)}"
 
 
 def write_result(kind: str, figures: dict[str, str], args: argparse.Namespace) -> Path:
@@ -391,14 +421,17 @@ def write_result(kind: str, figures: dict[str, str], args: argparse.Namespace) -
         "- target: link on create p95 <= 20 ms with 4 workers",
         f"- command: `python bench/registry_workers.py --db {kind} --base {args.base} "
         f"--registrations {args.registrations} --clients {args.clients} "
-        f"--workers {args.workers} --locks {args.locks}{' --compare' if args.compare else ''} "
+        f"--workers {args.workers} --locks {args.locks} --index {args.index}"
+        f"{' --compare' if args.compare else ''} "
         f"--rates {','.join(f'{r:g}' for r in args.rates)} --rate-seconds {args.rate_seconds:g}`",
         "- closed loop: the clients send the next registration when the last is answered, so "
         "the machine is saturated and latency is mostly queueing; open loop: registrations "
         "arrive at an offered rate (Poisson), latency from each one's arrival",
         "- PostgreSQL's registry locks (`TAKAMUL_REGISTRY_LOCKS`): per-key (the default: the "
         "registration's block keys and the persons it may change) or global (one lock for "
-        "every link); with `--locks both`, two runs of each in turn, separated by ` ; `",
+        "every link); the candidate index (`TAKAMUL_REGISTRY_INDEX`): in each process's memory "
+        "or in the store's tables; with `both`, two runs of each variant in turn, separated by "
+        "` ; `",
         "",
         "| measure | value |",
         "| --- | --- |",
@@ -436,6 +469,12 @@ def main() -> None:
         choices=["per-key", "global", "both"],
         default="per-key",
         help="PostgreSQL's registry locks (both: each twice, in turn)",
+    )
+    parser.add_argument(
+        "--index",
+        choices=["memory", "store", "both"],
+        default="memory",
+        help="where the registry's candidate index lives (both: each twice, in turn)",
     )
     args = parser.parse_args()
     for kind in ("sqlite", "postgresql") if args.db == "both" else (args.db,):

@@ -1,11 +1,13 @@
 """The client registry behind ``takamul serve --workers 4``, on SQLite and PostgreSQL: many
 clients register the same people at once, each request on a connection of its own so the
 registrations land on different server processes, and every person still ends with one golden
-record holding all of its registrations (issue 17: one person, one golden record).
+record holding all of its registrations (issue 17: one person, one golden record). With the
+candidate index in each process's memory and in the store's tables (``TAKAMUL_REGISTRY_INDEX``).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -99,10 +101,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             yield url
 
 
+@pytest.fixture(params=["memory", "store"])
+def index_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Where the registry's candidate index lives (``Settings.registry_index``)."""
+    return {"TAKAMUL_REGISTRY_INDEX": request.param}
+
+
 @pytest.fixture
-def workers_base(store_url: str) -> Iterator[str]:
+def workers_base(store_url: str, index_env: dict[str, str]) -> Iterator[str]:
     """A ``takamul serve --workers 4`` on a new store of each kind."""
-    with running_server(store_url, workers=WORKERS) as base:
+    with running_server(store_url, env=index_env, workers=WORKERS) as base:
         yield base
 
 
@@ -164,7 +172,9 @@ def test_four_workers_registering_one_person_at_once_make_one_golden_record(
         assert answer["members"] == sorted(f"Patient/{p}" for p in expected[key])
 
 
-def test_four_workers_starting_on_a_bulk_load_link_it_once(store_url: str, tmp_path: Path) -> None:
+def test_four_workers_starting_on_a_bulk_load_link_it_once(
+    store_url: str, index_env: dict[str, str], tmp_path: Path
+) -> None:
     """Registrations bulk-loaded (no write hooks, so no person yet) are linked when the server
     starts: four workers starting together take turns, so the first links them and the others
     load its persons instead of making persons of their own."""
@@ -177,12 +187,19 @@ def test_four_workers_starting_on_a_bulk_load_link_it_once(store_url: str, tmp_p
         )
     )
     command = [sys.executable, "-m", "takamul.cli", "load", str(path), "--db", store_url]
-    loaded = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    loaded = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **index_env},
+    )
     assert loaded.returncode == 0, loaded.stderr
     expected: dict[str, set[str]] = {}
     for pid, key in ids.items():
         expected.setdefault(key, set()).add(pid)
-    with running_server(store_url, workers=WORKERS) as base:
+    with running_server(store_url, env=index_env, workers=WORKERS) as base:
         golden = _golden_records(base)
         assert sorted(map(sorted, golden.values())) == sorted(map(sorted, expected.values()))
         root = base.rsplit("/fhir", 1)[0]

@@ -38,6 +38,11 @@ class Settings:
     # unrelated registrations link in parallel; "global" takes one lock for every link (the
     # behaviour before per-key locks, kept to compare). SQLite has one writer either way.
     registry_locks: str = "per-key"
+    # Where the client registry's candidate index lives: "memory", every registration held in
+    # each server process (fastest; its memory and start-up time grow with the population), or
+    # "store", tables of the database that every process shares and looks candidates up in
+    # (a national population; docs/mpi.md). Every process of one store must choose alike.
+    registry_index: str = "memory"
     # Every request must carry a SMART access token or a login session; off only for an open
     # development server (refused in production: TAKAMUL_PRODUCTION=true).
     auth: bool = True
@@ -56,6 +61,7 @@ class Settings:
             export_dir=Path(env.get("TAKAMUL_EXPORT_DIR") or defaults.export_dir),
             mpi=env.get("TAKAMUL_MPI", "true").lower() not in ("0", "false", "no"),
             registry_locks=env.get("TAKAMUL_REGISTRY_LOCKS") or defaults.registry_locks,
+            registry_index=env.get("TAKAMUL_REGISTRY_INDEX") or defaults.registry_index,
             auth=env.get("TAKAMUL_AUTH", "true").lower() not in ("0", "false", "no"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

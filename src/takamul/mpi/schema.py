@@ -9,6 +9,7 @@ same transaction.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -25,12 +27,15 @@ from sqlalchemy import (
 from takamul.store.schema import RowId
 
 __all__ = [
+    "mpi_block",
     "mpi_change",
     "mpi_decision",
     "mpi_event",
+    "mpi_indexed",
     "mpi_member",
     "mpi_metadata",
     "mpi_model",
+    "mpi_name",
     "mpi_review",
 ]
 
@@ -110,4 +115,36 @@ mpi_change = Table(
     mpi_metadata,
     Column("seq", RowId, primary_key=True, autoincrement=True),
     Column("patient_id", String(64), nullable=False),
+)
+
+# The candidate index in the database (``Settings.registry_index = "store"``,
+# ``takamul.mpi.stored_index``), shared by every server process instead of a copy in each: the
+# Patients indexed (at which version, with their national ID), each one's block keys as 64-bit
+# slots, and the name values its term frequencies count. Written in the transaction that links
+# the Patient, so the index never shows a registration the database does not have.
+mpi_indexed = Table(
+    "mpi_indexed",
+    mpi_metadata,
+    Column("patient_id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("national_id", String(64), nullable=True),
+    Index("ix_mpi_indexed_national_id", "national_id"),
+)
+
+mpi_block = Table(
+    "mpi_block",
+    mpi_metadata,
+    Column("slot", BigInteger, nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    PrimaryKeyConstraint("slot", "patient_id", name="pk_mpi_block"),
+    Index("ix_mpi_block_patient", "patient_id"),
+)
+
+mpi_name = Table(
+    "mpi_name",
+    mpi_metadata,
+    Column("patient_id", String(64), nullable=False),
+    Column("field", String(16), nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("patient_id", "field", "value", name="pk_mpi_name"),
 )

@@ -20,10 +20,11 @@ registry's one lock), and a reviewer's action the registry's lock alone; on SQLi
 transaction already holds the one write lock from BEGIN IMMEDIATE. Journal rows are numbered
 only under a lock held to the commit, so their numbers follow commit order and none is ever
 skipped. Reads (``$match``, a patient's person, the review queue) catch up the same way
-first. Why not the blocking keys in a table: scoring needs every candidate's whole record in
-memory anyway (tens of microseconds a candidate, against a query and a parse per candidate
-from a table), and the journal costs one indexed query per link when no other process wrote, a
-few when one did.
+first. The candidate index is in each process's memory (``CandidateIndex``: fastest, a
+candidate's record a dictionary lookup away) or, with ``Settings.registry_index = "store"``, in
+the database's tables that every process shares (``stored_index``: a population no process
+could hold, at a query or two a link); the journal keeps either current, and the rest of the
+registry works alike with both.
 
 Rules, in order of precedence:
 1. A reviewer's decision: records a reviewer placed (``manual``) are never moved by automatic
@@ -75,6 +76,7 @@ from takamul.mpi.schema import (
     mpi_model,
     mpi_review,
 )
+from takamul.mpi.stored_index import StoredCandidateIndex
 from takamul.registry.index import CandidateIndex, ScoredCandidate, score_pair
 from takamul.registry.linking import LinkageModel, gc_paused, link_records
 from takamul.registry.record import RegistryRecord, from_patient
@@ -215,7 +217,20 @@ class ClientRegistry:
         self.threshold = self.model.threshold
         self.review_floor = review_floor
         self.probable = probable
-        self.index = CandidateIndex(self.model)
+        where = store.settings.registry_index
+        if where not in ("memory", "store"):
+            raise ValueError(
+                f"registry_index (TAKAMUL_REGISTRY_INDEX) must be 'memory' or 'store', "
+                f"not {where!r}"
+            )
+        # the candidate index in this process's memory, or in the store's tables
+        # (``stored_index``): every other piece of the registry's state works alike with both
+        self.stored: StoredCandidateIndex | None = (
+            StoredCandidateIndex(self.model, store) if where == "store" else None
+        )
+        self.index: CandidateIndex = (
+            self.stored if self.stored is not None else CandidateIndex(self.model)
+        )
         self.member_of: dict[str, str] = {}
         self.persons: dict[str, set[str]] = {}
         self.manual: set[str] = set()
@@ -253,7 +268,11 @@ class ClientRegistry:
         unlinked, so the first links what a bulk load left and the others load its persons
         instead of making their own. With none left (one anti-join tells), each loads at once:
         at 350,000 persons a load took 71 s, and four workers waited for each other's."""
-        if unlinked_patients(self.store) == 0:
+        if self.stored is not None:
+            # a start indexes what was stored without the registry (``stale``): one at a time
+            with self._one_start_at_a_time():
+                linked = self._load_and_link(progress, batch_from)
+        elif unlinked_patients(self.store) == 0:
             # a Patient stored since the count is linked as a write would link it (under the
             # registry's lock), never as a batch that another start might make too
             linked = self._load_and_link(progress, batch_from=sys.maxsize)
@@ -284,18 +303,51 @@ class ClientRegistry:
             ):
                 self.cannot.setdefault(row.patient_a, set()).add(row.patient_b)
                 self.cannot.setdefault(row.patient_b, set()).add(row.patient_a)
-            for n, (_, body) in enumerate(_patients(s), 1):
-                self.index.add(from_patient(body))
-                if progress is not None and n % 10_000 == 0:
-                    progress(n)
+            if self.stored is not None:
+                unlinked_ids = _unlinked_ids(s.conn)
+            else:
+                for n, (_, body) in enumerate(_patients(s), 1):
+                    self.index.add(from_patient(body))
+                    if progress is not None and n % 10_000 == 0:
+                        progress(n)
+        if self.stored is not None:
+            return self._index_and_link(self.stored, unlinked_ids, progress, batch_from)
         self.index.refresh_term_frequencies()
         unlinked = [pid for pid in self.index.ids() if pid not in self.member_of]
         if not self.member_of and len(unlinked) >= batch_from:
-            self._link_fresh(unlinked, progress)
+            self._link_fresh([r for pid in unlinked if (r := self.index.get(pid))], progress)
         else:
             for start in range(0, len(unlinked), 500):
                 chunk = unlinked[start : start + 500]
                 self.store.write(lambda s, chunk=chunk: self._link_many(s, chunk))  # type: ignore[misc]
+        return len(unlinked)
+
+    def _index_and_link(
+        self,
+        stored: StoredCandidateIndex,
+        unlinked: list[str],
+        progress: Callable[[int], None] | None,
+        batch_from: int,
+    ) -> int:
+        """The store index's start: write the index rows of Patients stored without the
+        registry (a bulk load), then link those without a person, as the memory index does."""
+        records, dropped = stored.stale()
+        for start in range(0, len(records) or (1 if dropped else 0), 5000):
+            chunk = records[start : start + 5000]
+            gone = dropped if start == 0 else []
+            self.store.write(
+                lambda s, c=chunk, g=gone: stored.index_many(s.conn, c, g)  # type: ignore[misc]
+            )
+        stored.refresh_term_frequencies()
+        if not self.member_of and len(unlinked) >= batch_from:
+            fresh = {r.patient_id: r for r, _ in records}
+            missing = [pid for pid in unlinked if pid not in fresh]
+            fresh.update(stored.fetch(missing))
+            self._link_fresh([fresh[pid] for pid in unlinked if pid in fresh], progress)
+        else:
+            for start in range(0, len(unlinked), 500):
+                batch = unlinked[start : start + 500]
+                self.store.write(lambda s, b=batch: self._link_many(s, b))  # type: ignore[misc]
         return len(unlinked)
 
     @contextmanager
@@ -321,13 +373,14 @@ class ClientRegistry:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _link_fresh(self, patient_ids: list[str], progress: Callable[[int], None] | None) -> None:
+    def _link_fresh(
+        self, records: list[RegistryRecord], progress: Callable[[int], None] | None
+    ) -> None:
         """A store bulk-loaded before it had a registry: link its Patients as the batch run
         does (block, score with this model, cluster with the ID guard) and write members and
         Person resources in large transactions. The real-time path would cost a transaction
         per Patient (hours at a million); with no earlier persons nothing is lost by batching.
         """
-        records = [r for pid in patient_ids if (r := self.index.get(pid)) is not None]
         result = link_records(records, model=self.model)
         now = time.time()
         by_label: dict[int, list[str]] = {}
@@ -399,8 +452,13 @@ class ClientRegistry:
 
     def _link_many(self, session: Session, patient_ids: list[str]) -> None:
         self._begin(session)
+        records = (
+            self.stored.fetch(patient_ids)
+            if self.stored is not None
+            else {pid: r for pid in patient_ids if (r := self.index.get(pid)) is not None}
+        )
         for pid in patient_ids:
-            record = self.index.get(pid)
+            record = records.get(pid)
             # linked by another process since this one loaded the registry: caught up by _begin
             if record is not None and pid not in self.member_of:
                 self._link(session, record)
@@ -431,7 +489,14 @@ class ClientRegistry:
         journal = _Journal(numbered_at_end=records is not None and self.per_key)
         session.extras["mpi-journal"] = journal
 
+        stored = self.stored
+        if stored is not None:
+            # this transaction's index rows and lookups on its connection, in this thread
+            stored.bind(session.conn)
+
         def commit() -> None:
+            if stored is not None:
+                stored.bind(None)
             if journal.numbered_at_end:
                 # others may have committed rows below these that this mirror has not read
                 self._own.update(journal.seqs)
@@ -442,6 +507,8 @@ class ClientRegistry:
             self._lock.release()
 
         def rollback() -> None:
+            if stored is not None:
+                stored.bind(None)
             try:
                 for step in reversed(undo):
                     step()
@@ -582,9 +649,9 @@ class ClientRegistry:
         for pid in sorted(state):
             content, person, manual = state[pid]
             if content:
-                self.index.add(from_patient(orjson.loads(content)))
+                self.index.follow(from_patient(orjson.loads(content)))
             else:
-                self.index.remove(pid)
+                self.index.follow_removal(pid)
             self._set_member(pid, person, bool(manual) if person else False, None)
             for partner in self.cannot.pop(pid, set()):
                 self.cannot.get(partner, set()).discard(pid)
@@ -686,6 +753,11 @@ class ClientRegistry:
             undo.append(lambda: self._set_member(pid, old, was_manual, None))
 
     def _index(self, record: RegistryRecord, undo: list[Callable[[], None]]) -> None:
+        if self.stored is not None:
+            # its rows roll back with the transaction; the cache must not keep the record
+            self.stored.add(record)
+            undo.append(functools.partial(self.stored.forget, record.patient_id))
+            return
         previous = self.index.get(record.patient_id)
         self.index.add(record)
         if previous is None:
@@ -933,8 +1005,9 @@ class ClientRegistry:
     def _remove(self, session: Session, pid: str) -> None:
         """A deleted Patient leaves its person (and the index)."""
         undo = self._begin(session)
-        record = self.index.get(pid)
-        if record is not None:
+        if self.stored is not None:
+            self.stored.remove(pid)  # rolled back with the transaction
+        elif (record := self.index.get(pid)) is not None:
             self.index.remove(pid)
             undo.append(lambda: self.index.add(record))
         old = self.member_of.get(pid)
@@ -1512,6 +1585,22 @@ def _members(
                 body.setdefault("id", pid)
             found[pid] = (float(probability), bool(manual), body)
     return {pid: found[pid] for pid in patient_ids if pid in found}
+
+
+def _unlinked_ids(conn: Connection) -> list[str]:
+    """Current Patients without a person, in the order they were stored."""
+    rows = conn.execute(
+        select(resource.c.res_id)
+        .where(
+            resource.c.res_type == "Patient",
+            resource.c.deleted.is_(False),
+            ~select(mpi_member.c.patient_id)
+            .where(mpi_member.c.patient_id == resource.c.res_id)
+            .exists(),
+        )
+        .order_by(resource.c.rid)
+    )
+    return [pid for (pid,) in rows]
 
 
 def _patients(session: Session) -> Iterator[tuple[str, dict[str, Any]]]:

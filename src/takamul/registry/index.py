@@ -130,6 +130,11 @@ class CandidateIndex:
     def get(self, patient_id: str) -> RegistryRecord | None:
         return self._records.get(patient_id)
 
+    def records(self) -> Iterable[RegistryRecord]:
+        """Every indexed record (the screens' patient finder reads them at its start)."""
+        with self._lock:
+            return list(self._records.values())
+
     def _slots(self, record: RegistryRecord) -> Iterable[tuple[int, int]]:
         """(rule number, slot) of each of the record's block keys."""
         for key in self.block_keys(record):
@@ -171,6 +176,14 @@ class CandidateIndex:
                 _take(self._id_holders, record.national_id, patient_id)
             for _, slot in self._slots(record):
                 _take(self._blocks, slot, patient_id)
+
+    def follow(self, record: RegistryRecord) -> None:
+        """Another server process indexed ``record`` (the registry's change journal)."""
+        self.add(record)
+
+    def follow_removal(self, patient_id: str) -> None:
+        """Another server process removed ``patient_id`` from the index."""
+        self.remove(patient_id)
 
     def holders_of(self, national_id: str) -> set[str]:
         """Patient ids of the indexed records carrying ``national_id``."""
@@ -219,11 +232,15 @@ class CandidateIndex:
 
     def score(self, record: RegistryRecord, floor: float = 0.0) -> list[ScoredCandidate]:
         """Every candidate with probability >= ``floor``, most probable first."""
+        others = (self._records.get(pid) for pid in self.candidates(record))
+        # None: removed by another thread since the lookup
+        return self._scored(record, (o for o in others if o is not None), floor)
+
+    def _scored(
+        self, record: RegistryRecord, others: Iterable[RegistryRecord], floor: float
+    ) -> list[ScoredCandidate]:
         scored = []
-        for pid in self.candidates(record):
-            other = self._records.get(pid)
-            if other is None:  # removed by another thread since the lookup
-                continue
+        for other in others:
             result = score_pair(self.model, record, other)
             if result.probability >= floor:
                 scored.append(result)
@@ -234,18 +251,34 @@ class CandidateIndex:
         """Recount the name frequencies on the indexed population, so Mohammed weighs what it
         weighs among these records rather than in the data the model was trained on."""
         with self._lock:
-            n = max(len(self._records), 1)
+            counts: dict[str, Counter[str]] = {}
             for spec in self.model.fields:
                 values = _NAME_VALUES.get(spec.comparator)
                 if not spec.tf or values is None:
                     continue
-                counts: Counter[str] = Counter()
+                counted = counts[spec.name] = Counter()
                 for record in self._records.values():
-                    counts.update(values(record))
-                table = {s: c / n for s, c in counts.items()}
-                self.model.tf[spec.name] = table
-                self.model.tf_chance[spec.name] = sum(x * x for x in table.values()) or 1.0 / n
-            self._scale_prior(n)
+                    counted.update(values(record))
+            self.set_term_frequencies(counts, len(self._records))
+
+    def set_term_frequencies(self, counts: dict[str, Counter[str]], n: int) -> None:
+        """The model's name frequencies from ``counts`` (per term-frequency field, the records
+        carrying each value) among ``n`` records, and its prior scaled to ``n``."""
+        n = max(n, 1)
+        for name, counted in counts.items():
+            table = {s: c / n for s, c in counted.items()}
+            self.model.tf[name] = table
+            self.model.tf_chance[name] = sum(x * x for x in table.values()) or 1.0 / n
+        self._scale_prior(n)
+
+    def term_values(self, record: RegistryRecord) -> list[tuple[str, str]]:
+        """(field, value) of each name value ``record`` adds to the term frequencies."""
+        out: list[tuple[str, str]] = []
+        for spec in self.model.fields:
+            values = _NAME_VALUES.get(spec.comparator)
+            if spec.tf and values is not None:
+                out.extend((spec.name, v) for v in sorted(values(record)))
+        return out
 
     def _scale_prior(self, n: int) -> None:
         """λ is the share of all pairs of records that match (u is that of random pairs): a

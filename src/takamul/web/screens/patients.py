@@ -140,7 +140,7 @@ def _finder(web: WebServices) -> NameFinder:
     """Names of every registration, kept current by a write hook (after each commit)."""
     finder = NameFinder()
     if web.registry is not None:
-        finder.add_many(r for pid in web.registry.index.ids() if (r := web.registry.index.get(pid)))
+        finder.add_many(web.registry.index.records())
 
     def follow(session: Session, rtype: str, rid: str, body: dict[str, Any] | None) -> None:
         if rtype != "Patient":

@@ -1,0 +1,496 @@
+"""The client registry's candidate index in the database (``Settings.registry_index = "store"``).
+
+The in-memory ``CandidateIndex`` holds every registration in every server process: about
+1.25 KB a record, read whole at each start (71 s at 350,000 persons). A country's 77 million
+registrations would be some 95 GB in each process. Here the index is three tables that every
+process shares (``takamul.mpi.schema``): each record's block keys as 64-bit slots, the Patients
+indexed with their national IDs, and the name values the term frequencies count. A candidate
+lookup is one indexed query for the record's slots; the candidates' records are built from their
+stored Patients (``from_patient``) and kept in a bounded cache, which the registry's change
+journal keeps current as it keeps the in-memory mirror (``forget``/``saw``).
+
+The index rows are written on the registry transaction's own connection (``using``), so they
+commit or roll back with the link; a lookup inside that transaction sees the transaction's own
+rows. Outside one (``$match``, the screens) a lookup takes a short read of its own.
+
+Scoring is the in-memory index's (``CandidateIndex.score``), on the same records and the same
+model, so both decide alike (``tests/test_registry_stored_index.py`` links one sequence of
+registrations both ways and compares the persons).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name
+from takamul.registry.index import CandidateIndex, ScoredCandidate, _across_generations
+from takamul.registry.linking import LinkageModel
+from takamul.registry.record import RegistryRecord, from_patient
+from takamul.store.repository import Store
+from takamul.store.rowcopy import DriverSql, copy_rows, driver_execute, driver_pipeline
+
+__all__ = ["StoredCandidateIndex", "slot_of"]
+
+# Records kept in a process's cache (about 1 KB each): the candidates of recent registrations
+# and their persons' members, not the population.
+CACHE_RECORDS = 200_000
+# statements with IN lists are made per list length; lists are sent in chunks of this many
+CHUNK = 200
+
+DROP_BLOCKS = DriverSql("DELETE FROM mpi_block WHERE patient_id = :pid")
+DROP_NAMES = DriverSql("DELETE FROM mpi_name WHERE patient_id = :pid")
+DROP_INDEXED = DriverSql("DELETE FROM mpi_indexed WHERE patient_id = :pid")
+# the Patient's version as stored now (its row is written before the registry links it)
+PUT_INDEXED = DriverSql(
+    "INSERT INTO mpi_indexed (patient_id, version, national_id)"
+    " SELECT r.res_id, r.version, CAST(:nid AS varchar(64)) FROM resource r"
+    " WHERE r.res_type = :patient AND r.res_id = :pid"
+    " ON CONFLICT (patient_id) DO UPDATE SET version = excluded.version,"
+    " national_id = excluded.national_id"
+)
+HOLDERS = DriverSql("SELECT patient_id FROM mpi_indexed WHERE national_id = :nid")
+# PostgreSQL: every slot's patients in one statement, at most ``cap`` of each (a block over its
+# rule's ``max_block_size`` yields no candidates, so no more are worth reading)
+BLOCKS_PG = DriverSql(
+    "SELECT s.slot, b.patient_id FROM unnest(CAST(:slots AS bigint[])) AS s(slot)"
+    " CROSS JOIN LATERAL (SELECT patient_id FROM mpi_block WHERE slot = s.slot LIMIT :cap) b"
+)
+BLOCK_SQLITE = DriverSql("SELECT patient_id FROM mpi_block WHERE slot = :slot LIMIT :cap")
+PATIENTS_PG = DriverSql(
+    "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
+    " AND res_id = ANY(CAST(:ids AS varchar[]))"
+)
+TERM_COUNTS = DriverSql("SELECT field, value, count(*) FROM mpi_name GROUP BY field, value")
+INDEXED_COUNT = DriverSql("SELECT count(*) FROM mpi_indexed")
+INDEXED_IDS = DriverSql("SELECT patient_id FROM mpi_indexed ORDER BY patient_id")
+# Patients with no index rows at their stored version (a bulk load writes none), and index
+# rows of Patients no longer stored
+UNINDEXED = DriverSql(
+    "SELECT r.res_id, r.content, r.version FROM resource r"
+    " LEFT JOIN mpi_indexed i ON i.patient_id = r.res_id"
+    " WHERE r.res_type = :patient AND r.deleted = :deleted"
+    " AND (i.patient_id IS NULL OR i.version <> r.version)"
+)
+ORPHANS = DriverSql(
+    "SELECT i.patient_id FROM mpi_indexed i LEFT JOIN resource r"
+    " ON r.res_type = :patient AND r.res_id = i.patient_id AND r.deleted = :deleted"
+    " WHERE r.rid IS NULL"
+)
+ALL_PATIENTS = DriverSql(
+    "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
+)
+
+
+def slot_of(key: tuple[str, ...]) -> int:
+    """A block key's slot: a stable signed 64-bit hash (Python's ``hash`` of a string differs
+    from process to process, and every process reads these rows). Two keys sharing a slot pool
+    their blocks' records as candidates, which scoring tells apart."""
+    digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class StoredCandidateIndex(CandidateIndex):
+    """``CandidateIndex`` with its records and blocks in the store's tables."""
+
+    def __init__(self, model: LinkageModel, store: Store, cache: int = CACHE_RECORDS) -> None:
+        super().__init__(model)
+        self.store = store
+        self._cache: OrderedDict[str, RegistryRecord] = OrderedDict()
+        self._cache_size = cache
+        self._cache_lock = threading.Lock()
+        self._local = threading.local()
+        self._count = 0
+        # read at most this many patients of a slot: one over the largest block any rule keeps
+        self._cap = max((rule.max_block_size for rule in model.blocking), default=200) + 1
+
+    # -- the connection ---------------------------------------------------------------------
+
+    @contextmanager
+    def using(self, conn: Connection) -> Iterator[None]:
+        """Look up and write on ``conn`` (a registry transaction's) in this thread meanwhile."""
+        before = getattr(self._local, "conn", None)
+        self._local.conn = conn
+        try:
+            yield
+        finally:
+            self._local.conn = before
+
+    def bind(self, conn: Connection | None) -> None:
+        """Look up and write on ``conn`` in this thread from now on (None: short reads).
+
+        A bound transaction remembers what it looked up (a national ID's holders, a slot's
+        patients) until it ends: a link asks for the same ones four times and twice. What
+        could change them meanwhile reaches the memo too: this transaction's own index
+        writes (``add``, ``remove``) and, under the registry's locks, the others' through the
+        change journal's catch-up (``follow``, ``follow_removal``)."""
+        self._local.conn = conn
+        self._local.memo = _Memo() if conn is not None else None
+
+    def _memo(self) -> _Memo | None:
+        return getattr(self._local, "memo", None)
+
+    @contextmanager
+    def _conn(self) -> Iterator[Connection]:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self.store.reading(snapshot=False) as session:
+            yield session.conn
+
+    def _rows(self, statement: DriverSql, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return driver_execute(conn, statement, params)
+
+    # -- what the in-memory index answers from its dictionaries -----------------------------
+
+    def __len__(self) -> int:
+        """The records indexed when the term frequencies were last counted."""
+        return self._count
+
+    def __bool__(self) -> bool:
+        return True  # an index, however many records it holds
+
+    def __contains__(self, patient_id: object) -> bool:
+        return bool(self._rows(_indexed_sql(1), {"p0": patient_id}))
+
+    def ids(self) -> list[str]:
+        return [pid for (pid,) in self._rows(INDEXED_IDS, {})]
+
+    def records(self) -> Iterator[RegistryRecord]:
+        """Every stored Patient's record, read in one pass and not cached (the screens' finder)."""
+        with self.store.reading() as session:
+            result = session.conn.exec_driver_sql(
+                ALL_PATIENTS.sql[session.conn.dialect.name],
+                {"patient": "Patient", "deleted": False},
+            )
+            for pid, content in result:
+                if content:
+                    yield _record(pid, content)
+
+    def get(self, patient_id: str) -> RegistryRecord | None:
+        return self.fetch([patient_id]).get(patient_id)
+
+    def fetch(self, patient_ids: Iterable[str]) -> dict[str, RegistryRecord]:
+        """The records of ``patient_ids`` (indexed Patients: candidates, members, holders)
+        that are stored: from the cache, the rest from their stored Patients in one statement
+        per chunk."""
+        found: dict[str, RegistryRecord] = {}
+        missing = []
+        with self._cache_lock:
+            for pid in patient_ids:
+                record = self._cache.get(pid)
+                if record is None:
+                    missing.append(pid)
+                else:
+                    self._cache.move_to_end(pid)
+                    found[pid] = record
+        if not missing:
+            return found
+        read: dict[str, RegistryRecord] = {}
+        with self._conn() as conn:
+            for start in range(0, len(missing), CHUNK):
+                for pid, content in _patients(conn, missing[start : start + CHUNK]):
+                    if content:
+                        read[pid] = _record(pid, content)
+        for record in read.values():
+            self.saw(record)
+        found.update(read)
+        return found
+
+    def saw(self, record: RegistryRecord) -> None:
+        """Cache ``record`` as stored now (the journal's catch-up brought it)."""
+        with self._cache_lock:
+            self._cache[record.patient_id] = record
+            self._cache.move_to_end(record.patient_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def forget(self, patient_id: str) -> None:
+        """Drop a cached record (changed or rolled back: read again when next wanted)."""
+        with self._cache_lock:
+            self._cache.pop(patient_id, None)
+
+    def _remembered(self, record: RegistryRecord | None, patient_id: str) -> None:
+        """Keep the transaction's memo true after ``patient_id`` was indexed as ``record``
+        (None: removed)."""
+        memo = self._memo()
+        if memo is None:
+            return
+        slots = {slot for _, slot in self._slots(record)} if record is not None else set()
+        memo.put(patient_id, record.national_id if record is not None else None, slots)
+
+    # -- writes, on the registry transaction's connection ------------------------------------
+
+    def add(self, record: RegistryRecord) -> None:
+        """Index a record (replacing its earlier rows) in the bound transaction."""
+        pid = record.patient_id
+        statements: list[tuple[DriverSql, dict[str, Any]]] = [
+            (DROP_BLOCKS, {"pid": pid}),
+            (DROP_NAMES, {"pid": pid}),
+            (PUT_INDEXED, {"pid": pid, "nid": record.national_id, "patient": "Patient"}),
+        ]
+        slots = sorted({slot for _, slot in self._slots(record)})
+        for start in range(0, len(slots), CHUNK):
+            chunk = slots[start : start + CHUNK]
+            params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(chunk)}
+            statements.append((_put_blocks_sql(len(chunk)), {**params, "pid": pid}))
+        terms = self.term_values(record)
+        if terms:
+            params = {"pid": pid}
+            for i, (name, value) in enumerate(terms):
+                params.update({f"f{i}": name, f"v{i}": value})
+            statements.append((_put_names_sql(len(terms)), params))
+        with self._conn() as conn:
+            driver_pipeline(conn, statements)
+        self.saw(record)
+        self._remembered(record, pid)
+
+    def add_many(self, records: Iterable[RegistryRecord]) -> int:
+        n = 0
+        for record in records:
+            self.add(record)
+            n += 1
+        return n
+
+    def remove(self, patient_id: str) -> None:
+        with self._conn() as conn:
+            driver_pipeline(
+                conn,
+                [
+                    (DROP_BLOCKS, {"pid": patient_id}),
+                    (DROP_NAMES, {"pid": patient_id}),
+                    (DROP_INDEXED, {"pid": patient_id}),
+                ],
+            )
+        self.forget(patient_id)
+        self._remembered(None, patient_id)
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def _slots(self, record: RegistryRecord) -> Iterable[tuple[int, int]]:
+        for key in self.block_keys(record):
+            yield int(key[0]), slot_of(key)
+
+    def holders_of(self, national_id: str) -> set[str]:
+        memo = self._memo()
+        if memo is not None and national_id in memo.holders:
+            return set(memo.holders[national_id])
+        found = {pid for (pid,) in self._rows(HOLDERS, {"nid": national_id})}
+        if memo is not None:
+            memo.holders[national_id] = set(found)
+        return found
+
+    def _holder_years(self, national_id: str) -> dict[str, frozenset[int]]:
+        records = self.fetch(sorted(self.holders_of(national_id)))
+        return {pid: record.birth_years for pid, record in records.items()}
+
+    def shared_across_generations(self, national_id: str) -> bool:
+        return _across_generations(national_id, self._holder_years(national_id))
+
+    def candidates(self, record: RegistryRecord) -> set[str]:
+        by_slot: dict[int, int] = {}  # slot -> the smallest block size its rules keep
+        for rule, slot in self._slots(record):
+            size = self.model.blocking[rule].max_block_size
+            by_slot[slot] = min(size, by_slot.get(slot, size))
+        found: set[str] = set()
+        if not by_slot:
+            return found
+        memo = self._memo()
+        known = memo.blocks if memo is not None else {}
+        cap = self._cap
+        wanted = sorted(slot for slot in by_slot if slot not in known)
+        if wanted:
+            with self._conn() as conn:
+                read = _blocks(conn, wanted, cap)
+            fresh = {slot: set(read.get(slot, ())) for slot in wanted}
+            if memo is not None:
+                memo.blocks.update(fresh)
+                # ``cap`` read: there may be more, and the block stays over every rule's size
+                memo.over.update(slot for slot, members in fresh.items() if len(members) >= cap)
+            known = {**known, **fresh}
+        over = memo.over if memo is not None else set()
+        for slot, size in by_slot.items():
+            members = known[slot]
+            if len(members) <= size and slot not in over:
+                found.update(members)
+        found.discard(record.patient_id)
+        return found
+
+    def score(self, record: RegistryRecord, floor: float = 0.0) -> list[ScoredCandidate]:
+        # the candidates' records in one read, then the in-memory index's scoring on them
+        others = self.fetch(sorted(self.candidates(record)))
+        return self._scored(record, others.values(), floor)
+
+    def refresh_term_frequencies(self) -> None:
+        """Count the name frequencies and the population in the tables (``GROUP BY``)."""
+        counts: dict[str, Counter[str]] = {
+            spec.name: Counter() for spec in self.model.fields if spec.tf
+        }
+        with self._conn() as conn:
+            for name, value, n in driver_execute(conn, TERM_COUNTS, {}):
+                if name in counts:
+                    counts[name][value] = int(n)
+            ((total,),) = driver_execute(conn, INDEXED_COUNT, {})
+        self._count = int(total)
+        self.set_term_frequencies(counts, self._count)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def stale(self) -> tuple[list[tuple[RegistryRecord, int]], list[str]]:
+        """(records to index with their Patients' versions, patient ids to drop): Patients
+        stored since their index rows were written, or never indexed (a bulk load runs no
+        write hooks), and index rows of Patients deleted meanwhile."""
+        params = {"patient": "Patient", "deleted": False}
+        with self._conn() as conn:
+            records = [
+                (_record(pid, content), int(version))
+                for pid, content, version in driver_execute(conn, UNINDEXED, params)
+                if content
+            ]
+            orphans = [pid for (pid,) in driver_execute(conn, ORPHANS, params)]
+        return records, orphans
+
+    def index_many(
+        self, conn: Connection, records: list[tuple[RegistryRecord, int]], dropped: list[str]
+    ) -> None:
+        """Write the index rows of many records at once (COPY on PostgreSQL), replacing their
+        earlier rows, and drop those of ``dropped``: a start-up's catch-up after a bulk load,
+        where a statement a record would take hours at a national population."""
+        replaced = sorted({r.patient_id for r, _ in records} | set(dropped))
+        for start in range(0, len(replaced), CHUNK):
+            chunk = replaced[start : start + CHUNK]
+            marks = {f"p{i}": pid for i, pid in enumerate(chunk)}
+            for table in ("mpi_block", "mpi_name", "mpi_indexed"):
+                driver_execute(conn, _drop_sql(table, len(chunk)), marks)
+        indexed: list[tuple[Any, ...]] = []
+        blocks: list[tuple[Any, ...]] = []
+        names: list[tuple[Any, ...]] = []
+        for record, version in records:
+            pid = record.patient_id
+            indexed.append((pid, version, record.national_id))
+            blocks.extend((slot, pid) for slot in sorted({s for _, s in self._slots(record)}))
+            names.extend((pid, name, value) for name, value in self.term_values(record))
+        copy_rows(conn, mpi_indexed, ("patient_id", "version", "national_id"), indexed)
+        copy_rows(conn, mpi_block, ("slot", "patient_id"), blocks)
+        copy_rows(conn, mpi_name, ("patient_id", "field", "value"), names)
+        for pid in dropped:
+            self.forget(pid)
+        for record, _ in records:
+            self.forget(record.patient_id)
+
+    # -- following other processes (the change journal) ---------------------------------------
+
+    def follow(self, record: RegistryRecord) -> None:
+        """Another process indexed ``record`` (its rows are in the tables): cache it."""
+        self.saw(record)
+        self._remembered(record, record.patient_id)
+
+    def follow_removal(self, patient_id: str) -> None:
+        self.forget(patient_id)
+        self._remembered(None, patient_id)
+
+
+class _Memo:
+    """A transaction's lookups: national ID -> holders, slot -> patients (at most the cap)."""
+
+    __slots__ = ("blocks", "holders", "over")
+
+    def __init__(self) -> None:
+        self.holders: dict[str, set[str]] = {}
+        self.blocks: dict[int, set[str]] = {}
+        self.over: set[int] = set()  # slots read full: more patients than any rule keeps
+
+    def put(self, patient_id: str, national_id: str | None, slots: set[int]) -> None:
+        """``patient_id`` now holds ``national_id`` and ``slots`` (and nothing else)."""
+        for nid, held in self.holders.items():
+            if nid == national_id:
+                held.add(patient_id)
+            else:
+                held.discard(patient_id)
+        # a slot read full is not known whole: read it again after any change
+        for slot in self.over:
+            del self.blocks[slot]
+        self.over.clear()
+        for slot, held in self.blocks.items():
+            if slot in slots:
+                held.add(patient_id)
+            else:
+                held.discard(patient_id)
+
+
+def _record(pid: str, content: Any) -> RegistryRecord:
+    body = orjson.loads(bytes(content) if isinstance(content, memoryview) else content)
+    body.setdefault("id", pid)
+    return from_patient(body)
+
+
+def _blocks(conn: Connection, slots: list[int], cap: int) -> dict[int, list[str]]:
+    """Each slot's patients, at most ``cap`` of each."""
+    out: dict[int, list[str]] = {}
+    if conn.dialect.name == "postgresql":
+        for slot, pid in driver_execute(conn, BLOCKS_PG, {"slots": slots, "cap": cap}):
+            out.setdefault(int(slot), []).append(pid)
+        return out
+    # SQLite runs in this process: a statement a slot costs microseconds, not a round trip
+    for slot in slots:
+        rows = driver_execute(conn, BLOCK_SQLITE, {"slot": slot, "cap": cap})
+        if rows:
+            out[slot] = [pid for (pid,) in rows]
+    return out
+
+
+def _patients(conn: Connection, patient_ids: list[str]) -> list[tuple[Any, ...]]:
+    if conn.dialect.name == "postgresql":
+        params = {"patient": "Patient", "deleted": False, "ids": patient_ids}
+        return driver_execute(conn, PATIENTS_PG, params)
+    marks = {f"p{i}": pid for i, pid in enumerate(patient_ids)}
+    return driver_execute(
+        conn, _patients_sql(len(patient_ids)), {**marks, "patient": "Patient", "deleted": False}
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _patients_sql(n: int) -> DriverSql:
+    marks = ", ".join(f":p{i}" for i in range(n))
+    return DriverSql(
+        "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
+        f" AND res_id IN ({marks})"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _indexed_sql(n: int) -> DriverSql:
+    marks = ", ".join(f":p{i}" for i in range(n))
+    return DriverSql(f"SELECT patient_id FROM mpi_indexed WHERE patient_id IN ({marks})")
+
+
+@functools.lru_cache(maxsize=64)
+def _drop_sql(table: str, n: int) -> DriverSql:
+    marks = ", ".join(f":p{i}" for i in range(n))
+    return DriverSql(f"DELETE FROM {table} WHERE patient_id IN ({marks})")
+
+
+@functools.lru_cache(maxsize=256)
+def _put_blocks_sql(n: int) -> DriverSql:
+    rows = ", ".join(f"(:s{i}, :pid)" for i in range(n))
+    return DriverSql(
+        f"INSERT INTO mpi_block (slot, patient_id) VALUES {rows} ON CONFLICT DO NOTHING"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _put_names_sql(n: int) -> DriverSql:
+    rows = ", ".join(f"(:pid, :f{i}, :v{i})" for i in range(n))
+    return DriverSql(
+        f"INSERT INTO mpi_name (patient_id, field, value) VALUES {rows} ON CONFLICT DO NOTHING"
+    )
