@@ -156,18 +156,16 @@ def unlinked_patients(store: Store) -> int:
     one anti-join, without loading the registry."""
     mpi_metadata.create_all(store.writer)
     with store.reader.connect() as conn:
-        count = conn.execute(
-            select(func.count())
-            .select_from(resource)
-            .where(
-                resource.c.res_type == "Patient",
-                resource.c.deleted.is_(False),
-                ~select(mpi_member.c.patient_id)
-                .where(mpi_member.c.patient_id == resource.c.res_id)
-                .exists(),
-            )
-        ).scalar()
+        count = conn.execute(select(func.count()).select_from(resource).where(*_UNLINKED)).scalar()
     return int(count or 0)
+
+
+# current Patients without a person
+_UNLINKED = (
+    resource.c.res_type == "Patient",
+    resource.c.deleted.is_(False),
+    ~select(mpi_member.c.patient_id).where(mpi_member.c.patient_id == resource.c.res_id).exists(),
+)
 
 
 def default_model() -> LinkageModel:
@@ -1589,17 +1587,7 @@ def _members(
 
 def _unlinked_ids(conn: Connection) -> list[str]:
     """Current Patients without a person, in the order they were stored."""
-    rows = conn.execute(
-        select(resource.c.res_id)
-        .where(
-            resource.c.res_type == "Patient",
-            resource.c.deleted.is_(False),
-            ~select(mpi_member.c.patient_id)
-            .where(mpi_member.c.patient_id == resource.c.res_id)
-            .exists(),
-        )
-        .order_by(resource.c.rid)
-    )
+    rows = conn.execute(select(resource.c.res_id).where(*_UNLINKED).order_by(resource.c.rid))
     return [pid for (pid,) in rows]
 
 

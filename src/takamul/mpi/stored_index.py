@@ -255,13 +255,6 @@ class StoredCandidateIndex(CandidateIndex):
         self.saw(record)
         self._remembered(record, pid)
 
-    def add_many(self, records: Iterable[RegistryRecord]) -> int:
-        n = 0
-        for record in records:
-            self.add(record)
-            n += 1
-        return n
-
     def remove(self, patient_id: str) -> None:
         with self._conn() as conn:
             driver_pipeline(
