@@ -4,7 +4,7 @@ every server process linking against the same registry (issue 17; target p95 <= 
 
     python bench/registry_workers.py [--db sqlite|postgresql|both] [--base 10000]
         [--registrations 2000] [--clients 4] [--workers 4] [--compare]
-        [--locks per-key|global|both] [--index memory|store|both] [--rates 30,60,90]
+        [--locks per-key|global|both] [--index memory|store|auto|both] [--rates 30,60,90]
         [--rate-seconds 15]
 
 Steps: a population of ``--base`` Patients (one registration of each person, ids known) is
@@ -472,8 +472,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--index",
-        choices=["memory", "store", "both"],
-        default="memory",
+        choices=["memory", "store", "auto", "both"],
+        default="auto",
         help="where the registry's candidate index lives (both: each twice, in turn)",
     )
     args = parser.parse_args()

@@ -211,3 +211,51 @@ def test_a_start_indexes_and_links_a_bulk_load(
         assert registry.attach() == 0  # nothing left to index or link
     finally:
         store.close()
+
+
+def test_a_start_reindexes_patients_changed_without_the_registry(
+    urls: tuple[str, str], registrations: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Patients updated or deleted while no registry ran (a store opened with the registry
+    off, a bulk load of new versions) get their rows replaced or dropped at the next start."""
+    store = _open(urls[0], "store")
+    try:
+        ClientRegistry(store).attach()
+        for body in registrations[:20]:
+            _put(store, body)
+    finally:
+        store.close()
+    changed = {k: v for k, v in registrations[0].items() if k != "identifier"}
+    changed["birthDate"] = "1901-02-03"
+    gone = registrations[1]["id"]
+    plain = Store(Settings(database_url=urls[0], mpi=False))
+    try:
+        plain.write(lambda s: s.update("Patient", changed["id"], changed))
+        plain.write(lambda s: s.delete("Patient", gone))
+    finally:
+        plain.close()
+    store = _open(urls[0], "store")
+    try:
+        registry = ClientRegistry(store)
+        registry.attach()
+        index = registry.index
+        assert isinstance(index, StoredCandidateIndex)
+        with store.reading() as s:
+            version, nid = s.conn.execute(
+                text("SELECT version, national_id FROM mpi_indexed WHERE patient_id = :p"),
+                {"p": changed["id"]},
+            ).one()
+        assert (version, nid) == (2, None)
+        slots = {slot_of(k) for k in index.block_keys(from_patient(changed))}
+        with store.reading() as s:
+            stored_slots = {
+                slot
+                for (slot,) in s.conn.execute(
+                    text("SELECT slot FROM mpi_block WHERE patient_id = :p"), {"p": changed["id"]}
+                )
+            }
+        assert stored_slots == slots
+        for table in ("mpi_indexed", "mpi_block", "mpi_name"):
+            assert _rows(store, table, gone) == 0, table
+    finally:
+        store.close()

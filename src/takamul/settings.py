@@ -39,10 +39,11 @@ class Settings:
     # behaviour before per-key locks, kept to compare). SQLite has one writer either way.
     registry_locks: str = "per-key"
     # Where the client registry's candidate index lives: "memory", every registration held in
-    # each server process (fastest; its memory and start-up time grow with the population), or
+    # each server process (fastest; its memory and start-up time grow with the population),
     # "store", tables of the database that every process shares and looks candidates up in
-    # (a national population; docs/mpi.md). Every process of one store must choose alike.
-    registry_index: str = "memory"
+    # (a national population; docs/mpi.md), or "auto": the store on PostgreSQL, memory on
+    # SQLite. Every process of one store must choose alike.
+    registry_index: str = "auto"
     # Every request must carry a SMART access token or a login session; off only for an open
     # development server (refused in production: TAKAMUL_PRODUCTION=true).
     auth: bool = True
