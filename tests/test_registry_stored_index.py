@@ -107,22 +107,32 @@ def test_the_store_index_links_as_the_memory_index(
         stored.close()
 
 
+def _registered(url: str, registrations: list[dict[str, Any]]) -> None:
+    """A store index's registry on ``url`` links ``registrations`` one by one, then closes."""
+    store = _open(url, "store")
+    try:
+        ClientRegistry(store).attach()
+        for body in registrations:
+            _put(store, body)
+    finally:
+        store.close()
+
+
+def _attached(store: Store) -> tuple[ClientRegistry, StoredCandidateIndex]:
+    registry = ClientRegistry(store)
+    registry.attach()
+    index = registry.index
+    assert isinstance(index, StoredCandidateIndex)
+    return registry, index
+
+
 def test_a_new_process_answers_from_the_tables_without_loading_them(
     urls: tuple[str, str], registrations: list[dict[str, Any]]
 ) -> None:
-    first = _open(urls[1], "store")
-    try:
-        ClientRegistry(first).attach()
-        for body in registrations[:60]:
-            _put(first, body)
-    finally:
-        first.close()
+    _registered(urls[1], registrations[:60])
     store = _open(urls[1], "store")
     try:
-        registry = ClientRegistry(store)
-        registry.attach()
-        index = registry.index
-        assert isinstance(index, StoredCandidateIndex)
+        registry, index = _attached(store)
         assert not index._cache  # nothing read at the start
         assert len(index) == 60  # counted in the tables
         probe = {**registrations[0], "id": "probe"}
@@ -146,10 +156,7 @@ def test_a_rolled_back_write_leaves_no_index_rows_and_no_cached_record(
 ) -> None:
     store = _open(urls[0], "store")
     try:
-        registry = ClientRegistry(store)
-        registry.attach()
-        index = registry.index
-        assert isinstance(index, StoredCandidateIndex)
+        _, index = _attached(store)
         body = registrations[0]
 
         def fails(session: Any) -> None:
@@ -218,13 +225,7 @@ def test_a_start_reindexes_patients_changed_without_the_registry(
 ) -> None:
     """Patients updated or deleted while no registry ran (a store opened with the registry
     off, a bulk load of new versions) get their rows replaced or dropped at the next start."""
-    store = _open(urls[0], "store")
-    try:
-        ClientRegistry(store).attach()
-        for body in registrations[:20]:
-            _put(store, body)
-    finally:
-        store.close()
+    _registered(urls[0], registrations[:20])
     changed = {k: v for k, v in registrations[0].items() if k != "identifier"}
     changed["birthDate"] = "1901-02-03"
     gone = registrations[1]["id"]
@@ -236,10 +237,7 @@ def test_a_start_reindexes_patients_changed_without_the_registry(
         plain.close()
     store = _open(urls[0], "store")
     try:
-        registry = ClientRegistry(store)
-        registry.attach()
-        index = registry.index
-        assert isinstance(index, StoredCandidateIndex)
+        _, index = _attached(store)
         with store.reading() as s:
             version, nid = s.conn.execute(
                 text("SELECT version, national_id FROM mpi_indexed WHERE patient_id = :p"),
