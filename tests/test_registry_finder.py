@@ -4,8 +4,14 @@ ranking, and re-indexing or removing a registration leaves no stale entry."""
 
 from __future__ import annotations
 
-from takamul.registry.finder import NameFinder
-from takamul.registry.record import from_patient
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from takamul.registry.finder import LiveNameFinder, NameFinder
+from takamul.registry.record import RegistryRecord, from_patient
 
 
 def _finder(*people: tuple[str, str, str]) -> NameFinder:
@@ -63,3 +69,69 @@ def test_reindexing_and_removal_leave_nothing_stale() -> None:
     assert finder.find("zahra") == ["p4"]
     finder.remove("p4")
     assert finder.find("zahra") == [] and len(finder) == 3
+
+
+def _record(pid: str, given: str, family: str) -> RegistryRecord:
+    return from_patient(
+        {"resourceType": "Patient", "id": pid, "name": [{"given": [given], "family": family}]}
+    )
+
+
+def test_a_background_build_keeps_the_writes_made_meanwhile() -> None:
+    """Registrations written while the finder is built are the ones it keeps: an update of a
+    registration the build has not read yet, a removal of one it has, one of one it has not."""
+    halfway = threading.Event()
+    proceed = threading.Event()
+
+    def source() -> Iterator[RegistryRecord]:
+        yield _record("p1", "Salma", "Al-Otaibi")
+        yield _record("p2", "Salem", "Al-Harbi")
+        halfway.set()
+        assert proceed.wait(10)
+        yield _record("p3", "Maryam", "Karimi")  # renamed meanwhile: this is the old version
+        yield _record("p4", "Noura", "Al-Ghamdi")  # removed meanwhile
+
+    finder = LiveNameFinder(source, wait=10)
+    finder.start()
+    assert halfway.wait(10)
+    assert not finder.ready()
+    finder.add(_record("p3", "Maryam", "Rezaei"))
+    finder.remove("p1")
+    finder.remove("p4")
+    proceed.set()
+    assert finder.find("Rezaei") == ["p3"]  # waits for the build
+    assert finder.ready()
+    assert finder.find("Karimi") == []
+    assert "p1" not in finder.find("Salma")
+    assert finder.find("Noura") == []
+    assert set(finder.find("Al-Harbi")) == {"p2"}
+    assert len(finder) == 2
+
+
+def test_a_search_waits_for_the_build_and_a_failed_build_falls_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = threading.Event()
+
+    def slow() -> Iterator[RegistryRecord]:
+        assert release.wait(10)
+        yield _record("p1", "Salma", "Al-Otaibi")
+
+    finder = LiveNameFinder(slow, wait=0.05)
+    finder.start()
+    assert len(finder) == 0  # not built within the wait: the caller falls back
+    assert finder.find("Salma") == []
+    release.set()
+    finder_ready = LiveNameFinder(lambda: [_record("p9", "Salma", "Al-Otaibi")], wait=10)
+    finder_ready.start()
+    assert finder_ready.find("salma") == ["p9"]
+
+    def broken() -> Iterator[RegistryRecord]:
+        yield _record("p1", "Salma", "Al-Otaibi")
+        raise ConnectionError("the store is unreachable")
+
+    failed = LiveNameFinder(broken, wait=10)
+    with caplog.at_level(logging.ERROR):
+        failed.start()
+        assert len(failed) == 0  # a partial finder is not used
+    assert "could not be built" in caplog.text

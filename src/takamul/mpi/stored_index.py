@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name
 from takamul.registry.index import CandidateIndex, ScoredCandidate, _across_generations
@@ -37,6 +37,7 @@ from takamul.registry.linking import LinkageModel
 from takamul.registry.record import RegistryRecord, from_patient
 from takamul.store.repository import Store
 from takamul.store.rowcopy import DriverSql, copy_rows, driver_execute, driver_pipeline
+from takamul.store.schema import resource
 
 __all__ = ["StoredCandidateIndex", "slot_of"]
 
@@ -84,9 +85,6 @@ ORPHANS = DriverSql(
     "SELECT i.patient_id FROM mpi_indexed i LEFT JOIN resource r"
     " ON r.res_type = :patient AND r.res_id = i.patient_id AND r.deleted = :deleted"
     " WHERE r.rid IS NULL"
-)
-ALL_PATIENTS = DriverSql(
-    "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
 )
 
 
@@ -167,13 +165,14 @@ class StoredCandidateIndex(CandidateIndex):
         return [pid for (pid,) in self._rows(INDEXED_IDS, {})]
 
     def records(self) -> Iterator[RegistryRecord]:
-        """Every stored Patient's record, read in one pass and not cached (the screens' finder)."""
+        """Every stored Patient's record, read in one pass and not cached (the screens' finder).
+        Streamed, 2,000 rows at a time (a server-side cursor on PostgreSQL): read whole, the
+        220,000 Patients of a 100,000-person store left a process 1.3 GB larger."""
+        query = select(resource.c.res_id, resource.c.content).where(
+            resource.c.res_type == "Patient", resource.c.deleted.is_(False)
+        )
         with self.store.reading() as session:
-            result = session.conn.exec_driver_sql(
-                ALL_PATIENTS.sql[session.conn.dialect.name],
-                {"patient": "Patient", "deleted": False},
-            )
-            for pid, content in result:
+            for pid, content in session.conn.execution_options(yield_per=2000).execute(query):
                 if content:
                     yield _record(pid, content)
 

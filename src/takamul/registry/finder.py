@@ -13,14 +13,17 @@ asked by the caller (the web search runs a guarded ``Patient?_id=`` search on th
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 
 from takamul.registry.names import NameToken, name_token, token_similarity
 from takamul.registry.record import RegistryRecord
 
-__all__ = ["NameFinder"]
+__all__ = ["LiveNameFinder", "NameFinder"]
+
+log = logging.getLogger(__name__)
 
 # A search for an unfinished word of one or two letters matches much of a country: the union
 # of its postings stops growing here, and the caller is told to type more.
@@ -143,3 +146,75 @@ class NameFinder:
 
         ranked.sort(key=lambda pid: (-round(closeness(pid), 3), len(self._of[pid]), pid))
         return (ranked + pool[_MAX_RANKED:])[:limit]
+
+
+class LiveNameFinder:
+    """A ``NameFinder`` filled from ``source`` (every registration) in a thread of its own, so a
+    server process answers while it is built, and kept current by ``add`` and ``remove`` (a
+    write hook's, after each commit) from the start: a registration written during the build is
+    not overwritten by the older version the build read before it.
+
+    With the registry's candidate index in the store, building this was what was left of a
+    server process's start that grows with the population: each registration read and parsed
+    again. A search waits for the build for up to ``wait`` seconds; past that (or if the build
+    failed) the finder counts as empty, which the web search takes for "no finder" and answers
+    with the FHIR name search instead (one script, prefixes)."""
+
+    def __init__(self, source: Callable[[], Iterable[RegistryRecord]], wait: float = 30.0) -> None:
+        self._finder = NameFinder()
+        self._source = source
+        self._wait = wait
+        self._ready = threading.Event()
+        self._failed = False
+        self._lock = threading.Lock()
+        self._written: set[str] = set()  # patient ids written since the build began
+
+    def start(self) -> None:
+        threading.Thread(target=self._build, name="name-finder", daemon=True).start()
+
+    def _build(self) -> None:
+        try:
+            for record in self._source():
+                with self._lock:
+                    if record.patient_id not in self._written:
+                        self._finder.add(record)
+        except Exception:
+            # the store was unreachable, say: searches fall back, and the log says why
+            log.exception("the patient name finder could not be built; name searches use FHIR")
+            self._failed = True
+        finally:
+            with self._lock:
+                self._written.clear()
+                self._ready.set()
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def add(self, record: RegistryRecord) -> None:
+        with self._lock:
+            if not self._ready.is_set():
+                self._written.add(record.patient_id)
+            self._finder.add(record)
+
+    def remove(self, patient_id: str) -> None:
+        with self._lock:
+            if not self._ready.is_set():
+                self._written.add(patient_id)
+            self._finder.remove(patient_id)
+
+    def __len__(self) -> int:
+        if not self._ready.wait(self._wait) or self._failed:
+            return 0
+        return len(self._finder)
+
+    def find(
+        self,
+        text: str,
+        limit: int = 500,
+        prefix: bool = True,
+        within: AbstractSet[str] | None = None,
+    ) -> list[str]:
+        """``NameFinder.find`` once built (waiting for it, as ``len`` does)."""
+        if not self._ready.wait(self._wait):
+            return []
+        return self._finder.find(text, limit, prefix, within)

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from takamul.careplans.record import CareSection, care_section
 from takamul.fhir.outcome import FhirError
-from takamul.registry.finder import NameFinder
+from takamul.registry.finder import LiveNameFinder
 from takamul.registry.record import from_patient
 from takamul.security.context import MAX_REASON, MIN_REASON
 from takamul.security.errors import AuthError
@@ -136,11 +136,11 @@ def register(router: APIRouter, web: WebServices) -> None:
 # -- search ---------------------------------------------------------------------------------
 
 
-def _finder(web: WebServices) -> NameFinder:
-    """Names of every registration, kept current by a write hook (after each commit)."""
-    finder = NameFinder()
-    if web.registry is not None:
-        finder.add_many(web.registry.index.records())
+def _finder(web: WebServices) -> LiveNameFinder:
+    """Names of every registration, built in the background and kept current by a write hook
+    (after each commit)."""
+    registry = web.registry
+    finder = LiveNameFinder(registry.index.records if registry is not None else tuple)
 
     def follow(session: Session, rtype: str, rid: str, body: dict[str, Any] | None) -> None:
         if rtype != "Patient":
@@ -152,6 +152,7 @@ def _finder(web: WebServices) -> NameFinder:
             session.after_commit.append(lambda: finder.add(record))
 
     web.store.write_hooks.append(follow)
+    finder.start()
     return finder
 
 
@@ -164,7 +165,9 @@ def _digits(text: str) -> str:
     return "".join(ch for ch in latin_digits(text) if ch.isdigit())
 
 
-def _search(web: WebServices, finder: NameFinder, viewer: Viewer, query: dict[str, str]) -> Results:
+def _search(
+    web: WebServices, finder: LiveNameFinder, viewer: Viewer, query: dict[str, str]
+) -> Results:
     text, born = query["q"], query["born"]
     if not text and not born:
         return Results([], 0)
@@ -207,7 +210,7 @@ def _by_number(
 
 def _by_name(
     session: Session,
-    finder: NameFinder,
+    finder: LiveNameFinder,
     text: str,
     params: list[tuple[str, str]],
     scope: frozenset[str] | None,
