@@ -9,11 +9,11 @@ lookup is one indexed query for the record's slots; the candidates' records are 
 stored Patients (``from_patient``) and kept in a bounded cache, which the registry's change
 journal keeps current as it keeps the in-memory mirror (``forget``/``saw``).
 
-The index rows are written on the registry transaction's own connection (``using``), so they
+The index rows are written on the registry transaction's own connection (``bind``), so they
 commit or roll back with the link; a lookup inside that transaction sees the transaction's own
 rows. Outside one (``$match``, the screens) a lookup takes a short read of its own.
 
-Scoring is the in-memory index's (``CandidateIndex.score``), on the same records and the same
+Scoring is the in-memory index's (``CandidateIndex._scored``), on the same records and the same
 model, so both decide alike (``tests/test_registry_stored_index.py`` links one sequence of
 registrations both ways and compares the persons).
 """
@@ -111,16 +111,6 @@ class StoredCandidateIndex(CandidateIndex):
         self._cap = max((rule.max_block_size for rule in model.blocking), default=200) + 1
 
     # -- the connection ---------------------------------------------------------------------
-
-    @contextmanager
-    def using(self, conn: Connection) -> Iterator[None]:
-        """Look up and write on ``conn`` (a registry transaction's) in this thread meanwhile."""
-        before = getattr(self._local, "conn", None)
-        self._local.conn = conn
-        try:
-            yield
-        finally:
-            self._local.conn = before
 
     def bind(self, conn: Connection | None) -> None:
         """Look up and write on ``conn`` in this thread from now on (None: short reads).
