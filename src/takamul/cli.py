@@ -333,6 +333,23 @@ def mpi_train(
     raise typer.Exit(run_train_store(Settings.from_env(database_url=db), console, model_out))
 
 
+@mpi_app.command("check")
+def mpi_check(
+    db: DbOption = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Rewrite the differing Patients' index rows")
+    ] = False,
+    show: Annotated[int, typer.Option(help="Differences to list")] = 50,
+) -> None:
+    """Recompute every stored Patient's registry index rows (block keys, national ID, name
+    values) and compare them with the tables the registry looks candidates up in. Exit 0
+    when they agree (or were all repaired), 1 when they differ. ``takamul db check`` does
+    the same for the search index."""
+    from takamul.mpi.cli import run_check_store
+
+    raise typer.Exit(run_check_store(Settings.from_env(database_url=db), console, repair, show))
+
+
 @mpi_app.command("evaluate")
 def mpi_evaluate(
     links: Annotated[Path, typer.Argument(help="CSV patient_id,person_id")],

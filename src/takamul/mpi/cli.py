@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import insert
 
 from takamul.mpi.schema import mpi_metadata, mpi_model
@@ -19,7 +20,7 @@ from takamul.registry.record import RegistryRecord, from_patient
 from takamul.settings import Settings
 from takamul.store.repository import Store
 
-__all__ = ["run_link_store", "run_train_store"]
+__all__ = ["run_check_store", "run_link_store", "run_train_store"]
 
 
 def _store_records(store: Store, console: Console) -> list[RegistryRecord]:
@@ -85,3 +86,42 @@ def run_train_store(settings: Settings, console: Console, model_out: Path | None
         return 0
     finally:
         store.close()
+
+
+def run_check_store(settings: Settings, console: Console, repair: bool, show: int) -> int:
+    """``takamul mpi check --db URL [--repair]``: the registry's index rows against the stored
+    Patients (``takamul.mpi.check``). 0 when they agree (or were all repaired), 1 when not."""
+    from takamul.mpi.check import check_registry_index, count_patients
+
+    store = Store(settings)
+    try:
+        columns = (
+            TextColumn("[bold]checking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+        )  # fmt: skip
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("check", total=count_patients(store))
+            report = check_registry_index(
+                store, repair=repair, progress=lambda n: bar.update(task, completed=n)
+            )
+    finally:
+        store.close()
+    if report.location != "store":
+        console.print(
+            "the registry's candidate index is kept in each server process's memory "
+            "(TAKAMUL_REGISTRY_INDEX=memory, or auto on SQLite): no index rows to check",
+            highlight=False,
+        )
+        return 0
+    for difference in report.differences[:show]:
+        console.print(f"  {difference.describe()}", highlight=False)
+    if report.damaged > min(show, len(report.differences)):
+        console.print("  ... and more (--show N lists more)", highlight=False)
+    summary = f"{report.patients:,} Patients, {report.rows:,} registry index rows: " + (
+        "the registry's index agrees with the Patients"
+        if report.clean
+        else f"{report.damaged:,} Patients' rows differ"
+    )
+    if repair and not report.clean:
+        summary += f"; repaired {report.repaired:,}"
+    console.print(summary, highlight=False)
+    return 0 if report.clean or report.repaired == report.damaged else 1

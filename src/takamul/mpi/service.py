@@ -170,6 +170,30 @@ _UNLINKED = (
 )
 
 
+def index_location(store: Store) -> str:
+    """Where the candidate index is kept for ``store``: "memory" or "store"."""
+    where = store.settings.registry_index
+    if where not in ("memory", "store", "auto"):
+        raise ValueError(
+            f"registry_index (TAKAMUL_REGISTRY_INDEX) must be 'memory', 'store' or 'auto', "
+            f"not {where!r}"
+        )
+    if where == "auto":
+        # what a country runs holds the population in its tables; an embedded store is
+        # one facility's or district's, which memory holds and answers fastest
+        return "store" if store.dialect == "postgresql" else "memory"
+    return where
+
+
+def stored_model(store: Store) -> LinkageModel | None:
+    """The newest linkage model trained on the store (``takamul mpi train``), if any."""
+    with store.reading() as s:
+        row = s.conn.execute(
+            select(mpi_model.c.model).order_by(mpi_model.c.id.desc()).limit(1)
+        ).first()
+    return LinkageModel.from_json(row.model) if row else None
+
+
 def default_model() -> LinkageModel:
     """The packaged model (trained on synthetic tuning data; scripts/derive_default_model.py)."""
     data = package_data.files("takamul.registry").joinpath("data/default-model.json").read_bytes()
@@ -213,20 +237,11 @@ class ClientRegistry:
     ) -> None:
         self.store = store
         mpi_metadata.create_all(store.writer)
-        self.model = model or self._stored_model() or default_model()
+        self.model = model or stored_model(store) or default_model()
         self.threshold = self.model.threshold
         self.review_floor = review_floor
         self.probable = probable
-        where = store.settings.registry_index
-        if where not in ("memory", "store", "auto"):
-            raise ValueError(
-                f"registry_index (TAKAMUL_REGISTRY_INDEX) must be 'memory', 'store' or 'auto', "
-                f"not {where!r}"
-            )
-        if where == "auto":
-            # what a country runs holds the population in its tables; an embedded store is
-            # one facility's or district's, which memory holds and answers fastest
-            where = "store" if store.dialect == "postgresql" else "memory"
+        where = index_location(store)
         # the candidate index in this process's memory, or in the store's tables
         # (``stored_index``): every other piece of the registry's state works alike with both
         self.stored: StoredCandidateIndex | None = (
@@ -254,13 +269,6 @@ class ClientRegistry:
         self.per_key = locks == "per-key" and store.dialect == "postgresql"
 
     # -- start-up --------------------------------------------------------------------------
-
-    def _stored_model(self) -> LinkageModel | None:
-        with self.store.reading() as s:
-            row = s.conn.execute(
-                select(mpi_model.c.model).order_by(mpi_model.c.id.desc()).limit(1)
-            ).first()
-        return LinkageModel.from_json(row.model) if row else None
 
     def attach(
         self, progress: Callable[[int], None] | None = None, batch_from: int = BATCH_FROM
@@ -335,6 +343,13 @@ class ClientRegistry:
     ) -> int:
         """The store index's start: write the index rows of Patients stored without the
         registry (a bulk load), then link those without a person, as the memory index does."""
+        if not stored.agrees_with_model():
+            # written under another model (a new one trained since): every Patient again
+            log.warning(
+                "the registry's index rows were written under another linkage model; "
+                "indexing every Patient again"
+            )
+            self.store.write(lambda s: stored.clear(s.conn))
         records, dropped = stored.stale()
         # The old rows go first, then the records' rows, 5,000 a transaction. A start stopped
         # in between leaves Patients without rows, which the next start finds and indexes.

@@ -39,13 +39,15 @@ from takamul.store.repository import Store
 from takamul.store.rowcopy import DriverSql, copy_rows, driver_execute, driver_pipeline
 from takamul.store.schema import resource
 
-__all__ = ["StoredCandidateIndex", "slot_of"]
+__all__ = ["StoredCandidateIndex", "patient_record", "slot_of"]
 
 # Records kept in a process's cache (about 1 KB each): the candidates of recent registrations
 # and their persons' members, not the population.
 CACHE_RECORDS = 200_000
 # statements with IN lists are made per list length; lists are sent in chunks of this many
 CHUNK = 200
+# indexed Patients a start compares with the model (``agrees_with_model``)
+SAMPLE = 50
 
 DROP_BLOCKS = DriverSql("DELETE FROM mpi_block WHERE patient_id = :pid")
 DROP_NAMES = DriverSql("DELETE FROM mpi_name WHERE patient_id = :pid")
@@ -164,7 +166,7 @@ class StoredCandidateIndex(CandidateIndex):
         with self.store.reading() as session:
             for pid, content in session.conn.execution_options(yield_per=2000).execute(query):
                 if content:
-                    yield _record(pid, content)
+                    yield patient_record(pid, content)
 
     def get(self, patient_id: str) -> RegistryRecord | None:
         return self.fetch([patient_id]).get(patient_id)
@@ -190,7 +192,7 @@ class StoredCandidateIndex(CandidateIndex):
             for start in range(0, len(missing), CHUNK):
                 for pid, content in _patients(conn, missing[start : start + CHUNK]):
                     if content:
-                        read[pid] = _record(pid, content)
+                        read[pid] = patient_record(pid, content)
         for record in read.values():
             self.saw(record)
         found.update(read)
@@ -326,7 +328,51 @@ class StoredCandidateIndex(CandidateIndex):
         self._count = int(total)
         self.set_term_frequencies(counts, self._count)
 
+    def expected(self, record: RegistryRecord) -> tuple[frozenset[int], frozenset[tuple[str, str]]]:
+        """The slots and name values the tables should hold for ``record`` under this model
+        (what ``add`` and ``index_many`` write; ``takamul mpi check`` compares them)."""
+        slots = frozenset(slot for _, slot in self._slots(record))
+        return slots, frozenset(self.term_values(record))
+
     # -- start-up ---------------------------------------------------------------------------
+
+    def agrees_with_model(self, sample: int = SAMPLE) -> bool:
+        """Do the first ``sample`` indexed Patients' rows match what this model gives them?
+
+        A model trained with other blocking rules or name fields (``takamul mpi train``) gives
+        nearly every record other slots or name rows, so a small sample tells a start whether
+        the rows were written under another model: their Patients' versions have not changed,
+        so ``stale`` would not see it, and candidates would be looked up where they are not."""
+        with self._conn() as conn:
+            ids = [pid for (pid,) in driver_execute(conn, _first_indexed_sql(sample), {})]
+            if not ids:
+                return True
+            marks = {f"p{i}": pid for i, pid in enumerate(ids)}
+            slots: dict[str, set[int]] = {pid: set() for pid in ids}
+            for pid, slot in driver_execute(
+                conn, _sample_sql("slot", "mpi_block", len(ids)), marks
+            ):
+                slots[pid].add(int(slot))
+            names: dict[str, set[tuple[str, str]]] = {pid: set() for pid in ids}
+            sql = _sample_sql("field, value", "mpi_name", len(ids))
+            for pid, name, value in driver_execute(conn, sql, marks):
+                names[pid].add((name, value))
+            stored = dict(_patients(conn, ids))
+        for pid in ids:
+            content = stored.get(pid)
+            if not content:
+                continue  # deleted since: the start's ``stale`` drops its rows
+            want_slots, want_names = self.expected(patient_record(pid, content))
+            if want_slots != slots[pid] or want_names != names[pid]:
+                return False
+        return True
+
+    def clear(self, conn: Connection) -> None:
+        """Drop every index row (before indexing every Patient again under a new model)."""
+        for table in ("mpi_block", "mpi_name", "mpi_indexed"):
+            driver_execute(conn, DriverSql(f"DELETE FROM {table}"), {})
+        with self._cache_lock:
+            self._cache.clear()
 
     def stale(self) -> tuple[list[tuple[RegistryRecord, int]], list[str]]:
         """(records to index with their Patients' versions, patient ids whose rows to drop):
@@ -339,7 +385,7 @@ class StoredCandidateIndex(CandidateIndex):
                 if indexed is not None:
                     replaced.append(pid)
                 if content:
-                    records.append((_record(pid, content), int(version)))
+                    records.append((patient_record(pid, content), int(version)))
             orphans = [pid for (pid,) in driver_execute(conn, ORPHANS, params)]
         return records, replaced + orphans
 
@@ -413,7 +459,8 @@ class _Memo:
                 held.discard(patient_id)
 
 
-def _record(pid: str, content: Any) -> RegistryRecord:
+def patient_record(pid: str, content: Any) -> RegistryRecord:
+    """The registry's record of a Patient from its stored JSON (bytes, or a driver's view)."""
     body = orjson.loads(bytes(content) if isinstance(content, memoryview) else content)
     body.setdefault("id", pid)
     return from_patient(body)
@@ -479,3 +526,14 @@ def _put_names_sql(n: int) -> DriverSql:
     return DriverSql(
         f"INSERT INTO mpi_name (patient_id, field, value) VALUES {rows} ON CONFLICT DO NOTHING"
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _first_indexed_sql(n: int) -> DriverSql:
+    return DriverSql(f"SELECT patient_id FROM mpi_indexed ORDER BY patient_id LIMIT {int(n)}")
+
+
+@functools.lru_cache(maxsize=16)
+def _sample_sql(columns: str, table: str, n: int) -> DriverSql:
+    marks = ", ".join(f":p{i}" for i in range(n))
+    return DriverSql(f"SELECT patient_id, {columns} FROM {table} WHERE patient_id IN ({marks})")

@@ -34,7 +34,7 @@ from takamul.store.indexing import VALUE_COLUMNS, index_tuples
 from takamul.store.repository import Session, Store
 from takamul.store.schema import INDEX_TABLES, resource
 
-__all__ = ["CheckReport", "IndexDifference", "check_index"]
+__all__ = ["CheckReport", "IndexDifference", "check_index", "snapshot", "within"]
 
 BATCH = 2_000
 KEEP = 1_000  # differences kept for the report; the counts cover them all
@@ -181,12 +181,12 @@ def _check_in_worker(span: Range) -> Checked:
 
 def _check_range(store: Store, low: int | None, high: int | None) -> Checked:
     """Differences of the resources and index rows with rid in (low, high]."""
-    with _snapshot(store) as conn:
+    with snapshot(store) as conn:
         query = select(
             resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.deleted,
             resource.c.content,
         )  # fmt: skip
-        rows = conn.execute(_within(query, resource.c.rid, low, high)).all()
+        rows = conn.execute(within(query, resource.c.rid, low, high)).all()
         expected = {r.rid: _expected(store, r) for r in rows}
         names = {r.rid: f"{r.res_type}/{r.res_id}" for r in rows}
         stored, count = _stored(conn, low, high)
@@ -209,7 +209,8 @@ def _check_range(store: Store, low: int | None, high: int | None) -> Checked:
     return found, len(rows), count
 
 
-def _within(query: Any, column: Any, low: int | None, high: int | None) -> Any:
+def within(query: Any, column: Any, low: object | None, high: object | None) -> Any:
+    """``query`` limited to ``column`` in (low, high]; None: no bound on that side."""
     if low is not None:
         query = query.where(column > low)
     if high is not None:
@@ -218,7 +219,7 @@ def _within(query: Any, column: Any, low: int | None, high: int | None) -> Any:
 
 
 @contextmanager
-def _snapshot(store: Store) -> Iterator[Connection]:
+def snapshot(store: Store) -> Iterator[Connection]:
     """A read transaction that sees one snapshot for all its statements (PostgreSQL's default
     READ COMMITTED would give each statement its own)."""
     with store.reader.connect() as conn:
@@ -248,7 +249,7 @@ def _stored(
     for kind, table in INDEX_TABLES.items():
         columns = [table.c.rid, table.c.res_type, table.c.param]
         columns += [table.c[name] for name in VALUE_COLUMNS[kind]]
-        for rid, *values in conn.execute(_within(select(*columns), table.c.rid, low, high)):
+        for rid, *values in conn.execute(within(select(*columns), table.c.rid, low, high)):
             out.setdefault((rid, kind), Counter())[_normal(tuple(values))] += 1
             count += 1
     return out, count
