@@ -83,10 +83,17 @@ from takamul.registry.record import RegistryRecord, from_patient
 from takamul.store.bulkwrite import prepare, put_many
 from takamul.store.guard import unguarded
 from takamul.store.repository import Session, Store, WriteOptions
-from takamul.store.rowcopy import DriverSql, driver_execute, driver_pipeline
+from takamul.store.rowcopy import DriverSql, driver_execute, driver_pipeline, listed, numbered
 from takamul.store.schema import resource
 
-__all__ = ["ClientRegistry", "MatchResult", "default_model", "unlinked_patients"]
+__all__ = [
+    "ClientRegistry",
+    "MatchResult",
+    "default_model",
+    "index_location",
+    "stored_model",
+    "unlinked_patients",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,24 @@ TAKE_REGISTRY_LOCK = DriverSql("SELECT pg_advisory_xact_lock(:key)")
 # reviewer's decision, or a start-up's batch, takes it alone), then its block keys and the
 # persons it may change; its journal rows are numbered under JOURNAL_LOCK, held from there to
 # the commit, so that their numbers still follow commit order.
+# statements of a list of n items (``rowcopy.listed``)
+QUEUE_REVIEWS = (
+    "INSERT INTO mpi_review (patient_a, patient_b, probability, evidence, status, created)"
+    " VALUES {items} ON CONFLICT (patient_a, patient_b) DO UPDATE"
+    " SET probability = excluded.probability, evidence = excluded.evidence"
+    " WHERE mpi_review.status = 'open'"
+)
+QUEUED_REVIEW = "(:a{i}, :b{i}, :probability{i}, :evidence{i}, 'open', :now)"
+SETTLE_REVIEWS = (
+    "UPDATE mpi_review SET status = 'resolved', decided_by = :by, decided_at = :now"
+    " WHERE status = 'open' AND (patient_a, patient_b) IN ({items})"
+)
+NOTE_CHANGES = "INSERT INTO mpi_change (patient_id) VALUES {items} RETURNING seq"
+MEMBERS_IN = (
+    "SELECT m.patient_id, m.probability, m.manual, r.content FROM mpi_member m"
+    " LEFT JOIN resource r ON r.res_type = :patient AND r.res_id = m.patient_id"
+    " AND r.deleted = :deleted WHERE m.patient_id IN ({items})"
+)
 TAKE_SHARED_REGISTRY_LOCK = DriverSql("SELECT pg_advisory_xact_lock_shared(:key)")
 JOURNAL_LOCK = 0x74616B6D706A
 # the keys in the order given (sorted by the caller: every transaction takes them in one order)
@@ -750,9 +775,7 @@ class ClientRegistry:
         ]
         for start in range(0, len(patient_ids), 500):
             chunk = patient_ids[start : start + 500]
-            statements.append(
-                (_note_changes_sql(len(chunk)), {f"p{i}": p for i, p in enumerate(chunk)})
-            )
+            statements.append((listed(NOTE_CHANGES, "(:p{i})", len(chunk)), numbered(chunk)))
         results = journal.send_queued(conn, *statements)
         journal.seqs = [int(seq) for rows in results[1:] for (seq,) in rows]
 
@@ -1018,16 +1041,22 @@ class ClientRegistry:
         for start in range(0, len(queued), 100):
             chunk = queued[start : start + 100]
             params = {f"{k}{i}": v for i, row in enumerate(chunk) for k, v in row.items()}
-            journal.send(session.conn, _queue_sql(len(chunk)), {**params, "now": now})
+            queue = listed(QUEUE_REVIEWS, QUEUED_REVIEW, len(chunk))
+            journal.send(session.conn, queue, {**params, "now": now})
         # one statement on the driver for the pairs now in one person (SQLAlchemy compiled
         # its row-value IN anew for each list, as long as the statement took); 400 pairs at a
         # time keep under SQLite's bound-parameter limit
         for start in range(0, len(settled), 400):
             pairs = settled[start : start + 400]
-            values: dict[str, Any] = {"by": AUTOMATIC, "now": now}
-            for i, (a, b) in enumerate(pairs):
-                values.update({f"a{i}": a, f"b{i}": b})
-            journal.send(session.conn, _settle_sql(len(pairs)), values)
+            firsts, seconds = zip(*pairs, strict=True)
+            values = {
+                **numbered(firsts, "a"),
+                **numbered(seconds, "b"),
+                "by": AUTOMATIC,
+                "now": now,
+            }
+            settle = listed(SETTLE_REVIEWS, "(:a{i}, :b{i})", len(pairs))
+            journal.send(session.conn, settle, values)
 
     def _remove(self, session: Session, pid: str) -> None:
         """A deleted Patient leaves its person (and the index)."""
@@ -1538,49 +1567,11 @@ def _event_values(
     }
 
 
-@functools.lru_cache(maxsize=128)
-def _queue_sql(n: int) -> DriverSql:
-    rows = ", ".join(
-        f"(:a{i}, :b{i}, :probability{i}, :evidence{i}, 'open', :now)" for i in range(n)
-    )
-    return DriverSql(
-        "INSERT INTO mpi_review (patient_a, patient_b, probability, evidence, status, created)"
-        f" VALUES {rows} ON CONFLICT (patient_a, patient_b) DO UPDATE"
-        " SET probability = excluded.probability, evidence = excluded.evidence"
-        " WHERE mpi_review.status = 'open'"
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def _settle_sql(n: int) -> DriverSql:
-    pairs = ", ".join(f"(:a{i}, :b{i})" for i in range(n))
-    return DriverSql(
-        "UPDATE mpi_review SET status = 'resolved', decided_by = :by, decided_at = :now"
-        f" WHERE status = 'open' AND (patient_a, patient_b) IN ({pairs})"
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _note_changes_sql(n: int) -> DriverSql:
-    rows = ", ".join(f"(:p{i})" for i in range(n))
-    return DriverSql(f"INSERT INTO mpi_change (patient_id) VALUES {rows} RETURNING seq")
-
-
 def _lock_key(kind: str, value: str) -> int:
     """A PostgreSQL advisory lock key (a signed 64-bit integer) for a block key or a person:
     two values sharing one only take turns needlessly."""
     digest = hashlib.blake2b(f"{kind}\x1f{value}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-@functools.lru_cache(maxsize=64)
-def _members_sql(n: int) -> DriverSql:
-    marks = ", ".join(f":p{i}" for i in range(n))
-    return DriverSql(
-        "SELECT m.patient_id, m.probability, m.manual, r.content FROM mpi_member m"
-        " LEFT JOIN resource r ON r.res_type = :patient AND r.res_id = m.patient_id"
-        f" AND r.deleted = :deleted WHERE m.patient_id IN ({marks})"
-    )
 
 
 def _members(
@@ -1601,9 +1592,8 @@ def _members(
     reads = []
     for start in range(0, len(unknown), 50):
         chunk = unknown[start : start + 50]
-        params: dict[str, Any] = {f"p{i}": pid for i, pid in enumerate(chunk)}
-        params.update(patient="Patient", deleted=False)
-        reads.append((_members_sql(len(chunk)), params))
+        params = {**numbered(chunk), "patient": "Patient", "deleted": False}
+        reads.append((listed(MEMBERS_IN, ":p{i}", len(chunk)), params))
     # after the transaction's own membership rows, which the reads must see
     for rows in journal.send_queued(session.conn, *reads) if reads else []:
         for pid, probability, manual, content in rows:

@@ -20,7 +20,6 @@ registrations both ways and compares the persons).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import threading
 from collections import Counter, OrderedDict
@@ -36,7 +35,14 @@ from takamul.registry.index import CandidateIndex, ScoredCandidate, _across_gene
 from takamul.registry.linking import LinkageModel
 from takamul.registry.record import RegistryRecord, from_patient
 from takamul.store.repository import Store
-from takamul.store.rowcopy import DriverSql, copy_rows, driver_execute, driver_pipeline
+from takamul.store.rowcopy import (
+    DriverSql,
+    copy_rows,
+    driver_execute,
+    driver_pipeline,
+    listed,
+    numbered,
+)
 from takamul.store.schema import resource
 
 __all__ = ["StoredCandidateIndex", "patient_record", "slot_of"]
@@ -72,6 +78,22 @@ PATIENTS_PG = DriverSql(
     "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
     " AND res_id = ANY(CAST(:ids AS varchar[]))"
 )
+# statements with a list of n items (``listed``), for SQLite: PostgreSQL takes an array
+PATIENTS_IN = (
+    "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
+    " AND res_id IN ({items})"
+)
+INDEXED_IN = "SELECT patient_id FROM mpi_indexed WHERE patient_id IN ({items})"
+BLOCKS_IN = "SELECT patient_id, slot FROM mpi_block WHERE patient_id IN ({items})"
+NAMES_IN = "SELECT patient_id, field, value FROM mpi_name WHERE patient_id IN ({items})"
+DROP_IN = {
+    table: f"DELETE FROM {table} WHERE patient_id IN ({{items}})"
+    for table in ("mpi_block", "mpi_name", "mpi_indexed")
+}
+PUT_BLOCKS = "INSERT INTO mpi_block (slot, patient_id) VALUES {items} ON CONFLICT DO NOTHING"
+PUT_NAMES = "INSERT INTO mpi_name (patient_id, field, value) VALUES {items} ON CONFLICT DO NOTHING"
+FIRST_INDEXED = DriverSql("SELECT patient_id FROM mpi_indexed ORDER BY patient_id LIMIT :n")
+CLEAR = [DriverSql(f"DELETE FROM {table}") for table in ("mpi_block", "mpi_name", "mpi_indexed")]
 TERM_COUNTS = DriverSql("SELECT field, value, count(*) FROM mpi_name GROUP BY field, value")
 INDEXED_COUNT = DriverSql("SELECT count(*) FROM mpi_indexed")
 INDEXED_IDS = DriverSql("SELECT patient_id FROM mpi_indexed ORDER BY patient_id")
@@ -151,7 +173,7 @@ class StoredCandidateIndex(CandidateIndex):
         return True  # an index, however many records it holds
 
     def __contains__(self, patient_id: object) -> bool:
-        return bool(self._rows(_indexed_sql(1), {"p0": patient_id}))
+        return bool(self._rows(listed(INDEXED_IN, ":p{i}", 1), {"p0": patient_id}))
 
     def ids(self) -> list[str]:
         return [pid for (pid,) in self._rows(INDEXED_IDS, {})]
@@ -233,14 +255,13 @@ class StoredCandidateIndex(CandidateIndex):
         slots = sorted({slot for _, slot in self._slots(record)})
         for start in range(0, len(slots), CHUNK):
             chunk = slots[start : start + CHUNK]
-            params: dict[str, Any] = {f"s{i}": s for i, s in enumerate(chunk)}
-            statements.append((_put_blocks_sql(len(chunk)), {**params, "pid": pid}))
+            put = listed(PUT_BLOCKS, "(:s{i}, :pid)", len(chunk))
+            statements.append((put, {**numbered(chunk, "s"), "pid": pid}))
         terms = self.term_values(record)
         if terms:
-            params = {"pid": pid}
-            for i, (name, value) in enumerate(terms):
-                params.update({f"f{i}": name, f"v{i}": value})
-            statements.append((_put_names_sql(len(terms)), params))
+            fields, values = zip(*terms, strict=True)
+            params = {**numbered(fields, "f"), **numbered(values, "v"), "pid": pid}
+            statements.append((listed(PUT_NAMES, "(:pid, :f{i}, :v{i})", len(terms)), params))
         with self._conn() as conn:
             driver_pipeline(conn, statements)
         self.saw(record)
@@ -344,18 +365,17 @@ class StoredCandidateIndex(CandidateIndex):
         the rows were written under another model: their Patients' versions have not changed,
         so ``stale`` would not see it, and candidates would be looked up where they are not."""
         with self._conn() as conn:
-            ids = [pid for (pid,) in driver_execute(conn, _first_indexed_sql(sample), {})]
+            ids = [pid for (pid,) in driver_execute(conn, FIRST_INDEXED, {"n": sample})]
             if not ids:
                 return True
-            marks = {f"p{i}": pid for i, pid in enumerate(ids)}
+            marks = numbered(ids)
             slots: dict[str, set[int]] = {pid: set() for pid in ids}
-            for pid, slot in driver_execute(
-                conn, _sample_sql("slot", "mpi_block", len(ids)), marks
-            ):
+            for pid, slot in driver_execute(conn, listed(BLOCKS_IN, ":p{i}", len(ids)), marks):
                 slots[pid].add(int(slot))
             names: dict[str, set[tuple[str, str]]] = {pid: set() for pid in ids}
-            sql = _sample_sql("field, value", "mpi_name", len(ids))
-            for pid, name, value in driver_execute(conn, sql, marks):
+            for pid, name, value in driver_execute(
+                conn, listed(NAMES_IN, ":p{i}", len(ids)), marks
+            ):
                 names[pid].add((name, value))
             stored = dict(_patients(conn, ids))
         for pid in ids:
@@ -369,8 +389,8 @@ class StoredCandidateIndex(CandidateIndex):
 
     def clear(self, conn: Connection) -> None:
         """Drop every index row (before indexing every Patient again under a new model)."""
-        for table in ("mpi_block", "mpi_name", "mpi_indexed"):
-            driver_execute(conn, DriverSql(f"DELETE FROM {table}"), {})
+        for statement in CLEAR:
+            driver_execute(conn, statement, {})
         with self._cache_lock:
             self._cache.clear()
 
@@ -400,9 +420,8 @@ class StoredCandidateIndex(CandidateIndex):
         replaced = sorted(set(dropped))
         for start in range(0, len(replaced), CHUNK):
             chunk = replaced[start : start + CHUNK]
-            marks = {f"p{i}": pid for i, pid in enumerate(chunk)}
-            for table in ("mpi_block", "mpi_name", "mpi_indexed"):
-                driver_execute(conn, _drop_sql(table, len(chunk)), marks)
+            for drop in DROP_IN.values():
+                driver_execute(conn, listed(drop, ":p{i}", len(chunk)), numbered(chunk))
         indexed: list[tuple[Any, ...]] = []
         blocks: list[tuple[Any, ...]] = []
         names: list[tuple[Any, ...]] = []
@@ -485,55 +504,5 @@ def _patients(conn: Connection, patient_ids: list[str]) -> list[tuple[Any, ...]]
     if conn.dialect.name == "postgresql":
         params = {"patient": "Patient", "deleted": False, "ids": patient_ids}
         return driver_execute(conn, PATIENTS_PG, params)
-    marks = {f"p{i}": pid for i, pid in enumerate(patient_ids)}
-    return driver_execute(
-        conn, _patients_sql(len(patient_ids)), {**marks, "patient": "Patient", "deleted": False}
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _patients_sql(n: int) -> DriverSql:
-    marks = ", ".join(f":p{i}" for i in range(n))
-    return DriverSql(
-        "SELECT res_id, content FROM resource WHERE res_type = :patient AND deleted = :deleted"
-        f" AND res_id IN ({marks})"
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _indexed_sql(n: int) -> DriverSql:
-    marks = ", ".join(f":p{i}" for i in range(n))
-    return DriverSql(f"SELECT patient_id FROM mpi_indexed WHERE patient_id IN ({marks})")
-
-
-@functools.lru_cache(maxsize=64)
-def _drop_sql(table: str, n: int) -> DriverSql:
-    marks = ", ".join(f":p{i}" for i in range(n))
-    return DriverSql(f"DELETE FROM {table} WHERE patient_id IN ({marks})")
-
-
-@functools.lru_cache(maxsize=256)
-def _put_blocks_sql(n: int) -> DriverSql:
-    rows = ", ".join(f"(:s{i}, :pid)" for i in range(n))
-    return DriverSql(
-        f"INSERT INTO mpi_block (slot, patient_id) VALUES {rows} ON CONFLICT DO NOTHING"
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _put_names_sql(n: int) -> DriverSql:
-    rows = ", ".join(f"(:pid, :f{i}, :v{i})" for i in range(n))
-    return DriverSql(
-        f"INSERT INTO mpi_name (patient_id, field, value) VALUES {rows} ON CONFLICT DO NOTHING"
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _first_indexed_sql(n: int) -> DriverSql:
-    return DriverSql(f"SELECT patient_id FROM mpi_indexed ORDER BY patient_id LIMIT {int(n)}")
-
-
-@functools.lru_cache(maxsize=16)
-def _sample_sql(columns: str, table: str, n: int) -> DriverSql:
-    marks = ", ".join(f":p{i}" for i in range(n))
-    return DriverSql(f"SELECT patient_id, {columns} FROM {table} WHERE patient_id IN ({marks})")
+    params = {**numbered(patient_ids), "patient": "Patient", "deleted": False}
+    return driver_execute(conn, listed(PATIENTS_IN, ":p{i}", len(patient_ids)), params)

@@ -24,6 +24,8 @@ __all__ = [
     "driver_cursor",
     "driver_execute",
     "driver_pipeline",
+    "listed",
+    "numbered",
 ]
 
 # Up to this many rows in all, the tables of one ``copy_tables`` call go in one statement on
@@ -49,6 +51,21 @@ class DriverSql:
 
     def __init__(self, sql: str) -> None:
         self.sql = {"sqlite": sql, "postgresql": re.sub(r":(\w+)", r"%(\1)s", sql)}
+
+
+@functools.lru_cache(maxsize=1024)
+def listed(statement: str, item: str, n: int) -> DriverSql:
+    """``statement`` with ``{items}`` replaced by ``n`` copies of ``item`` joined by commas,
+    ``{i}`` in each copy its number: an ``IN`` list or the ``VALUES`` rows of a statement whose
+    length varies, made once for each length and kept (a statement per length, so each is
+    prepared once by the driver)."""
+    items = ", ".join(item.replace("{i}", str(i)) for i in range(n))
+    return DriverSql(statement.replace("{items}", items))
+
+
+def numbered(values: Sequence[Any], name: str = "p") -> dict[str, Any]:
+    """The parameters ``name0``, ``name1``, ... of a ``listed`` statement's items."""
+    return {f"{name}{i}": value for i, value in enumerate(values)}
 
 
 def driver_execute(
