@@ -88,8 +88,10 @@ def test_the_check_finds_each_kind_of_damage_where_it_was_made_and_repairs_it(
         _sql(store, f"DELETE FROM mpi_block WHERE patient_id = :p AND slot IN ({first_slot})", p=a)
         _sql(store, "UPDATE mpi_indexed SET national_id = 'X-1' WHERE patient_id = :p", p=b)
         _sql(store, "UPDATE mpi_indexed SET version = 99 WHERE patient_id = :p", p=c)
-        for table in ("mpi_block", "mpi_name", "mpi_indexed"):
+        for table in ("mpi_block", "mpi_name", "mpi_word", "mpi_indexed"):
             _sql(store, f"DELETE FROM {table} WHERE patient_id = :p", p=d)
+        f = next(pid for pid in _with_names(store, ids[4:]) if pid != e)
+        _sql(store, "DELETE FROM mpi_word WHERE patient_id = :p", p=f)
         _sql(
             store, "INSERT INTO mpi_name (patient_id, field, value) VALUES (:p, 'given', 'zz')", p=e
         )
@@ -98,17 +100,19 @@ def test_the_check_finds_each_kind_of_damage_where_it_was_made_and_repairs_it(
 
         found = check_registry_index(store, batch=7)
         problems = {x.patient_id: x.problems for x in found.differences}
-        assert set(problems) == {a, b, c, d, e, "ghost", "0-before-all"}
-        assert found.damaged == 7 and found.repaired == 0
+        assert set(problems) == {a, b, c, d, e, f, "ghost", "0-before-all"}
+        assert found.damaged == 8 and found.repaired == 0
         assert problems[a] == ("blocks: 1 missing, 0 extra",)
         assert problems[b][0].startswith("national ID 'X-1'")
         assert problems[c] == ("indexed at version 99, stored at 1",)
         assert problems[d] == ("not indexed",)
         assert problems[e] == ("names: 0 missing, 1 extra",)
+        assert len(problems[f]) == 1 and problems[f][0].startswith("words: ")
+        assert problems[f][0].endswith(" missing, 0 extra")
         assert problems["ghost"] == ("not a stored Patient: 1 rows",)
 
         repaired = check_registry_index(store, repair=True, batch=7)
-        assert repaired.damaged == repaired.repaired == 7
+        assert repaired.damaged == repaired.repaired == 8
         after = check_registry_index(store, batch=7)
         assert after.clean, [x.describe() for x in after.differences]
         assert after.rows == clean.rows

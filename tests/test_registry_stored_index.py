@@ -166,7 +166,7 @@ def test_a_rolled_back_write_leaves_no_index_rows_and_no_cached_record(
 
         with pytest.raises(ZeroDivisionError):
             store.write(fails)
-        for table in ("mpi_indexed", "mpi_block", "mpi_name"):
+        for table in ("mpi_indexed", "mpi_block", "mpi_name", "mpi_word"):
             assert _rows(store, table, body["id"]) == 0, table
         assert body["id"] not in index._cache
         _put(store, body)
@@ -177,7 +177,7 @@ def test_a_rolled_back_write_leaves_no_index_rows_and_no_cached_record(
 
         # a deleted Patient leaves the index
         store.write(lambda s: s.delete("Patient", body["id"]))
-        for table in ("mpi_indexed", "mpi_block", "mpi_name"):
+        for table in ("mpi_indexed", "mpi_block", "mpi_name", "mpi_word"):
             assert _rows(store, table, body["id"]) == 0, table
         assert index.get(body["id"]) is None
     finally:
@@ -253,7 +253,7 @@ def test_a_start_reindexes_patients_changed_without_the_registry(
                 )
             }
         assert stored_slots == slots
-        for table in ("mpi_indexed", "mpi_block", "mpi_name"):
+        for table in ("mpi_indexed", "mpi_block", "mpi_name", "mpi_word"):
             assert _rows(store, table, gone) == 0, table
     finally:
         store.close()

@@ -1,10 +1,11 @@
 """``takamul mpi check``: do the registry's index rows agree with the stored Patients?
 
 With the candidate index in the store (``Settings.registry_index = "store"``,
-``takamul.mpi.stored_index``), every link looks its candidates up in three tables: the Patients
-indexed (``mpi_indexed``: version, national ID), their block keys as slots (``mpi_block``) and
-their name values (``mpi_name``). A row missing there is a duplicate the registry no longer
-finds; a stray one, a candidate that is not there. ``takamul db check`` compares the search
+``takamul.mpi.stored_index``), every link looks its candidates up in tables: the Patients indexed
+(``mpi_indexed``: version, national ID), their block keys as slots (``mpi_block``) and their
+name values (``mpi_name``); the patient finder looks names up in ``mpi_word``. A row missing
+there is a duplicate the registry no longer finds, or a patient the search box does not; a
+stray one, a candidate that is not there. ``takamul db check`` compares the search
 index with the resources; this compares the registry's rows, recomputed from each stored
 Patient with the registry's own code and model (``StoredCandidateIndex.expected``), with what
 the tables hold. By Patient:
@@ -12,7 +13,7 @@ the tables hold. By Patient:
 - ``not indexed``: a stored Patient with no rows (a bulk load: the next server start or
   ``takamul catch-up`` would index and link it);
 - ``indexed at version v, stored at w``: written before the Patient last changed;
-- ``national ID``, ``blocks``, ``names``: rows that differ from what the content gives;
+- ``national ID``, ``blocks``, ``names``, ``words``: rows that differ from what the content gives;
 - ``not a stored Patient``: rows of a Patient deleted or never stored.
 
 The Patients are read in ranges of ``batch`` ids, each range's Patients and rows in one
@@ -31,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name
+from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name, mpi_word
 from takamul.mpi.service import (
     REGISTRY_LOCK,
     TAKE_REGISTRY_LOCK,
@@ -94,9 +95,10 @@ class _Held:
     indexed: bool = False
     slots: set[int] = field(default_factory=set)
     names: set[tuple[str, str]] = field(default_factory=set)
+    words: set[tuple[str, str, bool]] = field(default_factory=set)
 
     def rows(self) -> int:
-        return int(self.indexed) + len(self.slots) + len(self.names)
+        return int(self.indexed) + len(self.slots) + len(self.names) + len(self.words)
 
 
 def count_patients(store: Store) -> int:
@@ -184,6 +186,9 @@ def _held(conn: Connection, low: str | None, high: str | None) -> dict[str, _Hel
     query = select(mpi_name.c.patient_id, mpi_name.c.field, mpi_name.c.value)
     for pid, name, value in conn.execute(within(query, mpi_name.c.patient_id, low, high)):
         out.setdefault(pid, _Held()).names.add((name, value))
+    query = select(mpi_word.c.patient_id, mpi_word.c.skel, mpi_word.c.norm, mpi_word.c.arabic)
+    for pid, skel, norm, arabic in conn.execute(within(query, mpi_word.c.patient_id, low, high)):
+        out.setdefault(pid, _Held()).words.add((skel, norm, bool(arabic)))
     return out
 
 
@@ -195,7 +200,7 @@ def _problems(
     if not held.rows():
         return ["not indexed"]
     record = patient_record(pid, content)
-    slots, names = index.expected(record)
+    want = index.expected(record)
     problems = []
     if not held.indexed:
         problems.append("no mpi_indexed row")
@@ -203,8 +208,9 @@ def _problems(
         problems.append(f"indexed at version {held.version}, stored at {version}")
     if held.indexed and held.national_id != record.national_id:
         problems.append(f"national ID {held.national_id!r}, the Patient's {record.national_id!r}")
-    problems += _set_problems("blocks", slots, held.slots)
-    problems += _set_problems("names", names, held.names)
+    problems += _set_problems("blocks", want.slots, held.slots)
+    problems += _set_problems("names", want.names, held.names)
+    problems += _set_problems("words", want.words, held.words)
     return problems
 
 

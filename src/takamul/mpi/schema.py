@@ -37,6 +37,7 @@ __all__ = [
     "mpi_model",
     "mpi_name",
     "mpi_review",
+    "mpi_word",
 ]
 
 mpi_metadata = MetaData()
@@ -147,4 +148,23 @@ mpi_name = Table(
     Column("field", String(16), nullable=False),
     Column("value", Text, nullable=False),
     PrimaryKeyConstraint("patient_id", "field", "value", name="pk_mpi_name"),
+)
+
+# Skeletons compare byte by byte on PostgreSQL, so a prefix is one range of the primary key
+# whatever the database's locale (SQLite's default collation already is binary).
+Skeleton = String(64).with_variant(String(64, collation="C"), "postgresql")
+
+# The patient finder's words (``takamul.mpi.stored_finder``): each indexed registration's name
+# words under their cross-script skeletons (``names.NameToken``), written with its other index
+# rows, so the web application's search box looks names up here instead of every server
+# process holding every registration's words (about 1 KB each).
+mpi_word = Table(
+    "mpi_word",
+    mpi_metadata,
+    Column("skel", Skeleton, nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("norm", Text, nullable=False),
+    Column("arabic", Boolean, nullable=False),
+    PrimaryKeyConstraint("skel", "patient_id", "norm", name="pk_mpi_word"),
+    Index("ix_mpi_word_patient", "patient_id"),
 )

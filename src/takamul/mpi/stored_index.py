@@ -25,12 +25,13 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, select
 
-from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name
+from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name, mpi_word
+from takamul.registry.finder import name_words
 from takamul.registry.index import CandidateIndex, ScoredCandidate, _across_generations
 from takamul.registry.linking import LinkageModel
 from takamul.registry.record import RegistryRecord, from_patient
@@ -45,7 +46,7 @@ from takamul.store.rowcopy import (
 )
 from takamul.store.schema import resource
 
-__all__ = ["StoredCandidateIndex", "patient_record", "slot_of"]
+__all__ = ["IndexRows", "StoredCandidateIndex", "patient_record", "slot_of"]
 
 # Records kept in a process's cache (about 1 KB each): the candidates of recent registrations
 # and their persons' members, not the population.
@@ -58,6 +59,7 @@ SAMPLE = 50
 DROP_BLOCKS = DriverSql("DELETE FROM mpi_block WHERE patient_id = :pid")
 DROP_NAMES = DriverSql("DELETE FROM mpi_name WHERE patient_id = :pid")
 DROP_INDEXED = DriverSql("DELETE FROM mpi_indexed WHERE patient_id = :pid")
+DROP_WORDS = DriverSql("DELETE FROM mpi_word WHERE patient_id = :pid")
 # the Patient's version as stored now (its row is written before the registry links it)
 PUT_INDEXED = DriverSql(
     "INSERT INTO mpi_indexed (patient_id, version, national_id)"
@@ -86,14 +88,17 @@ PATIENTS_IN = (
 INDEXED_IN = "SELECT patient_id FROM mpi_indexed WHERE patient_id IN ({items})"
 BLOCKS_IN = "SELECT patient_id, slot FROM mpi_block WHERE patient_id IN ({items})"
 NAMES_IN = "SELECT patient_id, field, value FROM mpi_name WHERE patient_id IN ({items})"
-DROP_IN = {
-    table: f"DELETE FROM {table} WHERE patient_id IN ({{items}})"
-    for table in ("mpi_block", "mpi_name", "mpi_indexed")
-}
+WORDS_IN = "SELECT patient_id, skel, norm, arabic FROM mpi_word WHERE patient_id IN ({items})"
+# every table of a patient's rows
+TABLES = ("mpi_block", "mpi_name", "mpi_word", "mpi_indexed")
+DROP_IN = {table: f"DELETE FROM {table} WHERE patient_id IN ({{items}})" for table in TABLES}
 PUT_BLOCKS = "INSERT INTO mpi_block (slot, patient_id) VALUES {items} ON CONFLICT DO NOTHING"
 PUT_NAMES = "INSERT INTO mpi_name (patient_id, field, value) VALUES {items} ON CONFLICT DO NOTHING"
+PUT_WORDS = (
+    "INSERT INTO mpi_word (skel, patient_id, norm, arabic) VALUES {items} ON CONFLICT DO NOTHING"
+)
 FIRST_INDEXED = DriverSql("SELECT patient_id FROM mpi_indexed ORDER BY patient_id LIMIT :n")
-CLEAR = [DriverSql(f"DELETE FROM {table}") for table in ("mpi_block", "mpi_name", "mpi_indexed")]
+CLEAR = [DriverSql(f"DELETE FROM {table}") for table in TABLES]
 TERM_COUNTS = DriverSql("SELECT field, value, count(*) FROM mpi_name GROUP BY field, value")
 INDEXED_COUNT = DriverSql("SELECT count(*) FROM mpi_indexed")
 INDEXED_IDS = DriverSql("SELECT patient_id FROM mpi_indexed ORDER BY patient_id")
@@ -250,6 +255,7 @@ class StoredCandidateIndex(CandidateIndex):
         statements: list[tuple[DriverSql, dict[str, Any]]] = [
             (DROP_BLOCKS, {"pid": pid}),
             (DROP_NAMES, {"pid": pid}),
+            (DROP_WORDS, {"pid": pid}),
             (PUT_INDEXED, {"pid": pid, "nid": record.national_id, "patient": "Patient"}),
         ]
         slots = sorted({slot for _, slot in self._slots(record)})
@@ -262,6 +268,12 @@ class StoredCandidateIndex(CandidateIndex):
             fields, values = zip(*terms, strict=True)
             params = {**numbered(fields, "f"), **numbered(values, "v"), "pid": pid}
             statements.append((listed(PUT_NAMES, "(:pid, :f{i}, :v{i})", len(terms)), params))
+        words = sorted(_word_rows(record))
+        if words:
+            skels, norms, arabic = zip(*words, strict=True)
+            params = {**numbered(skels, "w"), **numbered(norms, "n"), **numbered(arabic, "a")}
+            put = listed(PUT_WORDS, "(:w{i}, :pid, :n{i}, :a{i})", len(words))
+            statements.append((put, {**params, "pid": pid}))
         with self._conn() as conn:
             driver_pipeline(conn, statements)
         self.saw(record)
@@ -274,6 +286,7 @@ class StoredCandidateIndex(CandidateIndex):
                 [
                     (DROP_BLOCKS, {"pid": patient_id}),
                     (DROP_NAMES, {"pid": patient_id}),
+                    (DROP_WORDS, {"pid": patient_id}),
                     (DROP_INDEXED, {"pid": patient_id}),
                 ],
             )
@@ -349,16 +362,39 @@ class StoredCandidateIndex(CandidateIndex):
         self._count = int(total)
         self.set_term_frequencies(counts, self._count)
 
-    def expected(self, record: RegistryRecord) -> tuple[frozenset[int], frozenset[tuple[str, str]]]:
-        """The slots and name values the tables should hold for ``record`` under this model
-        (what ``add`` and ``index_many`` write; ``takamul mpi check`` compares them)."""
-        slots = frozenset(slot for _, slot in self._slots(record))
-        return slots, frozenset(self.term_values(record))
+    def expected(self, record: RegistryRecord) -> IndexRows:
+        """The rows the tables should hold for ``record`` under this model (what ``add`` and
+        ``index_many`` write; ``takamul mpi check`` compares them)."""
+        return IndexRows(
+            frozenset(slot for _, slot in self._slots(record)),
+            frozenset(self.term_values(record)),
+            frozenset(_word_rows(record)),
+        )
+
+    def held(self, conn: Connection, patient_ids: list[str]) -> dict[str, IndexRows]:
+        """The slots, name values and words the tables hold for each of ``patient_ids``."""
+        marks = numbered(patient_ids)
+        slots: dict[str, set[Any]] = {pid: set() for pid in patient_ids}
+        names: dict[str, set[Any]] = {pid: set() for pid in patient_ids}
+        words: dict[str, set[Any]] = {pid: set() for pid in patient_ids}
+        n = len(patient_ids)
+        for pid, slot in driver_execute(conn, listed(BLOCKS_IN, ":p{i}", n), marks):
+            slots[pid].add(int(slot))
+        for pid, name, value in driver_execute(conn, listed(NAMES_IN, ":p{i}", n), marks):
+            names[pid].add((name, value))
+        for pid, skel, norm, arabic in driver_execute(conn, listed(WORDS_IN, ":p{i}", n), marks):
+            words[pid].add((skel, norm, bool(arabic)))
+        return {
+            pid: IndexRows(frozenset(slots[pid]), frozenset(names[pid]), frozenset(words[pid]))
+            for pid in patient_ids
+        }
 
     # -- start-up ---------------------------------------------------------------------------
 
     def agrees_with_model(self, sample: int = SAMPLE) -> bool:
         """Do the first ``sample`` indexed Patients' rows match what this model gives them?
+        (Also false for a store indexed before the finder's words were: none of its Patients
+        has word rows, and every Patient with a name should.)
 
         A model trained with other blocking rules or name fields (``takamul mpi train``) gives
         nearly every record other slots or name rows, so a small sample tells a start whether
@@ -368,22 +404,13 @@ class StoredCandidateIndex(CandidateIndex):
             ids = [pid for (pid,) in driver_execute(conn, FIRST_INDEXED, {"n": sample})]
             if not ids:
                 return True
-            marks = numbered(ids)
-            slots: dict[str, set[int]] = {pid: set() for pid in ids}
-            for pid, slot in driver_execute(conn, listed(BLOCKS_IN, ":p{i}", len(ids)), marks):
-                slots[pid].add(int(slot))
-            names: dict[str, set[tuple[str, str]]] = {pid: set() for pid in ids}
-            for pid, name, value in driver_execute(
-                conn, listed(NAMES_IN, ":p{i}", len(ids)), marks
-            ):
-                names[pid].add((name, value))
+            held = self.held(conn, ids)
             stored = dict(_patients(conn, ids))
         for pid in ids:
             content = stored.get(pid)
             if not content:
                 continue  # deleted since: the start's ``stale`` drops its rows
-            want_slots, want_names = self.expected(patient_record(pid, content))
-            if want_slots != slots[pid] or want_names != names[pid]:
+            if self.expected(patient_record(pid, content)) != held[pid]:
                 return False
         return True
 
@@ -425,14 +452,17 @@ class StoredCandidateIndex(CandidateIndex):
         indexed: list[tuple[Any, ...]] = []
         blocks: list[tuple[Any, ...]] = []
         names: list[tuple[Any, ...]] = []
+        words: list[tuple[Any, ...]] = []
         for record, version in records:
             pid = record.patient_id
             indexed.append((pid, version, record.national_id))
             blocks.extend((slot, pid) for slot in sorted({s for _, s in self._slots(record)}))
             names.extend((pid, name, value) for name, value in self.term_values(record))
+            words.extend((skel, pid, norm, arabic) for skel, norm, arabic in _word_rows(record))
         copy_rows(conn, mpi_indexed, ("patient_id", "version", "national_id"), indexed)
         copy_rows(conn, mpi_block, ("slot", "patient_id"), blocks)
         copy_rows(conn, mpi_name, ("patient_id", "field", "value"), names)
+        copy_rows(conn, mpi_word, ("skel", "patient_id", "norm", "arabic"), words)
         for pid in dropped:
             self.forget(pid)
         for record, _ in records:
@@ -506,3 +536,16 @@ def _patients(conn: Connection, patient_ids: list[str]) -> list[tuple[Any, ...]]
         return driver_execute(conn, PATIENTS_PG, params)
     params = {**numbered(patient_ids), "patient": "Patient", "deleted": False}
     return driver_execute(conn, listed(PATIENTS_IN, ":p{i}", len(patient_ids)), params)
+
+
+class IndexRows(NamedTuple):
+    """A Patient's rows besides ``mpi_indexed``: its slots, name values and finder words."""
+
+    slots: frozenset[int]
+    names: frozenset[tuple[str, str]]
+    words: frozenset[tuple[str, str, bool]]
+
+
+def _word_rows(record: RegistryRecord) -> set[tuple[str, str, bool]]:
+    """(skeleton, normalised form, Arabic?) of each of the record's name words: the finder's."""
+    return {(t.skel, t.norm, t.arabic) for t in name_words(record)}

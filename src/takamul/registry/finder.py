@@ -17,20 +17,53 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
+from typing import Protocol
 
 from takamul.registry.names import NameToken, name_token, token_similarity
 from takamul.registry.record import RegistryRecord
 
-__all__ = ["LiveNameFinder", "NameFinder"]
+__all__ = [
+    "MAX_PREFIX_UNION",
+    "LiveNameFinder",
+    "NameFinder",
+    "PatientFinder",
+    "name_words",
+    "search_words",
+]
 
 log = logging.getLogger(__name__)
 
 # A search for an unfinished word of one or two letters matches much of a country: the union
 # of its postings stops growing here, and the caller is told to type more.
-_MAX_PREFIX_UNION = 20_000
+MAX_PREFIX_UNION = 20_000
 # Ranking compares each typed word with the candidate's words; beyond this many candidates
 # the order is by skeletons only (the caller shows a first page and says there are more).
 _MAX_RANKED = 5_000
+
+
+class PatientFinder(Protocol):
+    """What a search box asks of a finder (``LiveNameFinder`` in memory; with the registry's
+    index in the store, ``takamul.mpi.stored_finder.StoredNameFinder``)."""
+
+    def usable(self) -> bool: ...
+
+    def find(
+        self,
+        text: str,
+        limit: int = 500,
+        prefix: bool = True,
+        within: AbstractSet[str] | None = None,
+    ) -> list[str]: ...
+
+
+def name_words(record: RegistryRecord) -> tuple[NameToken, ...]:
+    """A registration's distinct name words of every name and field, in order, as tokens."""
+    return tuple(dict.fromkeys(t for c in record.names for t in c.tokens if t.skel))
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a search box's text that hold something of a name."""
+    return [w for w in text.split() if name_token(w) is not None]
 
 
 class NameFinder:
@@ -49,19 +82,22 @@ class NameFinder:
 
     def add(self, record: RegistryRecord) -> None:
         """Index (or re-index) one registration's name words."""
-        tokens = tuple(dict.fromkeys(t for c in record.names for t in c.tokens if t.skel))
+        self.add_words(record.patient_id, name_words(record))
+
+    def add_words(self, patient_id: str, tokens: tuple[NameToken, ...]) -> None:
+        """Index (or re-index) ``patient_id`` under ``tokens`` (its ``name_words``)."""
         skeletons = frozenset(t.skel for t in tokens)
         with self._lock:
-            self._drop(record.patient_id)
-            self._of[record.patient_id] = skeletons
-            self._tokens[record.patient_id] = tokens
+            self._drop(patient_id)
+            self._of[patient_id] = skeletons
+            self._tokens[patient_id] = tokens
             for skel in skeletons:
                 held = self._postings.get(skel)
                 if held is None:
-                    self._postings[skel] = {record.patient_id}
+                    self._postings[skel] = {patient_id}
                     self._dirty = True
                 else:
-                    held.add(record.patient_id)
+                    held.add(patient_id)
 
     def add_many(self, records: Iterable[RegistryRecord]) -> None:
         for record in records:
@@ -92,7 +128,7 @@ class NameFinder:
         unfinished when ``prefix``); those whose words match most closely as written come
         first. At most ``limit`` ids; [] when ``text`` has no name word. ``within``: only
         these patients (a facility's, say), applied before ranking."""
-        words = [w for w in text.split() if name_token(w) is not None]
+        words = search_words(text)
         if not words:
             return []
         with self._lock:
@@ -127,7 +163,7 @@ class NameFinder:
         union: set[str] = set()
         while at < len(self._sorted) and self._sorted[at].startswith(start):
             union |= self._postings[self._sorted[at]]
-            if len(union) >= _MAX_PREFIX_UNION:
+            if len(union) >= MAX_PREFIX_UNION:
                 break
             at += 1
         return union
@@ -206,6 +242,11 @@ class LiveNameFinder:
         if not self._ready.wait(self._wait) or self._failed:
             return 0
         return len(self._finder)
+
+    def usable(self) -> bool:
+        """Built (waiting up to ``wait``) and holding registrations: else the caller falls back
+        to the FHIR name search."""
+        return len(self) > 0
 
     def find(
         self,

@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from takamul.careplans.record import CareSection, care_section
 from takamul.fhir.outcome import FhirError
-from takamul.registry.finder import LiveNameFinder
+from takamul.mpi.stored_finder import StoredNameFinder
+from takamul.registry.finder import LiveNameFinder, PatientFinder
 from takamul.registry.record import from_patient
 from takamul.security.context import MAX_REASON, MIN_REASON
 from takamul.security.errors import AuthError
@@ -136,10 +137,13 @@ def register(router: APIRouter, web: WebServices) -> None:
 # -- search ---------------------------------------------------------------------------------
 
 
-def _finder(web: WebServices) -> LiveNameFinder:
-    """Names of every registration, built in the background and kept current by a write hook
-    (after each commit)."""
+def _finder(web: WebServices) -> PatientFinder:
+    """With the registry's index in the store, its words there (written as the registry links
+    each Patient); else the names of every registration, built in the background and kept
+    current by a write hook (after each commit)."""
     registry = web.registry
+    if registry is not None and registry.stored is not None:
+        return StoredNameFinder(web.store)
     finder = LiveNameFinder(registry.index.records if registry is not None else tuple)
 
     def follow(session: Session, rtype: str, rid: str, body: dict[str, Any] | None) -> None:
@@ -166,7 +170,7 @@ def _digits(text: str) -> str:
 
 
 def _search(
-    web: WebServices, finder: LiveNameFinder, viewer: Viewer, query: dict[str, str]
+    web: WebServices, finder: PatientFinder, viewer: Viewer, query: dict[str, str]
 ) -> Results:
     text, born = query["q"], query["born"]
     if not text and not born:
@@ -210,12 +214,12 @@ def _by_number(
 
 def _by_name(
     session: Session,
-    finder: LiveNameFinder,
+    finder: PatientFinder,
     text: str,
     params: list[tuple[str, str]],
     scope: frozenset[str] | None,
 ) -> list[dict[str, Any]]:
-    if len(finder) == 0:
+    if not finder.usable():
         # no registry in this server: the FHIR name search (prefix, same script only)
         matches, _, _ = guarded_search(session, "Patient", [("name", text), *params])
         return matches
