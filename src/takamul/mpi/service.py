@@ -76,6 +76,7 @@ from takamul.mpi.schema import (
     mpi_model,
     mpi_review,
 )
+from takamul.mpi.stored_index import TABLES as INDEX_TABLES
 from takamul.mpi.stored_index import StoredCandidateIndex
 from takamul.registry.index import CandidateIndex, ScoredCandidate, score_pair
 from takamul.registry.linking import LinkageModel, gc_paused, link_records
@@ -383,6 +384,10 @@ class ClientRegistry:
         for start in range(0, len(records), 5000):
             chunk = records[start : start + 5000]
             self.store.write(lambda s, c=chunk: stored.index_many(s.conn, c, []))  # type: ignore[misc]
+        if len(records) > ANALYZE_AFTER:
+            # statistics for the lookups below, and the visibility map for index-only scans
+            # (the web finder reads its candidates' words from an index alone)
+            self.store.vacuum(INDEX_TABLES)
         stored.refresh_term_frequencies()
         if not self.member_of and len(unlinked) >= batch_from:
             fresh = {r.patient_id: r for r, _ in records}
@@ -390,9 +395,6 @@ class ClientRegistry:
             fresh.update(stored.fetch(missing))
             self._link_fresh([fresh[pid] for pid in unlinked if pid in fresh], progress)
         else:
-            if len(records) > ANALYZE_AFTER:
-                # the index tables' statistics, before the links below plan their lookups
-                self.store.analyze_stale()
             for start in range(0, len(unlinked), 500):
                 batch = unlinked[start : start + 500]
                 self.store.write(lambda s, b=batch: self._link_many(s, b))  # type: ignore[misc]

@@ -24,6 +24,7 @@ from takamul.registry.record import RegistryRecord
 
 __all__ = [
     "MAX_PREFIX_UNION",
+    "MAX_RANKED",
     "LiveNameFinder",
     "NameFinder",
     "PatientFinder",
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_PREFIX_UNION = 20_000
 # Ranking compares each typed word with the candidate's words; beyond this many candidates
 # the order is by skeletons only (the caller shows a first page and says there are more).
-_MAX_RANKED = 5_000
+MAX_RANKED = 5_000
 
 
 class PatientFinder(Protocol):
@@ -174,14 +175,14 @@ class NameFinder:
         words typed are more of the name), then a stable order."""
         typed = [t for w in words if (t := name_token(w)) is not None]
         pool = sorted(found, key=lambda pid: (len(self._of[pid]), pid))
-        ranked = pool[:_MAX_RANKED]
+        ranked = pool[:MAX_RANKED]
 
         def closeness(pid: str) -> float:
             own = self._tokens.get(pid, ())
             return sum(max((token_similarity(t, o) for o in own), default=0.0) for t in typed)
 
         ranked.sort(key=lambda pid: (-round(closeness(pid), 3), len(self._of[pid]), pid))
-        return (ranked + pool[_MAX_RANKED:])[:limit]
+        return (ranked + pool[MAX_RANKED:])[:limit]
 
 
 class LiveNameFinder:

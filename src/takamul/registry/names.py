@@ -25,6 +25,7 @@ __all__ = [
     "name_similarity",
     "name_token",
     "parse_human_name",
+    "shared_token",
     "token_level",
     "token_similarity",
 ]
@@ -54,11 +55,12 @@ class NameToken:
         # Pickled as its fields and unpickled through one shared token per name: batch
         # linking sends every record from the parsing workers to the parent, and the
         # dataclass default (a state dict set field by field) made that twice as slow.
-        return (_token, (self.norm, self.skel, self.arabic))
+        return (shared_token, (self.norm, self.skel, self.arabic))
 
 
 @lru_cache(maxsize=200_000)
-def _token(norm: str, skel: str, arabic: bool) -> NameToken:
+def shared_token(norm: str, skel: str, arabic: bool) -> NameToken:
+    """The one token of these fields (a country's names repeat: one object for each)."""
     return NameToken(norm, skel, arabic)
 
 

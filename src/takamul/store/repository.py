@@ -359,6 +359,18 @@ class Store:
             conn.commit()
             return len(inspect(conn).get_table_names())
 
+    def vacuum(self, tables: Sequence[str]) -> None:
+        """``VACUUM (ANALYZE)`` of ``tables`` (PostgreSQL; ``ANALYZE`` on SQLite): after many rows
+        were written into them at once, so index-only scans skip the table (``analyze``)."""
+        quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in tables)
+        with self.writer.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                conn.exec_driver_sql(f"VACUUM (ANALYZE) {quoted}")
+            else:
+                conn.exec_driver_sql(f"ANALYZE {quoted}")
+            conn.commit()
+
     def stale_statistics(self) -> list[str]:
         """The store's tables whose planner statistics are missing or far behind (PostgreSQL):
         a restore (``pg_restore`` copies no statistics), or a load that ended before its

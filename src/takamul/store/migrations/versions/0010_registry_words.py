@@ -38,7 +38,8 @@ def registry_word_tables() -> MetaData:
         Column("norm", Text, nullable=False),
         Column("arabic", Boolean, nullable=False),
         PrimaryKeyConstraint("skel", "patient_id", "norm", name="pk_mpi_word"),
-        Index("ix_mpi_word_patient", "patient_id"),
+        # covering: a search reads its candidates' words from the index alone
+        Index("ix_mpi_word_patient", "patient_id", "skel", "norm", "arabic"),
     )
     return md
 
