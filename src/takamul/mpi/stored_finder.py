@@ -88,8 +88,12 @@ def _narrowed(
     params: dict[str, object] = numbered(exact, "e")
     if start is not None:
         n = len(exact)
-        clauses.append(f"w{n}.skel >= :low AND w{n}.skel < :high")
-        params.update(low=start, high=_after_prefix(start))
+        if start:
+            clauses.append(f"w{n}.skel >= :low AND w{n}.skel < :high")
+            params.update(low=start, high=_after_prefix(start))
+        else:
+            clauses.append(f"w{n}.skel >= :low")  # every skeleton begins with ""
+            params.update(low="")
     if not clauses:
         return {}
     joins = "".join(
