@@ -99,6 +99,13 @@ def test_the_check_finds_each_kind_of_damage_where_it_was_made_and_repairs_it(
         _sql(store, "INSERT INTO mpi_indexed (patient_id, version) VALUES ('0-before-all', 1)")
 
         found = check_registry_index(store, batch=7)
+        # the same ranges checked in two worker processes find the same
+        parallel = check_registry_index(store, batch=7, workers=2)
+        assert (parallel.differences, parallel.patients, parallel.rows) == (
+            found.differences,
+            found.patients,
+            found.rows,
+        )
         problems = {x.patient_id: x.problems for x in found.differences}
         assert set(problems) == {a, b, c, d, e, f, "ghost", "0-before-all"}
         assert found.damaged == 8 and found.repaired == 0

@@ -340,6 +340,9 @@ def mpi_check(
         bool, typer.Option("--repair", help="Rewrite the differing Patients' index rows")
     ] = False,
     show: Annotated[int, typer.Option(help="Differences to list")] = 50,
+    workers: Annotated[
+        int, typer.Option(help="Processes that recompute the rows (the cost is CPU)")
+    ] = 1,
 ) -> None:
     """Recompute every stored Patient's registry index rows (block keys, national ID, name
     values) and compare them with the tables the registry looks candidates up in. Exit 0
@@ -347,7 +350,9 @@ def mpi_check(
     the same for the search index."""
     from takamul.mpi.cli import run_check_store
 
-    raise typer.Exit(run_check_store(Settings.from_env(database_url=db), console, repair, show))
+    raise typer.Exit(
+        run_check_store(Settings.from_env(database_url=db), console, repair, show, workers)
+    )
 
 
 @mpi_app.command("evaluate")

@@ -25,7 +25,9 @@ they stay true).
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -41,6 +43,7 @@ from takamul.mpi.service import (
     stored_model,
 )
 from takamul.mpi.stored_index import StoredCandidateIndex, patient_record
+from takamul.settings import Settings
 from takamul.store.dbcheck import snapshot, within
 from takamul.store.repository import Session, Store
 from takamul.store.rowcopy import driver_execute
@@ -111,27 +114,70 @@ def count_patients(store: Store) -> int:
 
 
 def check_registry_index(
-    store: Store, repair: bool = False, progress: Progress | None = None, batch: int = BATCH
+    store: Store,
+    repair: bool = False,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+    workers: int = 1,
 ) -> RegistryIndexReport:
     """Compare every stored Patient's registry index rows with its content; with ``repair``,
     rewrite the damaged ones. With the index kept in memory (``registry_index`` "memory"),
-    nothing is stored to check: the report says so and is clean."""
+    nothing is stored to check: the report says so and is clean.
+
+    ``workers`` > 1 checks ranges in that many processes (parsing each Patient and computing
+    its keys is the cost, and it is CPU work: about 4,200 Patients a second in one process);
+    differences are repaired here, in this process, as they come in."""
     location = index_location(store)
     report = RegistryIndexReport(location)
     if location != "store":
         return report
     index = StoredCandidateIndex(stored_model(store) or default_model(), store)
-    for low, high in _spans(store, batch):
-        with snapshot(store) as conn:
-            found, patients, rows = _check_span(index, conn, low, high)
-        report.patients += patients
-        report.rows += rows
-        report.add(found)
-        if repair and found:
-            report.repaired += _repair(store, index, [d.patient_id for d in found])
-        if progress is not None:
-            progress(report.patients)
+    spans = _spans(store, batch)
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_open_worker,
+            initargs=(store.settings,),
+        )
+        results: Iterator[Checked] = pool.map(_check_in_worker, spans)
+    else:
+        results = (_check_snapshot(index, low, high) for low, high in spans)
+    try:
+        for found, patients, rows in results:
+            report.patients += patients
+            report.rows += rows
+            report.add(found)
+            if repair and found:
+                report.repaired += _repair(store, index, [d.patient_id for d in found])
+            if progress is not None:
+                progress(report.patients)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return report
+
+
+Checked = tuple[list[RegistryIndexDifference], int, int]  # differences, Patients, rows
+
+_worker: tuple[Store, StoredCandidateIndex] | None = None
+
+
+def _open_worker(settings: Settings) -> None:
+    global _worker
+    store = Store(settings)
+    _worker = (store, StoredCandidateIndex(stored_model(store) or default_model(), store))
+
+
+def _check_in_worker(span: Span) -> Checked:
+    assert _worker is not None, "the worker's store is opened by its initializer"
+    return _check_snapshot(_worker[1], *span)
+
+
+def _check_snapshot(index: StoredCandidateIndex, low: str | None, high: str | None) -> Checked:
+    with snapshot(index.store) as conn:
+        return _check_span(index, conn, low, high)
 
 
 def _spans(store: Store, batch: int) -> list[Span]:

@@ -88,7 +88,9 @@ def run_train_store(settings: Settings, console: Console, model_out: Path | None
         store.close()
 
 
-def run_check_store(settings: Settings, console: Console, repair: bool, show: int) -> int:
+def run_check_store(
+    settings: Settings, console: Console, repair: bool, show: int, workers: int = 1
+) -> int:
     """``takamul mpi check --db URL [--repair]``: the registry's index rows against the stored
     Patients (``takamul.mpi.check``). 0 when they agree (or were all repaired), 1 when not."""
     from takamul.mpi.check import check_registry_index, count_patients
@@ -101,7 +103,10 @@ def run_check_store(settings: Settings, console: Console, repair: bool, show: in
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("check", total=count_patients(store))
             report = check_registry_index(
-                store, repair=repair, progress=lambda n: bar.update(task, completed=n)
+                store,
+                repair=repair,
+                progress=lambda n: bar.update(task, completed=n),
+                workers=workers,
             )
     finally:
         store.close()
