@@ -25,10 +25,9 @@ they stay true).
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -44,7 +43,7 @@ from takamul.mpi.service import (
 )
 from takamul.mpi.stored_index import StoredCandidateIndex, patient_record
 from takamul.settings import Settings
-from takamul.store.dbcheck import snapshot, within
+from takamul.store.dbcheck import in_processes, snapshot, within
 from takamul.store.repository import Session, Store
 from takamul.store.rowcopy import driver_execute
 from takamul.store.schema import resource
@@ -133,18 +132,10 @@ def check_registry_index(
         return report
     index = StoredCandidateIndex(stored_model(store) or default_model(), store)
     spans = _spans(store, batch)
-    pool = None
-    if workers > 1:
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_open_worker,
-            initargs=(store.settings,),
-        )
-        results: Iterator[Checked] = pool.map(_check_in_worker, spans)
-    else:
-        results = (_check_snapshot(index, low, high) for low, high in spans)
-    try:
+    here = partial(_check_snapshot, index)
+    with in_processes(
+        here, spans, workers, _open_worker, store.settings, _check_in_worker
+    ) as results:
         for found, patients, rows in results:
             report.patients += patients
             report.rows += rows
@@ -153,9 +144,6 @@ def check_registry_index(
                 report.repaired += _repair(store, index, [d.patient_id for d in found])
             if progress is not None:
                 progress(report.patients)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     return report
 
 

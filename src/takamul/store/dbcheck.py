@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection, delete, func, select, text
@@ -34,12 +35,20 @@ from takamul.store.indexing import VALUE_COLUMNS, index_tuples
 from takamul.store.repository import Session, Store
 from takamul.store.schema import INDEX_TABLES, resource
 
-__all__ = ["CheckReport", "IndexDifference", "check_index", "snapshot", "within"]
+__all__ = [
+    "CheckReport",
+    "IndexDifference",
+    "check_index",
+    "in_processes",
+    "snapshot",
+    "within",
+]
 
 BATCH = 2_000
 KEEP = 1_000  # differences kept for the report; the counts cover them all
 
 Row = tuple[Any, ...]  # (res_type, param, *values): an index row without its rid
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +127,10 @@ def check_index(
     and it is CPU work); differences are repaired here, in this process, as they come in."""
     report = CheckReport()
     ranges = _ranges(store, batch)
-    if workers > 1:
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_open_worker_store,
-            initargs=(store.settings,),
-        )
-        results: Iterator[Checked] = pool.map(_check_in_worker, ranges)
-    else:
-        pool = None
-        results = (_check_range(store, low, high) for low, high in ranges)
-    try:
+    here = partial(_check_range, store)
+    with in_processes(
+        here, ranges, workers, _open_worker_store, store.settings, _check_in_worker
+    ) as results:
         for found, resources, rows in results:
             report.resources += resources
             report.rows += rows
@@ -138,10 +139,34 @@ def check_index(
                 report.repaired += _repair(store, sorted({d.rid for d in found}))
             if progress is not None:
                 progress(report.resources)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     return report
+
+
+@contextmanager
+def in_processes(
+    here: Callable[..., T],
+    spans: Sequence[tuple[Any, Any]],
+    workers: int,
+    open_worker: Callable[[Any], None],
+    settings: Any,
+    in_worker: Callable[[Any], T],
+) -> Iterator[Iterator[T]]:
+    """The results of a check's spans, in order: ``here(low, high)`` in this process, or with
+    ``workers`` > 1 ``in_worker(span)`` in that many spawned processes, each opened by
+    ``open_worker(settings)``. The processes end with the block, however it ends."""
+    if workers <= 1:
+        yield (here(low, high) for low, high in spans)
+        return
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=open_worker,
+        initargs=(settings,),
+    )
+    try:
+        yield pool.map(in_worker, spans)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 Range = tuple[int | None, int | None]  # rids in (low, high]; None: no bound on that side
