@@ -18,6 +18,7 @@ from takamul.mpi.service import _patients
 from takamul.registry.linking import link_records, write_links
 from takamul.registry.record import RegistryRecord, from_patient
 from takamul.settings import Settings
+from takamul.store.cli import print_check
 from takamul.store.repository import Store
 
 __all__ = ["run_check_store", "run_link_store", "run_train_store"]
@@ -117,16 +118,11 @@ def run_check_store(
             highlight=False,
         )
         return 0
-    for difference in report.differences[:show]:
-        console.print(f"  {difference.describe()}", highlight=False)
-    if report.damaged > min(show, len(report.differences)):
-        console.print("  ... and more (--show N lists more)", highlight=False)
     summary = f"{report.patients:,} Patients, {report.rows:,} registry index rows: " + (
         "the registry's index agrees with the Patients"
         if report.clean
         else f"{report.damaged:,} Patients' rows differ"
     )
-    if repair and not report.clean:
-        summary += f"; repaired {report.repaired:,}"
-    console.print(summary, highlight=False)
-    return 0 if report.clean or report.repaired == report.damaged else 1
+    differences = [d.describe() for d in report.differences]
+    repaired = report.repaired if repair else None
+    return print_check(console, differences, summary, show, report.damaged, repaired)

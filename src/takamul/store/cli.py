@@ -20,7 +20,7 @@ from takamul.store.backup import backup_sqlite
 if TYPE_CHECKING:
     from takamul.store import Store
 
-__all__ = ["db_app", "schema_ready"]
+__all__ = ["db_app", "print_check", "schema_ready"]
 
 db_app = typer.Typer(
     help="The store's database: schema migrations, search index check and repair, planner "
@@ -167,19 +167,36 @@ def check_command(
             )
     finally:
         store.close()
-    for difference in report.differences[:show]:
-        console.print(f"  {difference.describe()}", highlight=False)
-    if len(report.differences) > show or report.damaged > len(report.differences):
-        console.print("  ... and more (--show N lists more)", highlight=False)
     summary = f"{report.resources:,} resources, {report.rows:,} index rows: " + (
         "the index agrees with the resources"
         if report.clean
         else f"{report.damaged:,} damaged ({report.missing:,} rows missing, {report.extra:,} extra)"
     )
-    if repair and not report.clean:
-        summary += f"; repaired {report.repaired:,}"
+    raise typer.Exit(
+        print_check(console, [d.describe() for d in report.differences], summary, show=show,
+                    damaged=report.damaged, repaired=report.repaired if repair else None)
+    )  # fmt: skip
+
+
+def print_check(
+    console: Console,
+    differences: list[str],
+    summary: str,
+    show: int,
+    damaged: int,
+    repaired: int | None,
+) -> int:
+    """A check's report (``db check``, ``mpi check``): the first ``show`` differences, the
+    summary (with what was repaired, when ``repaired`` is not None) and the exit code: 0 when
+    nothing differs or everything was repaired, 1 when not."""
+    for difference in differences[:show]:
+        console.print(f"  {difference}", highlight=False)
+    if len(differences) > show or damaged > len(differences):
+        console.print("  ... and more (--show N lists more)", highlight=False)
+    if repaired is not None and damaged:
+        summary += f"; repaired {repaired:,}"
     console.print(summary, highlight=False)
-    raise typer.Exit(0 if report.clean or report.repaired == report.damaged else 1)
+    return 0 if not damaged or repaired == damaged else 1
 
 
 @db_app.command("analyze")
