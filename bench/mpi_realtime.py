@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from takamul.bulk import load_paths  # noqa: E402
+from takamul.mpi.membership import StoredMembership  # noqa: E402
 from takamul.mpi.service import ClientRegistry  # noqa: E402
 from takamul.rest import interactions as ix  # noqa: E402
 from takamul.rest.interactions import RequestContext  # noqa: E402
@@ -115,7 +117,9 @@ def main() -> None:
     attach_s = time.perf_counter() - t
     records = len(registry.index)
     figures["Patients in the registry"] = f"{records:,}"
-    figures["persons"] = f"{len(registry.persons):,}"
+    with store.reading() as s:
+        persons = s.conn.execute(text("SELECT count(DISTINCT person_id) FROM mpi_member"))
+        figures["persons"] = f"{persons.scalar_one():,}"
     figures["start-up: index built" + (" and batch-linked" if linked else "") + " (s)"] = (
         f"{attach_s:.0f}" + (f" ({linked:,} linked)" if linked else "")
     )
@@ -170,6 +174,8 @@ def main() -> None:
         f"{pct(hook_ms, 0.5):.2f} / {pct(hook_ms, 0.95):.2f}"
     )
     figures["peak RSS (MB)"] = f"{rss_mb():,.0f}"
+    if isinstance(registry.membership, StoredMembership):
+        figures["membership cached at the end (registrations)"] = f"{len(registry.membership):,}"
     store.close()
     write_result(records, figures, args)
 

@@ -153,7 +153,7 @@ def test_every_kind_of_change_is_followed(
     put(store, encounter("p4", 7, "2025-06-29", org=OTHER))
     put(store, named("p4-b", 4, OTHER))
     # p4-b has p4's name, birth date and national ID: the client registry links it on write
-    assert registry.member_of["p4-b"] == registry.member_of["p4"]
+    assert registry.person_of("p4-b") == registry.person_of("p4")
     put(store, encounter("p4-b", 1, "2025-06-29", org=OTHER))
     assert _row(_agrees(store, programmes, "followed"), "p4") is None
 

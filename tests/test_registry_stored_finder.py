@@ -16,9 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from bench.registry_eval import Config, generate
 from sqlalchemy import text
 
 from takamul.mpi.check import check_registry_index
@@ -28,14 +26,13 @@ from takamul.registry.finder import NameFinder
 from takamul.registry.record import from_patient
 from takamul.settings import Settings
 from takamul.store import Store
+from tests.registry_world import evaluation_registrations
 from tests.server import postgres_database
 
 
 @pytest.fixture(scope="module")
 def registrations(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("regfinder")
-    generate(Config(country="mixed", persons=60, seed=57), out, workers=1)
-    return [orjson.loads(line) for line in (out / "patients.ndjson").read_bytes().splitlines()]
+    return evaluation_registrations(tmp_path_factory, persons=60, seed=57)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

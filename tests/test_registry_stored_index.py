@@ -10,14 +10,11 @@ the same sequence linked both ways gives the same persons and the same review qu
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from bench.registry_eval import Config, generate
 from sqlalchemy import text
 
 from takamul.bulk.load import load_paths
@@ -26,32 +23,16 @@ from takamul.mpi.stored_index import StoredCandidateIndex, slot_of
 from takamul.registry.record import from_patient
 from takamul.settings import Settings
 from takamul.store import Store
-from tests.server import postgres_database
+from tests.registry_world import evaluation_registrations, urls
+from tests.registry_world import open_store as _open
 
-BACKENDS = ["sqlite", "postgresql"]
+__all__ = ["urls"]  # the fixture
 
 
 @pytest.fixture(scope="module")
 def registrations(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """About 330 registrations of 150 people, with the generator's typing errors, other
-    scripts, missing fields and hard negatives."""
-    out = tmp_path_factory.mktemp("regeval")
-    generate(Config(country="mixed", persons=150, seed=23), out, workers=1)
-    return [orjson.loads(line) for line in (out / "patients.ndjson").read_bytes().splitlines()]
-
-
-@pytest.fixture(params=BACKENDS)
-def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """Two new, empty stores of one kind."""
-    if request.param == "sqlite":
-        yield (f"sqlite:///{tmp_path / 'a.sqlite'}", f"sqlite:///{tmp_path / 'b.sqlite'}")
-        return
-    with postgres_database() as a, postgres_database() as b:
-        yield a, b
-
-
-def _open(url: str, index: str) -> Store:
-    return Store(dataclasses.replace(Settings(database_url=url), registry_index=index))
+    """About 330 registrations of 150 people."""
+    return evaluation_registrations(tmp_path_factory, persons=150, seed=23)
 
 
 def _put(store: Store, body: dict[str, Any]) -> None:

@@ -248,7 +248,7 @@ def add_registry_routes(
 
     @app.get("/mpi/patients/{patient_id}")
     def patient(patient_id: str) -> Response:
-        person = registry.person_of(patient_id)
+        person, members, manual = registry.placement(patient_id)
         if person is None:
             raise FhirError(404, f"Patient/{patient_id} is not in the client registry", "not-found")
         return _json(
@@ -256,8 +256,8 @@ def add_registry_routes(
             {
                 "patient": f"Patient/{patient_id}",
                 "person": f"Person/{person}",
-                "members": sorted(f"Patient/{p}" for p in registry.persons.get(person, ())),
-                "manual": patient_id in registry.manual,
+                "members": [f"Patient/{p}" for p in members],
+                "manual": manual,
                 "decisions": registry.decisions(patient_id),
             },
         )

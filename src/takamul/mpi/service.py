@@ -23,8 +23,9 @@ skipped. Reads (``$match``, a patient's person, the review queue) catch up the s
 first. The candidate index is in each process's memory (``CandidateIndex``: fastest, a
 candidate's record a dictionary lookup away) or, with ``Settings.registry_index = "store"``, in
 the database's tables that every process shares (``stored_index``: a population no process
-could hold, at a query or two a link); the journal keeps either current, and the rest of the
-registry works alike with both.
+could hold, at a query or two a link), and who belongs to whom with it (``membership``: whole
+in memory, or read from the tables through a bounded cache); the journal keeps either current,
+and the rest of the registry works alike with both.
 
 Rules, in order of precedence:
 1. A reviewer's decision: records a reviewer placed (``manual``) are never moved by automatic
@@ -66,6 +67,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from takamul.fhir.outcome import FhirError
+from takamul.mpi.membership import Membership, StoredMembership
 from takamul.mpi.persons import Member, assurance_level, match_grade, person_body
 from takamul.mpi.schema import (
     mpi_change,
@@ -276,10 +278,11 @@ class ClientRegistry:
         self.index: CandidateIndex = (
             self.stored if self.stored is not None else CandidateIndex(self.model)
         )
-        self.member_of: dict[str, str] = {}
-        self.persons: dict[str, set[str]] = {}
-        self.manual: set[str] = set()
-        self.cannot: dict[str, set[str]] = {}
+        # who belongs to whom: in memory with the memory index, else read from the tables
+        # when wanted (``membership``)
+        self.membership: Membership = (
+            StoredMembership(store) if self.stored is not None else Membership()
+        )
         self._lock = threading.RLock()
         # the last change journal row (mpi_change.seq) this process's mirror includes
         self._seen = 0
@@ -332,15 +335,7 @@ class ClientRegistry:
         with self.store.reading() as s:
             # first: whatever is committed after this is above it and caught up again
             self._seen = _last_change(s.conn)
-            for row in s.conn.execute(select(mpi_member)):
-                self._set_member(row.patient_id, row.person_id, bool(row.manual), undo=None)
-            for row in s.conn.execute(
-                select(mpi_decision.c.patient_a, mpi_decision.c.patient_b).where(
-                    mpi_decision.c.active, mpi_decision.c.decision == "not-duplicate"
-                )
-            ):
-                self.cannot.setdefault(row.patient_a, set()).add(row.patient_b)
-                self.cannot.setdefault(row.patient_b, set()).add(row.patient_a)
+            self.membership.read_all(s.conn)
             if self.stored is not None:
                 unlinked_ids = _unlinked_ids(s.conn)
             else:
@@ -351,8 +346,9 @@ class ClientRegistry:
         if self.stored is not None:
             return self._index_and_link(self.stored, unlinked_ids, progress, batch_from)
         self.index.refresh_term_frequencies()
-        unlinked = [pid for pid in self.index.ids() if pid not in self.member_of]
-        if not self.member_of and len(unlinked) >= batch_from:
+        membership = self.membership
+        unlinked = [pid for pid in self.index.ids() if membership.person_of(pid) is None]
+        if not membership.any_linked() and len(unlinked) >= batch_from:
             self._link_fresh([r for pid in unlinked if (r := self.index.get(pid))], progress)
         else:
             for start in range(0, len(unlinked), 500):
@@ -389,7 +385,7 @@ class ClientRegistry:
             # (the web finder reads its candidates' words from an index alone)
             self.store.vacuum(INDEX_TABLES)
         stored.refresh_term_frequencies()
-        if not self.member_of and len(unlinked) >= batch_from:
+        if not self.membership.any_linked() and len(unlinked) >= batch_from:
             fresh = {r.patient_id: r for r, _ in records}
             missing = [pid for pid in unlinked if pid not in fresh]
             fresh.update(stored.fetch(missing))
@@ -484,8 +480,7 @@ class ClientRegistry:
             # this process's own rows: no reason to reload them at the next catch-up
             self._seen = self.store.write(work)
             for person, members in chunk:
-                for pid in members:
-                    self._set_member(pid, person, False, undo=None)
+                self.membership.linked_in_batch(person, members)
             if progress is not None:  # Patient records linked so far
                 progress(sum(len(members) for _, members in groups[: start + len(chunk)]))
         with self.store.writer.connect() as conn:
@@ -511,10 +506,11 @@ class ClientRegistry:
             if self.stored is not None
             else {pid: r for pid in patient_ids if (r := self.index.get(pid)) is not None}
         )
+        self.membership.load(patient_ids)
         for pid in patient_ids:
             record = records.get(pid)
             # linked by another process since this one loaded the registry: caught up by _begin
-            if record is not None and pid not in self.member_of:
+            if record is not None and self.membership.person_of(pid) is None:
                 self._link(session, record)
 
     # -- the transaction protocol ---------------------------------------------------------
@@ -540,6 +536,9 @@ class ClientRegistry:
             raise FhirError(503, "The client registry is busy; retry the request", "transient")
         undo = []
         session.extras["mpi-undo"] = undo
+        membership = self.membership
+        membership.trim()
+        membership.bind(session.conn)
         journal = _Journal(numbered_at_end=records is not None and self.per_key)
         session.extras["mpi-journal"] = journal
 
@@ -549,6 +548,7 @@ class ClientRegistry:
             stored.bind(session.conn)
 
         def commit() -> None:
+            membership.bind(None)
             if stored is not None:
                 stored.bind(None)
             if journal.numbered_at_end:
@@ -561,11 +561,13 @@ class ClientRegistry:
             self._lock.release()
 
         def rollback() -> None:
+            membership.bind(None)
             if stored is not None:
                 stored.bind(None)
             try:
                 for step in reversed(undo):
                     step()
+                membership.rolled_back()
             finally:
                 self._lock.release()
 
@@ -646,7 +648,9 @@ class ClientRegistry:
                     if holder is not None:
                         scored = self.index.score(holder, self.threshold)
                         patients.update(s.patient_id for s in scored)
-        persons = {p for pid in patients if (p := self.member_of.get(pid)) is not None}
+        membership = self.membership
+        membership.load(patients)
+        persons = {p for pid in patients if (p := membership.person_of(pid)) is not None}
         return persons, patients
 
     def _lock_and_catch_up(self, conn: Connection) -> None:
@@ -706,13 +710,8 @@ class ClientRegistry:
                 self.index.follow(from_patient(orjson.loads(content)))
             else:
                 self.index.follow_removal(pid)
-            self._set_member(pid, person, bool(manual) if person else False, None)
-            for partner in self.cannot.pop(pid, set()):
-                self.cannot.get(partner, set()).discard(pid)
-        for a, b in refusals:
-            if a in state or b in state:
-                self.cannot.setdefault(a, set()).add(b)
-                self.cannot.setdefault(b, set()).add(a)
+            self.membership.follow(pid, person, bool(manual) if person else False)
+        self.membership.follow_refusals(set(state), refusals)
         self._seen = max(self._seen, int(rows[-1][0]))
         if own:
             self._own = {seq for seq in own if seq > self._seen}
@@ -724,6 +723,7 @@ class ClientRegistry:
         if not self._lock.acquire(timeout=LOCK_TIMEOUT):
             raise FhirError(503, "The client registry is busy; retry the request", "transient")
         try:
+            self.membership.trim()
             with self.store.reading() as s:
                 self._catch_up(s.conn)
         finally:
@@ -783,27 +783,6 @@ class ClientRegistry:
 
     # -- memory, with undo ------------------------------------------------------------------
 
-    def _set_member(
-        self, pid: str, person: str | None, manual: bool, undo: list[Callable[[], None]] | None
-    ) -> None:
-        old = self.member_of.get(pid)
-        was_manual = pid in self.manual
-        if old is not None:
-            self.persons[old].discard(pid)
-            if not self.persons[old]:
-                del self.persons[old]
-        if person is None:
-            self.member_of.pop(pid, None)
-        else:
-            self.member_of[pid] = person
-            self.persons.setdefault(person, set()).add(pid)
-        if manual:
-            self.manual.add(pid)
-        else:
-            self.manual.discard(pid)
-        if undo is not None:
-            undo.append(lambda: self._set_member(pid, old, was_manual, None))
-
     def _index(self, record: RegistryRecord, undo: list[Callable[[], None]]) -> None:
         if self.stored is not None:
             # its rows roll back with the transaction; the cache must not keep the record
@@ -817,24 +796,12 @@ class ClientRegistry:
         else:
             undo.append(lambda: self.index.add(previous))
 
-    def _forbid(self, a: str, b: str, undo: list[Callable[[], None]], on: bool = True) -> None:
-        for x, y in ((a, b), (b, a)):
-            partners = self.cannot.setdefault(x, set())
-            had = y in partners
-            if on:
-                partners.add(y)
-            else:
-                partners.discard(y)
-            undo.append(
-                lambda p=partners, y=y, had=had: p.add(y) if had else p.discard(y)  # type: ignore[misc]
-            )
-
     # -- automatic linking ------------------------------------------------------------------
 
     def _conflicts(self, record: RegistryRecord, person: str) -> bool:
         """Joining ``person`` would contradict a reviewer or a national ID."""
-        members = self.persons.get(person, set())
-        if self.cannot.get(record.patient_id, set()) & members:
+        members = self.membership.members(person)
+        if self.membership.refused(record.patient_id) & members:
             return True
         if not self._proves_identity(record):
             return False
@@ -873,11 +840,14 @@ class ClientRegistry:
         them. So each other holder's persons it certainly matches are merged into its person
         now, by the same rules as at arrival."""
         undo = self._begin(session)
-        for pid in sorted(self.index.holders_of(national_id) - {record.patient_id}):
-            holder, person = self.index.get(pid), self.member_of.get(pid)
-            if holder is None or person is None or pid in self.manual:
+        membership = self.membership
+        holders = sorted(self.index.holders_of(national_id) - {record.patient_id})
+        membership.load(holders)
+        for pid in holders:
+            holder, person = self.index.get(pid), membership.person_of(pid)
+            if holder is None or person is None or membership.is_manual(pid):
                 continue
-            refused = self.cannot.get(pid, set())
+            refused = membership.refused(pid)
             scored = [
                 s for s in self.index.score(holder, self.threshold) if s.patient_id not in refused
             ]
@@ -890,13 +860,13 @@ class ClientRegistry:
         undo = self._begin(session)
         pid = record.patient_id
         self._index(record, undo)
-        old = self.member_of.get(pid)
-        scored = [
-            s
-            for s in self.index.score(record, self.review_floor)
-            if s.patient_id not in self.cannot.get(pid, ())
-        ]
-        if pid in self.manual and old is not None:
+        membership = self.membership
+        candidates = self.index.score(record, self.review_floor)
+        membership.load([pid, *(s.patient_id for s in candidates)])
+        old = membership.person_of(pid)
+        refused = membership.refused(pid)
+        scored = [s for s in candidates if s.patient_id not in refused]
+        if membership.is_manual(pid) and old is not None:
             self._write_persons(session, {old})
             self._queue_reviews(session, record, old, scored)
             return
@@ -905,7 +875,7 @@ class ClientRegistry:
         for s in scored:
             if s.probability < self.threshold:
                 break
-            person = self.member_of.get(s.patient_id)
+            person = membership.person_of(s.patient_id)
             if person is None:
                 continue
             if person == old or not self._conflicts(record, person):
@@ -914,11 +884,11 @@ class ClientRegistry:
         if target is None:
             # alone in its person it stays there; otherwise no certain match supports the
             # person it was in any more, and it starts a person of its own
-            alone = old is not None and len(self.persons.get(old, ())) == 1
+            alone = old is not None and len(membership.members(old)) == 1
             if old is not None and alone:
                 target = old
             else:
-                target = str(uuid.uuid4())
+                target = self._new_person()
                 journal: _Journal = session.extras["mpi-journal"]
                 journal.started.add(target)
         joined = self._joined_persons(record, target, old, scored)
@@ -926,9 +896,7 @@ class ClientRegistry:
             self._move(session, pid, old, target, probability, False, undo)
             self._note_event(
                 session,
-                "link"
-                if target in self.persons and len(self.persons[target]) > 1
-                else "new-person",
+                "link" if len(membership.members(target)) > 1 else "new-person",
                 None,
                 {"moves": [{"patient": pid, "from": old, "to": target, "p": probability}]},
             )
@@ -951,16 +919,17 @@ class ClientRegistry:
         Latin, the third with both), so they become one, as in batch clustering, unless a
         reviewer decided about one of their members or their national IDs differ."""
         out: dict[str, float] = {}
-        if record.patient_id in self.manual:
+        membership = self.membership
+        if membership.is_manual(record.patient_id):
             return out
         for s in scored:
             if s.probability < self.threshold:
                 break
-            person = self.member_of.get(s.patient_id)
+            person = membership.person_of(s.patient_id)
             if person is None or person in (target, old) or person in out:
                 continue
-            members = self.persons.get(person, set())
-            if members & self.manual or any(
+            members = membership.members(person)
+            if any(membership.is_manual(m) for m in members) or any(
                 self._conflicts(other, target) or self._conflicts(other, person)
                 for other in self._records(members)
             ):
@@ -982,7 +951,7 @@ class ClientRegistry:
     ) -> None:
         moves = []
         for person, probability in joined.items():
-            for member in sorted(self.persons.get(person, ())):
+            for member in sorted(self.membership.members(person)):
                 self._move(session, member, person, target, probability, False, undo)
                 moves.append({"patient": member, "from": person, "to": target, "p": probability})
         self._note_event(session, "merge", None, {"moves": moves})
@@ -1015,7 +984,7 @@ class ClientRegistry:
             journal.send(conn, JOIN_PERSON, values)
             journal.members[pid] = (probability, manual)
         journal.reshaped.update(p for p in (old, person) if p is not None)
-        self._set_member(pid, person, manual, undo)
+        self.membership.set_member(pid, person, manual, undo)
 
     def _queue_reviews(
         self, session: Session, record: RegistryRecord, person: str, scored: list[ScoredCandidate]
@@ -1026,7 +995,7 @@ class ClientRegistry:
         settled: list[tuple[str, str]] = []
         queued: list[dict[str, Any]] = []
         for s in scored:
-            other_person = self.member_of.get(s.patient_id)
+            other_person = self.membership.person_of(s.patient_id)
             if other_person is None:
                 continue
             a, b = _pair(record.patient_id, s.patient_id)
@@ -1068,7 +1037,7 @@ class ClientRegistry:
         elif (record := self.index.get(pid)) is not None:
             self.index.remove(pid)
             undo.append(lambda: self.index.add(record))
-        old = self.member_of.get(pid)
+        old = self.membership.person_of(pid)
         if old is None:
             return
         self._move(session, pid, old, None, 0.0, False, undo)
@@ -1090,7 +1059,7 @@ class ClientRegistry:
     def _write_person_resources(self, session: Session, person_ids: Iterable[str]) -> None:
         journal: _Journal = session.extras["mpi-journal"]
         for person in person_ids:
-            members = sorted(self.persons.get(person, ()))
+            members = sorted(self.membership.members(person))
             if not members:
                 current = _read(session, "Person", person)
                 if current is not None and current.get("active", True):
@@ -1149,7 +1118,9 @@ class ClientRegistry:
         self.refresh()
         with self._lock:
             scored = self.index.score(record, self.review_floor)
-            refused = self.cannot.get(record.patient_id, set())
+            membership = self.membership
+            membership.load([record.patient_id, *(s.patient_id for s in scored)])
+            refused = membership.refused(record.patient_id)
             out = []
             for s in scored:
                 grade = (
@@ -1162,7 +1133,7 @@ class ClientRegistry:
                 out.append(
                     MatchResult(
                         s.patient_id,
-                        self.member_of.get(s.patient_id),
+                        membership.person_of(s.patient_id),
                         0.0 if grade == "certainly-not" else s.probability,
                         grade,
                         _evidence(s),
@@ -1211,9 +1182,11 @@ class ClientRegistry:
             "decidedAt": row.decided_at,
         }
         for key, pid in (("a", row.patient_a), ("b", row.patient_b)):
+            with self._lock:
+                person = self.membership.person_of(pid)
             out[key] = {
                 "patient": f"Patient/{pid}",
-                "person": f"Person/{p}" if (p := self.member_of.get(pid)) else None,
+                "person": f"Person/{person}" if person else None,
                 "resource": _read(session, "Patient", pid),
             }
         return out
@@ -1230,10 +1203,20 @@ class ClientRegistry:
             return self.not_duplicate(row.patient_a, row.patient_b, reviewer, reason)
         raise FhirError(400, f"decision must be 'link' or 'not-duplicate', not {decision!r}")
 
-    def _require(self, *patient_ids: str) -> None:
+    def _persons_of(self, *patient_ids: str) -> list[str]:
+        """The persons of registrations a reviewer names, each of which must be linked."""
+        persons = []
         for pid in patient_ids:
-            if pid not in self.member_of:
+            person = self.membership.person_of(pid)
+            if person is None:
                 raise FhirError(404, f"Patient/{pid} is not in the client registry", "not-found")
+            persons.append(person)
+        return persons
+
+    def _new_person(self) -> str:
+        person = str(uuid.uuid4())
+        self.membership.start(person)
+        return person
 
     def _decide(
         self, session: Session, a: str, b: str, decision: str, reviewer: str, reason: str | None
@@ -1266,7 +1249,7 @@ class ClientRegistry:
         )
         undo = self._begin(session)
         self._changed(session, a, b)
-        self._forbid(a, b, undo, on=decision == "not-duplicate")
+        self.membership.forbid(a, b, undo, on=decision == "not-duplicate")
         return [int(added)], retired
 
     def link(self, a: str, b: str, reviewer: str, reason: str | None = None) -> int:
@@ -1276,11 +1259,11 @@ class ClientRegistry:
 
         def work(session: Session) -> int:
             undo = self._begin(session)
-            self._require(a, b)
+            self._persons_of(a, b)
             added, retired = self._decide(session, a, b, "link", reviewer, reason)
-            keep, gone = self.member_of[a], self.member_of[b]
+            keep, gone = self._persons_of(a, b)
             moves = []
-            for pid in sorted(self.persons.get(gone, set()) if gone != keep else {a, b}):
+            for pid in sorted(self.membership.members(gone) if gone != keep else {a, b}):
                 moves.append(self._reviewer_move(session, pid, gone, keep, undo))
             if a not in [m["patient"] for m in moves]:
                 moves.append(self._reviewer_move(session, a, keep, keep, undo))
@@ -1300,7 +1283,8 @@ class ClientRegistry:
     ) -> dict[str, Any]:
         """Move a record where a reviewer put it (manual from now on); returns the event's
         record of the move, with what ``revert`` needs to restore it."""
-        move = {"patient": pid, "from": src, "to": dst, "manual_before": pid in self.manual}
+        manual_before = self.membership.is_manual(pid)
+        move = {"patient": pid, "from": src, "to": dst, "manual_before": manual_before}
         self._move(session, pid, src, dst, 1.0, True, undo)
         return move
 
@@ -1311,12 +1295,12 @@ class ClientRegistry:
 
         def work(session: Session) -> int:
             undo = self._begin(session)
-            self._require(a, b)
+            self._persons_of(a, b)
             added, retired = self._decide(session, a, b, "not-duplicate", reviewer, reason)
             moves = []
-            person = self.member_of[b]
-            if self.member_of[a] == person:
-                new = str(uuid.uuid4())
+            person_a, person = self._persons_of(a, b)
+            if person_a == person:
+                new = self._new_person()
                 moves.append(self._reviewer_move(session, b, person, new, undo))
                 self._write_persons(session, {person, new})
             return self._event(
@@ -1335,9 +1319,8 @@ class ClientRegistry:
 
         def work(session: Session) -> int:
             undo = self._begin(session)
-            self._require(pid)
-            person = self.member_of[pid]
-            others = sorted(self.persons.get(person, set()) - {pid})
+            (person,) = self._persons_of(pid)
+            others = sorted(self.membership.members(person) - {pid})
             if not others:
                 raise FhirError(
                     409, f"Patient/{pid} is alone in Person/{person}; there is nothing to unlink"
@@ -1348,7 +1331,7 @@ class ClientRegistry:
                 a, r = self._decide(session, pid, other, "not-duplicate", reviewer, reason)
                 added += a
                 retired += r
-            new = str(uuid.uuid4())
+            new = self._new_person()
             moves = [self._reviewer_move(session, pid, person, new, undo)]
             self._write_persons(session, {person, new})
             return self._event(
@@ -1377,7 +1360,7 @@ class ClientRegistry:
             back: list[dict[str, Any]] = []
             for move in reversed(detail.get("moves", [])):
                 pid, src, dst = move["patient"], move["from"], move["to"]
-                if self.member_of.get(pid) != dst:
+                if self.membership.person_of(pid) != dst:
                     raise FhirError(
                         409,
                         f"Patient/{pid} has moved since event {event_id}; revert the later "
@@ -1387,7 +1370,12 @@ class ClientRegistry:
                 if src is None:
                     continue
                 back.append(
-                    {"patient": pid, "from": dst, "to": src, "manual_before": pid in self.manual}
+                    {
+                        "patient": pid,
+                        "from": dst,
+                        "to": src,
+                        "manual_before": self.membership.is_manual(pid),
+                    }
                 )
                 self._move(session, pid, dst, src, 1.0, manual, undo)
                 touched |= {src, dst}
@@ -1428,7 +1416,7 @@ class ClientRegistry:
         )
         self._changed(session, row.patient_a, row.patient_b)
         if row.decision == "not-duplicate":
-            self._forbid(row.patient_a, row.patient_b, undo, on=active)
+            self.membership.forbid(row.patient_a, row.patient_b, undo, on=active)
 
     def events(self, patient: str | None = None, count: int = 50) -> list[dict[str, Any]]:
         with self.store.reading() as s:
@@ -1458,7 +1446,24 @@ class ClientRegistry:
         """The person of a record as every process has committed it (the members, manual
         marks and refusals in memory are then current too)."""
         self.refresh()
-        return self.member_of.get(pid)
+        with self._lock:
+            return self.membership.person_of(pid)
+
+    def members_of(self, person: str) -> list[str]:
+        """The registrations in ``person`` as every process has committed them."""
+        self.refresh()
+        with self._lock:
+            return sorted(self.membership.members(person))
+
+    def placement(self, pid: str) -> tuple[str | None, list[str], bool]:
+        """A registration's person, that person's registrations, and whether a reviewer
+        placed it (automatic linking never moves it then), as every process has committed."""
+        self.refresh()
+        with self._lock:
+            membership = self.membership
+            person = membership.person_of(pid)
+            members = sorted(membership.members(person)) if person else []
+            return person, members, membership.is_manual(pid)
 
     def decisions(self, pid: str) -> list[dict[str, Any]]:
         with self.store.reading() as s:

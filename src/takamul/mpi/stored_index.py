@@ -24,12 +24,12 @@ import hashlib
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, select
 
+from takamul.mpi.connection import BoundConnection
 from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name, mpi_word
 from takamul.registry.finder import name_words
 from takamul.registry.index import CandidateIndex, ScoredCandidate, _across_generations
@@ -134,7 +134,8 @@ class StoredCandidateIndex(CandidateIndex):
         self._cache: OrderedDict[str, RegistryRecord] = OrderedDict()
         self._cache_size = cache
         self._cache_lock = threading.Lock()
-        self._local = threading.local()
+        self._local = threading.local()  # the transaction's memo
+        self._conn = BoundConnection(store)
         self._count = 0
         # read at most this many patients of a slot: one over the largest block any rule keeps
         self._cap = max((rule.max_block_size for rule in model.blocking), default=200) + 1
@@ -149,20 +150,11 @@ class StoredCandidateIndex(CandidateIndex):
         could change them meanwhile reaches the memo too: this transaction's own index
         writes (``add``, ``remove``) and, under the registry's locks, the others' through the
         change journal's catch-up (``follow``, ``follow_removal``)."""
-        self._local.conn = conn
+        self._conn.bind(conn)
         self._local.memo = _Memo() if conn is not None else None
 
     def _memo(self) -> _Memo | None:
         return getattr(self._local, "memo", None)
-
-    @contextmanager
-    def _conn(self) -> Iterator[Connection]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            yield conn
-            return
-        with self.store.reading(snapshot=False) as session:
-            yield session.conn
 
     def _rows(self, statement: DriverSql, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         with self._conn() as conn:

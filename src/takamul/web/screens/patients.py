@@ -389,8 +389,7 @@ def _members(web: WebServices, person: str | None) -> list[str]:
         return []
     # the registry's membership, all of it, as every server process has committed it; the
     # guarded search then filters it
-    web.registry.refresh()
-    return sorted(web.registry.persons.get(person, ()))
+    return web.registry.members_of(person)
 
 
 def _charts(viewer: Viewer, record: PatientRecord) -> list[Any]:

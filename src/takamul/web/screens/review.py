@@ -194,14 +194,14 @@ def registration(
     session: Session, registry: ClientRegistry, body: Mapping[str, Any]
 ) -> Registration:
     pid = str(body.get("id") or "")
-    person = registry.person_of(pid)
+    person, members, manual = registry.placement(pid)
     names = body.get("name") or []
     address = (body.get("address") or [{}])[0]
     return Registration(
         patient_id=pid,
         person_id=person,
-        fellows=len(registry.persons.get(person, ())) - 1 if person else 0,
-        placed_by_reviewer=pid in registry.manual,
+        fellows=len(members) - 1 if person else 0,
+        placed_by_reviewer=manual,
         given=_by_script([" ".join(n.get("given") or []) for n in names]),
         family=_by_script([n.get("family") or "" for n in names]),
         father=_father(body),
