@@ -8,6 +8,8 @@ Registrations from the independent evaluation generator (``bench.registry_eval``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from sqlalchemy import text
 
 from takamul.mpi.membership import Membership, StoredMembership
 from takamul.mpi.service import ClientRegistry
+from takamul.registry.record import from_patient
 from takamul.store import Store
 from tests.registry_world import evaluation_registrations, urls
 from tests.registry_world import open_store as _open
@@ -38,6 +41,17 @@ def _registry(store: Store, cache: int | None = None) -> ClientRegistry:
 
 def _put(store: Store, body: dict[str, Any]) -> None:
     store.write(lambda s: s.update("Patient", body["id"], body))
+
+
+def _registered(url: str, registrations: list[dict[str, Any]]) -> None:
+    """A registry on ``url`` links ``registrations``, and its process ends."""
+    store = _open(url, "store")
+    try:
+        _registry(store)
+        for body in registrations:
+            _put(store, body)
+    finally:
+        store.close()
 
 
 def _state(store: Store) -> tuple[list[list[tuple[str, bool]]], list[tuple[str, str, str]]]:
@@ -121,13 +135,7 @@ def test_membership_from_the_tables_decides_as_membership_in_memory(
 def test_a_new_process_holds_no_membership_until_asked(
     urls: tuple[str, str], registrations: list[dict[str, Any]]
 ) -> None:
-    store = _open(urls[1], "store")
-    try:
-        _registry(store)
-        for body in registrations[:80]:
-            _put(store, body)
-    finally:
-        store.close()
+    _registered(urls[1], registrations[:80])
     store = _open(urls[1], "store")
     try:
         registry = _registry(store, cache=1000)
@@ -162,24 +170,33 @@ def test_the_cache_keeps_within_its_bound(
         store.close()
 
 
-def test_what_another_process_changed_is_read_again(
-    urls: tuple[str, str], registrations: list[dict[str, Any]]
-) -> None:
-    first, second = _open(urls[0], "store"), _open(urls[0], "store")
+@contextmanager
+def _two_processes(
+    url: str, registrations: list[dict[str, Any]]
+) -> Iterator[tuple[ClientRegistry, ClientRegistry, str, str]]:
+    """Two registries on one store (two server processes), the registrations linked through
+    the first, and two registrations of one person."""
+    first, second = _open(url, "store"), _open(url, "store")
     try:
         one, other = _registry(first), _registry(second)
         for body in registrations:
             _put(first, body)
-        a, b = _pair_in_one_person(first)
+        yield (one, other, *_pair_in_one_person(first))
+    finally:
+        first.close()
+        second.close()
+
+
+def test_what_another_process_changed_is_read_again(
+    urls: tuple[str, str], registrations: list[dict[str, Any]]
+) -> None:
+    with _two_processes(urls[0], registrations) as (one, other, a, b):
         assert other.person_of(a) == other.person_of(b)  # cached in the other process now
         one.not_duplicate(a, b, reviewer="r1")
         assert other.person_of(a) != other.person_of(b)
         assert b in other.membership.refused(a)
         _, members, manual = other.placement(b)
         assert a not in members and manual
-    finally:
-        first.close()
-        second.close()
 
 
 def test_a_rolled_back_link_leaves_nothing_in_the_cache(
@@ -206,3 +223,45 @@ def test_a_rolled_back_link_leaves_nothing_in_the_cache(
         assert registry.person_of("twin") == person
     finally:
         store.close()
+
+
+def test_a_links_persons_come_with_its_candidates_records(
+    urls: tuple[str, str], registrations: list[dict[str, Any]]
+) -> None:
+    """The candidates' persons are read in the round trip of their records (the stored index's
+    companion), not by a look-up of their own."""
+    _registered(urls[0], registrations[:60])
+    store = _open(urls[0], "store")
+    try:
+        registry = _registry(store)
+        membership = registry.membership
+        assert isinstance(membership, StoredMembership) and len(membership) == 0
+        record = from_patient({**registrations[0], "id": "probe"})
+        scored = registry.index.score(record, 0.2)
+        assert scored
+        # every candidate is linked: its person is cached, whole, with the records
+        assert {s.patient_id for s in scored} <= set(membership.member_of)
+        for pid in {s.patient_id for s in scored}:
+            assert pid in membership.persons[membership.member_of[pid]]
+        assert len(membership) >= len(scored) + 1  # the record's own id too (in no person)
+    finally:
+        store.close()
+
+
+def test_a_person_read_between_two_moves_of_a_registration_is_not_kept_stale(
+    urls: tuple[str, str], registrations: list[dict[str, Any]]
+) -> None:
+    """One process reads the person another moved a registration into, before its journal
+    row is applied; the other moves it on; the catch-up must leave neither person wrong."""
+    with _two_processes(urls[0], registrations) as (one, other, a, b):
+        person, members, _ = one.placement(a)  # cached whole in the first process
+        assert b in members
+        other.unlink(b, reviewer="r1")  # b leaves for a new person
+        alone = other.person_of(b)
+        assert alone is not None and alone != person
+        # read without a catch-up: the new person, whole, holding b
+        assert one.membership.members(alone) == {b}
+        other.link(a, b, reviewer="r1")  # and b comes back
+        assert one.members_of(alone) == []
+        assert set(one.members_of(person)) == set(members)
+        assert one.person_of(b) == person

@@ -5,14 +5,19 @@ for each look-up. Shared by the stored candidate index and the stored membership
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection
 
 from takamul.store.repository import Store
+from takamul.store.rowcopy import DriverSql
 
-__all__ = ["BoundConnection"]
+__all__ = ["BoundConnection", "Riding"]
+
+# statements to send along with another read (in its round trip), and what takes their rows
+Riding = tuple[list[tuple[DriverSql, dict[str, Any]]], Callable[[list[list[Any]]], None]]
 
 
 class BoundConnection:

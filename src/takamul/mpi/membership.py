@@ -6,18 +6,21 @@ Two kinds, chosen with the candidate index (``Settings.registry_index``):
 
 - ``Membership`` holds all of it in this process's memory, read whole at start-up: the
   fastest, and what an embedded store's population fits in.
-- ``StoredMembership`` reads it from the tables (``mpi_member``, ``mpi_decision``) when a
-  link, ``$match`` or a screen asks, and keeps what it read in a bounded cache: a national
-  population's membership (about 630 bytes a registration in memory: some 48 GB at 77 million
-  registrations) is in no process whole.
+- ``StoredMembership`` reads who belongs to whom from ``mpi_member`` when a link, ``$match``
+  or a screen asks, and keeps what it read in a bounded cache: a national population's
+  membership (about 630 bytes a registration in memory: some 48 GB at 77 million
+  registrations) is in no process whole. A link's read rides in the round trip that fetches its
+  candidates' records (``riding``). The not-duplicate pairs stay whole in memory: reviewers
+  make them one by one, so they are few, and every link asks for its record's.
 
-The cache stays true by three rules. What a transaction changes it loads first (the person
-left and the person joined, whole), so a later look-up in the transaction finds this
-transaction's moves, which may still wait in its queue of statements. A look-up never
-overwrites what is cached, only fills what is not. The change journal's catch-up drops what
-other processes changed (the registration, its old and new person, its refusals), to be read
-again when next wanted. A rolled-back transaction drops the whole cache, and a cache grown
-past its bound is dropped at the start of the next transaction.
+The cache holds registrations' persons and persons whole, and stays true by these rules. What
+a transaction changes it reads first (the person left and the person joined, whole), so its
+later look-ups find its own moves, which may still wait in its queue of statements. A read
+fills what is not cached; a registration it finds in another person than the cached one moved
+there since, and the other person is dropped. The change journal's catch-up applies what other
+processes committed (a registration's person as committed now) to what is cached. A
+rolled-back transaction drops the whole cache, and a cache grown past its bound is dropped at
+the start of the next transaction.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from takamul.mpi.connection import BoundConnection
+from takamul.mpi.connection import BoundConnection, Riding
 from takamul.mpi.schema import mpi_decision, mpi_member
 from takamul.store.repository import Store
 from takamul.store.rowcopy import DriverSql, driver_execute, driver_pipeline, listed, numbered
@@ -45,12 +48,13 @@ PERSONS_OF = (
     "SELECT person_id, patient_id, manual FROM mpi_member WHERE person_id IN"
     " (SELECT person_id FROM mpi_member WHERE patient_id IN ({items}))"
 )
-MEMBERS = DriverSql("SELECT patient_id, manual FROM mpi_member WHERE person_id = :person")
-REFUSALS_OF = (
-    "SELECT patient_a, patient_b FROM mpi_decision"
-    " WHERE active = :active AND decision = 'not-duplicate'"
-    " AND (patient_a IN ({items}) OR patient_b IN ({items}))"
+# on PostgreSQL an array: one statement whatever the number, prepared once by the driver (a
+# list of each length was planned anew: 0.6 ms a link more behind four processes)
+PERSONS_OF_PG = DriverSql(
+    "SELECT person_id, patient_id, manual FROM mpi_member WHERE person_id IN"
+    " (SELECT person_id FROM mpi_member WHERE patient_id = ANY(CAST(:ids AS varchar[])))"
 )
+MEMBERS = DriverSql("SELECT patient_id, manual FROM mpi_member WHERE person_id = :person")
 ANY_MEMBER = DriverSql("SELECT 1 FROM mpi_member LIMIT 1")
 
 
@@ -93,6 +97,9 @@ class Membership:
         """Read every registration's person and every refusal (a start)."""
         for row in conn.execute(select(mpi_member)):
             self.set_member(row.patient_id, row.person_id, bool(row.manual), undo=None)
+        self._read_refusals(conn)
+
+    def _read_refusals(self, conn: Connection) -> None:
         for row in conn.execute(
             select(mpi_decision.c.patient_a, mpi_decision.c.patient_b).where(
                 mpi_decision.c.active, mpi_decision.c.decision == "not-duplicate"
@@ -147,6 +154,9 @@ class Membership:
         """Another process committed ``pid`` in ``person`` (None: in none); its refusals come
         again through ``follow_refusals``."""
         self.set_member(pid, person, manual, None)
+        self._forget_refusals(pid)
+
+    def _forget_refusals(self, pid: str) -> None:
         for partner in self.cannot.pop(pid, set()):
             self.cannot.get(partner, set()).discard(pid)
 
@@ -170,7 +180,8 @@ class Membership:
 
 
 class StoredMembership(Membership):
-    """The registry's membership in the store's tables, with what was read cached."""
+    """The registry's membership in the store's tables, with what was read cached; the
+    not-duplicate pairs whole in memory, as ``Membership`` keeps them."""
 
     def __init__(self, store: Store, limit: int = CACHE_PATIENTS) -> None:
         super().__init__()
@@ -180,8 +191,6 @@ class StoredMembership(Membership):
         self._known: set[str] = set()
         # persons whose every member is in ``persons``
         self._whole: set[str] = set()
-        # patients whose not-duplicate partners are all in ``cannot``
-        self._refusals: set[str] = set()
         self._conn = BoundConnection(store)
 
     def __len__(self) -> int:
@@ -208,11 +217,6 @@ class StoredMembership(Membership):
             self.load([pid])
         return pid in self.manual
 
-    def refused(self, pid: str) -> set[str]:
-        if pid not in self._refusals:
-            self.load([pid])
-        return self.cannot.get(pid, set())
-
     def any_linked(self) -> bool:
         if self.member_of:
             return True
@@ -220,26 +224,34 @@ class StoredMembership(Membership):
             return bool(driver_execute(conn, ANY_MEMBER, {}))
 
     def load(self, patient_ids: Iterable[str]) -> None:
-        """Read the persons (whole) and refusals of the patients not cached: one round trip
-        for up to ``CHUNK`` of them on PostgreSQL."""
-        unknown = sorted(
-            {p for p in patient_ids if p not in self._known or p not in self._refusals}
-        )
+        """Read the persons (whole) of the patients not cached: a statement for up to
+        ``CHUNK`` of them, in one round trip on PostgreSQL."""
+        riding = self.riding(patient_ids)
+        if riding is not None:
+            statements, took = riding
+            with self._conn() as conn:
+                took(driver_pipeline(conn, statements))
+
+    def riding(self, patient_ids: Iterable[str]) -> Riding | None:
+        """The statements that read the persons of the patients not cached, to send with
+        another read (the stored index's fetch of candidates' records), and what takes their
+        rows; None when every one is cached."""
+        unknown = sorted({p for p in patient_ids if p not in self._known})
         if not unknown:
-            return
-        with self._conn() as conn:
-            for start in range(0, len(unknown), CHUNK):
-                chunk = unknown[start : start + CHUNK]
-                params = {**numbered(chunk), "active": True}
-                persons, refusals = driver_pipeline(
-                    conn,
-                    [
-                        (listed(PERSONS_OF, ":p{i}", len(chunk)), params),
-                        (listed(REFUSALS_OF, ":p{i}", len(chunk)), params),
-                    ],
-                )
-                self._fill_persons(persons, chunk)
-                self._fill_refusals(refusals, chunk)
+            return None
+        chunks = [unknown[start : start + CHUNK] for start in range(0, len(unknown), CHUNK)]
+        statements = [
+            (PERSONS_OF_PG, {"ids": chunk})
+            if self.store.dialect == "postgresql"
+            else (listed(PERSONS_OF, ":p{i}", len(chunk)), numbered(chunk))
+            for chunk in chunks
+        ]
+
+        def took(results: list[list[Any]]) -> None:
+            for chunk, rows in zip(chunks, results, strict=True):
+                self._fill_persons(rows, chunk)
+
+        return statements, took
 
     def _read_person(self, person: str) -> None:
         with self._conn() as conn:
@@ -247,8 +259,14 @@ class StoredMembership(Membership):
         self._fill_persons([(person, pid, manual) for pid, manual in rows], [])
 
     def _fill_persons(self, rows: Iterable[tuple[Any, ...]], asked: list[str]) -> None:
-        """Cache what the rows say of persons and patients not cached yet; the ``asked``
-        patients in no row are in no person."""
+        """Cache the persons the rows hold whole, those not cached whole yet; the ``asked``
+        patients in no row are in no person.
+
+        A member cached in another person moved there since that person was read (by another
+        process, whose journal row is not applied yet): the rows are newer, and the other
+        person is dropped. (Never one this transaction moved: the persons it left and joined
+        were cached whole before it did.) So a person cached whole holds only members cached
+        in it, which is what lets ``_drop_patient`` drop the one person that may hold it."""
         found: dict[str, list[tuple[str, bool]]] = {}
         for person, pid, manual in rows:
             found.setdefault(person, []).append((pid, bool(manual)))
@@ -256,38 +274,32 @@ class StoredMembership(Membership):
             if person in self._whole:
                 continue
             self._whole.add(person)
-            cached = self.persons.setdefault(person, set())
+            self.persons[person] = {pid for pid, _ in members}
             for pid, manual in members:
-                cached.add(pid)
-                if pid in self._known:
-                    continue
+                elsewhere = self.member_of.get(pid)
+                if elsewhere is not None and elsewhere != person:
+                    self._drop_person(elsewhere)
                 self._known.add(pid)
                 self.member_of[pid] = person
                 if manual:
                     self.manual.add(pid)
+                else:
+                    self.manual.discard(pid)
         for pid in asked:
-            self._known.add(pid)  # in a person read above, or in none
-
-    def _fill_refusals(self, rows: Iterable[tuple[Any, ...]], asked: list[str]) -> None:
-        partners: dict[str, set[str]] = {pid: set() for pid in asked}
-        for a, b in rows:
-            for x, y in ((a, b), (b, a)):
-                if x in partners:
-                    partners[x].add(y)
-        for pid, found in partners.items():
-            if pid not in self._refusals:
-                self._refusals.add(pid)
-                self.cannot[pid] = found
+            if pid not in self._known:
+                self._known.add(pid)  # in no person
+                self.member_of.pop(pid, None)
 
     # -- changes --------------------------------------------------------------------------------
+
+    def read_all(self, conn: Connection) -> None:
+        """The refusals only: the tables answer each look-up of a person."""
+        self._read_refusals(conn)
 
     def linked_in_batch(self, person: str, members: list[str]) -> None:
         # in the tables; read when wanted (a start's batch would fill the cache past its bound)
         for pid in members:
             self._drop_patient(pid)
-
-    def read_all(self, conn: Connection) -> None:
-        """Nothing is read whole: the tables answer each look-up."""
 
     def start(self, person: str) -> None:
         self._whole.add(person)
@@ -302,23 +314,26 @@ class StoredMembership(Membership):
         # read the tables would do so on a transaction that has failed
         super().set_member(pid, person, manual, None)
 
-    def forbid(self, a: str, b: str, undo: Undo, on: bool = True) -> None:
-        self.load([a, b])
-        super().forbid(a, b, [], on)  # no undo, as ``set_member``
-
     def follow(self, pid: str, person: str | None, manual: bool) -> None:
-        # dropped, not applied: the cache holds only what it read whole
-        self._drop_person(self.member_of.get(pid) if pid in self._known else None)
-        self._drop_person(person)
-        self._drop_patient(pid)
-        for partner in self.cannot.pop(pid, set()):
-            self._drop_refusals(partner)
-        self._refusals.discard(pid)
-
-    def follow_refusals(self, changed: set[str], pairs: Iterable[tuple[str, str]]) -> None:
-        for a, b in pairs:
-            self._drop_refusals(a)
-            self._drop_refusals(b)
+        """Applied where cached: the journal gives the registration's person as committed
+        now, and a person cached whole loses or gains it (one not cached gains nothing, and
+        is read whole when wanted). Applying a move the cache has read already changes
+        nothing."""
+        old = self.member_of.get(pid) if pid in self._known else None
+        if old is not None and old != person and old in self._whole:
+            self.persons[old].discard(pid)
+        if person is not None and person in self._whole:
+            self.persons[person].add(pid)
+        self._known.add(pid)
+        if person is None:
+            self.member_of.pop(pid, None)
+        else:
+            self.member_of[pid] = person
+        if manual:
+            self.manual.add(pid)
+        else:
+            self.manual.discard(pid)
+        self._forget_refusals(pid)  # whole in memory: as ``Membership`` follows them
 
     def _drop_person(self, person: str | None) -> None:
         if person is not None:
@@ -331,25 +346,20 @@ class StoredMembership(Membership):
             self._known.discard(pid)
             self.manual.discard(pid)
 
-    def _drop_refusals(self, pid: str) -> None:
-        self._refusals.discard(pid)
-        self.cannot.pop(pid, None)
-
     # -- the cache's life -------------------------------------------------------------------------
 
     def rolled_back(self) -> None:
-        # entries read in the transaction may show its own writes, now undone
+        # entries read in the transaction may show its own writes, now undone (the refusals,
+        # whole in memory, the undo log restored)
         self._clear()
 
     def trim(self) -> None:
-        if len(self._known) > self.limit or len(self._refusals) > self.limit:
+        if len(self._known) > self.limit:
             self._clear()
 
     def _clear(self) -> None:
         self.member_of.clear()
         self.persons.clear()
         self.manual.clear()
-        self.cannot.clear()
         self._known.clear()
         self._whole.clear()
-        self._refusals.clear()

@@ -280,9 +280,11 @@ class ClientRegistry:
         )
         # who belongs to whom: in memory with the memory index, else read from the tables
         # when wanted (``membership``)
-        self.membership: Membership = (
-            StoredMembership(store) if self.stored is not None else Membership()
-        )
+        self.membership: Membership = Membership()
+        if self.stored is not None:
+            self.membership = StoredMembership(store)
+            # a link's persons are read with its candidates' records, in their round trip
+            self.stored.companion = self.membership.riding
         self._lock = threading.RLock()
         # the last change journal row (mpi_change.seq) this process's mirror includes
         self._seen = 0

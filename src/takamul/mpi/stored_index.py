@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, select
 
-from takamul.mpi.connection import BoundConnection
+from takamul.mpi.connection import BoundConnection, Riding
 from takamul.mpi.schema import mpi_block, mpi_indexed, mpi_name, mpi_word
 from takamul.registry.finder import name_words
 from takamul.registry.index import CandidateIndex, ScoredCandidate, _across_generations
@@ -136,6 +136,10 @@ class StoredCandidateIndex(CandidateIndex):
         self._cache_lock = threading.Lock()
         self._local = threading.local()  # the transaction's memo
         self._conn = BoundConnection(store)
+        # Statements another reader sends with each fetch of records, and what takes their
+        # rows (the registry's stored membership: a link's persons come in the round trip of
+        # its candidates' records). Set by the registry, which holds its lock around fetches.
+        self.companion: Callable[[list[str]], Riding | None] | None = None
         self._count = 0
         # read at most this many patients of a slot: one over the largest block any rule keeps
         self._cap = max((rule.max_block_size for rule in model.blocking), default=200) + 1
@@ -190,28 +194,40 @@ class StoredCandidateIndex(CandidateIndex):
     def get(self, patient_id: str) -> RegistryRecord | None:
         return self.fetch([patient_id]).get(patient_id)
 
-    def fetch(self, patient_ids: Iterable[str]) -> dict[str, RegistryRecord]:
+    def fetch(
+        self, patient_ids: Iterable[str], also: Iterable[str] = ()
+    ) -> dict[str, RegistryRecord]:
         """The records of ``patient_ids`` (indexed Patients: candidates, members, holders)
         that are stored: from the cache, the rest from their stored Patients in one statement
-        per chunk."""
+        per chunk, with the ``companion``'s statements on these patients and ``also`` in the
+        same round trip."""
+        asked = list(patient_ids)
         found: dict[str, RegistryRecord] = {}
         missing = []
         with self._cache_lock:
-            for pid in patient_ids:
+            for pid in asked:
                 record = self._cache.get(pid)
                 if record is None:
                     missing.append(pid)
                 else:
                     self._cache.move_to_end(pid)
                     found[pid] = record
-        if not missing:
+        riding = self.companion([*asked, *also]) if self.companion is not None else None
+        if not missing and riding is None:
             return found
         read: dict[str, RegistryRecord] = {}
         with self._conn() as conn:
-            for start in range(0, len(missing), CHUNK):
-                for pid, content in _patients(conn, missing[start : start + CHUNK]):
+            reads = [
+                _patients(conn, missing[start : start + CHUNK])
+                for start in range(0, len(missing), CHUNK)
+            ]
+            results = driver_pipeline(conn, reads + (riding[0] if riding else []))
+            for rows in results[: len(reads)]:
+                for pid, content in rows:
                     if content:
                         read[pid] = patient_record(pid, content)
+        if riding is not None:
+            riding[1](results[len(reads) :])
         for record in read.values():
             self.saw(record)
         found.update(read)
@@ -338,7 +354,7 @@ class StoredCandidateIndex(CandidateIndex):
 
     def score(self, record: RegistryRecord, floor: float = 0.0) -> list[ScoredCandidate]:
         # the candidates' records in one read, then the in-memory index's scoring on them
-        others = self.fetch(sorted(self.candidates(record)))
+        others = self.fetch(sorted(self.candidates(record)), also=[record.patient_id])
         return self._scored(record, others.values(), floor)
 
     def refresh_term_frequencies(self) -> None:
@@ -397,7 +413,7 @@ class StoredCandidateIndex(CandidateIndex):
             if not ids:
                 return True
             held = self.held(conn, ids)
-            stored = dict(_patients(conn, ids))
+            stored = dict(driver_execute(conn, *_patients(conn, ids)))
         for pid in ids:
             content = stored.get(pid)
             if not content:
@@ -522,12 +538,12 @@ def _blocks(conn: Connection, slots: list[int], cap: int) -> dict[int, list[str]
     return out
 
 
-def _patients(conn: Connection, patient_ids: list[str]) -> list[tuple[Any, ...]]:
+def _patients(conn: Connection, patient_ids: list[str]) -> tuple[DriverSql, dict[str, Any]]:
+    """The statement that reads these stored Patients' ids and contents."""
     if conn.dialect.name == "postgresql":
-        params = {"patient": "Patient", "deleted": False, "ids": patient_ids}
-        return driver_execute(conn, PATIENTS_PG, params)
+        return PATIENTS_PG, {"patient": "Patient", "deleted": False, "ids": patient_ids}
     params = {**numbered(patient_ids), "patient": "Patient", "deleted": False}
-    return driver_execute(conn, listed(PATIENTS_IN, ":p{i}", len(patient_ids)), params)
+    return listed(PATIENTS_IN, ":p{i}", len(patient_ids)), params
 
 
 class IndexRows(NamedTuple):
