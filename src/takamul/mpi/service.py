@@ -1162,6 +1162,8 @@ class ClientRegistry:
                 .limit(count)
                 .offset(offset)
             ).all()
+            with self._lock:  # the page's persons in one read, not two a review
+                self.membership.load([pid for r in rows for pid in (r.patient_a, r.patient_b)])
             return [self._review_json(s, r) for r in rows], total
 
     def review(self, review_id: int) -> dict[str, Any]:
