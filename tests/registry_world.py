@@ -13,6 +13,7 @@ import orjson
 import pytest
 from bench.registry_eval import Config, generate
 
+from takamul.mpi.service import ClientRegistry
 from takamul.settings import Settings
 from takamul.store import Store
 from tests.server import postgres_database
@@ -41,3 +42,15 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, 
 def open_store(url: str, index: str) -> Store:
     """A store whose registry keeps its candidate index in ``index`` ("memory" or "store")."""
     return Store(dataclasses.replace(Settings(database_url=url), registry_index=index))
+
+
+def registered(url: str, registrations: list[dict[str, Any]]) -> None:
+    """A store index's registry on ``url`` links ``registrations`` one by one, and its process
+    ends (what a later process finds in the tables)."""
+    store = open_store(url, "store")
+    try:
+        ClientRegistry(store).attach()
+        for body in registrations:
+            store.write(lambda s, b=body: s.update("Patient", b["id"], b))  # type: ignore[misc]
+    finally:
+        store.close()

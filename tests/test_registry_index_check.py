@@ -25,6 +25,7 @@ from takamul.mpi.service import ClientRegistry, default_model
 from takamul.mpi.stored_index import StoredCandidateIndex
 from takamul.settings import Settings
 from takamul.store import Store
+from tests.registry_world import registered
 from tests.server import postgres_database
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -50,16 +51,6 @@ def _open(url: str, index: str = "store") -> Store:
     return Store(dataclasses.replace(Settings(database_url=url), registry_index=index))
 
 
-def _registered(url: str, registrations: list[dict[str, Any]]) -> None:
-    store = _open(url)
-    try:
-        ClientRegistry(store).attach()
-        for body in registrations:
-            store.write(lambda s, b=body: s.update("Patient", b["id"], b))  # type: ignore[misc]
-    finally:
-        store.close()
-
-
 def _sql(store: Store, statement: str, **params: Any) -> None:
     with store.writer.begin() as conn:
         conn.execute(text(statement), params)
@@ -74,7 +65,7 @@ def _with_names(store: Store, ids: list[str]) -> list[str]:
 def test_the_check_finds_each_kind_of_damage_where_it_was_made_and_repairs_it(
     url: str, registrations: list[dict[str, Any]]
 ) -> None:
-    _registered(url, registrations)
+    registered(url, registrations)
     ids = sorted(body["id"] for body in registrations)
     store = _open(url)
     try:
@@ -141,7 +132,7 @@ def test_the_check_finds_each_kind_of_damage_where_it_was_made_and_repairs_it(
 def test_a_start_under_a_model_with_other_blocking_rules_indexes_every_patient_again(
     url: str, registrations: list[dict[str, Any]]
 ) -> None:
-    _registered(url, registrations)
+    registered(url, registrations)
     model = default_model()
     other = dataclasses.replace(model, blocking=model.blocking[1:])
     store = _open(url)
@@ -166,7 +157,7 @@ def test_a_start_under_a_model_with_other_blocking_rules_indexes_every_patient_a
 def test_the_command_reports_repairs_and_exits_by_the_result(
     url: str, registrations: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _registered(url, registrations[:10])
+    registered(url, registrations[:10])
     store = _open(url)
     try:
         victim = sorted(b["id"] for b in registrations[:10])[3]

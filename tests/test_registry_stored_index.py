@@ -23,7 +23,7 @@ from takamul.mpi.stored_index import StoredCandidateIndex, slot_of
 from takamul.registry.record import from_patient
 from takamul.settings import Settings
 from takamul.store import Store
-from tests.registry_world import evaluation_registrations, urls
+from tests.registry_world import evaluation_registrations, registered, urls
 from tests.registry_world import open_store as _open
 
 __all__ = ["urls"]  # the fixture
@@ -88,17 +88,6 @@ def test_the_store_index_links_as_the_memory_index(
         stored.close()
 
 
-def _registered(url: str, registrations: list[dict[str, Any]]) -> None:
-    """A store index's registry on ``url`` links ``registrations`` one by one, then closes."""
-    store = _open(url, "store")
-    try:
-        ClientRegistry(store).attach()
-        for body in registrations:
-            _put(store, body)
-    finally:
-        store.close()
-
-
 def _attached(store: Store) -> tuple[ClientRegistry, StoredCandidateIndex]:
     registry = ClientRegistry(store)
     registry.attach()
@@ -110,7 +99,7 @@ def _attached(store: Store) -> tuple[ClientRegistry, StoredCandidateIndex]:
 def test_a_new_process_answers_from_the_tables_without_loading_them(
     urls: tuple[str, str], registrations: list[dict[str, Any]]
 ) -> None:
-    _registered(urls[1], registrations[:60])
+    registered(urls[1], registrations[:60])
     store = _open(urls[1], "store")
     try:
         registry, index = _attached(store)
@@ -206,7 +195,7 @@ def test_a_start_reindexes_patients_changed_without_the_registry(
 ) -> None:
     """Patients updated or deleted while no registry ran (a store opened with the registry
     off, a bulk load of new versions) get their rows replaced or dropped at the next start."""
-    _registered(urls[0], registrations[:20])
+    registered(urls[0], registrations[:20])
     changed = {k: v for k, v in registrations[0].items() if k != "identifier"}
     changed["birthDate"] = "1901-02-03"
     gone = registrations[1]["id"]

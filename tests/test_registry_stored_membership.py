@@ -19,7 +19,7 @@ from takamul.mpi.membership import Membership, StoredMembership
 from takamul.mpi.service import ClientRegistry
 from takamul.registry.record import from_patient
 from takamul.store import Store
-from tests.registry_world import evaluation_registrations, urls
+from tests.registry_world import evaluation_registrations, registered, urls
 from tests.registry_world import open_store as _open
 
 __all__ = ["urls"]  # the fixture
@@ -41,17 +41,6 @@ def _registry(store: Store, cache: int | None = None) -> ClientRegistry:
 
 def _put(store: Store, body: dict[str, Any]) -> None:
     store.write(lambda s: s.update("Patient", body["id"], body))
-
-
-def _registered(url: str, registrations: list[dict[str, Any]]) -> None:
-    """A registry on ``url`` links ``registrations``, and its process ends."""
-    store = _open(url, "store")
-    try:
-        _registry(store)
-        for body in registrations:
-            _put(store, body)
-    finally:
-        store.close()
 
 
 def _state(store: Store) -> tuple[list[list[tuple[str, bool]]], list[tuple[str, str, str]]]:
@@ -135,7 +124,7 @@ def test_membership_from_the_tables_decides_as_membership_in_memory(
 def test_a_new_process_holds_no_membership_until_asked(
     urls: tuple[str, str], registrations: list[dict[str, Any]]
 ) -> None:
-    _registered(urls[1], registrations[:80])
+    registered(urls[1], registrations[:80])
     store = _open(urls[1], "store")
     try:
         registry = _registry(store, cache=1000)
@@ -230,7 +219,7 @@ def test_a_links_persons_come_with_its_candidates_records(
 ) -> None:
     """The candidates' persons are read in the round trip of their records (the stored index's
     companion), not by a look-up of their own."""
-    _registered(urls[0], registrations[:60])
+    registered(urls[0], registrations[:60])
     store = _open(urls[0], "store")
     try:
         registry = _registry(store)
