@@ -21,10 +21,47 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+# Test servers listen on ports below the kernel's ephemeral range (32768-60999 here), each
+# pytest-xdist worker in a block of its own. Asking the kernel for a free port (bind to 0) let
+# two workers be handed the same one in the seconds before either server bound it: a test then
+# talked to another test's server (CI saw a 401 from a server with auth on).
+_PORTS_FROM, _PORTS_TO = 20000, 32000
+_BLOCK = 1500
+_next_port: list[int] = []
+
+
+def _worker_block() -> tuple[int, int] | None:
+    """This xdist worker's block of ports, or None outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        return None
+    index = int(worker[2:]) % ((_PORTS_TO - _PORTS_FROM) // _BLOCK)
+    first = _PORTS_FROM + index * _BLOCK
+    return first, first + _BLOCK
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no other test process will be given, and free now."""
+    block = _worker_block()
+    if block is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    first, end = block
+    if not _next_port:
+        _next_port.append(first)
+    for _ in range(end - first):
+        port = _next_port[0]
+        _next_port[0] = first + (port + 1 - first) % (end - first)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # a server of an earlier test, or a connection closing: the next one
+            return port
+    raise RuntimeError(
+        f"no free port in {first}-{end - 1}: are servers of earlier tests left running?"
+    )
 
 
 @contextmanager
