@@ -1,7 +1,7 @@
 """Planner statistics that a restore or an interrupted load left missing or stale (issue 17):
 the store finds them, the catch-up and the server's start refresh them first, and
 ``takamul db analyze`` refreshes them on demand. PostgreSQL, where the planner goes by them;
-SQLite has nothing stale to report."""
+SQLite has nothing stale to report, and analyses after a write only the tables it grew."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -114,3 +115,77 @@ def test_sqlite_reports_nothing_stale(tmp_path: Path) -> None:
     analysed = CliRunner().invoke(app, ["db", "analyze", "--db", url])
     assert analysed.exit_code == 0, analysed.output
     assert "statistics refreshed" in analysed.output
+
+
+def _counted(store: Store, table: str) -> int | None:
+    """The rows of ``table`` that SQLite's last ANALYZE counted (None: no statistics)."""
+    with store.reader.connect() as conn:
+        if not conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        ).first():
+            return None
+        value = conn.exec_driver_sql(
+            "SELECT max(CAST(stat AS INTEGER)) FROM sqlite_stat1 WHERE tbl = ?", (table,)
+        ).scalar()
+        return None if value is None else int(value)
+
+
+def _write_ndjson(path: Path, patients: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in patients))
+    return path
+
+
+def test_sqlite_analyses_only_the_tables_a_write_grew(tmp_path: Path) -> None:
+    """SQLite's ANALYZE reads every index whole: after a load or a catch-up only the tables
+    without statistics or grown by half since are analysed, not the whole store."""
+    store = Store(Settings.from_env(database_url=f"sqlite:///{tmp_path / 's.sqlite'}", auth=False))
+    try:
+        store.write(lambda s: [s.update("Patient", p["id"], p) for p in _patients(1500)])
+        first = store.refresh_statistics()
+        assert "resource" in first and "sp_token" in first
+        assert _counted(store, "resource") == 1500
+        assert store.refresh_statistics() == []  # nothing grew: nothing read again
+
+        more = [{**p, "id": f"more-{p['id']}"} for p in _patients(1100)]
+        store.write(lambda s: [s.update("Patient", p["id"], p) for p in more])
+        assert "resource" not in store.sqlite_grown_tables()  # 2,600 <= 1,000 + 1.5 x 1,500
+        assert _counted(store, "resource") == 1500
+
+        most = [{**p, "id": f"most-{p['id']}"} for p in _patients(1500)]
+        store.write(lambda s: [s.update("Patient", p["id"], p) for p in most])
+        assert "resource" in store.refresh_statistics()  # 4,100 > 1,000 + 1.5 x 1,500
+        assert _counted(store, "resource") == 4100
+    finally:
+        store.close()
+
+
+def _quiet(tmp_path: Path) -> list[str]:
+    """A load alone (no catch-up after it), its rejected lines kept out of the repository."""
+    return ["--no-catch-up", "--workers", "0", "--errors", str(tmp_path / "errors.ndjson")]
+
+
+def test_sqlite_small_load_into_a_large_store_analyses_nothing_whole(tmp_path: Path) -> None:
+    """A load ends by refreshing the statistics of what it grew (``takamul load``): the first
+    load of a store analyses its tables, a small load after it none of the large ones."""
+    url = f"sqlite:///{tmp_path / 'load.sqlite'}"
+    first = _write_ndjson(tmp_path / "first.ndjson", _patients(1500))
+    loaded = CliRunner().invoke(app, ["load", str(first), "--db", url, *_quiet(tmp_path)])
+    assert loaded.exit_code == 0, loaded.output
+    store = Store(Settings.from_env(database_url=url, auth=False))
+    try:
+        assert _counted(store, "resource") == 1500
+        assert _counted(store, "sp_token") is not None
+    finally:
+        store.close()
+
+    small = [{**p, "id": f"small-{p['id']}"} for p in _patients(40)]
+    small_file = _write_ndjson(tmp_path / "small.ndjson", small)
+    loaded = CliRunner().invoke(app, ["load", str(small_file), "--db", url, *_quiet(tmp_path)])
+    assert loaded.exit_code == 0, loaded.output
+    store = Store(Settings.from_env(database_url=url, auth=False))
+    try:
+        assert _counted(store, "resource") == 1500  # not read again for 40 rows
+        with store.reader.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM resource").scalar() == 1540
+    finally:
+        store.close()

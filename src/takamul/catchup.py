@@ -13,8 +13,9 @@ server:
    (``mentalhealth``);
 4. caregivers: a ZBI-12 at high burden gets its support proposal (``caregivers``);
 5. the planner's statistics refreshed and, on PostgreSQL, the new rows marked visible to all
-   (``VACUUM (ANALYZE)``, see ``Store.analyze``), so that searches over what the passes wrote
-   are index-only from the start.
+   (``VACUUM (ANALYZE)``; on SQLite ``ANALYZE`` of the tables the passes grew, see
+   ``Store.refresh_statistics``), so that searches over what the passes wrote are index-only
+   from the start.
 
 The server does the same at start-up, before it answers. At 100,000 persons that took minutes,
 and it grows with the load: run here, after the load (``takamul load`` does; ``takamul
@@ -111,5 +112,5 @@ def catch_up(store: Store, progress: Progress | None = None) -> CatchUp:
     summary.done["care facts"] += programmes.facts.catch_up()
     summary.seconds["care facts"] += time.perf_counter() - started
     if any(summary.done.values()):
-        phase("statistics", lambda _report: store.analyze(vacuum=True))
+        phase("statistics", lambda _report: len(store.refresh_statistics()))
     return summary

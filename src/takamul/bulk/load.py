@@ -152,7 +152,7 @@ def load_paths(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     if summary.loaded or summary.updated:
-        store.analyze(vacuum=True)
+        store.refresh_statistics()
     summary.seconds = time.perf_counter() - started
     return summary
 
