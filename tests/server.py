@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -27,32 +28,30 @@ POSTGRES_ADMIN_URL = os.environ.get(
 # talked to another test's server (CI saw a 401 from a server with auth on).
 _PORTS_FROM, _PORTS_TO = 20000, 32000
 _BLOCK = 1500
-_next_port: list[int] = []
+_ports: Iterator[int] | None = None  # this worker's block, round and round
 
 
-def _worker_block() -> tuple[int, int] | None:
+def _worker_block() -> range | None:
     """This xdist worker's block of ports, or None outside xdist."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw") or not worker[2:].isdigit():
         return None
     index = int(worker[2:]) % ((_PORTS_TO - _PORTS_FROM) // _BLOCK)
     first = _PORTS_FROM + index * _BLOCK
-    return first, first + _BLOCK
+    return range(first, first + _BLOCK)
 
 
 def free_port() -> int:
     """A port no other test process will be given, and free now."""
+    global _ports
     block = _worker_block()
     if block is None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
-    first, end = block
-    if not _next_port:
-        _next_port.append(first)
-    for _ in range(end - first):
-        port = _next_port[0]
-        _next_port[0] = first + (port + 1 - first) % (end - first)
+    if _ports is None:
+        _ports = itertools.cycle(block)
+    for port in itertools.islice(_ports, len(block)):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -60,7 +59,8 @@ def free_port() -> int:
                 continue  # a server of an earlier test, or a connection closing: the next one
             return port
     raise RuntimeError(
-        f"no free port in {first}-{end - 1}: are servers of earlier tests left running?"
+        f"no free port in {block.start}-{block.stop - 1}: are servers of earlier tests left "
+        "running?"
     )
 
 

@@ -609,16 +609,39 @@ def test_concurrent_threads_on_one_log(db_url: str, buffered: bool) -> None:
 
 def test_buffered_events_reach_the_database_without_a_flush(sqlite_url: str) -> None:
     log = AuditLog.from_url(sqlite_url, buffered=True, flush_interval=0.05)
+    # another process's view: the writing log would write its queue before searching it
+    other = AuditLog.from_url(sqlite_url)
     try:
         started = time.perf_counter()
         log.record(_read("p1"))
-        while log.search(patient="p1").total == 0:
+        while other.search(patient="p1").total == 0:
             assert time.perf_counter() - started < 2, "the background writer did not write"
             time.sleep(0.005)
         # 50 ms of buffering plus the write; generous for a shared test machine.
         assert time.perf_counter() - started < 1.0
     finally:
         log.close()
+        other.close()
+
+
+def test_a_buffered_log_finds_what_it_recorded_before_its_writer_runs(db_url: str) -> None:
+    # the background writer stays asleep (a long interval, no full batch)
+    log = AuditLog.from_url(db_url, buffered=True, flush_interval=3600, max_batch=10_000)
+    other = AuditLog.from_url(db_url)
+    try:
+        _fill(log, 3)
+        assert other.search().total == 0  # still queued: another process cannot see them
+        assert log.search(patient="p1").total == 1  # this process finds its own at once
+        assert log.pending == 0
+        _fill(log, 2)
+        assert log.read("5") is not None and log.pending == 0
+        _fill(log, 1)
+        result = log.verify()
+        assert result.ok and result.checked == 6 and log.head().seq == 6
+        assert other.search().total == 6
+    finally:
+        log.close()
+        other.close()
 
 
 def test_a_full_batch_is_written_at_once(sqlite_url: str) -> None:

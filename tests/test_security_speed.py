@@ -11,6 +11,7 @@ outlives what it stands for.
   refuses it within ``CLIENT_RECHECK_SECONDS``, in this process and in another.
 * Audit: a batch of events is one transaction, and the chain still verifies.
 * Rate limits: a client given its own rate (``TAKAMUL_RATE_LIMITS``) is not held to the default.
+* The audit writer's round (``TAKAMUL_AUDIT_FLUSH_SECONDS``) is the server's setting.
 """
 
 from __future__ import annotations
@@ -453,6 +454,25 @@ def test_rate_limits_setting() -> None:
     for wrong in ("bulk-ehr", "=5", "x=fast", "x=-1", "x=5/0"):
         with pytest.raises(ValueError, match="TAKAMUL_RATE_LIMITS"):
             parse_rate_limits(wrong)
+
+
+def test_the_audit_writers_round_is_a_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert SecurityConfig.from_env().audit_flush_seconds == 0.2
+    for wrong in ("soon", "0", "-1", "61"):
+        monkeypatch.setenv("TAKAMUL_AUDIT_FLUSH_SECONDS", wrong)
+        with pytest.raises(ValueError, match="TAKAMUL_AUDIT_FLUSH_SECONDS"):
+            SecurityConfig.from_env()
+    monkeypatch.setenv("TAKAMUL_AUDIT_FLUSH_SECONDS", "0.5")
+    from takamul.api.app import create_app
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'a.sqlite'}", auth=True))
+    audit = app.state.audit
+    try:
+        assert audit.buffered and audit.flush_interval == 0.5
+    finally:
+        audit.close()
 
 
 def test_a_client_with_its_own_rate_is_not_held_to_the_default(

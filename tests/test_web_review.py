@@ -157,7 +157,7 @@ def _open_reviews(site: WebSite) -> set[int]:
 
 
 def _audited(site: WebSite, patient: str, interaction: str) -> bool:
-    """The audit log has the reviewer's ``interaction`` on the patient (written within 50 ms
+    """The audit log has the reviewer's ``interaction`` on the patient (written within 0.2 s
     by the server's buffered log, later on a loaded machine: asked for up to 10 s)."""
     for _ in range(100):
         bundle = site.fhir.get(

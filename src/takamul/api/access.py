@@ -319,8 +319,10 @@ def add_access_control(app: FastAPI, store: Store, settings: Settings) -> Securi
     add_security_routes(app, security)
     app.state.security = security
     create_audit_tables(store.writer)
-    # buffered: the read path does not pay a write per request (at most 50 ms in the queue)
-    audit = AuditLog.for_store(store, buffered=True)
+    # buffered: the read path does not pay a write per request (TAKAMUL_AUDIT_FLUSH_SECONDS)
+    audit = AuditLog.for_store(
+        store, buffered=True, flush_interval=security.config.audit_flush_seconds
+    )
     app.state.audit = audit
     # written out at process exit rather than at ASGI shutdown: test clients run the lifespan
     # around each request, and the log must outlive them

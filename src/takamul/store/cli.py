@@ -219,7 +219,7 @@ def analyze_command(
                 tables = store.analyze_stale()
                 what = ", ".join(tables) if tables else "none was stale"
             else:
-                what = f"{store.analyze(vacuum=True)} tables"
+                what = f"{len(store.analyze(vacuum=True))} tables"
     finally:
         store.close()
     console.print(

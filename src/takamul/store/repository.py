@@ -350,7 +350,7 @@ class Store:
     def dialect(self) -> str:
         return self.writer.dialect.name
 
-    def analyze(self, vacuum: bool = False) -> int:
+    def analyze(self, vacuum: bool = False) -> list[str]:
         """Refresh the planner's statistics, as after a bulk load, so searches keep good plans.
 
         ``vacuum`` (PostgreSQL): also ``VACUUM`` the tables, which marks the new rows visible to
@@ -363,7 +363,7 @@ class Store:
         moment the work is known. Pages already all-visible are skipped, so a small load into a
         large store costs little. SQLite has no visibility map: only ANALYZE there.
 
-        Returns the number of tables in the store (all of them are analysed).
+        Returns the store's tables (all of them are analysed), sorted.
         """
         vacuum = vacuum and self.dialect == "postgresql"
         with self.writer.connect() as conn:
@@ -372,7 +372,7 @@ class Store:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.exec_driver_sql("VACUUM (ANALYZE)" if vacuum else "ANALYZE")
             conn.commit()
-            return len(inspect(conn).get_table_names())
+            return sorted(inspect(conn).get_table_names())
 
     def refresh_statistics(self) -> list[str]:
         """After a bulk write (a load, a catch-up): the planner's statistics of what it wrote.
@@ -385,9 +385,7 @@ class Store:
         again by the catch-up right after the load and by every small load into a large store.
         Returns the tables analysed (PostgreSQL: all of them)."""
         if self.dialect == "postgresql":
-            self.analyze(vacuum=True)
-            with self.reader.connect() as conn:
-                return sorted(inspect(conn).get_table_names())
+            return self.analyze(vacuum=True)
         grown = self.sqlite_grown_tables()
         if grown:
             self.vacuum(grown)
