@@ -4,6 +4,7 @@ linear chain under concurrent writers (SQLite and PostgreSQL), buffering, search
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import threading
 import time
@@ -846,3 +847,57 @@ def test_cli_verify_and_show(sqlite_url: str) -> None:
     Store(Settings(database_url=other)).close()
     no_log = runner.invoke(audit_app, ["verify", "--db", other])
     assert no_log.exit_code == 2 and "has no audit log" in no_log.output
+
+
+def test_an_event_handed_over_unmade_is_made_by_the_writer_with_its_own_time(
+    db_url: str,
+) -> None:
+    """``record_later``: a request hands over what it knows; the writer makes the record.
+    The event keeps the time it was handed over, not the time it was written."""
+    made: list[str] = []
+
+    def make(patient: str, when: float) -> AuditRecord:
+        made.append(threading.current_thread().name)
+        return _read(patient, when=when)
+
+    log = AuditLog.from_url(db_url, buffered=True, flush_interval=3600, max_batch=10_000)
+    try:
+        log.record_later(functools.partial(make, "p7", T0))
+        assert made == [] and log.pending == 1  # not made by the caller
+        log.flush()
+        (event,) = log.search(patient="p7").events
+        assert event["recorded"].startswith("2024-06-01T00:00:00")
+        assert made == [threading.current_thread().name]  # made by whoever wrote it
+    finally:
+        log.close()
+    unbuffered = AuditLog.from_url(db_url)
+    try:
+        unbuffered.record_later(functools.partial(make, "p8", T0))
+        assert unbuffered.search(patient="p8").total == 1
+        assert unbuffered.verify().ok
+    finally:
+        unbuffered.close()
+
+
+def test_an_event_that_cannot_be_made_is_recorded_as_an_audit_error(db_url: str) -> None:
+    """A maker that fails neither drops its event nor blocks the queue behind it (a write that
+    raises is retried every round): it is written as an ``audit-error`` that says why."""
+
+    def broken() -> AuditRecord:
+        raise ValueError("no such field")
+
+    log = AuditLog.from_url(db_url, buffered=True, flush_interval=3600, max_batch=10_000)
+    try:
+        log.record(_read("p1"))
+        log.record_later(broken)
+        log.record(_read("p2"))
+        log.flush()
+        assert log.pending == 0
+        events = log.search().events
+        assert len(events) == 3 and log.verify().ok
+        failed = events[1]
+        assert failed["outcome"] == "8"
+        assert "no such field" in failed["outcomeDesc"]
+        assert "audit-error" in str(failed["subtype"])
+    finally:
+        log.close()

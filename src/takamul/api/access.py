@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import time
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -192,26 +194,54 @@ def _audit(
 ) -> None:
     """``written``: the patients whose data the request wrote (from the bodies, which the URL
     does not show), so that a write, above all one made breaking the glass, is found by
-    patient when it is reviewed."""
-    # the path and query straight from the ASGI scope: ``request.url`` parses a whole URL, a
-    # cost on every audited request
-    path = request.scope["path"]
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    interaction, rtype, rid = interaction_of(request.method, path)
+    patient when it is reviewed. The request hands over what it knows, now (the time among
+    it); the audit writer makes the record (``_record_of``), off the request's path."""
+    scope = request.scope
+    audit.record_later(
+        partial(
+            _record_of,
+            scope["method"],
+            # the path and query straight from the ASGI scope: ``request.url`` parses a whole
+            # URL, a cost on every audited request
+            scope["path"],
+            scope.get("query_string", b""),
+            _address(scope),
+            access,
+            status,
+            outcome_text,
+            tuple(written),
+            time.time(),
+        )
+    )
+
+
+def _record_of(
+    method: str,
+    path: str,
+    query_string: bytes,
+    address: str | None,
+    access: AccessContext | None,
+    status: int,
+    outcome_text: str | None,
+    written: tuple[str, ...],
+    when: float,
+) -> AuditRecord:
+    """The audit record of a request, from what ``_audit`` took of it."""
+    query = query_string.decode("latin-1")
+    interaction, rtype, rid = interaction_of(method, path)
     fields = {
         "status": status,
         "resource_type": rtype,
         "resource_id": rid,
         "query": query or None,
         "patient_ids": tuple(dict.fromkeys((*_patients(path, query, rtype, rid), *written))),
-        "address": _address(request.scope),
+        "address": address,
         "outcome_text": outcome_text,
+        "when": when,
     }
     if access is None:
-        record = AuditRecord(interaction, **fields)  # type: ignore[arg-type]
-    else:
-        record = AuditRecord.for_access(access, interaction, **fields)
-    audit.record(record)
+        return AuditRecord(interaction, **fields)  # type: ignore[arg-type]
+    return AuditRecord.for_access(access, interaction, **fields)
 
 
 def _address(scope: Scope) -> str | None:
