@@ -359,9 +359,14 @@ def profile(pid: int, seconds: int, drive_load: Any) -> list[tuple[str, float]]:
     command += ["-f", "raw", "-o", str(raw)] + (
         ["--gil"] if os.environ.get("PYSPY_GIL") else ["--nonblocking"]
     )
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     drive_load(seconds)
-    proc.wait(seconds + 60)
+    _, err = proc.communicate(timeout=seconds + 60)
+    if not raw.exists():
+        raise RuntimeError(
+            f"py-spy wrote no profile (exit {proc.returncode}): "
+            f"{err.decode(errors='replace')[-800:]}"
+        )
     total = 0
     inclusive: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
