@@ -969,7 +969,7 @@ class AuditLog:
     ``flush_interval`` after it was recorded, and :meth:`flush` or :meth:`close` write what is
     queued at once. What this log reads (:meth:`find`, :meth:`read`, :meth:`verify`,
     :meth:`head`) first writes its own queue, so a process always finds the events it recorded;
-    another process's show within its ``flush_interval``.
+    another process's events show within its ``flush_interval``.
     """
 
     def __init__(
