@@ -186,7 +186,7 @@ def _patients(path: str, query: str, rtype: str | None, rid: str | None) -> tupl
 
 def _audit(
     audit: AuditLog,
-    request: Request,
+    scope: Scope,
     access: AccessContext | None,
     status: int,
     outcome_text: str | None = None,
@@ -196,7 +196,6 @@ def _audit(
     does not show), so that a write, above all one made breaking the glass, is found by
     patient when it is reviewed. The request hands over what it knows, now (the time among
     it); the audit writer makes the record (``_record_of``), off the request's path."""
-    scope = request.scope
     audit.record_later(
         partial(
             _record_of,
@@ -289,7 +288,7 @@ class AccessControl:
             try:
                 await self._answer(scope, receive, send, answered)
             finally:
-                _audit(self.audit, Request(scope), None, answered[0])
+                _audit(self.audit, scope, None, answered[0])
             return
         if not _protected(path):
             await self.app(scope, receive, send)
@@ -302,7 +301,7 @@ class AccessControl:
             access = self.security.authenticate(headers, base)
             check_route(access, request.method, path)
         except FhirError as err:
-            _audit(self.audit, request, access, err.status, str(err))
+            _audit(self.audit, scope, access, err.status, str(err))
             await _refusal(err)(scope, receive, send)
             return
         scope.setdefault("state", {})["access"] = access  # request.state.access downstream
@@ -313,7 +312,7 @@ class AccessControl:
             with guarded(guard):
                 await self._answer(scope, receive, send, answered)
         finally:  # a request that failed is audited too
-            _audit(self.audit, request, access, answered[0], written=guard.written_patients)
+            _audit(self.audit, scope, access, answered[0], written=guard.written_patients)
 
     def _base_of(self, scope: Scope, request: Request, host: str | None) -> str:
         """The FHIR base the request was sent to (the audience its token must name), kept per
